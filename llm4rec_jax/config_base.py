@@ -1,0 +1,172 @@
+"""Base experiment config, model-size presets and config validation.
+
+Experiment files in ``configs/`` start from :func:`base_config`, set their dataset, and pick a model
+preset from the ``--config=configs/x.py:PRESET`` argument (big_vision style). Every field can be
+overridden on the command line (``--config.model.num_layers=4``). The effective config is written to
+``WORKDIR/config.json`` by every run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+import ml_collections
+
+from llm4rec_jax.errors import ConfigError
+
+# Model sizes. 'tiny' is for tests, 'small' for CPU benchmarks (SASRec-sized), the rest for
+# accelerators (bf16 compute, sharded over fsdp/tensor axes).
+PRESETS: dict[str, dict] = {
+    'tiny': dict(d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, mlp_dim=64, dropout=0.1),
+    'small': dict(d_model=64, num_layers=2, num_heads=1, num_kv_heads=0, mlp_dim=256, dropout=0.5),
+    'base': dict(d_model=768, num_layers=12, num_heads=12, num_kv_heads=4, mlp_dim=3072,
+                 dropout=0.1, dtype='bfloat16'),
+    '1b': dict(d_model=2048, num_layers=18, num_heads=16, num_kv_heads=8, mlp_dim=8192,
+               dropout=0.0, dtype='bfloat16'),
+    '8b': dict(d_model=4096, num_layers=32, num_heads=32, num_kv_heads=8, mlp_dim=14336,
+               dropout=0.0, dtype='bfloat16'),
+}
+
+# Logical axis -> mesh axes. The item table is sharded along the catalog ('vocab').
+DEFAULT_RULES = (
+    ('batch', ('data', 'fsdp')),
+    ('vocab', ('tensor', 'fsdp')),
+    ('embed', 'fsdp'),
+    ('heads', 'tensor'),
+    ('kv_heads', 'tensor'),
+    ('head_dim', None),
+    ('mlp', 'tensor'),
+    ('norm', None),
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults shared by every experiment."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'synthetic'  # a registered name (see llm4rec_jax.data.readers) or 'format:path'
+  c.data.min_rating = 0.0  # 0 = keep every interaction
+  c.data.k_core = 0
+  c.data.split = 'leave_one_out'  # or 'temporal'
+  c.data.valid_fraction = 0.1  # temporal split only
+  c.data.test_fraction = 0.1
+  c.data.max_len = 50
+  c.data.all_windows = False  # False: one window per user (the last max_len items), SASRec style
+  c.data.synthetic = ml_collections.ConfigDict({'num_users': 3000, 'num_items': 1000, 'seed': 0})
+
+  c.model = ml_collections.ConfigDict(dict(
+      d_model=64, num_layers=2, num_heads=1, num_kv_heads=0, head_dim=0, mlp_dim=0, dropout=0.2,
+      tie_embeddings=True, rope_theta=10_000.0, embed_scale=True, dtype='float32'))
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.type = 'full_softmax'  # or 'sampled_softmax'
+  c.loss.num_negatives = 1024
+  c.loss.max_targets_per_batch = 0  # 0 = sized from the data (never drops targets in practice)
+
+  c.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=1e-3, warmup_steps=100, schedule='cosine', min_lr_ratio=0.1, weight_decay=0.0,
+      b1=0.9, b2=0.98, eps=1e-8, grad_clip=1.0))
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 128  # global
+  c.train.num_epochs = 50
+  c.train.max_steps = 0  # > 0 caps the run
+  c.train.log_every = 50
+  c.train.eval_every = 0  # steps; 0 = once per epoch
+  c.train.checkpoint_every = 0  # steps between extra saves; 0 = save at each evaluation only
+  c.train.keep_checkpoints = 2
+  c.train.async_checkpoints = True
+  c.train.patience = 5  # evaluations without validation improvement before stopping; 0 = never
+  c.train.progress_bar = True
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 256
+  c.eval.exclude_seen = True
+  c.eval.ks = (1, 5, 10, 20, 50)
+  c.eval.save_rankings = False
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.axes = ('data', 'fsdp', 'tensor')
+  c.mesh.shape = (-1, 1, 1)
+  c.mesh.rules = DEFAULT_RULES
+
+  c.distributed = ml_collections.ConfigDict(dict(
+      initialize=False, coordinator_address='', num_processes=1, process_id=0))
+  return c
+
+
+def apply_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collections.ConfigDict:
+  if preset not in PRESETS:
+    raise ConfigError('model', f'unknown preset {preset!r}; choose from {sorted(PRESETS)}')
+  c.model.update(PRESETS[preset])
+  c.model_preset = preset
+  return c
+
+
+def parse_arg(arg: str | None, default_preset: str) -> dict[str, str]:
+  """Parses ``'small'`` or ``'preset=small,foo=bar'`` from ``--config=file.py:ARG``."""
+  out = {'preset': default_preset}
+  for part in (arg or '').split(','):
+    if not part:
+      continue
+    key, _, value = part.partition('=')
+    out.update({key: value} if value else {'preset': key})
+  return out
+
+
+def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+  """Checks values once at start; raises ConfigError naming the field."""
+  m = c.model
+  positive = {'model.d_model': m.d_model, 'model.num_layers': m.num_layers,
+              'model.num_heads': m.num_heads, 'data.max_len': c.data.max_len,
+              'train.batch_size': c.train.batch_size, 'eval.batch_size': c.eval.batch_size,
+              'train.num_epochs': c.train.num_epochs, 'train.log_every': c.train.log_every}
+  for field, value in positive.items():
+    if int(value) <= 0:
+      raise ConfigError(field, f'must be positive, got {value}')
+  kv = m.num_kv_heads or m.num_heads
+  if m.num_heads % kv:
+    raise ConfigError('model.num_kv_heads', f'{kv} does not divide num_heads={m.num_heads}')
+  if not m.head_dim and m.d_model % m.num_heads:
+    raise ConfigError('model.num_heads', f'{m.num_heads} does not divide d_model={m.d_model}')
+  if (m.head_dim or m.d_model // m.num_heads) % 2:
+    raise ConfigError('model.head_dim', 'must be even for rotary positions')
+  if not 0.0 <= m.dropout < 1.0:
+    raise ConfigError('model.dropout', f'must be in [0, 1), got {m.dropout}')
+  if m.dtype not in ('float32', 'bfloat16', 'float16'):
+    raise ConfigError('model.dtype', f'unknown dtype {m.dtype!r}')
+  if c.loss.type not in ('full_softmax', 'sampled_softmax'):
+    raise ConfigError('loss.type', f"unknown loss {c.loss.type!r} (full_softmax | sampled_softmax)")
+  if c.data.split not in ('leave_one_out', 'temporal'):
+    raise ConfigError('data.split', f'unknown protocol {c.data.split!r} (leave_one_out | temporal)')
+  if c.optimizer.learning_rate <= 0:
+    raise ConfigError('optimizer.learning_rate', 'must be positive')
+  if num_devices is not None:
+    from llm4rec_jax import partitioning  # pylint: disable=import-outside-toplevel
+    shape = dict(zip(c.mesh.axes, partitioning.mesh_shape(c.mesh.axes, c.mesh.shape, num_devices)))
+    rules = dict(c.mesh.rules)
+    batch_axes = rules.get('batch') or ()
+    batch_axes = (batch_axes,) if isinstance(batch_axes, str) else batch_axes
+    dp = math.prod(shape.get(a, 1) for a in batch_axes)
+    for field in ('train.batch_size', 'eval.batch_size'):
+      section, key = field.split('.')
+      if c[section][key] % dp:
+        raise ConfigError(field, f'{c[section][key]} is not divisible by the {dp}-way batch '
+                          f'sharding of mesh {shape}')
+
+
+def save(c: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+  (workdir / 'config.json').write_text(c.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def load(workdir: pathlib.Path) -> ml_collections.ConfigDict:
+  path = workdir / 'config.json'
+  if not path.exists():
+    raise ConfigError('workdir', f'{path} not found: train a model in this workdir first')
+  c = ml_collections.ConfigDict(json.loads(path.read_text()))
+  c.mesh.rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in c.mesh.rules)
+  return c

@@ -1,0 +1,99 @@
+"""Train/validation/test splits for sequential recommendation.
+
+Protocols:
+  * ``leave_one_out``: per user, the last item is the test target, the second last the validation
+    target, the rest is training data. Validation history = training items; test history = training
+    items + the validation item. Users with fewer than 3 interactions only contribute training data.
+  * ``temporal``: one global time cut. Interactions before the ``valid_fraction``/``test_fraction``
+    quantile cut points train; for every user with an interaction in the validation (test) window,
+    the first such interaction is the target and everything of that user before it is the history.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from llm4rec_jax.data.dataset import RecDataset
+from llm4rec_jax.errors import DataError
+
+
+@dataclasses.dataclass
+class EvalExamples:
+  """Evaluation cases: a user, their history (CSR), and the held-out target item."""
+  users: np.ndarray  # int32 [n]
+  offsets: np.ndarray  # int64 [n + 1]
+  items: np.ndarray  # int32 [nnz] histories, concatenated, oldest first
+  targets: np.ndarray  # int32 [n]
+
+  def __len__(self) -> int:
+    return len(self.users)
+
+  def history(self, i: int) -> np.ndarray:
+    return self.items[self.offsets[i]:self.offsets[i + 1]]
+
+  @classmethod
+  def from_lists(cls, users, histories, targets) -> EvalExamples:
+    lengths = np.asarray([len(h) for h in histories], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    items = (np.concatenate(histories).astype(np.int32) if len(histories)
+             else np.zeros(0, np.int32))
+    return cls(np.asarray(users, np.int32), offsets, items, np.asarray(targets, np.int32))
+
+
+@dataclasses.dataclass
+class Split:
+  """Training sequences (``train[u]`` for user id u, time ordered) and the evaluation cases."""
+  train: list[np.ndarray]
+  valid: EvalExamples
+  test: EvalExamples
+  protocol: str
+
+  def num_train_interactions(self) -> int:
+    return int(sum(len(s) for s in self.train))
+
+
+def leave_one_out(ds: RecDataset) -> Split:
+  seqs = ds.sequences()
+  train, v_users, v_hist, v_tgt, t_users, t_hist, t_tgt = [], [], [], [], [], [], []
+  for u, seq in enumerate(seqs):
+    if u == 0 or len(seq) < 3:
+      train.append(seq)
+      continue
+    train.append(seq[:-2])
+    v_users.append(u), v_hist.append(seq[:-2]), v_tgt.append(seq[-2])
+    t_users.append(u), t_hist.append(seq[:-1]), t_tgt.append(seq[-1])
+  if not t_users:
+    raise DataError(f'dataset {ds.name!r}: no user has the 3 interactions leave-one-out needs')
+  return Split(train, EvalExamples.from_lists(v_users, v_hist, v_tgt),
+               EvalExamples.from_lists(t_users, t_hist, t_tgt), 'leave_one_out')
+
+
+def temporal(ds: RecDataset, valid_fraction: float = 0.1, test_fraction: float = 0.1) -> Split:
+  if not ds.has_timestamps:
+    raise DataError(f'dataset {ds.name!r} has no timestamps; use split.protocol=leave_one_out',
+                    field='split.protocol')
+  ts_sorted = np.sort(ds.timestamp)
+  t_valid = ts_sorted[int(len(ts_sorted) * (1.0 - valid_fraction - test_fraction))]
+  t_test = ts_sorted[int(len(ts_sorted) * (1.0 - test_fraction))]
+  seqs, times = ds.sequences(), ds.timestamp_sequences()
+  train, valid, test = [], ([], [], []), ([], [], [])
+  for u, (seq, ts) in enumerate(zip(seqs, times)):
+    train.append(seq[ts < t_valid])
+    for lo, hi, out in ((t_valid, t_test, valid), (t_test, np.iinfo(np.int64).max, test)):
+      inside = np.nonzero((ts >= lo) & (ts < hi))[0]
+      if u and len(inside) and inside[0] > 0:
+        out[0].append(u), out[1].append(seq[:inside[0]]), out[2].append(seq[inside[0]])
+  if not test[0]:
+    raise DataError(f'dataset {ds.name!r}: the temporal test window holds no user with history')
+  return Split(train, EvalExamples.from_lists(*valid), EvalExamples.from_lists(*test), 'temporal')
+
+
+def make_split(ds: RecDataset, protocol: str, **kwargs) -> Split:
+  if protocol == 'leave_one_out':
+    return leave_one_out(ds)
+  if protocol == 'temporal':
+    return temporal(ds, **kwargs)
+  raise DataError(f"unknown split protocol {protocol!r} (leave_one_out | temporal)",
+                  field='split.protocol')

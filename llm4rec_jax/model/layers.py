@@ -1,0 +1,96 @@
+"""Transformer building blocks (Flax NNX). Every parameter carries logical axis names.
+
+Logical axes used: ``vocab`` (item catalog), ``embed`` (model width), ``heads``/``kv_heads`` (attention
+heads), ``head_dim``, ``mlp`` (feed-forward width), ``norm`` (norm scales). One rules table in the
+config maps them to mesh axes (see ``llm4rec_jax.partitioning``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Initializer = Callable[..., jax.Array]
+
+
+def param(rngs: nnx.Rngs, init: Initializer, shape: Sequence[int], axes: tuple[str | None, ...],
+          dtype=jnp.float32) -> nnx.Param:
+  """A parameter annotated with logical axis names (placed by the partitioner, not eagerly)."""
+  assert len(axes) == len(shape), (shape, axes)
+  return nnx.Param(init(rngs.params(), tuple(shape), dtype), sharding_names=axes,
+                   eager_sharding=False)
+
+
+def fan_in_init(fan_in: int) -> Initializer:
+  """Truncated normal with std 1/sqrt(fan_in) (variance preserving for a matmul over ``fan_in``)."""
+  return nnx.initializers.truncated_normal(stddev=fan_in ** -0.5)
+
+
+class RMSNorm(nnx.Module):
+  """Root-mean-square layer norm with a learned scale (computed in float32)."""
+
+  def __init__(self, dim: int, *, eps: float = 1e-6, rngs: nnx.Rngs):
+    self.scale = param(rngs, nnx.initializers.ones, (dim,), ('norm',))
+    self.eps = eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    return (y * self.scale[...]).astype(x.dtype)
+
+
+def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+  """Rotary position embedding on the last axis of ``x`` [batch, seq, heads, head_dim]."""
+  half = x.shape[-1] // 2
+  freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [half]
+  angle = positions[..., None].astype(jnp.float32) * freq  # [batch, seq, half]
+  sin, cos = jnp.sin(angle)[:, :, None, :], jnp.cos(angle)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+  """Causal self-attention with optional grouped-query attention (``num_kv_heads < num_heads``).
+
+  Uses ``jax.nn.dot_product_attention`` so GPUs get the fused cuDNN kernel.
+  """
+
+  def __init__(self, d_model: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
+               rope_theta: float, dtype, rngs: nnx.Rngs):
+    if num_heads % num_kv_heads:
+      raise ValueError(f'num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}')
+    init = fan_in_init(d_model)
+    self.wq = param(rngs, init, (d_model, num_heads, head_dim), ('embed', 'heads', 'head_dim'))
+    self.wk = param(rngs, init, (d_model, num_kv_heads, head_dim), ('embed', 'kv_heads', 'head_dim'))
+    self.wv = param(rngs, init, (d_model, num_kv_heads, head_dim), ('embed', 'kv_heads', 'head_dim'))
+    self.wo = param(rngs, fan_in_init(num_heads * head_dim), (num_heads, head_dim, d_model),
+                    ('heads', 'head_dim', 'embed'))
+    self.rope_theta = rope_theta
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
+    dt = self.dtype
+    q = jnp.einsum('bld,dhk->blhk', x, self.wq[...].astype(dt))  # [batch, seq, heads, head_dim]
+    k = jnp.einsum('bld,dhk->blhk', x, self.wk[...].astype(dt))  # [batch, seq, kv_heads, head_dim]
+    v = jnp.einsum('bld,dhk->blhk', x, self.wv[...].astype(dt))
+    q, k = rotary(q, positions, self.rope_theta), rotary(k, positions, self.rope_theta)
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask)  # [batch, seq, heads, head_dim]
+    return jnp.einsum('blhk,hkd->bld', out, self.wo[...].astype(dt))
+
+
+class SwiGLU(nnx.Module):
+  """Gated feed-forward: ``down(silu(gate(x)) * up(x))``."""
+
+  def __init__(self, d_model: int, mlp_dim: int, *, dtype, rngs: nnx.Rngs):
+    self.w_gate = param(rngs, fan_in_init(d_model), (d_model, mlp_dim), ('embed', 'mlp'))
+    self.w_up = param(rngs, fan_in_init(d_model), (d_model, mlp_dim), ('embed', 'mlp'))
+    self.w_down = param(rngs, fan_in_init(mlp_dim), (mlp_dim, d_model), ('mlp', 'embed'))
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dt = self.dtype
+    h = jax.nn.silu(x @ self.w_gate[...].astype(dt)) * (x @ self.w_up[...].astype(dt))
+    return h @ self.w_down[...].astype(dt)

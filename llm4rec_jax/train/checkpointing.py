@@ -1,0 +1,103 @@
+"""Orbax behind one small interface: async periodic saves, keep the last N plus the best.
+
+A checkpoint holds the train state (params, optimizer state, step, RNG) and the Grain data-iterator
+state, so a resumed run continues with exactly the batches and random numbers it would have used.
+Orbax writes each step to a temporary directory and renames it when complete, so a crash mid-save
+leaves the previous checkpoints usable.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from llm4rec_jax.errors import CheckpointError
+
+BEST_METRIC = 'valid_ndcg@10'
+
+
+class Checkpointer:
+  """Saves and restores ``{'state': train-state pytree, 'data_iter': grain iterator}``."""
+
+  def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int = 2, keep_best: bool = True,
+               async_save: bool = True, best_metric: str = BEST_METRIC):
+    self.directory = pathlib.Path(directory).absolute()
+    self.best_metric = best_metric
+    policies = [ocp.checkpoint_managers.LatestN(max_to_keep)]
+    if keep_best:
+      policies.append(ocp.checkpoint_managers.BestN(
+          get_metric_fn=lambda m: m.get(best_metric, float('-inf')), n=1, keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+        # best_fn also makes Orbax record each step's metrics on disk (used by best_step()).
+        best_fn=(lambda m: m.get(best_metric, float('-inf'))) if keep_best else None,
+        best_mode='max',
+        enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
+    self._mngr = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'data_iter': grain.checkpoint.CheckpointHandler()})
+
+  def save(self, step: int, state: Any, data_iter: Any | None = None,
+           metrics: dict[str, float] | None = None) -> None:
+    items = {'state': ocp.args.StandardSave(state)}
+    if data_iter is not None:
+      items['data_iter'] = grain.checkpoint.CheckpointSave(data_iter)
+    self._mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+
+  def latest_step(self) -> int | None:
+    return self._mngr.latest_step()
+
+  def best_step(self) -> int | None:
+    """The kept step with the highest ``best_metric``, else the latest step."""
+    best, best_val = None, float('-inf')
+    for step in self._mngr.all_steps():
+      m = self._mngr.metrics(step) or {}
+      if self.best_metric in m and m[self.best_metric] > best_val:
+        best, best_val = step, m[self.best_metric]
+    return best if best is not None else self.latest_step()
+
+  def metrics(self, step: int) -> dict[str, float]:
+    return dict(self._mngr.metrics(step) or {})
+
+  def progress(self, step: int) -> dict[str, Any]:
+    """Early-stopping progress saved with ``step`` (best score, its step, evals since)."""
+    m = self.metrics(step)
+    return {'best': float(m.get('best', float('-inf'))), 'best_step': int(m.get('best_step', -1)),
+            'evals_since_best': int(m.get('evals_since_best', 0))}
+
+  def restore_params(self, step: int | None, abstract_state: Any, shardings: Any) -> Any:
+    """The parameters of checkpoint ``step`` (restores the state, keeps ``params``)."""
+    return self.restore(step, abstract_with_shardings(abstract_state, shardings))['params']
+
+  def restore(self, step: int | None, abstract_state: Any, data_iter: Any | None = None) -> Any:
+    """Restores the state (placed per ``abstract_state``'s shardings) and, if given, the iterator."""
+    if step is None:
+      raise CheckpointError(f'no checkpoint found in {self.directory}')
+    items = {'state': ocp.args.StandardRestore(abstract_state)}
+    if data_iter is not None:
+      items['data_iter'] = grain.checkpoint.CheckpointRestore(data_iter)
+    try:
+      restored = self._mngr.restore(step, args=ocp.args.Composite(**items))
+    except FileNotFoundError as e:
+      raise CheckpointError(f'checkpoint step {step} in {self.directory} is incomplete: {e}') from e
+    logging.info('restored checkpoint step %d from %s', step, self.directory)
+    return restored['state']
+
+  def wait(self) -> None:
+    self._mngr.wait_until_finished()
+
+  def close(self) -> None:
+    self._mngr.wait_until_finished()
+    self._mngr.close()
+
+
+def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs carrying the target shardings, as Orbax's restore target."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)

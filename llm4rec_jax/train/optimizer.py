@@ -1,0 +1,33 @@
+"""AdamW with linear warmup, cosine decay and global-norm gradient clipping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+
+
+def learning_rate_schedule(opt_cfg: Any, total_steps: int) -> optax.Schedule:
+  warmup = min(int(opt_cfg.warmup_steps), max(total_steps - 1, 0))
+  if opt_cfg.schedule == 'constant':
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, opt_cfg.learning_rate, max(warmup, 1)),
+         optax.constant_schedule(opt_cfg.learning_rate)], [max(warmup, 1)])
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=opt_cfg.learning_rate, warmup_steps=max(warmup, 1),
+      decay_steps=max(total_steps, warmup + 1),
+      end_value=opt_cfg.learning_rate * opt_cfg.min_lr_ratio)
+
+
+def make_optimizer(opt_cfg: Any, total_steps: int) -> tuple[optax.GradientTransformation,
+                                                            optax.Schedule]:
+  """Returns (optimizer, schedule). Weight decay applies to matrices only (not norms/biases)."""
+  schedule = learning_rate_schedule(opt_cfg, total_steps)
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  tx = optax.chain(
+      optax.clip_by_global_norm(opt_cfg.grad_clip) if opt_cfg.grad_clip > 0 else optax.identity(),
+      optax.adamw(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps,
+                  weight_decay=opt_cfg.weight_decay, mask=decay_mask),
+  )
+  return tx, schedule

@@ -1,0 +1,82 @@
+"""The model and train state built abstract-first: shapes -> shardings -> jitted, sharded init.
+
+The train state is a plain dict ``{'step', 'params', 'opt_state', 'rng'}`` of arrays (``params`` is the
+NNX ``Param`` state as a pure dict), so the jitted step, Orbax and optax all see ordinary pytrees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from llm4rec_jax import partitioning
+from llm4rec_jax.model.decoder import DecoderConfig, ItemDecoder
+
+
+@dataclasses.dataclass
+class ModelSpec:
+  """Graph, abstract parameters and their shardings for one model config on one mesh."""
+  cfg: DecoderConfig
+  graphdef: nnx.GraphDef
+  abstract_params: Any  # pure dict of ShapeDtypeStruct
+  param_shardings: Any  # pure dict of NamedSharding
+  mesh: Mesh
+  rules: Any
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())
+
+  def num_params(self) -> int:
+    return sum(x.size for x in jax.tree.leaves(self.abstract_params))
+
+
+def build_model_spec(cfg: DecoderConfig, mesh: Mesh, rules: Any) -> ModelSpec:
+  abstract_model = nnx.eval_shape(lambda: ItemDecoder(cfg, rngs=nnx.Rngs(0)))
+  graphdef, abstract_state = nnx.split(abstract_model, nnx.Param)
+  logical = nnx.to_pure_dict(nnx.get_partition_spec(abstract_state))
+  abstract_params = nnx.to_pure_dict(abstract_state)
+  shardings = partitioning.tree_shardings(logical, abstract_params, rules, mesh)
+  for name in partitioning.check_sharded(shardings, abstract_params):
+    logging.warning('large parameter %s is replicated on mesh %s; check config.mesh.rules',
+                    name, dict(mesh.shape))
+  return ModelSpec(cfg, graphdef, abstract_params, shardings, mesh, rules)
+
+
+def init_params(spec: ModelSpec, seed: int) -> Any:
+  """Parameters initialised directly into their shardings (no full copy on one device)."""
+  def init():
+    model = ItemDecoder(spec.cfg, rngs=nnx.Rngs(params=seed))
+    return nnx.to_pure_dict(nnx.split(model, nnx.Param)[1])
+  return jax.jit(init, out_shardings=spec.param_shardings)()
+
+
+def state_shardings(spec: ModelSpec, tx: optax.GradientTransformation) -> tuple[Any, Any]:
+  """(abstract train state, its shardings); optimizer moments follow their parameters."""
+  abstract_opt = jax.eval_shape(tx.init, spec.abstract_params)
+  opt_shardings = optax.tree_map_params(
+      tx, lambda _, s: s, abstract_opt, spec.param_shardings,
+      transform_non_params=lambda _: spec.replicated)
+  rng = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
+  abstract = {'step': jax.ShapeDtypeStruct((), jnp.int32), 'params': spec.abstract_params,
+              'opt_state': abstract_opt, 'rng': rng}
+  shardings = {'step': spec.replicated, 'params': spec.param_shardings,
+               'opt_state': opt_shardings, 'rng': spec.replicated}
+  return abstract, shardings
+
+
+def init_train_state(spec: ModelSpec, tx: optax.GradientTransformation, seed: int,
+                     shardings: Any) -> dict[str, Any]:
+  params = init_params(spec, seed)
+  opt_state = jax.jit(tx.init, out_shardings=shardings['opt_state'])(params)
+  rng = jax.device_put(jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 1)),
+                       spec.replicated)
+  step = jax.device_put(jnp.zeros((), jnp.int32), spec.replicated)
+  return {'step': step, 'params': params, 'opt_state': opt_state, 'rng': rng}

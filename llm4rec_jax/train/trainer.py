@@ -1,0 +1,330 @@
+"""``train_and_evaluate(config, workdir)`` and ``evaluate(config, workdir)``: the whole job.
+
+One jitted, donated step ``(state, batch) -> (state, metrics)`` with explicit in/out shardings; RNG by
+``fold_in(rng, step)``; no host sync except on log and evaluation steps. Checkpoints (model,
+optimizer, RNG, data iterator) let ``train`` on an existing workdir resume exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import pathlib
+import signal
+import threading
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from llm4rec_jax import config_base, evaluation, partitioning
+from llm4rec_jax.data import pipeline, registry
+from llm4rec_jax.data.splits import Split
+from llm4rec_jax.errors import ConfigError, NonFiniteLossError
+from llm4rec_jax.model import decoder as decoder_lib
+from llm4rec_jax.train import losses, optimizer as optimizer_lib
+from llm4rec_jax.train import state as state_lib
+from llm4rec_jax.train.checkpointing import Checkpointer, abstract_with_shardings
+from llm4rec_jax.train.logger import MetricLogger
+
+
+@dataclasses.dataclass
+class Experiment:
+  """What a config builds: the data split, the mesh, the model spec and the evaluation arrays."""
+  config: ml_collections.ConfigDict
+  workdir: pathlib.Path
+  dataset: Any
+  split: Split
+  mesh: jax.sharding.Mesh
+  spec: state_lib.ModelSpec
+
+  @property
+  def rules(self):
+    return self.config.mesh.rules
+
+  def put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    return partitioning.to_global(batch, self.mesh, self.rules)
+
+  def eval_arrays(self, which: str) -> pipeline.EvalBatch:
+    examples = self.split.valid if which == 'valid' else self.split.test
+    return pipeline.eval_arrays(examples, self.config.data.max_len, self.config.eval.batch_size)
+
+  def rank_fn(self, exclude_seen: bool | None = None):
+    exclude = self.config.eval.exclude_seen if exclude_seen is None else exclude_seen
+    return evaluation.make_rank_fn(self.spec.graphdef, exclude_seen=exclude,
+                                   top_k=max(self.config.eval.ks))
+
+
+def build_experiment(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Experiment:
+  """Validates the config, loads and splits the data, builds the mesh and the model spec."""
+  config_base.validate(config, jax.device_count())
+  workdir = pathlib.Path(workdir)
+  ds, split = registry.load_split(config.data)
+  mesh = partitioning.make_mesh(config.mesh)
+  vocab_multiple = 128 * math.prod(mesh.shape.values())
+  cfg = decoder_lib.from_config(config.model, num_items=ds.num_items, vocab_multiple=vocab_multiple)
+  cfg = dataclasses.replace(cfg, max_len=config.data.max_len)
+  spec = state_lib.build_model_spec(cfg, mesh, config.mesh.rules)
+  return Experiment(config, workdir, ds, split, mesh, spec)
+
+
+def auto_max_targets(windows: np.ndarray, batch_size: int) -> int:
+  """A static per-batch target budget that a random batch exceeds with negligible probability."""
+  counts = (windows[:, 1:] > 0).sum(axis=1).astype(np.float64)
+  budget = counts.mean() * batch_size + 6.0 * counts.std() * math.sqrt(batch_size) + 64
+  budget = int(math.ceil(budget / 128) * 128)
+  return min(budget, batch_size * (windows.shape[1] - 1))
+
+
+def make_train_step(exp: Experiment, tx: optax.GradientTransformation, schedule, shardings,
+                    max_targets: int):
+  """The one jitted train step."""
+  cfg, graphdef, lcfg = exp.spec.cfg, exp.spec.graphdef, exp.config.loss
+  catalog = decoder_lib.catalog_mask(cfg)
+  batch_sharding = {k: partitioning.batch_sharding(exp.mesh, exp.rules, n)
+                    for k, n in (('inputs', 2), ('targets', 2), ('users', 1))}
+
+  def loss_fn(params, batch, rng):
+    model = nnx.merge(graphdef, params)
+    hidden = model(batch['inputs'], deterministic=False, rngs=nnx.Rngs(dropout=rng))
+    table = model.output_table()
+    if lcfg.type == 'sampled_softmax':
+      return losses.sampled_softmax_loss(
+          hidden, table, batch['targets'], rng=jax.random.fold_in(rng, 1),
+          num_items=cfg.num_items, num_negatives=lcfg.num_negatives, max_targets=max_targets)
+    return losses.full_softmax_loss(hidden, table, batch['targets'], catalog=catalog,
+                                    max_targets=max_targets)
+
+  def step_fn(state, batch):
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), state['step'])
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'], batch, rng)
+    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads),
+               'learning_rate': schedule(state['step']), **aux}
+    new_state = dict(state, step=state['step'] + 1, params=params, opt_state=opt_state)
+    return new_state, metrics
+
+  return jax.jit(step_fn, in_shardings=(shardings, batch_sharding),
+                 out_shardings=(shardings, exp.spec.replicated), donate_argnums=(0,))
+
+
+class _StopFlag:
+  """Set by SIGTERM/SIGINT so the loop can save a checkpoint and exit cleanly."""
+
+  def __init__(self):
+    self.signal: int | None = None
+
+  @contextlib.contextmanager
+  def installed(self):
+    if threading.current_thread() is not threading.main_thread():
+      yield self
+      return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    for s in previous:
+      signal.signal(s, lambda signum, _frame: setattr(self, 'signal', signum))
+    try:
+      yield self
+    finally:
+      for s, handler in previous.items():
+        signal.signal(s, handler)
+
+
+def _write_catalog(exp: Experiment) -> None:
+  items = exp.dataset.items
+  titles = items.text.get('title')
+  payload = {'raw_ids': [str(r) for r in items.raw_ids],
+             'titles': list(titles) if titles is not None else None,
+             'num_items': exp.dataset.num_items}
+  (exp.workdir / 'items.json').write_text(json.dumps(payload))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+                       *, stop_after_steps: int | None = None) -> dict[str, Any]:
+  """Trains (resuming from ``workdir`` if it holds checkpoints), then evaluates the best checkpoint.
+
+  Args:
+    stop_after_steps: stop (with a checkpoint) once this global step is reached, as a preemption
+      would; used to test exact resumption.
+  Returns:
+    the final metrics (also written to ``workdir/metrics.json``), or a dict with ``'stopped'`` when
+    the run was interrupted.
+  """
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  exp = build_experiment(config, workdir)
+  is_main = jax.process_index() == 0
+  if is_main:
+    config_base.save(config, workdir)
+    _write_catalog(exp)
+  tc = config.train
+
+  windows, users = pipeline.make_windows(exp.split.train, config.data.max_len,
+                                         all_windows=config.data.all_windows)
+  steps_per_epoch = len(windows) // tc.batch_size
+  if steps_per_epoch == 0:
+    raise ConfigError('train.batch_size', f'{tc.batch_size} exceeds the {len(windows)} training '
+                      'windows of this dataset')
+  total_steps = steps_per_epoch * tc.num_epochs
+  if tc.max_steps > 0:
+    total_steps = min(total_steps, tc.max_steps)
+  eval_every = tc.eval_every or steps_per_epoch
+  max_targets = config.loss.max_targets_per_batch or auto_max_targets(windows, tc.batch_size)
+
+  tx, schedule = optimizer_lib.make_optimizer(config.optimizer, total_steps)
+  abstract, shardings = state_lib.state_shardings(exp.spec, tx)
+  train_ds = pipeline.train_dataset(windows, users, global_batch_size=tc.batch_size,
+                                    seed=config.seed, num_epochs=tc.num_epochs,
+                                    process_index=jax.process_index(),
+                                    process_count=jax.process_count())
+  data_iter = iter(train_ds.to_iter_dataset())
+  ckpt = Checkpointer(workdir / 'checkpoints', max_to_keep=tc.keep_checkpoints,
+                      async_save=tc.async_checkpoints)
+  start = ckpt.latest_step()
+  if start is not None:
+    state = ckpt.restore(start, abstract_with_shardings(abstract, shardings), data_iter)
+    progress = ckpt.progress(start)
+    logging.info('resuming from step %d', start)
+  else:
+    state = state_lib.init_train_state(exp.spec, tx, config.seed, shardings)
+    progress = {'best': float('-inf'), 'best_step': -1, 'evals_since_best': 0}
+    start = 0
+  train_step = make_train_step(exp, tx, schedule, shardings, max_targets)
+  rank_fn = exp.rank_fn()
+  valid_arrays = exp.eval_arrays('valid')
+  logger = MetricLogger(workdir, enabled=is_main)
+  logger.info(dict(event='start', step=start, total_steps=total_steps,
+                   steps_per_epoch=steps_per_epoch, num_params=exp.spec.num_params(),
+                   max_targets_per_batch=max_targets, devices=jax.device_count(),
+                   mesh=dict(exp.mesh.shape), **exp.dataset.summary()))
+
+  stop = _StopFlag()
+  pending: list[tuple[int, dict]] = []
+  t_last, n_last = time.perf_counter(), start
+  stopped_reason = None
+  step = start
+  bar = logger.progress(total_steps, start) if tc.progress_bar else None
+  try:
+    with stop.installed():
+      while step < total_steps:
+        batch = exp.put(next(data_iter))
+        state, metrics = train_step(state, batch)
+        step += 1
+        pending.append((step, metrics))
+        if bar is not None:
+          bar.update(1)
+        is_eval = step % eval_every == 0 or step == total_steps
+        if step % tc.log_every == 0 or is_eval or stop.signal or step == stop_after_steps:
+          now = time.perf_counter()
+          _flush(pending, logger, step - n_last, now - t_last, tc.batch_size)
+          t_last, n_last = now, step
+        if is_eval:
+          ranks_metrics, _, _ = evaluation.evaluate_arrays(
+              rank_fn, state['params'], valid_arrays, config.eval.batch_size, exp.put,
+              config.eval.ks)
+          score = ranks_metrics['ndcg@10']
+          if score > progress['best']:
+            progress.update(best=score, best_step=step, evals_since_best=0)
+          else:
+            progress['evals_since_best'] += 1
+          logger.scalars(step, {f'valid/{k}': v for k, v in ranks_metrics.items()})
+          logger.info(dict(event='eval', step=step, epoch=step / steps_per_epoch,
+                           **{f'valid_{k}': v for k, v in ranks_metrics.items()}))
+          ckpt.save(step, state, data_iter, {'valid_ndcg@10': score, **progress})
+          t_last = time.perf_counter()  # evaluation time is not training throughput
+          if tc.patience and progress['evals_since_best'] >= tc.patience:
+            stopped_reason = 'early_stopping'
+            break
+        elif tc.checkpoint_every and step % tc.checkpoint_every == 0:
+          ckpt.save(step, state, data_iter, {**progress})
+        if stop.signal or step == stop_after_steps:
+          if not is_eval:
+            ckpt.save(step, state, data_iter, {**progress})
+          stopped_reason = f'signal {stop.signal}' if stop.signal else 'stop_after_steps'
+          break
+  finally:
+    if bar is not None:
+      bar.close()
+    ckpt.wait()
+  if stopped_reason and stopped_reason != 'early_stopping':
+    logger.info(dict(event='stopped', step=step, reason=stopped_reason))
+    logger.close()
+    ckpt.close()
+    return {'stopped': stopped_reason, 'step': step}
+
+  logger.info(dict(event='train_done', step=step, reason=stopped_reason or 'max_steps',
+                   best_step=progress['best_step']))
+  best = ckpt.best_step()
+  if best is not None and best != step:
+    state = ckpt.restore(best, abstract_with_shardings(abstract, shardings))
+  results = _final_metrics(exp, rank_fn, state['params'], step=best or step)
+  logger.close()
+  ckpt.close()
+  return results
+
+
+def _flush(pending: list, logger: MetricLogger, steps: int, seconds: float, batch_size: int):
+  """Fetches pending step metrics (the only host sync of the loop) and checks they are finite."""
+  fetched = jax.device_get([m for _, m in pending])
+  for (step, _), m in zip(pending, fetched):
+    m = {k: float(v) for k, v in m.items()}
+    if not all(math.isfinite(v) for v in m.values()):
+      raise NonFiniteLossError(
+          f'non-finite training metrics at step {step}: {m}. Stopping; checkpoints written before '
+          'this step are intact (lower optimizer.learning_rate or check the data).')
+    logger.step(step, m)
+  last = {k: float(v) for k, v in fetched[-1].items()}
+  tokens = sum(float(m['num_targets']) for m in fetched)
+  rate = {'examples_per_sec': steps * batch_size / max(seconds, 1e-9),
+          'targets_per_sec': tokens / max(seconds, 1e-9)}
+  logger.scalars(pending[-1][0], {**{f'train/{k}': v for k, v in last.items()},
+                                  **{f'train/{k}': v for k, v in rate.items()}})
+  if last.get('dropped_targets', 0) > 0:
+    logging.warning('%d targets exceeded loss.max_targets_per_batch at step %d',
+                    int(last['dropped_targets']), pending[-1][0])
+  pending.clear()
+
+
+def _final_metrics(exp: Experiment, rank_fn, params, *, step: int) -> dict[str, Any]:
+  c = exp.config
+  results: dict[str, Any] = {'step': int(step), 'dataset': exp.dataset.name,
+                             'protocol': exp.split.protocol, 'exclude_seen': c.eval.exclude_seen}
+  for which in ('valid', 'test'):
+    arrays = exp.eval_arrays(which)
+    m, ranks, tops = evaluation.evaluate_arrays(rank_fn, params, arrays, c.eval.batch_size,
+                                                exp.put, c.eval.ks)
+    results[which] = m
+    if c.eval.save_rankings and jax.process_index() == 0:
+      n = len(ranks)
+      evaluation.write_rankings(exp.workdir / f'rankings_{which}.jsonl', arrays.users[:n],
+                                arrays.targets[:n], ranks, tops, exp.dataset.users.raw_ids,
+                                exp.dataset.items.raw_ids)
+  if jax.process_index() == 0:
+    (exp.workdir / 'metrics.json').write_text(json.dumps(results, indent=2))
+  return results
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
+             checkpoint: str = 'best', save_rankings: bool | None = None) -> dict[str, Any]:
+  """Evaluates a checkpoint of ``workdir`` ('best', 'latest' or a step number) on valid and test."""
+  workdir = pathlib.Path(workdir)
+  if save_rankings is not None:
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.eval.save_rankings = save_rankings
+  exp = build_experiment(config, workdir)
+  tx, _ = optimizer_lib.make_optimizer(config.optimizer, 1)
+  abstract, shardings = state_lib.state_shardings(exp.spec, tx)
+  ckpt = Checkpointer(workdir / 'checkpoints', async_save=False)
+  step = (ckpt.best_step() if checkpoint == 'best' else ckpt.latest_step()
+          if checkpoint == 'latest' else int(checkpoint))
+  params = ckpt.restore_params(step, abstract, shardings)
+  ckpt.close()
+  return _final_metrics(exp, exp.rank_fn(), params, step=step)

@@ -1,0 +1,37 @@
+"""llm4rec_jax: JAX/Flax trainer for LLM-based multimodal generative recommendation."""
+
+import pathlib
+
+from setuptools import find_packages, setup
+
+README = pathlib.Path(__file__).with_name("README.md")
+
+setup(
+    name="llm4rec_jax",
+    version="0.1.0",
+    description="JAX/Flax trainer for LLM-based, multimodal, generative recommendation "
+                "with causal debiasing",
+    long_description=README.read_text(encoding="utf-8") if README.exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["llm4rec_jax", "llm4rec_jax.*"]),
+    install_requires=[
+        "jax>=0.7",
+        "flax>=0.12",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.11",
+        "grain>=0.2.12",
+        "ml_collections>=1.0",
+        "absl-py>=2.0",
+        "numpy>=2.0",
+        "tensorflow-datasets>=4.9",
+        "transformers>=4.40",
+        "scann>=1.4",
+        "tensorboardX>=2.6",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+    },
+    entry_points={"console_scripts": ["llm4rec=llm4rec_jax.cli:run"]},
+)
