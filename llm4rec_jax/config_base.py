@@ -60,7 +60,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict(dict(
       d_model=64, num_layers=2, num_heads=1, num_kv_heads=0, head_dim=0, mlp_dim=0, dropout=0.2,
-      tie_embeddings=True, rope_theta=10_000.0, embed_scale=True, dtype='float32'))
+      tie_embeddings=True, rope_theta=10_000.0, embed_scale=True, dtype='float32',
+      # 0 = num_items + 1 rounded up to 128 x the catalog shards; recorded in the saved config so a
+      # checkpoint restores on any device count.
+      vocab_size=0))
 
   c.loss = ml_collections.ConfigDict()
   c.loss.type = 'full_softmax'  # or 'sampled_softmax'

@@ -70,6 +70,11 @@ def _rule_table(rules: Rules) -> dict[str, tuple[str, ...]]:
   return table
 
 
+def rule_axes(rules: Rules, logical: str) -> tuple[str, ...]:
+  """The mesh axes a logical axis maps to."""
+  return _rule_table(rules).get(logical, ())
+
+
 def logical_to_mesh(logical: Sequence[str | None], rules: Rules, mesh: Mesh,
                     shape: Sequence[int] | None = None) -> P:
   """PartitionSpec for logical axis names.

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from llm4rec_jax.errors import ConfigError
 from llm4rec_jax.model.layers import Attention, RMSNorm, SwiGLU, param
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
@@ -49,7 +50,9 @@ def from_config(model_cfg: Any, *, num_items: int, vocab_multiple: int) -> Decod
   """Builds the DecoderConfig; the vocabulary is padded up to a multiple of ``vocab_multiple``."""
   fields = {f.name for f in dataclasses.fields(DecoderConfig)} - {'vocab_size', 'num_items'}
   kwargs = {k: model_cfg[k] for k in fields if k in model_cfg}
-  vocab = -(-(num_items + 1) // vocab_multiple) * vocab_multiple
+  vocab = model_cfg.get('vocab_size', 0) or -(-(num_items + 1) // vocab_multiple) * vocab_multiple
+  if vocab <= num_items:
+    raise ConfigError('model.vocab_size', f'{vocab} must exceed the {num_items} items (id 0 = pad)')
   return DecoderConfig(vocab_size=vocab, num_items=num_items, **kwargs)
 
 

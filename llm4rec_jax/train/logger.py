@@ -10,6 +10,13 @@ from typing import Any
 
 import tqdm
 
+_LOG = logging.getLogger('llm4rec')
+if not _LOG.handlers:
+  _handler = logging.StreamHandler(sys.stderr)
+  _handler.setFormatter(logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S'))
+  _LOG.addHandler(_handler)
+  _LOG.propagate = False
+
 
 class MetricLogger:
   """Writes ``train_log.jsonl`` (every step's metrics), ``events.jsonl`` (evaluations, start/stop
@@ -40,7 +47,7 @@ class MetricLogger:
       self._events.write(json.dumps(record, default=str) + '\n')
       self._events.flush()
       self._steps.flush()
-      logging.info('%s', json.dumps(record, default=str))
+      _LOG.info('%s', json.dumps(record, default=str))
 
   def progress(self, total: int, initial: int):
     return tqdm.tqdm(total=total, initial=initial, disable=not self.enabled, unit='step',

@@ -7,15 +7,19 @@ from typing import Any
 import jax
 import optax
 
+from llm4rec_jax.errors import ConfigError
+
 
 def learning_rate_schedule(opt_cfg: Any, total_steps: int) -> optax.Schedule:
-  warmup = min(int(opt_cfg.warmup_steps), max(total_steps - 1, 0))
+  warmup = max(1, min(int(opt_cfg.warmup_steps), total_steps - 1))
   if opt_cfg.schedule == 'constant':
     return optax.join_schedules(
-        [optax.linear_schedule(0.0, opt_cfg.learning_rate, max(warmup, 1)),
-         optax.constant_schedule(opt_cfg.learning_rate)], [max(warmup, 1)])
+        [optax.linear_schedule(0.0, opt_cfg.learning_rate, warmup),
+         optax.constant_schedule(opt_cfg.learning_rate)], [warmup])
+  if opt_cfg.schedule != 'cosine':
+    raise ConfigError('optimizer.schedule', f"unknown schedule {opt_cfg.schedule!r} (cosine | constant)")
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=opt_cfg.learning_rate, warmup_steps=max(warmup, 1),
+      init_value=0.0, peak_value=opt_cfg.learning_rate, warmup_steps=warmup,
       decay_steps=max(total_steps, warmup + 1),
       end_value=opt_cfg.learning_rate * opt_cfg.min_lr_ratio)
 

@@ -69,11 +69,20 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str | pathlib.P
   workdir = pathlib.Path(workdir)
   ds, split = registry.load_split(config.data)
   mesh = partitioning.make_mesh(config.mesh)
-  vocab_multiple = 128 * math.prod(mesh.shape.values())
-  cfg = decoder_lib.from_config(config.model, num_items=ds.num_items, vocab_multiple=vocab_multiple)
-  cfg = dataclasses.replace(cfg, max_len=config.data.max_len)
-  spec = state_lib.build_model_spec(cfg, mesh, config.mesh.rules)
+  spec = state_lib.build_model_spec(model_config(config, ds.num_items, mesh), mesh,
+                                    config.mesh.rules)
   return Experiment(config, workdir, ds, split, mesh, spec)
+
+
+def model_config(config: ml_collections.ConfigDict, num_items: int,
+                 mesh: jax.sharding.Mesh) -> decoder_lib.DecoderConfig:
+  """The decoder config; fills ``config.model.vocab_size`` so the saved config records it."""
+  shards = math.prod(mesh.shape[a] for a in partitioning.rule_axes(config.mesh.rules, 'vocab')
+                     if a in mesh.shape)
+  cfg = decoder_lib.from_config(config.model, num_items=num_items, vocab_multiple=128 * shards)
+  if not config.model.get("vocab_size", 0):
+    config.model.vocab_size = cfg.vocab_size
+  return dataclasses.replace(cfg, max_len=config.data.max_len)
 
 
 def auto_max_targets(windows: np.ndarray, batch_size: int) -> int:

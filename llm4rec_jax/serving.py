@@ -1,0 +1,96 @@
+"""``recommend``: top-k items for a raw-id history, from a trained workdir (no dataset needed).
+
+Training writes ``WORKDIR/config.json`` (the effective config) and ``WORKDIR/items.json`` (raw item
+ids and titles), so serving needs only the workdir. Parameters are restored onto a single device.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from llm4rec_jax import config_base, evaluation, partitioning
+from llm4rec_jax.errors import DataError, UnknownIdError
+from llm4rec_jax.train import optimizer as optimizer_lib
+from llm4rec_jax.train import state as state_lib
+from llm4rec_jax.train.checkpointing import Checkpointer
+
+
+class Recommender:
+  """A trained model loaded for serving: ``recommend(history, top_k)`` with raw ids."""
+
+  def __init__(self, workdir: str | pathlib.Path, *, checkpoint: str = 'best'):
+    from llm4rec_jax.train.trainer import model_config  # pylint: disable=import-outside-toplevel
+    self.workdir = pathlib.Path(workdir)
+    self.config = config_base.load(self.workdir)
+    catalog_path = self.workdir / 'items.json'
+    if not catalog_path.exists():
+      raise DataError('item catalog missing; train in this workdir first', path=str(catalog_path))
+    catalog = json.loads(catalog_path.read_text())
+    self.raw_ids: list[str] = catalog['raw_ids']
+    self.titles: list[str] | None = catalog.get('titles')
+    self.index = {r: i for i, r in enumerate(self.raw_ids) if i}
+    mesh_cfg = dict(axes=self.config.mesh.axes, shape=(1,) * len(self.config.mesh.axes))
+    mesh = partitioning.make_mesh(mesh_cfg, devices=jax.devices()[:1])
+    cfg = model_config(self.config, catalog['num_items'], mesh)
+    self.spec = state_lib.build_model_spec(cfg, mesh, self.config.mesh.rules)
+    tx, _ = optimizer_lib.make_optimizer(self.config.optimizer, 1)
+    abstract, shardings = state_lib.state_shardings(self.spec, tx)
+    ckpt = Checkpointer(self.workdir / 'checkpoints', async_save=False)
+    step = ckpt.best_step() if checkpoint == 'best' else (
+        ckpt.latest_step() if checkpoint == 'latest' else int(checkpoint))
+    self.step = step
+    self.params = ckpt.restore_params(step, abstract, shardings)
+    ckpt.close()
+
+  @functools.partial(jax.jit, static_argnums=(0, 4))
+  def _top(self, params, inputs, seen, k):
+    model = nnx.merge(self.spec.graphdef, params)
+    scores = evaluation.scores_for(model, inputs, seen)
+    return jax.lax.top_k(scores, k)
+
+  def encode(self, history: Sequence[str]) -> np.ndarray:
+    unknown = [h for h in history if str(h) not in self.index]
+    if unknown:
+      raise UnknownIdError(f'unknown item id(s) {unknown[:10]} (not in the {len(self.index)} items '
+                           f'of {self.workdir / "items.json"})')
+    return np.asarray([self.index[str(h)] for h in history], np.int32)
+
+  def recommend(self, history: Sequence[str], top_k: int = 10, *,
+                exclude_seen: bool = True) -> dict[str, Any]:
+    """Top-k raw item ids (with scores and titles) to follow ``history`` (raw ids, oldest first)."""
+    if not history:
+      raise DataError('history is empty: give at least one item id', field='history')
+    if top_k <= 0 or top_k > len(self.index):
+      raise DataError(f'top_k must be in 1..{len(self.index)}, got {top_k}', field='top_k')
+    ids = self.encode(history)
+    max_len = self.spec.cfg.max_len
+    inputs = np.zeros((1, max_len), np.int32)
+    tail = ids[-max_len:]
+    inputs[0, -len(tail):] = tail
+    seen = ids[None, :] if exclude_seen else np.zeros((1, 1), np.int32)
+    k = min(top_k, len(self.index) - (len(set(ids.tolist())) if exclude_seen else 0))
+    scores, items = jax.device_get(self._top(self.params, jnp.asarray(inputs), jnp.asarray(seen), k))
+    recs = []
+    for s, i in zip(scores[0], items[0]):
+      rec = {'item': self.raw_ids[int(i)], 'score': float(s)}
+      if self.titles:
+        rec['title'] = self.titles[int(i)]
+      recs.append(rec)
+    return {'history': [str(h) for h in history], 'checkpoint_step': self.step,
+            'recommendations': recs}
+
+
+def recommend(workdir: str | pathlib.Path, history: Sequence[str], top_k: int = 10, *,
+              checkpoint: str = 'best', exclude_seen: bool = True) -> dict[str, Any]:
+  """One-shot :meth:`Recommender.recommend` (loads the model each call; keep a Recommender to reuse)."""
+  return Recommender(workdir, checkpoint=checkpoint).recommend(history, top_k,
+                                                                exclude_seen=exclude_seen)
