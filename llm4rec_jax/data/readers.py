@@ -1,0 +1,865 @@
+"""Readers for the published dataset formats; each returns a :class:`RecDataset` built with ``from_raw``.
+
+Every reader takes a directory or a ``.zip`` laid out as the original release (the archive may hold a
+top-level folder such as ``ml-100k/u.data``; files are located by their base name, also one folder down).
+
+Formats:
+  * ``ml-100k``    MovieLens 100K: ``u.data``, ``u.item``, ``u.user``, ``u.genre``.
+  * ``ml-dat``     MovieLens 1M / 10M: ``ratings.dat``, ``movies.dat``, optional ``users.dat`` (``::``).
+  * ``ml-csv``     MovieLens 20M / 25M / 32M / latest(-small): ``ratings.csv``, ``movies.csv``.
+  * ``s3rec``      S3-Rec sequences: ``{Name}.txt`` + ``{Name}_item2attributes.json`` (+ optional extras).
+  * ``scientific`` Amazon 2018 Scientific: ``{Name}.inter.json`` + ``{Name}.item.json``.
+
+Malformed input raises :class:`DataError` naming the file and the 1-based line number.
+"""
+
+from __future__ import annotations
+
+import csv
+import contextlib
+import dataclasses
+import gc
+import io
+import itertools
+import json
+import math
+import os
+import pathlib
+import re
+import zipfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from llm4rec_jax.data import paths
+from llm4rec_jax.data.dataset import RecDataset, from_raw
+from llm4rec_jax.errors import DataError
+
+__all__ = [
+    'DATASETS', 'FORMATS', 'DatasetSpec', 'known_datasets', 'load_dataset', 'read_amazon_scientific',
+    'read_movielens_100k', 'read_movielens_csv', 'read_movielens_dat', 'read_movielens_dat_metadata',
+    'read_s3rec',
+]
+
+_CHUNK_LINES = 1 << 18
+_YEAR_IN_TITLE = re.compile(r'\((\d{4})[^()]*\)\s*$')
+_YEAR_ANYWHERE = re.compile(r'(\d{4})')
+_INT_LINE = re.compile(r'\s*\d+(?:\s+\d+)*\s*')
+
+# MovieLens-1M occupation codes (README of the 1M release).
+ML1M_OCCUPATIONS = (
+    'other', 'academic/educator', 'artist', 'clerical/admin', 'college/grad student',
+    'customer service', 'doctor/health care', 'executive/managerial', 'farmer', 'homemaker',
+    'K-12 student', 'lawyer', 'programmer', 'retired', 'sales/marketing', 'scientist', 'self-employed',
+    'technician/engineer', 'tradesman/craftsman', 'unemployed', 'writer')
+
+# The 19 genres of MovieLens-100K in flag order (used only when ``u.genre`` is absent).
+ML100K_GENRES = (
+    'unknown', 'Action', 'Adventure', 'Animation', "Children's", 'Comedy', 'Crime', 'Documentary',
+    'Drama', 'Fantasy', 'Film-Noir', 'Horror', 'Musical', 'Mystery', 'Romance', 'Sci-Fi', 'Thriller',
+    'War', 'Western')
+
+
+# ------------------------------------------------------------------------------------------------
+# Sources: a directory or a zip archive.
+
+
+class _Source:
+  """Files of a release given as a directory or a ``.zip`` (members located by base name)."""
+
+  def __init__(self, path: str | os.PathLike):
+    self.path = pathlib.Path(path).expanduser()
+    self._zip: zipfile.ZipFile | None = None
+    if self.path.is_file():
+      if not zipfile.is_zipfile(self.path):
+        raise DataError('expected a directory or a .zip archive of the release', path=str(self.path))
+      try:
+        self._zip = zipfile.ZipFile(self.path)
+      except (OSError, zipfile.BadZipFile) as e:
+        raise DataError(f'cannot open zip archive: {e}', path=str(self.path)) from e
+      names = [n for n in self._zip.namelist() if not n.endswith('/')]
+    elif self.path.is_dir():
+      names = self._list_dir()
+    else:
+      raise DataError('dataset path does not exist', path=str(self.path))
+    self._names = [n for n in names
+                   if not n.startswith('__MACOSX/') and not n.rsplit('/', 1)[-1].startswith('._')]
+
+  def _list_dir(self) -> list[str]:
+    names = []
+    try:
+      with os.scandir(self.path) as top:
+        subdirs = []
+        for e in top:
+          if e.is_file():
+            names.append(e.name)
+          elif e.is_dir() and not e.name.startswith('.'):
+            subdirs.append(e.name)
+      for d in sorted(subdirs):
+        with os.scandir(self.path / d) as sub:
+          names.extend(f'{d}/{e.name}' for e in sub if e.is_file())
+    except OSError as e:
+      raise DataError(f'cannot list directory: {e}', path=str(self.path)) from e
+    return names
+
+  def __enter__(self) -> _Source:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._zip is not None:
+      self._zip.close()
+
+  def where(self) -> str:
+    return (f'zip archive {self.path}' if self._zip is not None
+            else f'directory {self.path} and its subfolders')
+
+  def display(self, member: str) -> str:
+    """A user-facing path for a member (``archive.zip!/folder/file`` inside archives)."""
+    return f'{self.path}!/{member}' if self._zip is not None else str(self.path / member)
+
+  def basenames(self) -> list[str]:
+    return sorted({n.rsplit('/', 1)[-1] for n in self._names})
+
+  def find(self, basename: str) -> str | None:
+    """The member with this base name, the shallowest one; None if absent."""
+    hits = [n for n in self._names if n == basename or n.endswith('/' + basename)]
+    if not hits:
+      return None
+    depth = min(n.count('/') for n in hits)
+    hits = sorted(n for n in hits if n.count('/') == depth)
+    if len(hits) > 1:
+      raise DataError(f'{len(hits)} files named {basename!r} in {self.where()}: {hits}',
+                      path=str(self.path))
+    return hits[0]
+
+  def require(self, basename: str) -> str:
+    member = self.find(basename)
+    if member is None:
+      raise DataError(f'required file {basename!r} not found (searched {self.where()})',
+                      path=str(self.path / basename))
+    return member
+
+  def open_text(self, member: str, encoding: str, newline: str | None = None) -> io.TextIOBase:
+    try:
+      if self._zip is not None:
+        return io.TextIOWrapper(self._zip.open(member), encoding=encoding, newline=newline)
+      return open(self.path / member, encoding=encoding, newline=newline)
+    except OSError as e:
+      raise DataError(f'cannot read file: {e}', path=self.display(member)) from e
+
+  def read_text(self, member: str, encoding: str = 'utf-8') -> str:
+    try:
+      data = self._zip.read(member) if self._zip is not None else (self.path / member).read_bytes()
+      return data.decode(encoding)
+    except OSError as e:
+      raise DataError(f'cannot read file: {e}', path=self.display(member)) from e
+    except UnicodeDecodeError as e:
+      line = data[:e.start].count(b'\n') + 1
+      raise DataError(f'not valid {encoding} text ({e.reason})', path=self.display(member),
+                      line=line) from e
+
+  def read_json(self, member: str) -> Any:
+    text = self.read_text(member, 'utf-8-sig')
+    if not text.strip():
+      raise DataError('file is empty: the dataset is empty', path=self.display(member))
+    try:
+      return json.loads(text)
+    except json.JSONDecodeError as e:
+      raise DataError(f'invalid JSON: {e.msg} (column {e.colno})', path=self.display(member),
+                      line=e.lineno) from e
+
+
+def _lines(src: _Source, member: str, encoding: str) -> Iterator[tuple[int, str]]:
+  """(1-based line number, line without the newline) for each non-blank line."""
+  with src.open_text(member, encoding) as f:
+    try:
+      for n, line in enumerate(f, 1):
+        line = line.rstrip('\r\n')
+        if line.strip():
+          yield n, line
+    except UnicodeDecodeError as e:
+      raise DataError(f'not valid {encoding} text ({e.reason})', path=src.display(member)) from e
+
+
+# ------------------------------------------------------------------------------------------------
+# Fast delimited-table parsing with exact error locations.
+
+_Column = tuple[str, str]  # (field name, kind: 'int' | 'float' | 'str')
+
+
+def _convert(kind: str, value: str) -> Any:
+  if kind == 'int':
+    return int(value)
+  if kind == 'float':
+    v = float(value)
+    if not math.isfinite(v):
+      raise ValueError(value)
+    return v
+  return value.strip()
+
+
+_KIND_NAMES = {'int': 'an integer', 'float': 'a number', 'str': 'text'}
+_DTYPES = {'int': np.int64, 'float': np.float64, 'str': object}
+
+
+def _read_table(src: _Source, member: str, sep: str | None, columns: Sequence[_Column], *,
+                encoding: str, skip_header: Callable[[list[str]], bool] | None = None,
+                what: str = 'interactions') -> list[np.ndarray]:
+  """Parses a delimited file of exactly ``len(columns)`` fields per line into column arrays.
+
+  Whole chunks are converted with numpy; a chunk that fails is re-parsed line by line to name the
+  offending line and field. Blank lines are skipped. ``skip_header(fields)`` says whether the first
+  line is a header. Raises DataError if the file holds no rows.
+  """
+  display = src.display(member)
+  ncols = len(columns)
+  kinds = [k for _, k in columns]
+  out: list[list[np.ndarray]] = [[] for _ in columns]
+  with src.open_text(member, encoding) as f, _gc_paused():
+    lineno = 0
+    first = True
+    while True:
+      try:
+        chunk = list(itertools.islice(f, _CHUNK_LINES))
+      except UnicodeDecodeError as e:
+        raise DataError(f'not valid {encoding} text ({e.reason})', path=display,
+                        line=lineno + 1) from e
+      if not chunk:
+        break
+      start = lineno + 1
+      lineno += len(chunk)
+      if first:
+        first = False
+        if skip_header is not None and chunk[0].strip() and skip_header(chunk[0].strip().split(sep)):
+          chunk, start = chunk[1:], start + 1
+      while chunk and not chunk[-1].strip():  # trailing blank lines (numbering of the rest is kept)
+        chunk.pop()
+      cols = _parse_chunk_fast(chunk, sep, ncols, kinds)
+      if cols is None:
+        cols = _parse_chunk_slow(chunk, start, sep, columns, display)
+      for acc, c in zip(out, cols):
+        acc.append(c)
+  arrays = [np.concatenate(acc) if acc else np.zeros(0, _DTYPES[k]) for acc, k in zip(out, kinds)]
+  if len(arrays[0]) == 0:
+    raise DataError(f'file contains no {what}: the dataset is empty', path=display)
+  return arrays
+
+
+@contextlib.contextmanager
+def _gc_paused():
+  """Pauses the cyclic GC: millions of short-lived row lists otherwise trigger it over and over."""
+  enabled = gc.isenabled()
+  gc.disable()
+  try:
+    yield
+  finally:
+    if enabled:
+      gc.enable()
+
+
+def _parse_chunk_fast(chunk: list[str], sep: str | None, ncols: int,
+                      kinds: Sequence[str]) -> list[np.ndarray] | None:
+  rows = [line.split(sep) for line in chunk]
+  if any(len(r) != ncols for r in rows):
+    return None
+  cols = []
+  try:
+    for kind, col in zip(kinds, zip(*rows)):
+      if kind == 'str':
+        cols.append(np.asarray([v.strip() for v in col], dtype=object))
+      else:
+        arr = np.asarray(col, dtype=_DTYPES[kind])
+        if kind == 'float' and not np.isfinite(arr).all():
+          return None
+        cols.append(arr)
+  except (ValueError, OverflowError):
+    return None
+  return cols
+
+
+def _parse_chunk_slow(chunk: list[str], start: int, sep: str | None, columns: Sequence[_Column],
+                      display: str) -> list[np.ndarray]:
+  ncols = len(columns)
+  vals: list[list[Any]] = [[] for _ in columns]
+  for n, line in enumerate(chunk, start):
+    if not line.strip():
+      continue
+    fields = line.rstrip('\r\n').split(sep)
+    if len(fields) != ncols:
+      names = (sep or ' ').join(name for name, _ in columns)
+      raise DataError(f'expected {ncols} fields ({names!r}), got {len(fields)}: {line.strip()[:80]!r}',
+                      path=display, line=n)
+    for (name, kind), v, acc in zip(columns, fields, vals):
+      try:
+        acc.append(_convert(kind, v))
+      except (ValueError, OverflowError):
+        raise DataError(f'expected {_KIND_NAMES[kind]}, got {v.strip()!r}', path=display, line=n,
+                        field=name) from None
+  return [np.asarray(v, dtype=_DTYPES[k]) for v, (_, k) in zip(vals, columns)]
+
+
+def _int_field(value: str, display: str, line: int, field: str) -> int:
+  try:
+    return int(value)
+  except ValueError:
+    raise DataError(f'expected an integer, got {value.strip()!r}', path=display, line=line,
+                    field=field) from None
+
+
+def _year_of(title: str, date: str = '') -> float | None:
+  m = _YEAR_IN_TITLE.search(title)
+  if m:
+    return float(m.group(1))
+  m = _YEAR_ANYWHERE.search(date or '')
+  return float(m.group(1)) if m else None
+
+
+def _age_group(age: int) -> str:
+  """MovieLens-1M age bucket: 1 (<18), 18, 25, 35, 45, 50, 56 (56+)."""
+  for lo in (56, 50, 45, 35, 25, 18):
+    if age >= lo:
+      return str(lo)
+  return '1'
+
+
+def _split_genres(text: str) -> list[str]:
+  return [g for g in (s.strip() for s in text.split('|')) if g and g != '(no genres listed)']
+
+
+def _not_int(fields: list[str]) -> bool:
+  try:
+    int(fields[0])
+    return False
+  except (ValueError, IndexError):
+    return True
+
+
+_RATING_COLUMNS: tuple[_Column, ...] = (('user', 'int'), ('item', 'int'), ('rating', 'float'),
+                                        ('timestamp', 'int'))
+
+
+def _source_name(path: str | os.PathLike, default: str) -> str:
+  p = pathlib.Path(path)
+  stem = p.name[:-4] if p.name.lower().endswith('.zip') else p.name
+  return stem or default
+
+
+# ------------------------------------------------------------------------------------------------
+# MovieLens 100K.
+
+
+def read_movielens_100k(path: str | os.PathLike, *, dataset_name: str = 'ml-100k') -> RecDataset:
+  """MovieLens 100K: ``u.data`` ratings, ``u.item`` movies (title, genres, year), ``u.user`` users.
+
+  Item features: text ``title``; categorical ``genres``; numeric ``year``.
+  User features: categorical ``gender``, ``occupation``, ``age_group`` (1/18/25/35/45/50/56);
+  numeric ``age``.
+  """
+  with _Source(path) as src:
+    user, item, rating, ts = _read_table(src, src.require('u.data'), '\t', _RATING_COLUMNS,
+                                         encoding='latin-1', what='ratings')
+    genres = _read_100k_genres(src)
+    items = _read_100k_items(src, genres)
+    users = _read_100k_users(src)
+  return from_raw(dataset_name, user, item, ts, rating, item_features=items, user_features=users,
+                  item_fields={'text': ['title'], 'categorical': ['genres'], 'numeric': ['year']},
+                  user_fields={'categorical': ['gender', 'occupation', 'age_group'],
+                               'numeric': ['age']})
+
+
+def _read_100k_genres(src: _Source) -> list[str]:
+  member = src.find('u.genre')
+  if member is None:
+    return list(ML100K_GENRES)
+  display = src.display(member)
+  by_index: dict[int, str] = {}
+  for n, line in _lines(src, member, 'latin-1'):
+    fields = line.split('|')
+    if len(fields) != 2:
+      raise DataError(f"expected 'name|index', got {line[:80]!r}", path=display, line=n)
+    by_index[_int_field(fields[1], display, n, 'index')] = fields[0].strip()
+  if sorted(by_index) != list(range(len(by_index))) or not by_index:
+    raise DataError(f'genre indices must be 0..N-1, got {sorted(by_index)}', path=display)
+  return [by_index[i] for i in range(len(by_index))]
+
+
+def _read_100k_items(src: _Source, genres: list[str]) -> dict[str, dict[str, Any]]:
+  member = src.require('u.item')
+  display = src.display(member)
+  nfields = 5 + len(genres)
+  items: dict[str, dict[str, Any]] = {}
+  for n, line in _lines(src, member, 'latin-1'):
+    f = line.split('|')
+    if len(f) != nfields:
+      raise DataError(f'expected {nfields} fields (id|title|release date|video release date|url|'
+                      f'{len(genres)} genre flags), got {len(f)}', path=display, line=n)
+    iid = _int_field(f[0], display, n, 'movie id')
+    flags = f[5:]
+    if any(x not in ('0', '1') for x in flags):
+      raise DataError(f'genre flags must be 0 or 1, got {"|".join(flags)!r}', path=display, line=n,
+                      field='genres')
+    title = f[1].strip()
+    items[str(iid)] = dict(title=title, genres=[g for g, x in zip(genres, flags) if x == '1'],
+                           year=_year_of(title, f[2]))
+  if not items:
+    raise DataError('file is empty: the dataset is empty', path=display)
+  return items
+
+
+def _read_100k_users(src: _Source) -> dict[str, dict[str, Any]]:
+  member = src.require('u.user')
+  display = src.display(member)
+  users: dict[str, dict[str, Any]] = {}
+  for n, line in _lines(src, member, 'latin-1'):
+    f = line.split('|')
+    if len(f) != 5:
+      raise DataError(f'expected 5 fields (id|age|gender|occupation|zip), got {len(f)}',
+                      path=display, line=n)
+    uid = _int_field(f[0], display, n, 'user id')
+    age = _int_field(f[1], display, n, 'age')
+    users[str(uid)] = dict(age=age, age_group=[_age_group(age)], gender=[f[2].strip()],
+                           occupation=[f[3].strip()])
+  if not users:
+    raise DataError('file is empty: the dataset is empty', path=display)
+  return users
+
+
+# ------------------------------------------------------------------------------------------------
+# MovieLens 1M / 10M (``::`` files).
+
+
+def read_movielens_dat(path: str | os.PathLike, *, dataset_name: str | None = None) -> RecDataset:
+  """MovieLens 1M / 10M: ``ratings.dat``, ``movies.dat`` and (1M only) ``users.dat``.
+
+  Item features: text ``title``; categorical ``genres``; numeric ``year``. With ``users.dat``, user
+  features: categorical ``gender``, ``age_group`` (the 1M age code) and ``occupation`` (its name).
+  """
+  with _Source(path) as src:
+    user, item, rating, ts = _read_table(src, src.require('ratings.dat'), '::', _RATING_COLUMNS,
+                                         encoding='latin-1', what='ratings')
+    items, users = _read_dat_metadata(src)
+  user_fields = {'categorical': ['gender', 'age_group', 'occupation']} if users is not None else None
+  return from_raw(dataset_name or _source_name(path, 'ml-dat'), user, item, ts, rating,
+                  item_features=items, user_features=users,
+                  item_fields={'text': ['title'], 'categorical': ['genres'], 'numeric': ['year']},
+                  user_fields=user_fields)
+
+
+def read_movielens_dat_metadata(
+    path: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]] | None]:
+  """Just the metadata of a MovieLens 1M/10M release: (movies.dat features, users.dat features or None).
+
+  Movie features: ``title``, ``genres`` (list), ``year``; user features: ``gender``, ``age_group``,
+  ``occupation`` (single-element lists, as categorical fields), keyed by raw id.
+  """
+  with _Source(path) as src:
+    return _read_dat_metadata(src)
+
+
+def _read_dat_metadata(src: _Source):
+  member = src.require('movies.dat')
+  display = src.display(member)
+  items: dict[str, dict[str, Any]] = {}
+  for n, line in _lines(src, member, 'latin-1'):
+    f = line.split('::')
+    if len(f) < 3:
+      raise DataError(f"expected 3 fields (movie::title::genres), got {len(f)}: {line[:80]!r}",
+                      path=display, line=n)
+    iid = _int_field(f[0], display, n, 'movie id')
+    title = '::'.join(f[1:-1]).strip()
+    items[str(iid)] = dict(title=title, genres=_split_genres(f[-1]), year=_year_of(title))
+  if not items:
+    raise DataError('file is empty: the dataset is empty', path=display)
+  member = src.find('users.dat')
+  if member is None:
+    return items, None
+  display = src.display(member)
+  users: dict[str, dict[str, Any]] = {}
+  for n, line in _lines(src, member, 'latin-1'):
+    f = line.split('::')
+    if len(f) != 5:
+      raise DataError(f'expected 5 fields (user::gender::age::occupation::zip), got {len(f)}',
+                      path=display, line=n)
+    uid = _int_field(f[0], display, n, 'user id')
+    age = _int_field(f[2], display, n, 'age')
+    occ = _int_field(f[3], display, n, 'occupation')
+    users[str(uid)] = dict(gender=[f[1].strip()], age_group=[str(age)],
+                           occupation=[ML1M_OCCUPATIONS[occ] if 0 <= occ < len(ML1M_OCCUPATIONS)
+                                       else str(occ)])
+  if not users:
+    raise DataError('file is empty: the dataset is empty', path=display)
+  return items, users
+
+
+# ------------------------------------------------------------------------------------------------
+# MovieLens CSV releases (20M / 25M / 32M / latest).
+
+
+def read_movielens_csv(path: str | os.PathLike, *, dataset_name: str | None = None) -> RecDataset:
+  """MovieLens CSV layout: ``ratings.csv`` (userId,movieId,rating,timestamp) + ``movies.csv``.
+
+  Item features: text ``title``; categorical ``genres``; numeric ``year``. Only rated items are kept.
+  """
+  with _Source(path) as src:
+    user, item, rating, ts = _read_table(src, src.require('ratings.csv'), ',', _RATING_COLUMNS,
+                                         encoding='utf-8', skip_header=_not_int, what='ratings')
+    items = _read_movies_csv(src)
+  return from_raw(dataset_name or _source_name(path, 'ml-csv'), user, item, ts, rating,
+                  item_features=items,
+                  item_fields={'text': ['title'], 'categorical': ['genres'], 'numeric': ['year']})
+
+
+def _read_movies_csv(src: _Source) -> dict[str, dict[str, Any]]:
+  member = src.require('movies.csv')
+  display = src.display(member)
+  items: dict[str, dict[str, Any]] = {}
+  with src.open_text(member, 'utf-8-sig', newline='') as f:
+    reader = csv.reader(f)
+    try:
+      header = next(reader, None)
+      if header is None:
+        raise DataError('file is empty: the dataset is empty', path=display)
+      cols = [h.strip() for h in header]
+      missing = [c for c in ('movieId', 'title', 'genres') if c not in cols]
+      if missing:
+        raise DataError(f'header must name movieId,title,genres; missing {missing}', path=display,
+                        line=1)
+      i_id, i_title, i_genres = (cols.index(c) for c in ('movieId', 'title', 'genres'))
+      for row in reader:
+        n = reader.line_num
+        if not row or not any(x.strip() for x in row):
+          continue
+        if len(row) != len(cols):
+          raise DataError(f'expected {len(cols)} fields ({",".join(cols)}), got {len(row)}',
+                          path=display, line=n)
+        iid = _int_field(row[i_id], display, n, 'movieId')
+        title = row[i_title].strip()
+        items[str(iid)] = dict(title=title, genres=_split_genres(row[i_genres]),
+                               year=_year_of(title))
+    except csv.Error as e:
+      raise DataError(f'malformed CSV: {e}', path=display, line=reader.line_num) from e
+    except UnicodeDecodeError as e:
+      raise DataError(f'not valid utf-8 text ({e.reason})', path=display) from e
+  return items
+
+
+# ------------------------------------------------------------------------------------------------
+# S3-Rec sequence files.
+
+
+def read_s3rec(path: str | os.PathLike, name: str | None = None, *,
+               dataset_name: str | None = None) -> RecDataset:
+  """S3-Rec format: ``{name}.txt`` (``user item item ...`` per line, in time order) and
+  ``{name}_item2attributes.json`` (item -> attribute ids).
+
+  ``path`` is the folder (or zip, or the ``.txt`` itself); ``name`` is detected when there is a single
+  ``*.txt`` with a matching ``*_item2attributes.json``. There are no timestamps: each user's sequence is
+  the line's item order (``timestamp`` = interaction order, ``has_timestamps=False``). Raw ids are the
+  file's ids as strings; internal item ids follow the raw ids' numeric order (so ``1..N`` stay ``1..N``).
+
+  Item features: categorical ``attributes`` (labels are category names when
+  ``attribute_id_to_category.tsv`` is present, else the attribute ids); text ``asin`` from
+  ``item_id_to_asin.tsv``; text ``title``/``description`` from ``business_names_categories.json``
+  (whose key ``k`` is item ``k+1``).
+  """
+  p = pathlib.Path(path).expanduser()
+  if p.is_file() and p.suffix == '.txt':
+    p, name = p.parent, name or p.stem
+  with _Source(p) as src:
+    if name is None:
+      name = _detect_s3rec_name(src)
+    seq_member = src.require(f'{name}.txt')
+    attr_member = src.require(f'{name}_item2attributes.json')
+    raw_user, raw_item = _read_s3rec_sequences(src, seq_member)
+    attributes = _read_item2attributes(src, attr_member)
+    labels = _read_attribute_names(src)
+    extras: dict[str, dict[str, str]] = {}
+    member = src.find('item_id_to_asin.tsv')
+    if member is not None:
+      extras['asin'] = _read_two_column_tsv(src, member, 'item id', 'asin')
+    member = src.find('business_names_categories.json')
+    if member is not None:
+      extras.update(_read_business_names(src, member))
+  features: dict[str, dict[str, Any]] = {}
+  for iid in _sorted_ids(raw_item):
+    feat: dict[str, Any] = {'attributes': [labels.get(a, a) for a in attributes.get(iid, ())]}
+    for field, values in extras.items():
+      feat[field] = values.get(iid, '')
+    features[iid] = feat
+  return from_raw(dataset_name or name.lower(), raw_user, raw_item, None, None,
+                  item_features=features, keep_all_items=True,
+                  item_fields={'text': sorted(extras), 'categorical': ['attributes']})
+
+
+def _detect_s3rec_name(src: _Source) -> str:
+  names = src.basenames()
+  suffix = '_item2attributes.json'
+  found = sorted({b[:-len(suffix)] for b in names if b.endswith(suffix)} & {
+      b[:-4] for b in names if b.endswith('.txt')})
+  if len(found) != 1:
+    raise DataError(
+        f'expected exactly one {{Name}}.txt with a matching {{Name}}{suffix} in {src.where()}, '
+        f'found {found or "none"}; pass name=', path=str(src.path))
+  return found[0]
+
+
+def _read_s3rec_sequences(src: _Source, member: str) -> tuple[list[str], list[str]]:
+  display = src.display(member)
+  raw_user: list[str] = []
+  raw_item: list[str] = []
+  for n, line in _lines(src, member, 'utf-8'):
+    if not _INT_LINE.fullmatch(line):
+      bad = next((t for t in line.split() if not (t.isascii() and t.isdigit())), line.strip())
+      raise DataError(f'expected integer ids (user_id item_id item_id ...), got {bad[:40]!r}',
+                      path=display, line=n)
+    tokens = line.split()
+    if len(tokens) < 2:
+      raise DataError(f'user {tokens[0]} has no items (expected user_id item_id item_id ...)',
+                      path=display, line=n)
+    raw_user.extend(itertools.repeat(tokens[0], len(tokens) - 1))
+    raw_item.extend(tokens[1:])
+  if not raw_item:
+    raise DataError('file contains no interactions: the dataset is empty', path=display)
+  return raw_user, raw_item
+
+
+def _read_item2attributes(src: _Source, member: str) -> dict[str, list[str]]:
+  display = src.display(member)
+  data = src.read_json(member)
+  if not isinstance(data, dict):
+    raise DataError('expected a JSON object mapping item id to a list of attribute ids', path=display)
+  out = {}
+  for k, v in data.items():
+    if not isinstance(v, list) or any(isinstance(a, (list, dict)) for a in v):
+      raise DataError(f'item {k!r}: expected a list of attribute ids, got {str(v)[:60]}',
+                      path=display, field='attributes')
+    out[str(k)] = [str(a) for a in v]
+  return out
+
+
+def _read_attribute_names(src: _Source) -> dict[str, str]:
+  """Attribute id -> category name; names shared by several ids get the id appended."""
+  member = src.find('attribute_id_to_category.tsv')
+  if member is None:
+    return {}
+  names = _read_two_column_tsv(src, member, 'attribute id', 'category', min_fields=2)
+  counts: dict[str, int] = {}
+  for v in names.values():
+    counts[v] = counts.get(v, 0) + 1
+  return {k: (v if counts[v] == 1 else f'{v} [{k}]') for k, v in names.items()}
+
+
+def _read_two_column_tsv(src: _Source, member: str, key: str, value: str,
+                         min_fields: int = 2) -> dict[str, str]:
+  """First two columns of a tab-separated file with an optional header; the key is an integer."""
+  display = src.display(member)
+  out: dict[str, str] = {}
+  first = True
+  for n, line in _lines(src, member, 'utf-8'):
+    f = line.split('\t')
+    if first:
+      first = False
+      if _not_int(f):
+        continue
+    if len(f) < min_fields:
+      raise DataError(f'expected {min_fields} tab-separated fields ({key}, {value}), got {len(f)}',
+                      path=display, line=n)
+    out[str(_int_field(f[0], display, n, key))] = f[1].strip()
+  return out
+
+
+def _read_business_names(src: _Source, member: str) -> dict[str, dict[str, str]]:
+  """Yelp names: key ``k`` is S3-Rec item ``k+1``; returns field -> item id -> text."""
+  display = src.display(member)
+  data = src.read_json(member)
+  if not isinstance(data, dict):
+    raise DataError('expected a JSON object mapping index to {title, description}', path=display)
+  title: dict[str, str] = {}
+  desc: dict[str, str] = {}
+  for k, v in data.items():
+    try:
+      iid = str(int(k) + 1)
+    except ValueError:
+      raise DataError(f'expected integer keys, got {k!r}', path=display) from None
+    if not isinstance(v, dict):
+      raise DataError(f'entry {k!r}: expected an object with title/description', path=display)
+    title[iid] = str(v.get('title') or v.get('name') or '')
+    desc[iid] = str(v.get('description') or v.get('categories') or '')
+  return {'title': title, 'description': desc}
+
+
+def _sorted_ids(raw: Sequence[str]) -> list[str]:
+  """Distinct ids in numeric order when all are integers, else in order of first appearance."""
+  distinct = list(dict.fromkeys(raw))
+  try:
+    return sorted(distinct, key=int)
+  except ValueError:
+    return distinct
+
+
+# ------------------------------------------------------------------------------------------------
+# Amazon 2018 Scientific (user -> item list JSON + item metadata JSON).
+
+
+def read_amazon_scientific(path: str | os.PathLike, name: str | None = None, *,
+                           dataset_name: str | None = None) -> RecDataset:
+  """``{name}.inter.json`` (user -> item list in time order) + ``{name}.item.json`` (item metadata).
+
+  Item features: text ``title``, ``description``, ``brand``; categorical ``categories`` (a
+  comma-separated string or a possibly nested list). No timestamps: the list order is the sequence.
+  Internal item ids follow the raw ids' numeric order.
+  """
+  with _Source(path) as src:
+    if name is None:
+      found = sorted(b[:-len('.inter.json')] for b in src.basenames() if b.endswith('.inter.json'))
+      if len(found) != 1:
+        raise DataError(f'expected exactly one {{Name}}.inter.json in {src.where()}, '
+                        f'found {found or "none"}; pass name=', path=str(src.path))
+      name = found[0]
+    inter_member = src.require(f'{name}.inter.json')
+    item_member = src.require(f'{name}.item.json')
+    inter = src.read_json(inter_member)
+    meta = src.read_json(item_member)
+    inter_display, item_display = src.display(inter_member), src.display(item_member)
+  if not isinstance(inter, dict):
+    raise DataError('expected a JSON object mapping user id to a list of item ids', path=inter_display)
+  if not isinstance(meta, dict):
+    raise DataError('expected a JSON object mapping item id to its metadata', path=item_display)
+  raw_user: list[str] = []
+  raw_item: list[str] = []
+  for u, seq in inter.items():
+    if not isinstance(seq, list) or any(isinstance(i, (list, dict, float)) for i in seq):
+      raise DataError(f'user {u!r}: expected a list of item ids, got {str(seq)[:60]}',
+                      path=inter_display)
+    raw_user.extend(itertools.repeat(str(u), len(seq)))
+    raw_item.extend(str(i) for i in seq)
+  if not raw_item:
+    raise DataError('file contains no interactions: the dataset is empty', path=inter_display)
+  features: dict[str, dict[str, Any]] = {}
+  for iid in _sorted_ids(raw_item):
+    m = meta.get(iid)
+    if m is None:
+      features[iid] = {}
+      continue
+    if not isinstance(m, dict):
+      raise DataError(f'item {iid!r}: expected an object', path=item_display)
+    features[iid] = dict(title=_text(m.get('title')), description=_text(m.get('description')),
+                         brand=_text(m.get('brand')), categories=_categories(m.get('categories')))
+  return from_raw(dataset_name or name.lower(), raw_user, raw_item, None, None,
+                  item_features=features, keep_all_items=True,
+                  item_fields={'text': ['title', 'description', 'brand'],
+                               'categorical': ['categories']})
+
+
+def _text(v: Any) -> str:
+  if v is None:
+    return ''
+  if isinstance(v, list):
+    return ' '.join(_text(x) for x in v).strip()
+  return str(v).strip()
+
+
+def _categories(v: Any) -> list[str]:
+  if v is None:
+    return []
+  if isinstance(v, str):
+    return [c for c in (s.strip() for s in v.split(',')) if c]
+  if isinstance(v, (list, tuple)):
+    out: list[str] = []
+    for x in v:
+      for c in _categories(x):
+        if c not in out:
+          out.append(c)
+    return out
+  return [str(v)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Registry and dispatcher.
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """A named dataset: its format, its folder under :func:`paths.data_root`, and reader options."""
+  format: str
+  path: str
+  options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  description: str = ''
+
+
+FORMATS: dict[str, Callable[..., RecDataset]] = {
+    'ml-100k': read_movielens_100k,
+    'ml-dat': read_movielens_dat,
+    'ml-csv': read_movielens_csv,
+    's3rec': read_s3rec,
+    'scientific': read_amazon_scientific,
+}
+
+DATASETS: dict[str, DatasetSpec] = {
+    'ml-100k': DatasetSpec('ml-100k', 'movielens/ml-100k', description='MovieLens 100K'),
+    'ml-latest-small': DatasetSpec('ml-csv', 'movielens/ml-latest-small',
+                                   description='MovieLens latest-small (2018)'),
+    'beauty': DatasetSpec('s3rec', 'amazon/beauty', {'name': 'Beauty'},
+                          description='Amazon 2014 Beauty 5-core (S3-Rec)'),
+    'yelp': DatasetSpec('s3rec', 'yelp', {'name': 'Yelp'}, description='Yelp (S3-Rec)'),
+    'lastfm': DatasetSpec('s3rec', 'lastfm', {'name': 'LastFM'}, description='LastFM (S3-Rec)'),
+    'scientific': DatasetSpec('scientific', 'amazon/scientific', {'name': 'Scientific'},
+                              description='Amazon 2018 Industrial & Scientific'),
+}
+
+
+def known_datasets() -> list[str]:
+  return sorted(DATASETS)
+
+
+def _sniff_format(src: _Source) -> str | None:
+  names = set(src.basenames())
+  if 'u.data' in names:
+    return 'ml-100k'
+  if 'ratings.dat' in names:
+    return 'ml-dat'
+  if 'ratings.csv' in names:
+    return 'ml-csv'
+  if any(n.endswith('.inter.json') for n in names):
+    return 'scientific'
+  if any(n.endswith('_item2attributes.json') for n in names):
+    return 's3rec'
+  return None
+
+
+def load_dataset(name_or_path: str | os.PathLike, *, min_rating: float | None = None,
+                 k_core: int = 0) -> RecDataset:
+  """Loads a dataset by registered name, ``format:path``, or a path whose format is detected.
+
+  Names (see :data:`DATASETS`) resolve under :func:`paths.data_root`; formats are the keys of
+  :data:`FORMATS` (e.g. ``ml-csv:/data/ml-25m.zip``); relative paths resolve under the data root.
+  Then drops ratings below ``min_rating`` and applies ``k_core`` filtering when given.
+  """
+  spec = str(name_or_path)
+  key = spec.lower()
+  if key in DATASETS:
+    d = DATASETS[key]
+    ds = FORMATS[d.format](paths.resolve(d.path), dataset_name=key, **d.options)
+  else:
+    fmt, sep, rest = spec.partition(':')
+    if sep and fmt.lower() in FORMATS and rest:
+      ds = FORMATS[fmt.lower()](paths.resolve(rest))
+    else:
+      p = paths.resolve(spec)
+      if not p.exists():
+        raise DataError(f'unknown dataset {spec!r}: not a known name ({", ".join(known_datasets())}), '
+                        f'not FORMAT:PATH with FORMAT in ({", ".join(FORMATS)}), and no such path',
+                        path=str(p))
+      if p.is_file() and p.suffix == '.txt':
+        fmt = 's3rec'
+      else:
+        with _Source(p) as src:
+          fmt = _sniff_format(src)
+        if fmt is None:
+          raise DataError(f'cannot tell the dataset format; use FORMAT:PATH with FORMAT in '
+                          f'({", ".join(FORMATS)})', path=str(p))
+      ds = FORMATS[fmt](p)
+  if min_rating is not None or k_core:
+    ds = ds.filter(min_rating=min_rating, k_core=k_core)
+  return ds
