@@ -96,6 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.axes = ('data', 'fsdp', 'tensor')
   c.mesh.shape = (-1, 1, 1)
   c.mesh.rules = DEFAULT_RULES
+  c.mesh.num_devices = 0  # use the first N devices; 0 = all
 
   c.distributed = ml_collections.ConfigDict(dict(
       initialize=False, coordinator_address='', num_processes=1, process_id=0))
@@ -149,6 +150,11 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
   if c.optimizer.learning_rate <= 0:
     raise ConfigError('optimizer.learning_rate', 'must be positive')
   if num_devices is not None:
+    if c.mesh.get('num_devices', 0):
+      if c.mesh.num_devices > num_devices:
+        raise ConfigError('mesh.num_devices', f'{c.mesh.num_devices} requested but only '
+                          f'{num_devices} devices are available')
+      num_devices = c.mesh.num_devices
     from llm4rec_jax import partitioning  # pylint: disable=import-outside-toplevel
     shape = dict(zip(c.mesh.axes, partitioning.mesh_shape(c.mesh.axes, c.mesh.shape, num_devices)))
     rules = dict(c.mesh.rules)

@@ -44,8 +44,13 @@ def mesh_shape(axes: Sequence[str], shape: Sequence[int], num_devices: int) -> t
 
 
 def make_mesh(mesh_cfg: Mapping[str, Any], devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """Builds the mesh from ``config.mesh`` over ``devices`` (default: all devices)."""
-  devices = list(jax.devices() if devices is None else devices)
+  """Builds the mesh from ``config.mesh`` over ``devices`` (default: the first
+  ``mesh.num_devices`` devices, or all)."""
+  if devices is None:
+    devices = jax.devices()
+    if mesh_cfg.get('num_devices', 0):
+      devices = devices[:mesh_cfg['num_devices']]
+  devices = list(devices)
   axes = tuple(mesh_cfg['axes'])
   shape = mesh_shape(axes, mesh_cfg['shape'], len(devices))
   # Auto axes: shardings of intermediates are propagated by the compiler (GSPMD).

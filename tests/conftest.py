@@ -20,3 +20,38 @@ def data_dir() -> pathlib.Path:
   if not root.is_dir():
     pytest.fail(f"shared data not found at {root}; set LLM4REC_DATA_DIR")
   return root
+
+
+def tiny_config(**overrides):
+  """A seconds-fast experiment: small synthetic data, 'tiny' model. Overrides use dotted keys."""
+  from llm4rec_jax import config_base  # pylint: disable=import-outside-toplevel
+  c = config_base.apply_preset(config_base.base_config(), 'tiny')
+  c.data.name = 'synthetic'
+  c.data.synthetic = {'num_users': 240, 'num_items': 120, 'seed': 0, 'mean_seq_len': 12.0,
+                      'max_seq_len': 60}
+  c.data.max_len = 16
+  c.train.batch_size = 32
+  c.train.num_epochs = 2
+  c.train.log_every = 1
+  c.train.progress_bar = False
+  c.train.patience = 0
+  c.eval.batch_size = 64
+  c.optimizer.warmup_steps = 5
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def read_log(workdir) -> dict[int, float]:
+  """step -> loss from WORKDIR/train_log.jsonl (a later line for the same step wins)."""
+  import json  # pylint: disable=import-outside-toplevel
+  out = {}
+  with open(pathlib.Path(workdir) / 'train_log.jsonl') as f:
+    for line in f:
+      rec = json.loads(line)
+      out[rec['step']] = rec['loss']
+  return out

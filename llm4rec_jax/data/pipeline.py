@@ -62,7 +62,10 @@ class _WindowSource:
 
 def _to_model_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   w = batch['window']  # [batch, max_len + 1]
-  return {'inputs': w[:, :-1], 'targets': w[:, 1:], 'users': batch['user']}
+  inputs = w[:, :-1]
+  # No target where the input is padding: a user's first item has no history to predict it from.
+  targets = np.where(inputs > 0, w[:, 1:], 0)
+  return {'inputs': inputs, 'targets': targets, 'users': batch['user']}
 
 
 def train_dataset(windows: np.ndarray, users: np.ndarray, *, global_batch_size: int, seed: int,

@@ -87,7 +87,7 @@ def model_config(config: ml_collections.ConfigDict, num_items: int,
 
 def auto_max_targets(windows: np.ndarray, batch_size: int) -> int:
   """A static per-batch target budget that a random batch exceeds with negligible probability."""
-  counts = (windows[:, 1:] > 0).sum(axis=1).astype(np.float64)
+  counts = ((windows[:, 1:] > 0) & (windows[:, :-1] > 0)).sum(axis=1).astype(np.float64)
   budget = counts.mean() * batch_size + 6.0 * counts.std() * math.sqrt(batch_size) + 64
   budget = int(math.ceil(budget / 128) * 128)
   return min(budget, batch_size * (windows.shape[1] - 1))

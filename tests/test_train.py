@@ -1,0 +1,123 @@
+"""End-to-end training properties: exact resumption, device-count invariance, overfitting, NaN stop."""
+
+import collections
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import read_log, tiny_config
+from llm4rec_jax import config_base
+from llm4rec_jax.errors import NonFiniteLossError
+from llm4rec_jax.data import pipeline, registry
+from llm4rec_jax.train import checkpointing, losses, trainer
+
+
+def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
+  config = tiny_config(**{'train.num_epochs': 3, 'train.eval_every': 4})
+  full = trainer.train_and_evaluate(config, tmp_path / 'full')
+  # Stop at a step that is not an evaluation step, as a preemption would, then resume.
+  stopped = trainer.train_and_evaluate(config, tmp_path / 'resumed', stop_after_steps=6)
+  assert stopped == {'stopped': 'stop_after_steps', 'step': 6}
+  resumed = trainer.train_and_evaluate(config, tmp_path / 'resumed')
+  a, b = read_log(tmp_path / 'full'), read_log(tmp_path / 'resumed')
+  assert sorted(a) == sorted(b) and len(a) > 6
+  np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], rtol=1e-6)
+  assert resumed['test'] == pytest.approx(full['test'])
+  assert json.loads((tmp_path / 'resumed' / 'metrics.json').read_text())['test'] == resumed['test']
+
+
+def test_same_losses_on_one_and_eight_devices(tmp_path):
+  assert jax.device_count() == 8
+  one = tiny_config(**{'train.max_steps': 5, 'mesh.num_devices': 1, 'mesh.shape': (1, 1, 1)})
+  eight = tiny_config(**{'train.max_steps': 5, 'mesh.shape': (2, 2, 2)})
+  trainer.train_and_evaluate(one, tmp_path / 'one')
+  trainer.train_and_evaluate(eight, tmp_path / 'eight')
+  a, b = read_log(tmp_path / 'one'), read_log(tmp_path / 'eight')
+  assert len(a) == 5
+  np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], rtol=2e-5)
+
+
+def _prefix_entropy_floor(sequences, max_len):
+  """Lowest achievable mean next-item loss: entropy of targets given the identical item prefix."""
+  windows, _ = pipeline.make_windows(sequences, max_len)
+  groups = collections.defaultdict(collections.Counter)
+  for row in windows:
+    items = row[row > 0]
+    for p in range(1, len(items)):
+      groups[tuple(items[:p])][items[p]] += 1
+  n = sum(sum(c.values()) for c in groups.values())
+  return -sum(k * math.log(k / sum(c.values())) for c in groups.values() for k in c.values()) / n
+
+
+def test_overfits_a_tiny_dataset_to_its_entropy_floor(tmp_path):
+  config = tiny_config(**{
+      'data.synthetic': {'num_users': 32, 'num_items': 40, 'seed': 1, 'mean_seq_len': 8.0,
+                         'max_seq_len': 20},
+      'train.num_epochs': 300, 'train.batch_size': 32, 'train.eval_every': 1000,
+      'train.log_every': 100, 'model.dropout': 0.0, 'model.d_model': 64, 'model.mlp_dim': 128,
+      'model.num_layers': 2, 'optimizer.learning_rate': 3e-3, 'optimizer.schedule': 'constant'})
+  trainer.train_and_evaluate(config, tmp_path)
+  _, split = registry.load_split(config.data)
+  floor = _prefix_entropy_floor(split.train, config.data.max_len)
+  log = read_log(tmp_path)
+  first, last = log[min(log)], log[max(log)]
+  assert first > 3.0  # ~ log(40) at initialisation
+  assert floor < last < floor + 0.02, (first, last, floor)
+
+
+def test_non_finite_loss_stops_with_checkpoints_intact(tmp_path, monkeypatch):
+  config = tiny_config()
+  trainer.train_and_evaluate(config, tmp_path, stop_after_steps=3)
+  real = losses.full_softmax_loss
+  monkeypatch.setattr(losses, 'full_softmax_loss',
+                      lambda *a, **k: (lambda l, m: (l * np.nan, m))(*real(*a, **k)))
+  with pytest.raises(NonFiniteLossError, match='non-finite training metrics at step 4'):
+    trainer.train_and_evaluate(config, tmp_path)
+  ckpt = checkpointing.Checkpointer(tmp_path / 'checkpoints', async_save=False)
+  assert ckpt.latest_step() == 3
+  monkeypatch.undo()
+  # The intact checkpoint resumes and finishes normally.
+  assert 'test' in trainer.train_and_evaluate(config, tmp_path)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_cleanly_then_resumes_exactly(tmp_path):
+  overrides = ['--config.train.num_epochs=40', '--config.train.eval_every=3',
+               '--config.train.log_every=1', '--config.train.progress_bar=false',
+               '--config.train.patience=0', '--config.optimizer.warmup_steps=5']
+  cmd = [sys.executable, '-m', 'llm4rec_jax.cli', 'train', '--config=configs/synthetic.py:tiny',
+         '--config.data.synthetic.num_users=240', '--config.data.synthetic.num_items=120',
+         '--config.data.synthetic.max_seq_len=60',
+         '--config.data.max_len=16', '--config.train.batch_size=32', *overrides]
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS='cpu')  # XLA_FLAGS from conftest: the same 8 devices
+  proc = subprocess.Popen(cmd + [f'--workdir={tmp_path / "run"}'], cwd=root, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 120
+  while not (tmp_path / 'run' / 'checkpoints' / '3').exists():
+    assert proc.poll() is None and time.time() < deadline, proc.communicate()
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err
+  assert '"stopped": "signal 15"' in out
+  events = [json.loads(l) for l in (tmp_path / 'run' / 'events.jsonl').read_text().splitlines()]
+  stop_step = events[-1]['step']
+  assert events[-1]['event'] == 'stopped' and stop_step >= 3
+  total = 40 * (240 // 32)
+  assert stop_step < total
+  # Resume in-process (with the run's own effective config) and compare with an uninterrupted run.
+  config = config_base.load(tmp_path / 'run')
+  trainer.train_and_evaluate(config, tmp_path / 'run')
+  trainer.train_and_evaluate(config, tmp_path / 'ref')
+  a, b = read_log(tmp_path / 'ref'), read_log(tmp_path / 'run')
+  assert sorted(a) == sorted(b)
+  np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], rtol=1e-6)
