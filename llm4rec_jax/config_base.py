@@ -8,12 +8,14 @@ overridden on the command line (``--config.model.num_layers=4``). The effective 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pathlib
 
 import ml_collections
 
+from llm4rec_jax.data import synthetic
 from llm4rec_jax.errors import ConfigError
 
 # Model sizes. 'tiny' is for tests, 'small' for CPU benchmarks (SASRec-sized), the rest for
@@ -56,7 +58,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.test_fraction = 0.1
   c.data.max_len = 50
   c.data.all_windows = False  # False: one window per user (the last max_len items), SASRec style
-  c.data.synthetic = ml_collections.ConfigDict({'num_users': 3000, 'num_items': 1000, 'seed': 0})
+  # Every field of the embedded generator (llm4rec_jax.data.synthetic.SyntheticConfig).
+  c.data.synthetic = ml_collections.ConfigDict(dataclasses.asdict(synthetic.SyntheticConfig()))
 
   c.model = ml_collections.ConfigDict(dict(
       d_model=64, num_layers=2, num_heads=1, num_kv_heads=0, head_dim=0, mlp_dim=0, dropout=0.2,

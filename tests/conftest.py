@@ -27,8 +27,8 @@ def tiny_config(**overrides):
   from llm4rec_jax import config_base  # pylint: disable=import-outside-toplevel
   c = config_base.apply_preset(config_base.base_config(), 'tiny')
   c.data.name = 'synthetic'
-  c.data.synthetic = {'num_users': 240, 'num_items': 120, 'seed': 0, 'mean_seq_len': 12.0,
-                      'max_seq_len': 60}
+  c.data.synthetic.update({'num_users': 240, 'num_items': 120, 'seed': 0, 'mean_seq_len': 12.0,
+                           'max_seq_len': 60})
   c.data.max_len = 16
   c.train.batch_size = 32
   c.train.num_epochs = 2
@@ -42,7 +42,10 @@ def tiny_config(**overrides):
     *parents, leaf = key.split('.')
     for p in parents:
       node = node[p]
-    node[leaf] = value
+    if isinstance(value, dict):
+      node[leaf].update(value)
+    else:
+      node[leaf] = value
   return c
 
 

@@ -217,7 +217,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
   stop = _StopFlag()
   pending: list[tuple[int, dict]] = []
-  t_last, n_last = time.perf_counter(), start
+  t_start = time.perf_counter()
+  t_last, n_last = t_start, start
+  eval_seconds = 0.0
   stopped_reason = None
   step = start
   bar = logger.progress(total_steps, start) if tc.progress_bar else None
@@ -236,6 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           _flush(pending, logger, step - n_last, now - t_last, tc.batch_size)
           t_last, n_last = now, step
         if is_eval:
+          t_eval = time.perf_counter()
           ranks_metrics, _, _ = evaluation.evaluate_arrays(
               rank_fn, state['params'], valid_arrays, config.eval.batch_size, exp.put,
               config.eval.ks)
@@ -245,10 +248,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           else:
             progress['evals_since_best'] += 1
           logger.scalars(step, {f'valid/{k}': v for k, v in ranks_metrics.items()})
-          logger.info(dict(event='eval', step=step, epoch=step / steps_per_epoch,
-                           **{f'valid_{k}': v for k, v in ranks_metrics.items()}))
           ckpt.save(step, state, data_iter, {'valid_ndcg@10': score, **progress})
           t_last = time.perf_counter()  # evaluation time is not training throughput
+          eval_seconds += t_last - t_eval
+          logger.info(dict(event='eval', step=step, epoch=step / steps_per_epoch,
+                           elapsed_s=t_last - t_start, eval_s=t_last - t_eval,
+                           **{f'valid_{k}': v for k, v in ranks_metrics.items()}))
           if tc.patience and progress['evals_since_best'] >= tc.patience:
             stopped_reason = 'early_stopping'
             break
@@ -269,8 +274,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     ckpt.close()
     return {'stopped': stopped_reason, 'step': step}
 
+  train_seconds = time.perf_counter() - t_start - eval_seconds
   logger.info(dict(event='train_done', step=step, reason=stopped_reason or 'max_steps',
-                   best_step=progress['best_step']))
+                   best_step=progress['best_step'], best_valid_ndcg10=progress['best'],
+                   steps_run=step - start, train_seconds=train_seconds, eval_seconds=eval_seconds,
+                   examples_per_sec=(step - start) * tc.batch_size / max(train_seconds, 1e-9)))
   best = ckpt.best_step()
   if best is not None and best != step:
     state = ckpt.restore(best, abstract_with_shardings(abstract, shardings))

@@ -1,0 +1,85 @@
+"""Shared runner for the training benchmarks: train + evaluate one config, print one JSON line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import pathlib
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_config(name: str, arg: str | None = None):
+  """``configs/<name>.py`` -> ``get_config(arg)``."""
+  path = ROOT / 'configs' / f'{name}.py'
+  spec = importlib.util.spec_from_file_location(f'configs_{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(description=description)
+  p.add_argument('--quick', action='store_true',
+                 help='a few steps of a tiny model: checks the benchmark runs, numbers meaningless')
+  p.add_argument('--workdir', default=None, help='keep checkpoints/logs here (default: temp dir)')
+  p.add_argument('--seed', type=int, default=0)
+  return p
+
+
+def make_quick(config) -> None:
+  """Shrinks a config to seconds: tiny model, 12 steps, one evaluation."""
+  config.model.update(dict(d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, mlp_dim=64))
+  config.train.max_steps = 12
+  config.train.eval_every = 12
+  config.train.log_every = 6
+  config.train.progress_bar = False
+
+
+def read_events(workdir: pathlib.Path) -> list[dict[str, Any]]:
+  return [json.loads(l) for l in (workdir / 'events.jsonl').read_text().splitlines()]
+
+
+def train_and_report(config, args, *, benchmark: str, extra=None) -> dict[str, Any]:
+  """Runs train_and_evaluate in a fresh workdir and summarises events + metrics."""
+  from llm4rec_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  config.seed = args.seed
+  workdir = pathlib.Path(args.workdir) if args.workdir else pathlib.Path(tempfile.mkdtemp())
+  if workdir.exists():
+    shutil.rmtree(workdir)
+  t0 = time.perf_counter()
+  results = trainer.train_and_evaluate(config, workdir)
+  wall = time.perf_counter() - t0
+  events = read_events(workdir)
+  evals = [e for e in events if e['event'] == 'eval']
+  done = [e for e in events if e['event'] == 'train_done'][-1]
+  start = [e for e in events if e['event'] == 'start'][0]
+  best = max(evals, key=lambda e: e['valid_ndcg@10'])
+  line = {
+      'benchmark': benchmark, 'dataset': results['dataset'], 'protocol': results['protocol'],
+      'full_ranking': True, 'exclude_seen': results['exclude_seen'], 'quick': args.quick,
+      'model': {k: config.model[k] for k in ('d_model', 'num_layers', 'num_heads', 'dropout')},
+      'num_params': start['num_params'], 'max_len': config.data.max_len,
+      'test': {k: round(results['test'][k], 4) for k in
+               ('ndcg@10', 'hr@10', 'ndcg@20', 'hr@20', 'mrr')},
+      'valid_ndcg@10': round(best['valid_ndcg@10'], 4),
+      'best_epoch': round(best['epoch'], 2), 'epochs_run': round(evals[-1]['epoch'], 2),
+      'time_to_best_epoch_s': round(best['elapsed_s'], 1), 'wall_s': round(wall, 1),
+      'train_examples_per_s': round(done['examples_per_sec'], 1),
+      'train_tokens_per_s': round(done['examples_per_sec'] * config.data.max_len, 1),
+      'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+      'command': 'python ' + ' '.join([f'benchmarks/{pathlib.Path(sys.argv[0]).name}',
+                                       *sys.argv[1:]]),
+  }
+  if extra:
+    line.update(extra(workdir, results))
+  if not args.workdir:
+    shutil.rmtree(workdir, ignore_errors=True)
+  return line
