@@ -14,12 +14,12 @@ def get_config(arg: str | None = None):
   c.data.name = 'beauty'
   c.data.split = 'leave_one_out'
   c.data.max_len = 50
-  c.model.dropout = 0.5
+  c.model.dropout = 0.3
   c.train.batch_size = 128
-  c.train.num_epochs = 60
+  c.train.num_epochs = 40
   c.train.patience = 5
   c.train.log_every = 100
-  c.optimizer.learning_rate = 1e-3
-  c.optimizer.warmup_steps = 200
+  c.optimizer.learning_rate = 2e-3
+  c.optimizer.warmup_steps = 100
   c.eval.batch_size = 512
   return c
