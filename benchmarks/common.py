@@ -47,7 +47,8 @@ def read_events(workdir: pathlib.Path) -> list[dict[str, Any]]:
   return [json.loads(l) for l in (workdir / 'events.jsonl').read_text().splitlines()]
 
 
-def train_and_report(config, args, *, benchmark: str, extra=None) -> dict[str, Any]:
+def train_and_report(config, args, *, benchmark: str, extra=None,
+                     valid_target: float | None = None) -> dict[str, Any]:
   """Runs train_and_evaluate in a fresh workdir and summarises events + metrics."""
   from llm4rec_jax.train import trainer  # pylint: disable=import-outside-toplevel
   config.seed = args.seed
@@ -78,6 +79,11 @@ def train_and_report(config, args, *, benchmark: str, extra=None) -> dict[str, A
       'command': 'python ' + ' '.join([f'benchmarks/{pathlib.Path(sys.argv[0]).name}',
                                        *sys.argv[1:]]),
   }
+  if valid_target is not None:
+    reached = [e for e in evals if e['valid_ndcg@10'] >= valid_target]
+    line[f'time_to_valid_ndcg@10>={valid_target}_s'] = (round(reached[0]['elapsed_s'], 1)
+                                                        if reached else None)
+    line[f'epoch_valid_ndcg@10>={valid_target}'] = round(reached[0]['epoch'], 2) if reached else None
   if extra:
     line.update(extra(workdir, results))
   if not args.workdir:

@@ -15,10 +15,10 @@ def get_config(arg: str | None = None):
   c.data.max_len = 50
   c.model.dropout = 0.3
   c.train.batch_size = 128
-  c.train.num_epochs = 60
+  c.train.num_epochs = 30
   c.train.patience = 4
   c.train.log_every = 100
-  c.optimizer.learning_rate = 1e-3
+  c.optimizer.learning_rate = 2e-3
   c.optimizer.warmup_steps = 100
   c.eval.batch_size = 512
   return c

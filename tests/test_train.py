@@ -90,7 +90,8 @@ def test_non_finite_loss_stops_with_checkpoints_intact(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly_then_resumes_exactly(tmp_path):
-  overrides = ['--config.train.num_epochs=40', '--config.train.eval_every=3',
+  overrides = ['--config.train.num_epochs=30', '--config.train.eval_every=50',
+               '--config.train.checkpoint_every=3',
                '--config.train.log_every=1', '--config.train.progress_bar=false',
                '--config.train.patience=0', '--config.optimizer.warmup_steps=5']
   cmd = [sys.executable, '-m', 'llm4rec_jax.cli', 'train', '--config=configs/synthetic.py:tiny',
@@ -112,7 +113,7 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes_exactly(tmp_path):
   events = [json.loads(l) for l in (tmp_path / 'run' / 'events.jsonl').read_text().splitlines()]
   stop_step = events[-1]['step']
   assert events[-1]['event'] == 'stopped' and stop_step >= 3
-  total = 40 * (240 // 32)
+  total = 30 * (240 // 32)
   assert stop_step < total
   # Resume in-process (with the run's own effective config) and compare with an uninterrupted run.
   config = config_base.load(tmp_path / 'run')

@@ -115,24 +115,24 @@ class SyntheticConfig:
                 'dense_dim', 'title_vocab', 'num_tags', 'temperature', 'mean_gap_hours')
     for name in positive:
       if not getattr(self, name) > 0:
-        raise ConfigError(name, f'must be > 0, got {getattr(self, name)!r}')
+        raise ConfigError(f'data.synthetic.{name}', f'must be > 0, got {getattr(self, name)!r}')
     if not self.min_seq_len <= self.max_seq_len <= self.num_items:
-      raise ConfigError('max_seq_len', f'need min_seq_len ({self.min_seq_len}) <= max_seq_len '
+      raise ConfigError('data.synthetic.max_seq_len', f'need min_seq_len ({self.min_seq_len}) <= max_seq_len '
                         f'({self.max_seq_len}) <= num_items ({self.num_items})')
     if not self.mean_seq_len > self.min_seq_len:
-      raise ConfigError('mean_seq_len', f'must exceed min_seq_len={self.min_seq_len}')
+      raise ConfigError('data.synthetic.mean_seq_len', f'must exceed min_seq_len={self.min_seq_len}')
     for name in ('sequential_strength', 'recency_decay', 'cluster_weight', 'price_missing',
                  'group_b_fraction'):
       if not 0.0 <= getattr(self, name) <= 1.0:
-        raise ConfigError(name, f'must lie in [0, 1], got {getattr(self, name)!r}')
+        raise ConfigError(f'data.synthetic.{name}', f'must lie in [0, 1], got {getattr(self, name)!r}')
     for name in ('popularity_exponent', 'exposure_strength', 'seq_len_sigma', 'dense_noise',
                  'start_spread_days'):
       if not getattr(self, name) >= 0:
-        raise ConfigError(name, f'must be >= 0, got {getattr(self, name)!r}')
+        raise ConfigError(f'data.synthetic.{name}', f'must be >= 0, got {getattr(self, name)!r}')
     if self.title_vocab > min(len(_ADJECTIVES), len(_NOUNS)):
-      raise ConfigError('title_vocab', f'at most {min(len(_ADJECTIVES), len(_NOUNS))}')
+      raise ConfigError('data.synthetic.title_vocab', f'at most {min(len(_ADJECTIVES), len(_NOUNS))}')
     if self.num_tags > len(_TAGS):
-      raise ConfigError('num_tags', f'at most {len(_TAGS)}')
+      raise ConfigError('data.synthetic.num_tags', f'at most {len(_TAGS)}')
     return self
 
 
@@ -245,7 +245,7 @@ def generate(config: SyntheticConfig | None = None, **overrides: Any) -> RecData
   fields = {f.name for f in dataclasses.fields(SyntheticConfig)}
   for name in overrides:
     if name not in fields:
-      raise ConfigError(name, f'unknown synthetic config field (known: {", ".join(sorted(fields))})')
+      raise ConfigError(f'data.synthetic.{name}', f'unknown synthetic config field (known: {", ".join(sorted(fields))})')
   cfg = dataclasses.replace(config, **overrides).validate()
   rng = np.random.default_rng(cfg.seed)
   nu, ni, d, k = cfg.num_users, cfg.num_items, cfg.latent_dim, cfg.num_categories

@@ -220,12 +220,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   t_start = time.perf_counter()
   t_last, n_last = t_start, start
   eval_seconds = 0.0
-  stopped_reason = None
+  # A run that already stopped early stays stopped when `train` is run again on its workdir.
+  stopped_reason = ('early_stopping' if tc.patience and progress['evals_since_best'] >= tc.patience
+                    else None)
   step = start
   bar = logger.progress(total_steps, start) if tc.progress_bar else None
   try:
     with stop.installed():
-      while step < total_steps:
+      while step < total_steps and stopped_reason is None:
         batch = exp.put(next(data_iter))
         state, metrics = train_step(state, batch)
         step += 1
