@@ -31,7 +31,21 @@ def parser(description: str) -> argparse.ArgumentParser:
                  help='a few steps of a tiny model: checks the benchmark runs, numbers meaningless')
   p.add_argument('--workdir', default=None, help='keep checkpoints/logs here (default: temp dir)')
   p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                 help='config override, e.g. --set model.dropout=0.5 (repeatable)')
   return p
+
+
+def apply_overrides(config, overrides: list[str]) -> None:
+  """``['model.dropout=0.5', ...]`` -> config fields, values parsed as Python literals."""
+  import ast  # pylint: disable=import-outside-toplevel
+  for item in overrides:
+    key, _, value = item.partition('=')
+    try:
+      parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      parsed = value
+    config.update_from_flattened_dict({key: parsed})
 
 
 def make_quick(config) -> None:
@@ -52,6 +66,7 @@ def train_and_report(config, args, *, benchmark: str, extra=None,
   """Runs train_and_evaluate in a fresh workdir and summarises events + metrics."""
   from llm4rec_jax.train import trainer  # pylint: disable=import-outside-toplevel
   config.seed = args.seed
+  apply_overrides(config, args.set)
   workdir = pathlib.Path(args.workdir) if args.workdir else pathlib.Path(tempfile.mkdtemp())
   if workdir.exists():
     shutil.rmtree(workdir)
