@@ -88,6 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.async_checkpoints = True
   c.train.patience = 5  # evaluations without validation improvement before stopping; 0 = never
   c.train.progress_bar = True
+  c.train.max_inflight_steps = 4  # dispatched-but-unfinished steps before the loop waits
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 256

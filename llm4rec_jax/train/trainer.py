@@ -232,6 +232,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         state, metrics = train_step(state, batch)
         step += 1
         pending.append((step, metrics))
+        if len(pending) > tc.max_inflight_steps:
+          # Bound the dispatch queue: wait for an older step, never the one just dispatched. Deep
+          # queues of multi-device steps can deadlock XLA:CPU collectives.
+          jax.block_until_ready(pending[-tc.max_inflight_steps - 1][1]['loss'])
         if bar is not None:
           bar.update(1)
         is_eval = step % eval_every == 0 or step == total_steps
