@@ -224,6 +224,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   stopped_reason = ('early_stopping' if tc.patience and progress['evals_since_best'] >= tc.patience
                     else None)
   step = start
+  saved_step = start
   bar = logger.progress(total_steps, start) if tc.progress_bar else None
   try:
     with stop.installed():
@@ -255,6 +256,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             progress['evals_since_best'] += 1
           logger.scalars(step, {f'valid/{k}': v for k, v in ranks_metrics.items()})
           ckpt.save(step, state, data_iter, {'valid_ndcg@10': score, **progress})
+          saved_step = step
           t_last = time.perf_counter()  # evaluation time is not training throughput
           eval_seconds += t_last - t_eval
           logger.info(dict(event='eval', step=step, epoch=step / steps_per_epoch,
@@ -265,8 +267,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             break
         elif tc.checkpoint_every and step % tc.checkpoint_every == 0:
           ckpt.save(step, state, data_iter, {**progress})
+          saved_step = step
         if stop.signal or step == stop_after_steps:
-          if not is_eval:
+          if saved_step != step:
             ckpt.save(step, state, data_iter, {**progress})
           stopped_reason = f'signal {stop.signal}' if stop.signal else 'stop_after_steps'
           break
