@@ -11,21 +11,19 @@ import json
 from common import load_config, make_quick, parser, train_and_report
 
 
-def _with_seen_items(workdir, results):
-  from llm4rec_jax.train import trainer  # pylint: disable=import-outside-toplevel
-  config = load_config('yelp')
-  config.update_from_flattened_dict({'eval.exclude_seen': False})
-  if QUICK:
-    make_quick(config)
-  other = trainer.evaluate(config, workdir)
-  return {'test_seen_items_ranked': {k: round(other['test'][k], 4)
-                                     for k in ('ndcg@10', 'hr@10', 'ndcg@20', 'hr@20', 'mrr')}}
+def _with_seen_items(config):
+  """Re-evaluates the trained workdir with seen items ranked (same config otherwise)."""
+  def extra(workdir, results):
+    from llm4rec_jax.train import trainer  # pylint: disable=import-outside-toplevel
+    other = trainer.evaluate(config, workdir, exclude_seen=False)
+    return {'test_seen_items_ranked': {k: round(other['test'][k], 4)
+                                       for k in ('ndcg@10', 'hr@10', 'ndcg@20', 'hr@20', 'mrr')}}
+  return extra
 
 
 if __name__ == '__main__':
   args = parser(__doc__).parse_args()
-  QUICK = args.quick
   config = load_config('yelp')
   if args.quick:
     make_quick(config)
-  print(json.dumps(train_and_report(config, args, benchmark='yelp', extra=_with_seen_items)))
+  print(json.dumps(train_and_report(config, args, benchmark='yelp', extra=_with_seen_items(config))))

@@ -33,8 +33,7 @@ def scores_for(model, inputs: jax.Array, seen: jax.Array | None) -> jax.Array:
   return scores
 
 
-def make_rank_fn(graphdef: nnx.GraphDef, *, exclude_seen: bool, top_k: int,
-                 out_sharding=None) -> Callable:
+def make_rank_fn(graphdef: nnx.GraphDef, *, exclude_seen: bool, top_k: int) -> Callable:
   """Jitted ``(params, batch) -> (ranks [batch], top_items [batch, top_k])``."""
 
   def rank(params, batch):
@@ -47,7 +46,7 @@ def make_rank_fn(graphdef: nnx.GraphDef, *, exclude_seen: bool, top_k: int,
     _, top = jax.lax.top_k(scores, top_k)
     return r.astype(jnp.int32), top.astype(jnp.int32)
 
-  return jax.jit(rank, out_shardings=out_sharding)
+  return jax.jit(rank)
 
 
 def evaluate_arrays(rank_fn: Callable, params: Any, arrays: EvalBatch, batch_size: int,

@@ -339,12 +339,16 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int) -> dict[str, 
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
-             checkpoint: str = 'best', save_rankings: bool | None = None) -> dict[str, Any]:
+             checkpoint: str = 'best', save_rankings: bool | None = None,
+             exclude_seen: bool | None = None) -> dict[str, Any]:
   """Evaluates a checkpoint of ``workdir`` ('best', 'latest' or a step number) on valid and test."""
   workdir = pathlib.Path(workdir)
-  if save_rankings is not None:
+  if save_rankings is not None or exclude_seen is not None:
     config = ml_collections.ConfigDict(config.to_dict())
-    config.eval.save_rankings = save_rankings
+    if save_rankings is not None:
+      config.eval.save_rankings = save_rankings
+    if exclude_seen is not None:
+      config.eval.exclude_seen = exclude_seen
   exp = build_experiment(config, workdir)
   tx, _ = optimizer_lib.make_optimizer(config.optimizer, 1)
   abstract, shardings = state_lib.state_shardings(exp.spec, tx)
