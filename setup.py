@@ -26,6 +26,8 @@ setup(
         "numpy>=2.0",
         "tensorflow-datasets>=4.9",
         "transformers>=4.40",
+        "safetensors>=0.4",
+        "huggingface_hub>=0.23",
         "scann>=1.4",
         "tensorboardX>=2.6",
         "tqdm>=4.60",

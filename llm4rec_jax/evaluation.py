@@ -23,10 +23,14 @@ from llm4rec_jax import metrics as metrics_lib
 from llm4rec_jax.data.pipeline import EvalBatch, iterate_eval
 
 
-def scores_for(model, inputs: jax.Array, seen: jax.Array | None) -> jax.Array:
-  """[batch, vocab] next-item scores after each history; seen items (if given) set to -inf."""
-  hidden = model(inputs)[:, -1]  # [batch, d_model]
-  scores = model.logits(hidden)  # [batch, vocab]
+def scores_for(model, inputs: jax.Array, seen: jax.Array | None, content=None) -> jax.Array:
+  """[batch, vocab] next-item scores after each history; seen items (if given) set to -inf.
+
+  ``content`` is the ItemContent a multimodal model reads (None for id-only models).
+  """
+  catalog = model.encode_catalog(content)
+  hidden = model(inputs, catalog)[:, -1]  # [batch, d_model]
+  scores = model.logits(hidden, catalog)  # [batch, vocab]
   if seen is not None:
     rows = jnp.arange(scores.shape[0])[:, None]
     scores = scores.at[rows, seen].set(-jnp.inf)  # seen 0 = pad column, already -inf
@@ -34,11 +38,11 @@ def scores_for(model, inputs: jax.Array, seen: jax.Array | None) -> jax.Array:
 
 
 def make_rank_fn(graphdef: nnx.GraphDef, *, exclude_seen: bool, top_k: int) -> Callable:
-  """Jitted ``(params, batch) -> (ranks [batch], top_items [batch, top_k])``."""
+  """Jitted ``(params, batch, content) -> (ranks [batch], top_items [batch, top_k])``."""
 
-  def rank(params, batch):
+  def rank(params, batch, content=None):
     model = nnx.merge(graphdef, params)
-    scores = scores_for(model, batch['inputs'], batch['seen'] if exclude_seen else None)
+    scores = scores_for(model, batch['inputs'], batch['seen'] if exclude_seen else None, content)
     target = jnp.take_along_axis(scores, batch['targets'][:, None], axis=1)  # [batch, 1]
     higher = jnp.sum(scores > target, axis=1)
     ties = jnp.sum(scores == target, axis=1) - 1
@@ -51,13 +55,13 @@ def make_rank_fn(graphdef: nnx.GraphDef, *, exclude_seen: bool, top_k: int) -> C
 
 def evaluate_arrays(rank_fn: Callable, params: Any, arrays: EvalBatch, batch_size: int,
                     put: Callable[[dict], dict], ks: Sequence[int] = metrics_lib.DEFAULT_KS,
-                    ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+                    content: Any = None) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
   """Ranks every case; returns (metrics, ranks [n], top items [n, top_k]) for the valid rows."""
   ranks, tops = [], []
   for batch in iterate_eval(arrays, batch_size):
     valid = batch.pop('valid')
     del batch['users']
-    r, top = rank_fn(params, put(batch))
+    r, top = rank_fn(params, put(batch), content)
     ranks.append(np.asarray(jax.device_get(r))[valid])
     tops.append(np.asarray(jax.device_get(top))[valid])
   ranks_np, tops_np = np.concatenate(ranks), np.concatenate(tops)

@@ -6,6 +6,7 @@ ids and titles), so serving needs only the workdir. Parameters are restored onto
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import pathlib
@@ -18,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from llm4rec_jax import config_base, evaluation, partitioning
+from llm4rec_jax.data.content import ContentSpec, ItemContent
 from llm4rec_jax.errors import DataError, UnknownIdError
 from llm4rec_jax.train import optimizer as optimizer_lib
 from llm4rec_jax.train import state as state_lib
@@ -41,6 +43,13 @@ class Recommender:
     mesh_cfg = dict(axes=self.config.mesh.axes, shape=(1,) * len(self.config.mesh.axes))
     mesh = partitioning.make_mesh(mesh_cfg, devices=jax.devices()[:1])
     cfg = model_config(self.config, catalog['num_items'], mesh)
+    self.content = None
+    spec_path = self.workdir / 'content_spec.json'
+    if spec_path.exists():
+      content_spec = ContentSpec.from_json(json.loads(spec_path.read_text()))
+      cfg = dataclasses.replace(cfg, content=content_spec)
+      self.content = jax.tree.map(jnp.asarray,
+                                  ItemContent.load(self.workdir / 'content.npz', content_spec))
     self.spec = state_lib.build_model_spec(cfg, mesh, self.config.mesh.rules)
     tx, _ = optimizer_lib.make_optimizer(self.config.optimizer, 1)
     abstract, shardings = state_lib.state_shardings(self.spec, tx)
@@ -52,9 +61,9 @@ class Recommender:
     ckpt.close()
 
   @functools.partial(jax.jit, static_argnums=(0, 4))
-  def _top(self, params, inputs, seen, k):
+  def _top(self, params, inputs, seen, k, content=None):
     model = nnx.merge(self.spec.graphdef, params)
-    scores = evaluation.scores_for(model, inputs, seen)
+    scores = evaluation.scores_for(model, inputs, seen, content)
     return jax.lax.top_k(scores, k)
 
   def encode(self, history: Sequence[str]) -> np.ndarray:
@@ -78,7 +87,8 @@ class Recommender:
     inputs[0, -len(tail):] = tail
     seen = ids[None, :] if exclude_seen else np.zeros((1, 1), np.int32)
     k = min(top_k, len(self.index) - (len(set(ids.tolist())) if exclude_seen else 0))
-    scores, items = jax.device_get(self._top(self.params, jnp.asarray(inputs), jnp.asarray(seen), k))
+    scores, items = jax.device_get(self._top(self.params, jnp.asarray(inputs), jnp.asarray(seen), k,
+                                                 self.content))
     recs = []
     for s, i in zip(scores[0], items[0]):
       rec = {'item': self.raw_ids[int(i)], 'score': float(s)}

@@ -194,7 +194,7 @@ def test_scientific(data_dir):
 
 def test_registry_and_dispatch(data_dir):
   assert {'ml-100k', 'ml-latest-small', 'beauty', 'yelp', 'lastfm', 'scientific'} <= set(DATASETS)
-  assert set(FORMATS) == {'ml-100k', 'ml-dat', 'ml-csv', 's3rec', 'scientific'}
+  assert set(FORMATS) == {'ml-100k', 'ml-dat', 'ml-csv', 's3rec', 'scientific', 'recbole'}
   assert load_dataset(f's3rec:{data_dir / "lastfm"}').num_interactions == 52_551
   assert load_dataset(data_dir / 'lastfm/LastFM.txt').num_users == 1090
   assert load_dataset('scientific').num_items == 4344
@@ -293,3 +293,206 @@ def test_empty_files(tmp_path):
   (tmp_path / 'movies.csv').write_text('movieId,title,genres\n')
   with pytest.raises(DataError, match=r'ratings\.csv.*dataset is empty'):
     read_movielens_csv(tmp_path)
+
+
+# ------------------------------------------------------------------------ RecBole atomic files
+
+
+_SCI_FEATURES = 'amazon/scientific-features'
+
+
+def _inter_rows(path):
+  """(user index, history indices, target index) rows of a RecBole split file."""
+  rows = []
+  for line in path.read_text().splitlines()[1:]:
+    u, h, t = line.split('\t')
+    rows.append((int(u), [int(x) for x in h.split()], int(t)))
+  return rows
+
+
+@pytest.fixture(scope='module')
+def sci_features(data_dir):
+  return load_dataset('scientific-features')
+
+
+def test_recbole_scientific_features(data_dir, sci_features):
+  from llm4rec_jax.data.splits import leave_one_out  # pylint: disable=import-outside-toplevel
+  ds = sci_features
+  folder = data_dir / _SCI_FEATURES
+  assert (ds.num_users, ds.num_items, ds.num_interactions) == (2928, 1585, 19_712)
+  assert not ds.has_timestamps and ds.name == 'scientific-features'
+  # Item index k is internal id k + 1; users follow user2index.
+  asins = [line.split('\t')[0] for line in (folder / 'Scientific.item2index').read_text().splitlines()]
+  assert list(ds.items.raw_ids[1:]) == asins
+  users = [line.split('\t')[0] for line in (folder / 'Scientific.user2index').read_text().splitlines()]
+  assert list(ds.users.raw_ids[1:]) == users
+  # Dense matrices: [1 + items, 512] float32, finite except the NaN padding row, equal to the file.
+  assert sorted(ds.items.dense) == ['feat1CLS', 'feat3CLS']
+  for field, m in ds.items.dense.items():
+    assert m.shape == (1586, 512) and m.dtype == np.float32
+    assert np.isnan(m[0]).all() and np.isfinite(m[1:]).all()
+    raw = np.fromfile(folder / f'Scientific.{field}', dtype='<f4').reshape(1585, 512)
+    np.testing.assert_array_equal(m[1:], raw)
+  assert not np.array_equal(ds.items.dense['feat1CLS'][1:], ds.items.dense['feat3CLS'][1:])
+  # Text of every item.
+  text = ds.items.text['text']
+  assert text[0] == '' and all(text[1:])
+  assert text[ds.items.id_of()['B0000223UV']].startswith('Gorilla Original Gorilla Glue')
+  # Leave-one-out on the rebuilt sequences reproduces the published valid and test rows.
+  split = leave_one_out(ds)
+  for examples, file in ((split.test, 'test'), (split.valid, 'valid')):
+    rows = _inter_rows(folder / f'Scientific.{file}.inter')
+    assert len(examples) == len(rows) == 2928
+    by_user = {int(u): i for i, u in enumerate(examples.users)}
+    for u, hist, target in rows[::7]:
+      i = by_user[u + 1]
+      assert int(examples.targets[i]) == target + 1
+      assert list(examples.history(i)) == [h + 1 for h in hist]
+  # Every training row is a prefix of its user's sequence.
+  seqs = ds.sequences()
+  for u, hist, target in _inter_rows(folder / 'Scientific.train.inter')[::11]:
+    assert list(seqs[u + 1][:len(hist) + 1]) == [h + 1 for h in hist] + [target + 1]
+  assert split.num_train_interactions() == 19_712 - 2 * 2928
+
+
+def test_recbole_dispatch(data_dir, sci_features, tmp_path):
+  folder = data_dir / _SCI_FEATURES
+  assert DATASETS['scientific-features'].format == 'recbole'
+  by_path = load_dataset(folder)  # format sniffed from *.item2index
+  assert by_path.num_interactions == 19_712 and sorted(by_path.items.dense) == ['feat1CLS',
+                                                                               'feat3CLS']
+  assert load_dataset(f'recbole:{folder}').num_items == 1585
+  assert load_dataset(folder / 'Scientific.item2index').num_users == 2928
+  archive = tmp_path / 'sci.zip'
+  with zipfile.ZipFile(archive, 'w') as z:
+    for f in folder.iterdir():
+      z.write(f, f'scientific-features/{f.name}')
+  zipped = readers.read_recbole_features(archive)
+  np.testing.assert_array_equal(zipped.item, sci_features.item)
+  np.testing.assert_array_equal(zipped.items.dense['feat3CLS'], sci_features.items.dense['feat3CLS'])
+
+
+def _recbole_dir(tmp_path, seqs, *, num_items=12, max_len=None, dim=4, drop=()):
+  """A small RecBole split release written the way the UniSRec scripts write it.
+
+  Training rows are every prefix (latest first), histories cut to the last ``max_len`` items.
+  """
+  d = tmp_path / 'rb'
+  d.mkdir(exist_ok=True)
+  (d / 'T.item2index').write_text(''.join(f'i{k}\t{k}\n' for k in range(num_items)))
+  (d / 'T.user2index').write_text(''.join(f'u{u}\t{u}\n' for u in range(len(seqs))))
+  (d / 'T.text').write_text('item_id:token\ttext:token_seq\n' +
+                            ''.join(f'i{k}\titem number {k}\n' for k in range(num_items)))
+  np.arange(num_items * dim, dtype='<f4').tofile(d / 'T.feat1CLS')
+
+  def row(u, hist, target):
+    hist = hist[-max_len:] if max_len else hist
+    return f'{u}\t{" ".join(map(str, hist))}\t{target}\n'
+
+  header = 'user_id:token\titem_id_list:token_seq\titem_id:token\n'
+  files = {'train': [header], 'valid': [header], 'test': [header]}
+  for u, s in enumerate(seqs):
+    files['train'] += [row(u, s[:k], s[k]) for k in range(len(s) - 3, 0, -1)]
+    files['valid'].append(row(u, s[:-2], s[-2]))
+    files['test'].append(row(u, s[:-1], s[-1]))
+  for name, lines in files.items():
+    if name not in drop:
+      (d / f'T.{name}.inter').write_text(''.join(lines))
+  return d
+
+
+def _raw_sequences(ds):
+  return {ds.users.raw_ids[u]: [int(ds.items.raw_ids[i][1:]) for i in s]
+          for u, s in enumerate(ds.sequences()) if u}
+
+
+def test_recbole_small_release(tmp_path):
+  seqs = [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9, 10, 11, 0, 1]]
+  ds = readers.read_recbole_features(_recbole_dir(tmp_path, seqs))
+  assert ds.name == 't' and not ds.has_timestamps
+  assert _raw_sequences(ds) == {f'u{u}': s for u, s in enumerate(seqs)}
+  assert ds.num_items == 12 and ds.items.text['text'][3] == 'item number 2'
+  m = ds.items.dense['feat1CLS']
+  assert m.shape == (13, 4) and m[1:].ravel().tolist() == list(range(48))
+
+
+@pytest.mark.parametrize('drop', [(), ('valid',), ('train',)])
+def test_recbole_truncated_histories(tmp_path, drop):
+  rng = np.random.default_rng(0)
+  seqs = [list(rng.integers(0, 12, int(n))) for n in rng.integers(3, 25, size=30)]
+  seqs.append([1, 2, 3] * 5 + [4])  # a periodic sequence: histories repeat
+  ds = readers.read_recbole_features(_recbole_dir(tmp_path, seqs, max_len=4, drop=drop))
+  got = _raw_sequences(ds)
+  for u, s in enumerate(seqs):
+    if drop == ('train',):  # only the last 4 + 2 items are known, plus the items before if short
+      assert got[f'u{u}'] == s[-len(got[f'u{u}']):] and len(got[f'u{u}']) >= min(len(s), 6)
+    else:
+      assert got[f'u{u}'] == s
+
+
+def test_recbole_user_in_some_files(tmp_path):
+  d = _recbole_dir(tmp_path, [[0, 1, 2, 3], [4, 5, 6, 7, 8]])
+  with open(d / 'T.train.inter', 'a') as f:
+    f.write('2\t9\t10\n')  # user 2 only in the training file
+  with open(d / 'T.user2index', 'a') as f:
+    f.write('u2\t2\nu3\t3\n')  # u3 has no rows at all
+  ds = readers.read_recbole_features(d)
+  assert _raw_sequences(ds) == {'u0': [0, 1, 2, 3], 'u1': [4, 5, 6, 7, 8], 'u2': [9, 10]}
+
+
+def test_recbole_truncated_feature_file(tmp_path):
+  d = _recbole_dir(tmp_path, [[0, 1, 2, 3]])
+  (d / 'T.feat3CLS').write_bytes((d / 'T.feat1CLS').read_bytes()[:-4])
+  with pytest.raises(DataError, match='not a whole float32 matrix') as e:
+    readers.read_recbole_features(d)
+  assert str(d / 'T.feat3CLS') in str(e.value) and e.value.field == 'feat3CLS'
+  (d / 'T.feat3CLS').unlink()
+  with pytest.raises(DataError, match=r'expected 12 x 8') as e:
+    readers.read_recbole_features(d, feature_dim=8)
+  assert str(d / 'T.feat1CLS') in str(e.value)
+  assert readers.read_recbole_features(d, feature_dim={'feat1CLS': 4}).items.dense['feat1CLS'].shape \
+      == (13, 4)
+  with pytest.raises(DataError, match=r'no such feature file T\.feat9CLS'):
+    readers.read_recbole_features(d, feature_dim={'feat9CLS': 4})
+  m = np.arange(48, dtype='<f4').reshape(12, 4)
+  m[5, 1] = np.inf
+  m.tofile(d / 'T.feat1CLS')
+  with pytest.raises(DataError, match=r"row 5 \(item 'i5'\) holds non-finite"):
+    readers.read_recbole_features(d)
+  m[5] = np.nan  # a whole NaN row marks an item without features
+  m.tofile(d / 'T.feat1CLS')
+  assert np.isnan(readers.read_recbole_features(d).items.dense['feat1CLS'][6]).all()
+
+
+@pytest.mark.parametrize('line,what', [
+    ('0\t0 1\n', 'expected 3 tab-separated fields'),
+    ('0\t0 x1\t2\n', "field 'item_id_list'.*'x1'"),
+    ('0\t0 1\t12\n', "field 'item_id'.*index 12 is not in the item2index"),
+    ('7\t0 1\t2\n', "field 'user_id'.*user index 7"),
+    ('0\t0 1\t2 3\n', "field 'item_id'.*one target"),
+    ('0\t0 5\t2\n', 'disagrees with the longer history'),
+])
+def test_recbole_malformed_inter_line(tmp_path, line, what):
+  d = _recbole_dir(tmp_path, [[0, 1, 2, 3], [4, 5, 6, 7]])
+  with open(d / 'T.train.inter', 'a') as f:
+    f.write(line)  # line 4 of the file: header + 2 training rows before it
+  with pytest.raises(DataError, match=what) as e:
+    readers.read_recbole_features(d)
+  assert f'{d / "T.train.inter"}:4' in str(e.value) and e.value.line == 4
+
+
+def test_recbole_bad_maps_and_names(tmp_path):
+  d = _recbole_dir(tmp_path, [[0, 1, 2, 3]])
+  (d / 'T.test.inter').write_text('user_id:token\titem_id:token\n0\t3\n')
+  with pytest.raises(DataError, match=r'T\.test\.inter:1.*missing'):
+    readers.read_recbole_features(d)
+  (d / 'T.test.inter').unlink()
+  (d / 'T.item2index').write_text('i0\t0\ni1\t2\n')
+  with pytest.raises(DataError, match=r'T\.item2index.*index 1 is missing'):
+    readers.read_recbole_features(d)
+  (d / 'T.item2index').write_text('i0\t0\ni0\t1\n')
+  with pytest.raises(DataError, match=r'T\.item2index:2.*listed twice'):
+    readers.read_recbole_features(d)
+  (d / 'U.item2index').write_text('i0\t0\n')
+  with pytest.raises(DataError, match='exactly one .*pass name='):
+    readers.read_recbole_features(d)

@@ -23,4 +23,8 @@ def load_split(data_cfg: Any) -> tuple[RecDataset, splits.Split]:
   ds = load(data_cfg)
   kwargs = ({'valid_fraction': data_cfg.valid_fraction, 'test_fraction': data_cfg.test_fraction}
             if data_cfg.split == 'temporal' else {})
-  return ds, splits.make_split(ds, data_cfg.split, **kwargs)
+  split = splits.make_split(ds, data_cfg.split, **kwargs)
+  if data_cfg.get('cold_item_fraction', 0.0) > 0:
+    split = splits.hold_out_items(split, ds.num_items, data_cfg.cold_item_fraction,
+                                  seed=data_cfg.get('cold_item_seed', 0))
+  return ds, split

@@ -49,6 +49,8 @@ class Split:
   valid: EvalExamples
   test: EvalExamples
   protocol: str
+  # Items held out of training entirely (cold-start evaluation); empty when none.
+  cold_items: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int32))
 
   def num_train_interactions(self) -> int:
     return int(sum(len(s) for s in self.train))
@@ -97,3 +99,26 @@ def make_split(ds: RecDataset, protocol: str, **kwargs) -> Split:
     return temporal(ds, **kwargs)
   raise DataError(f"unknown split protocol {protocol!r} (leave_one_out | temporal)",
                   field='split.protocol')
+
+
+def hold_out_items(split: Split, num_items: int, fraction: float, seed: int) -> Split:
+  """Removes a random ``fraction`` of items (ids 1..num_items) from every training sequence.
+
+  Evaluation cases are unchanged (histories may still contain held-out items: their content is what
+  represents them); ``cold_items`` records the held-out ids so evaluation can report the cases whose
+  target is a cold item.
+  """
+  rng = np.random.default_rng(seed)
+  n = int(round(fraction * num_items))
+  cold = np.sort(rng.choice(np.arange(1, num_items + 1), size=n, replace=False)).astype(np.int32)
+  is_cold = np.zeros(num_items + 1, bool)
+  is_cold[cold] = True
+  train = [seq[~is_cold[seq]] for seq in split.train]
+  return dataclasses.replace(split, train=train, cold_items=cold)
+
+
+def subset(examples: EvalExamples, keep: np.ndarray) -> EvalExamples:
+  """The cases where ``keep`` [n] is True."""
+  idx = np.flatnonzero(keep)
+  return EvalExamples.from_lists(examples.users[idx], [examples.history(int(i)) for i in idx],
+                                 examples.targets[idx])

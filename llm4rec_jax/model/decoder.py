@@ -9,7 +9,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from llm4rec_jax.data.content import ContentSpec, ItemContent
 from llm4rec_jax.errors import ConfigError
+from llm4rec_jax.model.fusion import CatalogEncoding, CrossModalFusion, GatedCrossAttention
 from llm4rec_jax.model.layers import Attention, RMSNorm, SwiGLU, param
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
@@ -32,6 +34,19 @@ class DecoderConfig:
   rope_theta: float = 10_000.0
   embed_scale: bool = True
   dtype: str = 'float32'  # compute dtype; parameters stay float32
+  # Multimodal content (see llm4rec_jax.model.fusion): how items are represented on input and
+  # output ('id', 'content' or 'both'), which blocks cross-attend to the history's content tokens
+  # (every k-th; 0 = none), and the fusion encoder's size.
+  item_repr: str = 'id'
+  cross_attention_every: int = 0
+  fusion_layers: int = 1
+  fusion_heads: int = 2
+  content: ContentSpec | None = None
+
+  @property
+  def uses_content(self) -> bool:
+    return self.content is not None and self.content.num_tokens > 0 and (
+        self.item_repr != 'id' or self.cross_attention_every > 0)
 
   @property
   def kv_heads(self) -> int:
@@ -48,19 +63,27 @@ class DecoderConfig:
 
 def from_config(model_cfg: Any, *, num_items: int, vocab_multiple: int) -> DecoderConfig:
   """Builds the DecoderConfig; the vocabulary is padded up to a multiple of ``vocab_multiple``."""
-  fields = {f.name for f in dataclasses.fields(DecoderConfig)} - {'vocab_size', 'num_items'}
+  fields = {f.name for f in dataclasses.fields(DecoderConfig)} - {'vocab_size', 'num_items',
+                                                                   'content'}
   kwargs = {k: model_cfg[k] for k in fields if k in model_cfg}
   vocab = model_cfg.get('vocab_size', 0) or -(-(num_items + 1) // vocab_multiple) * vocab_multiple
   if vocab <= num_items:
     raise ConfigError('model.vocab_size', f'{vocab} must exceed the {num_items} items (id 0 = pad)')
+  if kwargs.get('item_repr', 'id') not in ITEM_REPRS:
+    raise ConfigError('model.item_repr', f'{kwargs["item_repr"]!r} is not one of {ITEM_REPRS}')
   return DecoderConfig(vocab_size=vocab, num_items=num_items, **kwargs)
+
+
+ITEM_REPRS = ('id', 'content', 'both')
 
 
 class Block(nnx.Module):
   """Pre-norm transformer block: attention and SwiGLU, each with a residual and dropout."""
 
-  def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: DecoderConfig, *, cross_attention: bool = False, rngs: nnx.Rngs):
     dt = DTYPES[cfg.dtype]
+    self.cross = (GatedCrossAttention(cfg.d_model, cfg.num_heads, cfg.dim_per_head, dtype=dt,
+                                      rngs=rngs) if cross_attention else None)
     self.attn_norm = RMSNorm(cfg.d_model, rngs=rngs)
     self.attn = Attention(cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.dim_per_head,
                           rope_theta=cfg.rope_theta, dtype=dt, rngs=rngs)
@@ -68,9 +91,13 @@ class Block(nnx.Module):
     self.mlp = SwiGLU(cfg.d_model, cfg.ffn_dim, dtype=dt, rngs=rngs)
     self.dropout = nnx.Dropout(cfg.dropout)
 
-  def __call__(self, x, positions, mask, *, deterministic: bool, rngs: nnx.Rngs | None):
+  def __call__(self, x, positions, mask, *, deterministic: bool, rngs: nnx.Rngs | None,
+               memory=None, memory_mask=None):
     h = self.attn(self.attn_norm(x), positions, mask)
     x = x + self.dropout(h, deterministic=deterministic, rngs=rngs)
+    if self.cross is not None:
+      h = self.cross(x, memory, memory_mask)
+      x = x + self.dropout(h, deterministic=deterministic, rngs=rngs)
     h = self.mlp(self.mlp_norm(x))
     return x + self.dropout(h, deterministic=deterministic, rngs=rngs)
 
@@ -78,30 +105,68 @@ class Block(nnx.Module):
 class ItemDecoder(nnx.Module):
   """Items as tokens: embed a left-padded item sequence, run causal blocks, score the catalog.
 
-  ``__call__`` returns final hidden states; :meth:`logits` scores them against the output item table
-  (the input table when ``tie_embeddings``). Losses and evaluation work from hidden states so they
-  can avoid materialising logits at padded positions.
+  Items are represented by their id embedding, their fused content embedding, or the sum
+  (``cfg.item_repr``); :meth:`encode_catalog` computes that table (and the content tokens the
+  cross-attention blocks read) once, and :meth:`__call__`/:meth:`logits` reuse it. ``__call__``
+  returns final hidden states; losses and evaluation work from hidden states so they can avoid
+  materialising logits at padded positions.
   """
 
   def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
+    if cfg.item_repr != 'id' and not (cfg.content and cfg.content.num_tokens):
+      raise ConfigError('model.item_repr', f'{cfg.item_repr!r} needs item content; select fields '
+                        'in config.content (categorical / numeric / dense / text)')
+    if cfg.cross_attention_every and not (cfg.content and cfg.content.num_tokens):
+      raise ConfigError('model.cross_attention_every', 'cross-attention needs item content; '
+                        'select fields in config.content')
     emb_init = nnx.initializers.normal(stddev=cfg.d_model ** -0.5)
-    self.item_embed = param(rngs, emb_init, (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'))
-    self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+    if cfg.item_repr != 'content':
+      self.item_embed = param(rngs, emb_init, (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'))
+    if cfg.uses_content:
+      self.fusion = CrossModalFusion(cfg.content, cfg.d_model, num_layers=cfg.fusion_layers,
+                                     num_heads=cfg.fusion_heads, rngs=rngs)
+    if cfg.item_repr == 'content':
+      # Items with no content at all get this explicit learned vector (never a zero row).
+      self.no_content = param(rngs, emb_init, (cfg.d_model,), ('embed',))
+    every = cfg.cross_attention_every
+    self.blocks = nnx.List([Block(cfg, cross_attention=bool(every) and (i + 1) % every == 0,
+                                  rngs=rngs) for i in range(cfg.num_layers)])
     self.final_norm = RMSNorm(cfg.d_model, rngs=rngs)
     self.embed_dropout = nnx.Dropout(cfg.dropout)
     if not cfg.tie_embeddings:
       self.output_embed = param(rngs, emb_init, (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'))
 
-  def embed(self, items: jax.Array) -> jax.Array:
-    x = jnp.take(self.item_embed[...], items, axis=0)  # [batch, seq, d_model]
+  def encode_catalog(self, content: ItemContent | None = None) -> CatalogEncoding:
+    """The item table [vocab, d_model] (and content tokens) for every vocabulary id."""
+    cfg = self.cfg
+    if not cfg.uses_content:
+      return CatalogEncoding(self.item_embed[...])
+    if content is None:
+      raise ConfigError('content', 'this model reads item content; pass the ItemContent arrays')
+    emb, tokens, token_mask, has_content = self.fusion(content)
+    if cfg.item_repr == 'id':
+      table = self.item_embed[...]
+    elif cfg.item_repr == 'content':
+      table = jnp.where(has_content[:, None], emb, self.no_content[...])
+    else:
+      # Ids never seen in training (id_known False) are represented by their content alone, so a
+      # cold item's untrained id vector does not drown its content.
+      known = content.id_known[:, None] if content.id_known is not None else True
+      table = jnp.where(known, self.item_embed[...], 0.0) + emb
+    return CatalogEncoding(table, tokens, token_mask)
+
+  def embed(self, items: jax.Array, catalog: CatalogEncoding) -> jax.Array:
+    x = jnp.take(catalog.table, items, axis=0)  # [batch, seq, d_model]
     if self.cfg.embed_scale:
       x = x * (self.cfg.d_model ** 0.5)
     return x.astype(DTYPES[self.cfg.dtype])
 
-  def __call__(self, items: jax.Array, *, deterministic: bool = True,
-               rngs: nnx.Rngs | None = None) -> jax.Array:
+  def __call__(self, items: jax.Array, catalog: CatalogEncoding | None = None, *,
+               deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
     """items: int [batch, seq] left-padded with 0 -> hidden [batch, seq, d_model] (float32)."""
+    if catalog is None:
+      catalog = self.encode_catalog()
     valid = items > 0  # [batch, seq]
     # Positions count real items only, so left padding does not shift them.
     positions = jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0)
@@ -110,20 +175,26 @@ class ItemDecoder(nnx.Module):
     # Padded queries see only themselves, so no softmax row is empty.
     mask = (causal[None] & valid[:, None, :]) | jnp.eye(seq, dtype=bool)[None]
     mask = mask[:, None]  # [batch, 1, seq, seq]
-    x = self.embed(items) * valid[..., None]
+    memory = memory_mask = None
+    if self.cfg.cross_attention_every:
+      memory = jnp.take(catalog.tokens, items, axis=0)  # [batch, seq, M, d_model]
+      memory_mask = jnp.take(catalog.token_mask, items, axis=0) & valid[..., None]
+    x = self.embed(items, catalog) * valid[..., None]
     x = self.embed_dropout(x, deterministic=deterministic, rngs=rngs)
     for block in self.blocks:
-      x = block(x, positions, mask, deterministic=deterministic, rngs=rngs)
+      x = block(x, positions, mask, deterministic=deterministic, rngs=rngs, memory=memory,
+                memory_mask=memory_mask)
     return self.final_norm(x).astype(jnp.float32)
 
-  def output_table(self) -> jax.Array:
+  def output_table(self, catalog: CatalogEncoding | None = None) -> jax.Array:
     """[vocab, d_model] item embeddings used to score the catalog."""
-    table = self.item_embed if self.cfg.tie_embeddings else self.output_embed
-    return table[...]
+    if not self.cfg.tie_embeddings:
+      return self.output_embed[...]
+    return (catalog or self.encode_catalog()).table
 
-  def logits(self, hidden: jax.Array) -> jax.Array:
+  def logits(self, hidden: jax.Array, catalog: CatalogEncoding | None = None) -> jax.Array:
     """hidden [..., d_model] -> [..., vocab]; padding and out-of-catalog ids are -inf."""
-    table = self.output_table().astype(hidden.dtype)
+    table = self.output_table(catalog).astype(hidden.dtype)
     scores = hidden @ table.T
     return jnp.where(catalog_mask(self.cfg), scores, -jnp.inf)
 

@@ -26,7 +26,8 @@ import optax
 from flax import nnx
 
 from llm4rec_jax import config_base, evaluation, partitioning
-from llm4rec_jax.data import pipeline, registry
+from llm4rec_jax.data import content as content_lib
+from llm4rec_jax.data import pipeline, registry, splits
 from llm4rec_jax.data.splits import Split
 from llm4rec_jax.errors import ConfigError, NonFiniteLossError
 from llm4rec_jax.model import decoder as decoder_lib
@@ -45,6 +46,8 @@ class Experiment:
   split: Split
   mesh: jax.sharding.Mesh
   spec: state_lib.ModelSpec
+  content_np: content_lib.ItemContent | None = None  # host arrays (saved with the workdir)
+  content: content_lib.ItemContent | None = None  # the same, on device, rows sharded as 'vocab'
 
   @property
   def rules(self):
@@ -54,7 +57,10 @@ class Experiment:
     return partitioning.to_global(batch, self.mesh, self.rules)
 
   def eval_arrays(self, which: str) -> pipeline.EvalBatch:
+    """'valid', 'test', or 'test_cold' (test cases whose target was held out of training)."""
     examples = self.split.valid if which == 'valid' else self.split.test
+    if which == 'test_cold':
+      examples = splits.subset(examples, np.isin(examples.targets, self.split.cold_items))
     return pipeline.eval_arrays(examples, self.config.data.max_len, self.config.eval.batch_size)
 
   def rank_fn(self, exclude_seen: bool | None = None):
@@ -69,9 +75,25 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str | pathlib.P
   workdir = pathlib.Path(workdir)
   ds, split = registry.load_split(config.data)
   mesh = partitioning.make_mesh(config.mesh)
-  spec = state_lib.build_model_spec(model_config(config, ds.num_items, mesh), mesh,
-                                    config.mesh.rules)
-  return Experiment(config, workdir, ds, split, mesh, spec)
+  cfg = model_config(config, ds.num_items, mesh)
+  train_items = np.unique(np.concatenate([s for s in split.train if len(s)]))
+  content_np, content_spec = content_lib.load_item_content(config, ds.items, cfg.vocab_size,
+                                                           train_items)
+  cfg = dataclasses.replace(cfg, content=content_spec)
+  spec = state_lib.build_model_spec(cfg, mesh, config.mesh.rules)
+  content = (put_content(content_np, mesh, config.mesh.rules)
+             if content_np is not None and cfg.uses_content else None)
+  return Experiment(config, workdir, ds, split, mesh, spec, content_np, content)
+
+
+def put_content(content: content_lib.ItemContent, mesh: jax.sharding.Mesh, rules) -> Any:
+  """Item content on device, every array's rows sharded like the catalog ('vocab')."""
+  def put(x):
+    names = ('vocab',) + (None,) * (np.ndim(x) - 1)
+    sharding = jax.sharding.NamedSharding(
+        mesh, partitioning.logical_to_mesh(names, rules, mesh, np.shape(x)))
+    return jax.device_put(x, sharding)
+  return jax.tree.map(put, content)
 
 
 def model_config(config: ml_collections.ConfigDict, num_items: int,
@@ -101,10 +123,11 @@ def make_train_step(exp: Experiment, tx: optax.GradientTransformation, schedule,
   batch_sharding = {k: partitioning.batch_sharding(exp.mesh, exp.rules, n)
                     for k, n in (('inputs', 2), ('targets', 2), ('users', 1))}
 
-  def loss_fn(params, batch, rng):
+  def loss_fn(params, batch, content, rng):
     model = nnx.merge(graphdef, params)
-    hidden = model(batch['inputs'], deterministic=False, rngs=nnx.Rngs(dropout=rng))
-    table = model.output_table()
+    encoded = model.encode_catalog(content)
+    hidden = model(batch['inputs'], encoded, deterministic=False, rngs=nnx.Rngs(dropout=rng))
+    table = model.output_table(encoded)
     if lcfg.type == 'sampled_softmax':
       return losses.sampled_softmax_loss(
           hidden, table, batch['targets'], rng=jax.random.fold_in(rng, 1),
@@ -112,9 +135,10 @@ def make_train_step(exp: Experiment, tx: optax.GradientTransformation, schedule,
     return losses.full_softmax_loss(hidden, table, batch['targets'], catalog=catalog,
                                     max_targets=max_targets)
 
-  def step_fn(state, batch):
+  def step_fn(state, batch, content):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), state['step'])
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'], batch, rng)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'], batch, content,
+                                                                   rng)
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads),
@@ -122,7 +146,8 @@ def make_train_step(exp: Experiment, tx: optax.GradientTransformation, schedule,
     new_state = dict(state, step=state['step'] + 1, params=params, opt_state=opt_state)
     return new_state, metrics
 
-  return jax.jit(step_fn, in_shardings=(shardings, batch_sharding),
+  content_sharding = jax.tree.map(lambda x: x.sharding, exp.content)
+  return jax.jit(step_fn, in_shardings=(shardings, batch_sharding, content_sharding),
                  out_shardings=(shardings, exp.spec.replicated), donate_argnums=(0,))
 
 
@@ -154,6 +179,10 @@ def _write_catalog(exp: Experiment) -> None:
              'titles': list(titles) if titles is not None else None,
              'num_items': exp.dataset.num_items}
   (exp.workdir / 'items.json').write_text(json.dumps(payload))
+  if exp.content_np is not None and exp.spec.cfg.uses_content:
+    # Serving needs the content arrays too (it never reads the dataset).
+    exp.content_np.save(exp.workdir / 'content.npz')
+    (exp.workdir / 'content_spec.json').write_text(json.dumps(exp.spec.cfg.content.to_json()))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
@@ -230,7 +259,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     with stop.installed():
       while step < total_steps and stopped_reason is None:
         batch = exp.put(next(data_iter))
-        state, metrics = train_step(state, batch)
+        state, metrics = train_step(state, batch, exp.content)
         step += 1
         pending.append((step, metrics))
         if len(pending) > tc.max_inflight_steps:
@@ -248,7 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           t_eval = time.perf_counter()
           ranks_metrics, _, _ = evaluation.evaluate_arrays(
               rank_fn, state['params'], valid_arrays, config.eval.batch_size, exp.put,
-              config.eval.ks)
+              config.eval.ks, content=exp.content)
           score = ranks_metrics['ndcg@10']
           if score > progress['best']:
             progress.update(best=score, best_step=step, evals_since_best=0)
@@ -323,10 +352,13 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int) -> dict[str, 
   c = exp.config
   results: dict[str, Any] = {'step': int(step), 'dataset': exp.dataset.name,
                              'protocol': exp.split.protocol, 'exclude_seen': c.eval.exclude_seen}
-  for which in ('valid', 'test'):
+  cases = ('valid', 'test') + (('test_cold',) if len(exp.split.cold_items) else ())
+  for which in cases:
     arrays = exp.eval_arrays(which)
+    if not len(arrays.targets):
+      continue
     m, ranks, tops = evaluation.evaluate_arrays(rank_fn, params, arrays, c.eval.batch_size,
-                                                exp.put, c.eval.ks)
+                                                exp.put, c.eval.ks, content=exp.content)
     results[which] = m
     if c.eval.save_rankings and jax.process_index() == 0:
       n = len(ranks)

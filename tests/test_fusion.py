@@ -1,0 +1,213 @@
+"""Item content arrays, multimodal fusion masks, gated cross-attention, shardings, end to end."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from conftest import tiny_config
+from flax import nnx
+
+from llm4rec_jax import partitioning
+from llm4rec_jax.data import content as content_lib
+from llm4rec_jax.data import registry
+from llm4rec_jax.errors import ConfigError
+from llm4rec_jax.model import decoder as decoder_lib
+from llm4rec_jax.model.fusion import CrossModalFusion, GatedCrossAttention
+from llm4rec_jax.train import state as state_lib
+
+CONTENT_ALL = {'content.categorical': 'all', 'content.numeric': 'all', 'content.dense': 'all'}
+
+
+@pytest.fixture(scope='module')
+def synthetic_items():
+  c = tiny_config()
+  return registry.load(c.data).items
+
+
+def _content(table, vocab=128, **cfg):
+  cc = ml_collections.ConfigDict(dict(categorical='all', numeric='all', dense='all', text='',
+                                      max_values=16))
+  cc.update(cfg)
+  return content_lib.build_item_content(table, vocab, cc)
+
+
+def test_content_arrays_masks_and_normalisation(synthetic_items):
+  table = synthetic_items
+  table.numeric['price'][5] = np.nan  # a missing value must be masked, not read as 0
+  table.dense['embedding'][7] = np.nan
+  content, spec = _content(table)
+  assert spec.token_names == ('categorical:category', 'categorical:tags', 'numeric',
+                              'dense:embedding')
+  assert content.numeric.shape == (128, 1) and content.categorical[0].shape[0] == 128
+  assert not content.numeric_mask[5, 0] and content.numeric_mask[6, 0]
+  assert not content.dense_mask[0][7] and content.dense_mask[0][8]
+  present = content.numeric_mask[:, 0]
+  np.testing.assert_allclose(content.numeric[present, 0].mean(), 0.0, atol=1e-5)
+  np.testing.assert_allclose(content.numeric[present, 0].std(), 1.0, atol=1e-4)
+  # Padding row and rows past the catalog carry nothing.
+  mask = np.asarray(content.token_mask())
+  assert not mask[0].any() and not mask[table.num_rows:].any()
+  # Truncation of multi-valued fields to max_values.
+  short, spec2 = _content(table, max_values=1)
+  assert all(w == 1 for _, _, w in spec2.categorical)
+  with pytest.raises(ConfigError, match='content.categorical'):
+    _content(table, categorical='no_such_field')
+
+
+def _fusion_inputs(synthetic_items):
+  content, spec = _content(synthetic_items)
+  fusion = CrossModalFusion(spec, 32, num_layers=1, num_heads=2, rngs=nnx.Rngs(0))
+  # Give the adaptive scores non-zero weights so they depend on the input.
+  fusion.score_out[...] = jax.random.normal(jax.random.key(1), fusion.score_out.shape)
+  return content, spec, fusion
+
+
+def test_missing_modality_is_masked_not_zero_filled(synthetic_items):
+  content, _, fusion = _fusion_inputs(synthetic_items)
+  item = 9
+  dense_mask = np.array(content.dense_mask[0])
+  dense_mask[item] = False
+  hidden = dataclasses.replace(content, dense_mask=(dense_mask,))
+  emb_a, _, mask_a, _ = fusion(hidden)
+  # With the modality masked, its values do not matter at all...
+  dense = np.array(content.dense[0])
+  dense[item] = 1e3
+  emb_b, _, _, _ = fusion(dataclasses.replace(hidden, dense=(dense,)))
+  np.testing.assert_allclose(emb_a[item], emb_b[item], rtol=1e-5, atol=1e-6)
+  assert not mask_a[item, 3] and mask_a[item, :3].all()
+  # ...while a present modality does (and masking differs from feeding zeros).
+  zeros = np.array(content.dense[0])
+  zeros[item] = 0.0
+  emb_c, _, _, _ = fusion(dataclasses.replace(content, dense=(zeros,)))
+  assert not np.allclose(emb_a[item], emb_c[item], atol=1e-4)
+
+
+def test_adaptive_weights_are_input_dependent_and_skip_missing(synthetic_items):
+  content, _, fusion = _fusion_inputs(synthetic_items)
+  x0, mask = fusion.tokenizer(content)
+  x = fusion.norm(fusion.layers[0](x0, mask))
+  score = jax.nn.silu(x @ fusion.score_hidden[...]) @ fusion.score_out[...]
+  w = jax.nn.softmax(jnp.where(mask, score, -1e30), axis=-1) * mask
+  rows = np.asarray(mask).any(-1)
+  np.testing.assert_allclose(np.asarray(w.sum(-1))[rows], 1.0, rtol=1e-5)
+  assert float(jnp.std(w[1:50, 0])) > 1e-3  # differs from item to item
+  _, _, _, has = fusion(content)
+  assert not bool(has[0]) and bool(has[1:synthetic_items.num_rows].all())
+
+
+def _model(cfg_overrides, synthetic_items, vocab=128):
+  content, spec = _content(synthetic_items, vocab=vocab)
+  base = dict(vocab_size=vocab, num_items=synthetic_items.num_rows - 1, max_len=12, d_model=32,
+              num_layers=2, num_heads=4, dropout=0.0, content=spec)
+  base.update(cfg_overrides)
+  return decoder_lib.DecoderConfig(**base), content
+
+
+def test_cross_attention_starts_as_plain_decoder_and_is_causal(synthetic_items):
+  cfg, content = _model({'cross_attention_every': 1}, synthetic_items)
+  plain_cfg = dataclasses.replace(cfg, cross_attention_every=0)
+  model = decoder_lib.ItemDecoder(cfg, rngs=nnx.Rngs(0))
+  plain = decoder_lib.ItemDecoder(plain_cfg, rngs=nnx.Rngs(0))
+  assert all(b.cross is not None for b in model.blocks)
+  nnx.update(plain, nnx.state(model, nnx.Param).filter(
+      lambda path, _: 'cross' not in path and 'fusion' not in path))
+  items = jnp.asarray(np.random.default_rng(0).integers(0, 100, (3, 12)), jnp.int32)
+  items = items.at[:, :4].set(0)  # left padding
+  enc = model.encode_catalog(content)
+  np.testing.assert_allclose(model(items, enc), plain(items), rtol=1e-5, atol=1e-5)
+  # Open the gates: now content matters, but only of items at or before each position.
+  for b in model.blocks:
+    b.cross.gate[...] = jnp.ones((1,))
+  enc = model.encode_catalog(content)
+  h = model(items, enc)
+  assert not np.allclose(h, plain(items), atol=1e-3)
+  changed = dataclasses.replace(content, dense=(np.asarray(content.dense[0]) + 5.0,))
+  # Change only the last item's content: earlier positions are unaffected.
+  last = int(items[0, -1])
+  dense = np.array(content.dense[0])
+  dense[last] += 5.0
+  if last not in np.asarray(items[0, :-1]):
+    h2 = model(items, model.encode_catalog(dataclasses.replace(content, dense=(dense,))))
+    np.testing.assert_allclose(h2[0, :-1], h[0, :-1], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(h2[0, -1], h[0, -1], atol=1e-4)
+  assert model(items, model.encode_catalog(changed)).shape == (3, 12, 32)
+
+
+def test_gated_cross_attention_shapes_and_sink():
+  layer = GatedCrossAttention(16, 2, 8, dtype=jnp.float32, rngs=nnx.Rngs(0))
+  layer.gate[...] = jnp.ones((1,))
+  x = jax.random.normal(jax.random.key(0), (2, 5, 16))
+  mem = jax.random.normal(jax.random.key(1), (2, 5, 3, 16))
+  mask = jnp.zeros((2, 5, 3), bool)  # nothing visible: the update is exactly zero, not NaN
+  out = layer(x, mem, mask)
+  assert out.shape == (2, 5, 16)
+  np.testing.assert_array_equal(out, 0.0)
+
+
+@pytest.mark.parametrize('repr_', ['content', 'both'])
+def test_item_representation_modes(synthetic_items, repr_):
+  cfg, content = _model({'item_repr': repr_}, synthetic_items)
+  model = decoder_lib.ItemDecoder(cfg, rngs=nnx.Rngs(0))
+  assert hasattr(model, 'item_embed') == (repr_ == 'both')
+  known = np.array(content.id_known)
+  known[10] = False  # a cold item: represented by content alone in 'both'
+  content = dataclasses.replace(content, id_known=known)
+  emb, _, _, has = model.fusion(content)
+  table = model.encode_catalog(content).table
+  np.testing.assert_allclose(table[10], emb[10], rtol=1e-6)
+  if repr_ == 'both':
+    np.testing.assert_allclose(table[11], emb[11] + model.item_embed[...][11], rtol=1e-6)
+  else:
+    # An item with no content gets the explicit learned vector, not zeros.
+    assert not bool(has[0])
+    np.testing.assert_allclose(table[0], model.no_content[...], rtol=1e-6)
+
+
+def test_content_needed_for_content_modes(synthetic_items):
+  cfg, _ = _model({'item_repr': 'content', 'content': None}, synthetic_items)
+  with pytest.raises(ConfigError, match='model.item_repr'):
+    decoder_lib.ItemDecoder(cfg, rngs=nnx.Rngs(0))
+
+
+def test_fusion_and_cross_attention_shardings_on_2x4_mesh(synthetic_items):
+  cfg, content = _model({'item_repr': 'both', 'cross_attention_every': 2, 'fusion_heads': 4},
+                        synthetic_items, vocab=256)
+  c = tiny_config()
+  mesh = partitioning.make_mesh({'axes': ('data', 'fsdp', 'tensor'), 'shape': (2, 1, 4)})
+  spec = state_lib.build_model_spec(cfg, mesh, c.mesh.rules)
+  sh = spec.param_shardings
+  cross = sh['blocks'][1]['cross']
+  assert cross['wq'].spec == jax.sharding.PartitionSpec(None, 'tensor', None)
+  assert cross['wo'].spec == jax.sharding.PartitionSpec('tensor', None, None)
+  assert 'cross' not in sh['blocks'][0] or sh['blocks'][0].get('cross') is None
+  fusion = sh['fusion']
+  assert fusion['layers'][0]['attn']['wqkv'].spec == jax.sharding.PartitionSpec(
+      None, None, 'tensor', None)
+  assert sh['item_embed'].spec == jax.sharding.PartitionSpec('tensor', None)
+  from llm4rec_jax.train.trainer import put_content  # pylint: disable=import-outside-toplevel
+  dev = put_content(content, mesh, c.mesh.rules)
+  assert dev.categorical[0].sharding.spec == jax.sharding.PartitionSpec('tensor', None)
+  params = state_lib.init_params(spec, 0)
+  model = nnx.merge(spec.graphdef, params)
+  items = jnp.asarray(np.random.default_rng(0).integers(0, 100, (4, 12)), jnp.int32)
+  hidden = jax.jit(lambda p, x, cont: nnx.merge(spec.graphdef, p)(
+      x, nnx.merge(spec.graphdef, p).encode_catalog(cont)))(params, items, dev)
+  ref = model(items, model.encode_catalog(content))
+  np.testing.assert_allclose(hidden, ref, rtol=2e-5, atol=2e-5)
+
+
+def test_train_with_content_end_to_end(tmp_path):
+  from llm4rec_jax import serving  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  c = tiny_config(**CONTENT_ALL, **{'model.item_repr': 'both', 'model.cross_attention_every': 1,
+                                    'data.cold_item_fraction': 0.1})
+  r = trainer.train_and_evaluate(c, tmp_path)
+  assert r['test']['num_cases'] == 240 and 0 < r['test_cold']['num_cases'] < 240
+  assert np.isfinite(r['test']['ndcg@10'])
+  rec = serving.recommend(tmp_path, ['i3', 'i5'], top_k=3)
+  assert len(rec['recommendations']) == 3
+  again = trainer.evaluate(c, tmp_path)
+  np.testing.assert_allclose(again['test']['ndcg@10'], r['test']['ndcg@10'], rtol=1e-6)
