@@ -68,6 +68,9 @@ def base_config() -> ml_collections.ConfigDict:
       # Multimodal items (llm4rec_jax.model.fusion): 'id' | 'content' | 'both' on input and output;
       # every k-th block cross-attends to the history's content tokens (0 = none).
       item_repr='id', cross_attention_every=0, fusion_layers=1, fusion_heads=2,
+      # 'softmax' (score the whole catalog) or 'semantic_id' (generate the next item's code tuple
+      # with trie-constrained beam search; codes from config.semantic_ids).
+      head='softmax',
       # 0 = num_items + 1 rounded up to 128 x the catalog shards; recorded in the saved config so a
       # checkpoint restores on any device count.
       vocab_size=0))
@@ -81,6 +84,12 @@ def base_config() -> ml_collections.ConfigDict:
       text_model='', text_max_length=256, text_batch_size=256,
       cache_dir='',  # '' = $LLM4REC_CACHE_DIR or ~/.cache/llm4rec_jax
   ))
+
+  # Semantic IDs (model.head='semantic_id'): residual k-means codes of item embeddings taken from
+  # `source`: 'text' (sentence embeddings of the item text), 'features' (the raw content features),
+  # or the path of a trained workdir (its fused item table). Computed once, saved in the workdir.
+  c.semantic_ids = ml_collections.ConfigDict(dict(
+      source='features', num_levels=3, codebook_size=256, iters=20, beam_size=50))
 
   c.loss = ml_collections.ConfigDict()
   c.loss.type = 'full_softmax'  # or 'sampled_softmax'
@@ -163,6 +172,8 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
     raise ConfigError('model.dtype', f'unknown dtype {m.dtype!r}')
   if m.get('item_repr', 'id') not in ('id', 'content', 'both'):
     raise ConfigError('model.item_repr', f"{m.item_repr!r} is not one of 'id', 'content', 'both'")
+  if m.get('head', 'softmax') not in ('softmax', 'semantic_id'):
+    raise ConfigError('model.head', f"{m.head!r} is not one of 'softmax', 'semantic_id'")
   if m.get('cross_attention_every', 0) < 0:
     raise ConfigError('model.cross_attention_every', 'must be >= 0 (0 = no cross-attention)')
   if not 0.0 <= c.data.get('cold_item_fraction', 0.0) < 1.0:

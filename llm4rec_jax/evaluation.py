@@ -21,6 +21,7 @@ from flax import nnx
 
 from llm4rec_jax import metrics as metrics_lib
 from llm4rec_jax.data.pipeline import EvalBatch, iterate_eval
+from llm4rec_jax.model import semantic_head
 
 
 def scores_for(model, inputs: jax.Array, seen: jax.Array | None, content=None) -> jax.Array:
@@ -37,8 +38,34 @@ def scores_for(model, inputs: jax.Array, seen: jax.Array | None, content=None) -
   return scores
 
 
-def make_rank_fn(graphdef: nnx.GraphDef, *, exclude_seen: bool, top_k: int) -> Callable:
-  """Jitted ``(params, batch, content) -> (ranks [batch], top_items [batch, top_k])``."""
+def make_rank_fn(graphdef: nnx.GraphDef, *, exclude_seen: bool, top_k: int, trie=None,
+                 beam_size: int = 0) -> Callable:
+  """Jitted ``(params, batch, content) -> (ranks [batch], top_items [batch, top_k])``.
+
+  For a semantic-ID head (``trie`` given) the ranking is the trie-constrained beam search's top
+  ``top_k``: a target outside it gets rank ``num_items``, so HR/NDCG@k are exact for k <= top_k and
+  MRR is truncated at ``top_k``.
+  """
+
+  def generate(params, batch, content, trie_):
+    model = nnx.merge(graphdef, params)
+    catalog = model.encode_catalog(content)
+    hidden = model(batch['inputs'], catalog)[:, -1]  # [batch, d_model]
+    exclude = None
+    if exclude_seen:
+      rows = jnp.arange(hidden.shape[0])[:, None]
+      exclude = jnp.zeros((hidden.shape[0], model.cfg.vocab_size), bool)
+      exclude = exclude.at[rows, batch['seen']].set(True)
+    top, _ = semantic_head.constrained_beam_search(
+        model.sid_head, hidden, trie_, beam_size=max(beam_size, top_k), top_k=top_k,
+        exclude=exclude)
+    hit = top == batch['targets'][:, None]  # [batch, top_k]
+    r = jnp.where(jnp.any(hit, axis=1), jnp.argmax(hit, axis=1), model.cfg.num_items)
+    return r.astype(jnp.int32), top.astype(jnp.int32)
+
+  if trie is not None:
+    jitted = jax.jit(generate)
+    return lambda params, batch, content=None: jitted(params, batch, content, trie)
 
   def rank(params, batch, content=None):
     model = nnx.merge(graphdef, params)

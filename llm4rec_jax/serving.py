@@ -20,6 +20,9 @@ from flax import nnx
 
 from llm4rec_jax import config_base, evaluation, partitioning
 from llm4rec_jax.data.content import ContentSpec, ItemContent
+from llm4rec_jax.model import semantic_head
+from llm4rec_jax.model.semantic_ids import SemanticIds
+from llm4rec_jax.train import semantic_codes
 from llm4rec_jax.errors import DataError, UnknownIdError
 from llm4rec_jax.train import optimizer as optimizer_lib
 from llm4rec_jax.train import state as state_lib
@@ -47,9 +50,14 @@ class Recommender:
     spec_path = self.workdir / 'content_spec.json'
     if spec_path.exists():
       content_spec = ContentSpec.from_json(json.loads(spec_path.read_text()))
-      cfg = dataclasses.replace(cfg, content=content_spec)
+      cfg = dataclasses.replace(cfg, content=content_spec if content_spec.num_tokens else None)
       self.content = jax.tree.map(jnp.asarray,
                                   ItemContent.load(self.workdir / 'content.npz', content_spec))
+    self.trie = None
+    if cfg.head == 'semantic_id':
+      sid = SemanticIds.load(self.workdir / semantic_codes.FILENAME)
+      cfg = dataclasses.replace(cfg, codebook_sizes=sid.codebook_sizes)
+      self.trie = jax.device_put(sid.trie())
     self.spec = state_lib.build_model_spec(cfg, mesh, self.config.mesh.rules)
     tx, _ = optimizer_lib.make_optimizer(self.config.optimizer, 1)
     abstract, shardings = state_lib.state_shardings(self.spec, tx)
@@ -61,10 +69,27 @@ class Recommender:
     ckpt.close()
 
   @functools.partial(jax.jit, static_argnums=(0, 4))
-  def _top(self, params, inputs, seen, k, content=None):
+  def _top(self, params, inputs, seen, k, content=None, trie=None):
     model = nnx.merge(self.spec.graphdef, params)
+    if trie is not None:
+      catalog = model.encode_catalog(content)
+      hidden = model(inputs, catalog)[:, -1]
+      exclude = jnp.zeros((inputs.shape[0], self.spec.cfg.vocab_size), bool)
+      exclude = exclude.at[jnp.arange(inputs.shape[0])[:, None], seen].set(True)
+      beam = max(k, self.config.semantic_ids.beam_size)
+      items, scores = semantic_head.constrained_beam_search(model.sid_head, hidden, trie,
+                                                            beam_size=beam, top_k=k,
+                                                            exclude=exclude)
+      return scores, items
     scores = evaluation.scores_for(model, inputs, seen, content)
     return jax.lax.top_k(scores, k)
+
+  def item_table(self) -> np.ndarray:
+    """float32 [rows, d_model]: the model's item representation of every catalog row."""
+    @jax.jit
+    def table(params, content):
+      return nnx.merge(self.spec.graphdef, params).encode_catalog(content).table
+    return np.asarray(jax.device_get(table(self.params, self.content)))[:len(self.raw_ids)]
 
   def encode(self, history: Sequence[str]) -> np.ndarray:
     unknown = [h for h in history if str(h) not in self.index]
@@ -88,7 +113,7 @@ class Recommender:
     seen = ids[None, :] if exclude_seen else np.zeros((1, 1), np.int32)
     k = min(top_k, len(self.index) - (len(set(ids.tolist())) if exclude_seen else 0))
     scores, items = jax.device_get(self._top(self.params, jnp.asarray(inputs), jnp.asarray(seen), k,
-                                                 self.content))
+                                                 self.content, self.trie))
     recs = []
     for s, i in zip(scores[0], items[0]):
       rec = {'item': self.raw_ids[int(i)], 'score': float(s)}

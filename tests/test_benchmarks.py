@@ -16,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
     ('beauty.py', {'test', 'best_epoch', 'time_to_best_epoch_s', 'train_examples_per_s'}),
     ('yelp.py', {'test', 'test_seen_items_ranked'}),
     ('ml100k.py', {'test', 'wall_s', 'peak_rss_mb'}),
-    ('throughput.py', {'presets'}),
+    ('throughput.py', {'runs'}),
 ])
 def test_quick_benchmark_prints_one_json_line(script, keys):
   env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')  # one CPU device, as benchmarks run

@@ -75,6 +75,8 @@ class ItemContent:
   text_mask: Any = None  # bool [vocab]
   # bool [vocab]: the item occurs in the training data, so its id embedding was trained.
   id_known: Any = None
+  # int32 [vocab, levels] semantic-ID code tuple per item (-1 rows: padding), model.head=semantic_id.
+  codes: Any = None
 
   def token_mask(self):
     """bool [vocab, num_tokens]: which modality tokens of each item are present (spec order)."""
@@ -91,7 +93,7 @@ class ItemContent:
     arrays = {f'categorical_{i}': np.asarray(a) for i, a in enumerate(self.categorical)}
     arrays.update({f'dense_{i}': np.asarray(a) for i, a in enumerate(self.dense)})
     arrays.update({f'dense_mask_{i}': np.asarray(a) for i, a in enumerate(self.dense_mask)})
-    for name in ('numeric', 'numeric_mask', 'text', 'text_mask', 'id_known'):
+    for name in ('numeric', 'numeric_mask', 'text', 'text_mask', 'id_known', 'codes'):
       if getattr(self, name) is not None:
         arrays[name] = np.asarray(getattr(self, name))
     np.savez_compressed(path, **arrays)
@@ -108,7 +110,8 @@ class ItemContent:
                  numeric=get('numeric'), numeric_mask=get('numeric_mask'),
                  dense=tuple(z[f'dense_{i}'] for i in range(len(spec.dense))),
                  dense_mask=tuple(z[f'dense_mask_{i}'] for i in range(len(spec.dense))),
-                 text=get('text'), text_mask=get('text_mask'), id_known=get('id_known'))
+                 text=get('text'), text_mask=get('text_mask'), id_known=get('id_known'),
+                 codes=get('codes'))
 
 
 def _select(available: Sequence[str], wanted: Any, field: str) -> list[str]:

@@ -13,6 +13,7 @@ from llm4rec_jax.data.content import ContentSpec, ItemContent
 from llm4rec_jax.errors import ConfigError
 from llm4rec_jax.model.fusion import CatalogEncoding, CrossModalFusion, GatedCrossAttention
 from llm4rec_jax.model.layers import Attention, RMSNorm, SwiGLU, param
+from llm4rec_jax.model.semantic_head import SemanticIdHead
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
@@ -42,6 +43,8 @@ class DecoderConfig:
   fusion_layers: int = 1
   fusion_heads: int = 2
   content: ContentSpec | None = None
+  head: str = 'softmax'  # or 'semantic_id'
+  codebook_sizes: tuple[int, ...] = ()  # semantic-ID levels (from the computed codes)
 
   @property
   def uses_content(self) -> bool:
@@ -64,7 +67,7 @@ class DecoderConfig:
 def from_config(model_cfg: Any, *, num_items: int, vocab_multiple: int) -> DecoderConfig:
   """Builds the DecoderConfig; the vocabulary is padded up to a multiple of ``vocab_multiple``."""
   fields = {f.name for f in dataclasses.fields(DecoderConfig)} - {'vocab_size', 'num_items',
-                                                                   'content'}
+                                                                   'content', 'codebook_sizes'}
   kwargs = {k: model_cfg[k] for k in fields if k in model_cfg}
   vocab = model_cfg.get('vocab_size', 0) or -(-(num_items + 1) // vocab_multiple) * vocab_multiple
   if vocab <= num_items:
@@ -136,6 +139,11 @@ class ItemDecoder(nnx.Module):
     self.embed_dropout = nnx.Dropout(cfg.dropout)
     if not cfg.tie_embeddings:
       self.output_embed = param(rngs, emb_init, (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'))
+    if cfg.head == 'semantic_id':
+      if not cfg.codebook_sizes:
+        raise ConfigError('model.head', 'the semantic-ID head needs computed item codes')
+      self.sid_head = SemanticIdHead(cfg.d_model, cfg.codebook_sizes, dtype=DTYPES[cfg.dtype],
+                                     rngs=rngs)
 
   def encode_catalog(self, content: ItemContent | None = None) -> CatalogEncoding:
     """The item table [vocab, d_model] (and content tokens) for every vocabulary id."""

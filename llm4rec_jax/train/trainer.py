@@ -31,7 +31,9 @@ from llm4rec_jax.data import pipeline, registry, splits
 from llm4rec_jax.data.splits import Split
 from llm4rec_jax.errors import ConfigError, NonFiniteLossError
 from llm4rec_jax.model import decoder as decoder_lib
-from llm4rec_jax.train import losses, optimizer as optimizer_lib
+from llm4rec_jax.model import semantic_head
+from llm4rec_jax.model.semantic_ids import SemanticIds
+from llm4rec_jax.train import losses, optimizer as optimizer_lib, semantic_codes
 from llm4rec_jax.train import state as state_lib
 from llm4rec_jax.train.checkpointing import Checkpointer, abstract_with_shardings
 from llm4rec_jax.train.logger import MetricLogger
@@ -48,6 +50,7 @@ class Experiment:
   spec: state_lib.ModelSpec
   content_np: content_lib.ItemContent | None = None  # host arrays (saved with the workdir)
   content: content_lib.ItemContent | None = None  # the same, on device, rows sharded as 'vocab'
+  semantic_ids: SemanticIds | None = None  # item codes of the semantic-ID head
 
   @property
   def rules(self):
@@ -65,8 +68,12 @@ class Experiment:
 
   def rank_fn(self, exclude_seen: bool | None = None):
     exclude = self.config.eval.exclude_seen if exclude_seen is None else exclude_seen
+    trie = None
+    if self.semantic_ids is not None:
+      trie = jax.device_put(self.semantic_ids.trie(), self.spec.replicated)
     return evaluation.make_rank_fn(self.spec.graphdef, exclude_seen=exclude,
-                                   top_k=max(self.config.eval.ks))
+                                   top_k=max(self.config.eval.ks), trie=trie,
+                                   beam_size=self.config.semantic_ids.beam_size)
 
 
 def build_experiment(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Experiment:
@@ -80,10 +87,17 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str | pathlib.P
   content_np, content_spec = content_lib.load_item_content(config, ds.items, cfg.vocab_size,
                                                            train_items)
   cfg = dataclasses.replace(cfg, content=content_spec)
+  sid = None
+  if cfg.head == 'semantic_id':
+    sid = semantic_codes.load_or_build(config, workdir, ds.items,
+                                       write=jax.process_index() == 0)
+    content_np = dataclasses.replace(content_np or content_lib.ItemContent(),
+                                     codes=semantic_codes.code_rows(sid, cfg.vocab_size))
+    cfg = dataclasses.replace(cfg, codebook_sizes=sid.codebook_sizes)
   spec = state_lib.build_model_spec(cfg, mesh, config.mesh.rules)
   content = (put_content(content_np, mesh, config.mesh.rules)
-             if content_np is not None and cfg.uses_content else None)
-  return Experiment(config, workdir, ds, split, mesh, spec, content_np, content)
+             if content_np is not None and (cfg.uses_content or sid is not None) else None)
+  return Experiment(config, workdir, ds, split, mesh, spec, content_np, content, sid)
 
 
 def put_content(content: content_lib.ItemContent, mesh: jax.sharding.Mesh, rules) -> Any:
@@ -128,6 +142,10 @@ def make_train_step(exp: Experiment, tx: optax.GradientTransformation, schedule,
     encoded = model.encode_catalog(content)
     hidden = model(batch['inputs'], encoded, deterministic=False, rngs=nnx.Rngs(dropout=rng))
     table = model.output_table(encoded)
+    if cfg.head == 'semantic_id':
+      h, t, w, dropped = losses.gather_targets(hidden, batch['targets'], max_targets)
+      loss = semantic_head.semantic_id_loss(model.sid_head, h, content.codes[t], w)
+      return loss, {'num_targets': jnp.sum(w > 0), 'dropped_targets': dropped}
     if lcfg.type == 'sampled_softmax':
       return losses.sampled_softmax_loss(
           hidden, table, batch['targets'], rng=jax.random.fold_in(rng, 1),
@@ -179,10 +197,11 @@ def _write_catalog(exp: Experiment) -> None:
              'titles': list(titles) if titles is not None else None,
              'num_items': exp.dataset.num_items}
   (exp.workdir / 'items.json').write_text(json.dumps(payload))
-  if exp.content_np is not None and exp.spec.cfg.uses_content:
+  if exp.content_np is not None and exp.content is not None:
     # Serving needs the content arrays too (it never reads the dataset).
     exp.content_np.save(exp.workdir / 'content.npz')
-    (exp.workdir / 'content_spec.json').write_text(json.dumps(exp.spec.cfg.content.to_json()))
+    spec = exp.spec.cfg.content or content_lib.ContentSpec()
+    (exp.workdir / 'content_spec.json').write_text(json.dumps(spec.to_json()))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
