@@ -17,10 +17,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
     ('yelp.py', {'test', 'test_seen_items_ranked'}),
     ('ml100k.py', {'test', 'wall_s', 'peak_rss_mb'}),
     ('throughput.py', {'runs'}),
+    ('multimodal.py --scenario cold_start', {'variants'}),
+    ('semantic_ids.py', {'softmax', 'semantic_id', 'codes'}),
 ])
 def test_quick_benchmark_prints_one_json_line(script, keys):
   env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')  # one CPU device, as benchmarks run
-  proc = subprocess.run([sys.executable, f'benchmarks/{script}', '--quick'], cwd=ROOT, env=env,
+  name, *flags = script.split()
+  proc = subprocess.run([sys.executable, f'benchmarks/{name}', *flags, '--quick'], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = [l for l in proc.stdout.splitlines() if l.strip()]
@@ -29,3 +32,9 @@ def test_quick_benchmark_prints_one_json_line(script, keys):
   assert keys <= set(result) and result['quick'] is True
   if 'test' in result:
     assert 0.0 <= result['test']['ndcg@10'] <= result['test']['hr@10'] <= 1.0
+  if 'variants' in result:  # cold start: every trained variant reports the cold-target cases
+    cold = {k: v['test_cold'] for k, v in result['variants'].items()}
+    assert set(cold) == {'id', 'multimodal', 'content', 'popularity'}
+    assert all(0.0 <= c['ndcg@10'] <= c['hr@10'] <= 1.0 for c in cold.values())
+  if 'codes' in result:
+    assert 0.0 <= result['semantic_id']['ndcg@10'] <= result['semantic_id']['hr@10'] <= 1.0
