@@ -65,8 +65,11 @@ def popularity_cold(config) -> dict:
 def main():
   p = parser(__doc__)
   p.add_argument('--scenario', choices=sorted(SCENARIOS), default='scientific')
+  p.add_argument('--variants', default=None, help='comma list: run only these variants')
   args = p.parse_args()
   dataset, variants = SCENARIOS[args.scenario]
+  if args.variants:
+    variants = tuple(v for v in variants if v in args.variants.split(','))
   out = {'benchmark': 'multimodal', 'scenario': args.scenario, 'dataset': dataset,
          'protocol': 'leave_one_out', 'full_ranking': True, 'exclude_seen': True,
          'quick': args.quick, 'variants': {}}
@@ -99,7 +102,7 @@ def main():
                                                    ('ndcg@10', 'hr@10', 'ndcg@50', 'hr@50')}}
   out['wall_s'] = round(time.perf_counter() - t0, 1)
   out['command'] = 'python benchmarks/multimodal.py --scenario ' + args.scenario + (
-      ' --quick' if args.quick else '')
+      f' --variants {args.variants}' if args.variants else '') + (' --quick' if args.quick else '')
   print(json.dumps(out))
 
 

@@ -64,9 +64,10 @@ def main():
     line = train_and_report(softmax_cfg, sargs, benchmark='semantic_ids')
     out['softmax_train'] = {k: line[k] for k in ('best_epoch', 'time_to_best_epoch_s', 'wall_s')}
 
-  sid_cfg = load_config('beauty')
+  # The same decoder as the softmax model; only the head differs.
+  sid_cfg = copy.deepcopy(softmax_cfg)
+  sid_cfg.model.vocab_size = 0
   if args.quick:
-    make_quick(sid_cfg)
     sid_cfg.semantic_ids.codebook_size = 16
   sid_cfg.model.head = 'semantic_id'
   sid_cfg.semantic_ids.source = str(softmax_dir) if args.source == 'softmax' else args.source

@@ -211,6 +211,8 @@ def load(workdir: pathlib.Path) -> ml_collections.ConfigDict:
   path = workdir / 'config.json'
   if not path.exists():
     raise ConfigError('workdir', f'{path} not found: train a model in this workdir first')
-  c = ml_collections.ConfigDict(json.loads(path.read_text()))
+  # Start from today's defaults so a workdir written before a config field existed still loads.
+  c = base_config()
+  c.update(ml_collections.ConfigDict(json.loads(path.read_text())))
   c.mesh.rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in c.mesh.rules)
   return c

@@ -20,6 +20,11 @@ from llm4rec_jax.train import trainer
     ({'train.batch_size': 0}, 'config.train.batch_size'),
     ({'mesh.num_devices': 16}, 'config.mesh.num_devices'),
     ({'optimizer.schedule': 'linear'}, 'config.optimizer.schedule'),
+    ({'model.item_repr': 'pixels'}, 'config.model.item_repr'),
+    ({'model.head': 'mlp'}, 'config.model.head'),
+    ({'model.item_repr': 'content'}, 'config.model.item_repr'),  # no content fields selected
+    ({'content.categorical': 'no_such_field'}, 'config.content.categorical'),
+    ({'data.cold_item_fraction': 1.0}, 'config.data.cold_item_fraction'),
 ])
 def test_invalid_config_names_the_field(tmp_path, overrides, field):
   with pytest.raises(ConfigError, match=field.replace('.', r'\.')):
@@ -49,3 +54,15 @@ def test_errors_are_one_family():
   # The CLI catches this one base class; every error above is reported without a traceback.
   with pytest.raises(Llm4RecError):
     config_base.validate(tiny_config(**{'mesh.shape': (5, 1, 1)}), jax.device_count())
+
+
+def test_workdir_config_from_an_older_release_loads_with_defaults(tmp_path):
+  """A config.json written before a section existed (here: content, semantic_ids) still loads."""
+  import json  # pylint: disable=import-outside-toplevel
+  c = tiny_config().to_dict()
+  del c['content'], c['semantic_ids'], c['model']['item_repr']
+  c['mesh']['rules'] = [list(r) for r in c['mesh']['rules']]
+  (tmp_path / 'config.json').write_text(json.dumps(c))
+  loaded = config_base.load(tmp_path)
+  assert loaded.model.item_repr == 'id' and loaded.content.text == ''
+  assert loaded.model.d_model == c['model']['d_model']
