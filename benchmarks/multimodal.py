@@ -78,6 +78,8 @@ def main():
     config = variant_config(dataset, variant, args.quick)
     if args.scenario == 'cold_start':
       config.data.cold_item_fraction = 0.1
+      if variant == 'multimodal':
+        config.model.id_dropout = 0.2  # train the content-only path that cold items rely on
     vargs = copy.copy(args)
     vargs.workdir = str(pathlib.Path(args.workdir) / variant) if args.workdir else None
 
@@ -93,6 +95,7 @@ def main():
     out['variants'][variant]['content'] = {k: config.content[k] for k in
                                            ('text', 'categorical', 'numeric', 'dense')}
     out['variants'][variant]['item_repr'] = config.model.item_repr
+    out['variants'][variant]['id_dropout'] = config.model.id_dropout
   if args.scenario == 'cold_start':
     config = variant_config(dataset, 'id', args.quick)
     config.data.cold_item_fraction = 0.1

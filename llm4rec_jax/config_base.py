@@ -68,6 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
       # Multimodal items (llm4rec_jax.model.fusion): 'id' | 'content' | 'both' on input and output;
       # every k-th block cross-attends to the history's content tokens (0 = none).
       item_repr='id', cross_attention_every=0, fusion_layers=1, fusion_heads=2,
+      id_dropout=0.0,  # item_repr='both': share of id vectors dropped per training step
       # 'softmax' (score the whole catalog) or 'semantic_id' (generate the next item's code tuple
       # with trie-constrained beam search; codes from config.semantic_ids).
       head='softmax',

@@ -211,3 +211,30 @@ def test_train_with_content_end_to_end(tmp_path):
   assert len(rec['recommendations']) == 3
   again = trainer.evaluate(c, tmp_path)
   np.testing.assert_allclose(again['test']['ndcg@10'], r['test']['ndcg@10'], rtol=1e-6)
+
+
+def test_cold_items_are_not_training_negatives_and_id_dropout(tmp_path):
+  """Held-out items get no gradient at all (absent from training inputs and from the training
+  softmax), so their id vectors stay at initialisation; id dropout only acts in training."""
+  from llm4rec_jax import serving  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  c = tiny_config(**CONTENT_ALL, **{'model.item_repr': 'both', 'model.id_dropout': 0.3,
+                                    'data.cold_item_fraction': 0.2, 'train.num_epochs': 1})
+  trainer.train_and_evaluate(c, tmp_path)
+  rec = serving.Recommender(tmp_path)
+  init = state_lib.init_params(rec.spec, c.seed)
+  cold = np.asarray(rec.content.id_known) == 0
+  cold[0] = False
+  cold[rec.spec.cfg.num_items + 1:] = False
+  trained, start = np.asarray(rec.params['item_embed']), np.asarray(init['item_embed'])
+  assert cold.sum() == 24
+  np.testing.assert_array_equal(trained[cold], start[cold])
+  warm = np.asarray(rec.content.id_known).astype(bool)
+  assert not np.allclose(trained[warm], start[warm])
+  model = nnx.merge(rec.spec.graphdef, rec.params)
+  a = model.encode_catalog(rec.content).table
+  b = model.encode_catalog(rec.content).table  # no rngs: deterministic, nothing dropped
+  np.testing.assert_array_equal(a, b)
+  dropped = model.encode_catalog(rec.content, rngs=nnx.Rngs(dropout=0)).table
+  differs = np.any(np.asarray(dropped) != np.asarray(a), axis=1)[warm]
+  assert 0.1 < differs.mean() < 0.5

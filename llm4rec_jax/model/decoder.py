@@ -42,6 +42,9 @@ class DecoderConfig:
   cross_attention_every: int = 0
   fusion_layers: int = 1
   fusion_heads: int = 2
+  # item_repr='both', training only: the share of items whose id vector is dropped in a step, so the
+  # content-only path (what cold items get) is trained to score on its own.
+  id_dropout: float = 0.0
   content: ContentSpec | None = None
   head: str = 'softmax'  # or 'semantic_id'
   codebook_sizes: tuple[int, ...] = ()  # semantic-ID levels (from the computed codes)
@@ -145,8 +148,12 @@ class ItemDecoder(nnx.Module):
       self.sid_head = SemanticIdHead(cfg.d_model, cfg.codebook_sizes, dtype=DTYPES[cfg.dtype],
                                      rngs=rngs)
 
-  def encode_catalog(self, content: ItemContent | None = None) -> CatalogEncoding:
-    """The item table [vocab, d_model] (and content tokens) for every vocabulary id."""
+  def encode_catalog(self, content: ItemContent | None = None,
+                     rngs: nnx.Rngs | None = None) -> CatalogEncoding:
+    """The item table [vocab, d_model] (and content tokens) for every vocabulary id.
+
+    ``rngs`` (training only) enables ``id_dropout``.
+    """
     cfg = self.cfg
     if not cfg.uses_content:
       return CatalogEncoding(self.item_embed[...])
@@ -160,8 +167,11 @@ class ItemDecoder(nnx.Module):
     else:
       # Ids never seen in training (id_known False) are represented by their content alone, so a
       # cold item's untrained id vector does not drown its content.
-      known = content.id_known[:, None] if content.id_known is not None else True
-      table = jnp.where(known, self.item_embed[...], 0.0) + emb
+      known = (content.id_known if content.id_known is not None
+               else jnp.ones((cfg.vocab_size,), bool))
+      if rngs is not None and cfg.id_dropout > 0:
+        known = known & (jax.random.uniform(rngs.dropout(), known.shape) >= cfg.id_dropout)
+      table = jnp.where(known[:, None], self.item_embed[...], 0.0) + emb
     return CatalogEncoding(table, tokens, token_mask)
 
   def embed(self, items: jax.Array, catalog: CatalogEncoding) -> jax.Array:

@@ -139,8 +139,9 @@ def make_train_step(exp: Experiment, tx: optax.GradientTransformation, schedule,
 
   def loss_fn(params, batch, content, rng):
     model = nnx.merge(graphdef, params)
-    encoded = model.encode_catalog(content)
-    hidden = model(batch['inputs'], encoded, deterministic=False, rngs=nnx.Rngs(dropout=rng))
+    rngs = nnx.Rngs(dropout=rng)
+    encoded = model.encode_catalog(content, rngs=rngs)
+    hidden = model(batch['inputs'], encoded, deterministic=False, rngs=rngs)
     table = model.output_table(encoded)
     if cfg.head == 'semantic_id':
       h, t, w, dropped = losses.gather_targets(hidden, batch['targets'], max_targets)
@@ -150,7 +151,12 @@ def make_train_step(exp: Experiment, tx: optax.GradientTransformation, schedule,
       return losses.sampled_softmax_loss(
           hidden, table, batch['targets'], rng=jax.random.fold_in(rng, 1),
           num_items=cfg.num_items, num_negatives=lcfg.num_negatives, max_targets=max_targets)
-    return losses.full_softmax_loss(hidden, table, batch['targets'], catalog=catalog,
+    train_catalog = catalog
+    if content is not None and content.id_known is not None:
+      # Items absent from the training data (held out as cold) do not exist yet at training time:
+      # they are not negatives of the training softmax, only candidates at evaluation.
+      train_catalog = catalog & content.id_known
+    return losses.full_softmax_loss(hidden, table, batch['targets'], catalog=train_catalog,
                                     max_targets=max_targets)
 
   def step_fn(state, batch, content):
