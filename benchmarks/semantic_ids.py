@@ -91,7 +91,8 @@ def main():
                  'eval_batch_size': cfg.eval.batch_size}
   out['beam_size'] = sid_cfg.semantic_ids.beam_size
   out['command'] = 'python benchmarks/semantic_ids.py' + (' --quick' if args.quick else '') + (
-      f' --source {args.source}' if args.source != 'softmax' else '')
+      f' --source {args.source}' if args.source != 'softmax' else '') + (
+          f' --softmax_workdir={args.softmax_workdir}' if args.softmax_workdir else '')
   print(json.dumps(out))
 
 

@@ -9,6 +9,7 @@ plus cross-attention to the history's content in every block): the cost of fusio
 """
 
 import json
+import sys
 import time
 
 import jax
@@ -65,4 +66,4 @@ if __name__ == '__main__':
   print(json.dumps({'benchmark': 'throughput', 'dataset': 'beauty', 'backend': jax.default_backend(),
                     'devices': jax.device_count(), 'batch_size': 128, 'max_len': 50,
                     'quick': args.quick, 'runs': results,
-                    'command': 'python benchmarks/throughput.py' + (' --quick' if args.quick else '')}))
+                    'command': ' '.join(['python benchmarks/throughput.py', *sys.argv[1:]])}))
