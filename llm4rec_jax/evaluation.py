@@ -38,6 +38,20 @@ def scores_for(model, inputs: jax.Array, seen: jax.Array | None, content=None) -
   return scores
 
 
+def generate_top(model, inputs: jax.Array, seen: jax.Array | None, content, trie, *,
+                 beam_size: int, top_k: int) -> tuple[jax.Array, jax.Array]:
+  """Semantic-ID head: (items [batch, top_k], scores) of a trie-constrained beam search after each
+  history; seen items (if given) are excluded."""
+  catalog = model.encode_catalog(content)
+  hidden = model(inputs, catalog)[:, -1]  # [batch, d_model]
+  exclude = None
+  if seen is not None:
+    rows = jnp.arange(hidden.shape[0])[:, None]
+    exclude = jnp.zeros((hidden.shape[0], model.cfg.vocab_size), bool).at[rows, seen].set(True)
+  return semantic_head.constrained_beam_search(model.sid_head, hidden, trie, beam_size=beam_size,
+                                               top_k=top_k, exclude=exclude)
+
+
 def make_rank_fn(graphdef: nnx.GraphDef, *, exclude_seen: bool, top_k: int, trie=None,
                  beam_size: int = 0) -> Callable:
   """Jitted ``(params, batch, content) -> (ranks [batch], top_items [batch, top_k])``.
@@ -49,16 +63,8 @@ def make_rank_fn(graphdef: nnx.GraphDef, *, exclude_seen: bool, top_k: int, trie
 
   def generate(params, batch, content, trie_):
     model = nnx.merge(graphdef, params)
-    catalog = model.encode_catalog(content)
-    hidden = model(batch['inputs'], catalog)[:, -1]  # [batch, d_model]
-    exclude = None
-    if exclude_seen:
-      rows = jnp.arange(hidden.shape[0])[:, None]
-      exclude = jnp.zeros((hidden.shape[0], model.cfg.vocab_size), bool)
-      exclude = exclude.at[rows, batch['seen']].set(True)
-    top, _ = semantic_head.constrained_beam_search(
-        model.sid_head, hidden, trie_, beam_size=max(beam_size, top_k), top_k=top_k,
-        exclude=exclude)
+    top, _ = generate_top(model, batch['inputs'], batch['seen'] if exclude_seen else None,
+                          content, trie_, beam_size=max(beam_size, top_k), top_k=top_k)
     hit = top == batch['targets'][:, None]  # [batch, top_k]
     r = jnp.where(jnp.any(hit, axis=1), jnp.argmax(hit, axis=1), model.cfg.num_items)
     return r.astype(jnp.int32), top.astype(jnp.int32)

@@ -20,7 +20,6 @@ from flax import nnx
 
 from llm4rec_jax import config_base, evaluation, partitioning
 from llm4rec_jax.data.content import ContentSpec, ItemContent
-from llm4rec_jax.model import semantic_head
 from llm4rec_jax.model.semantic_ids import SemanticIds
 from llm4rec_jax.train import semantic_codes
 from llm4rec_jax.errors import DataError, UnknownIdError
@@ -72,14 +71,9 @@ class Recommender:
   def _top(self, params, inputs, seen, k, content=None, trie=None):
     model = nnx.merge(self.spec.graphdef, params)
     if trie is not None:
-      catalog = model.encode_catalog(content)
-      hidden = model(inputs, catalog)[:, -1]
-      exclude = jnp.zeros((inputs.shape[0], self.spec.cfg.vocab_size), bool)
-      exclude = exclude.at[jnp.arange(inputs.shape[0])[:, None], seen].set(True)
       beam = max(k, self.config.semantic_ids.beam_size)
-      items, scores = semantic_head.constrained_beam_search(model.sid_head, hidden, trie,
-                                                            beam_size=beam, top_k=k,
-                                                            exclude=exclude)
+      items, scores = evaluation.generate_top(model, inputs, seen, content, trie, beam_size=beam,
+                                              top_k=k)
       return scores, items
     scores = evaluation.scores_for(model, inputs, seen, content)
     return jax.lax.top_k(scores, k)

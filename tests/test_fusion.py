@@ -129,10 +129,10 @@ def test_cross_attention_starts_as_plain_decoder_and_is_causal(synthetic_items):
   last = int(items[0, -1])
   dense = np.array(content.dense[0])
   dense[last] += 5.0
-  if last not in np.asarray(items[0, :-1]):
-    h2 = model(items, model.encode_catalog(dataclasses.replace(content, dense=(dense,))))
-    np.testing.assert_allclose(h2[0, :-1], h[0, :-1], rtol=1e-5, atol=1e-5)
-    assert not np.allclose(h2[0, -1], h[0, -1], atol=1e-4)
+  assert last not in np.asarray(items[0, :-1])  # so only the last position sees the change
+  h2 = model(items, model.encode_catalog(dataclasses.replace(content, dense=(dense,))))
+  np.testing.assert_allclose(h2[0, :-1], h[0, :-1], rtol=1e-5, atol=1e-5)
+  assert not np.allclose(h2[0, -1], h[0, -1], atol=1e-4)
   assert model(items, model.encode_catalog(changed)).shape == (3, 12, 32)
 
 

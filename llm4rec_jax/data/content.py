@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import pathlib
 from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from llm4rec_jax.data.dataset import FeatureTable
@@ -80,7 +82,6 @@ class ItemContent:
 
   def token_mask(self):
     """bool [vocab, num_tokens]: which modality tokens of each item are present (spec order)."""
-    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     cols = [c[:, 0] > 0 for c in self.categorical]
     if self.numeric_mask is not None:
       cols.append(jnp.any(self.numeric_mask, axis=-1))
@@ -250,6 +251,5 @@ def load_item_content(config: Any, table: FeatureTable, vocab_size: int,
 def cache_dir(content_cfg: Any) -> pathlib.Path:
   """Where encoded item texts are cached: ``content.cache_dir``, else ``$LLM4REC_CACHE_DIR``, else
   ``~/.cache/llm4rec_jax``."""
-  import os  # pylint: disable=import-outside-toplevel
   root = content_cfg.cache_dir or os.environ.get('LLM4REC_CACHE_DIR') or '~/.cache/llm4rec_jax'
   return pathlib.Path(root).expanduser() / 'text'
