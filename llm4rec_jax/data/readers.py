@@ -9,6 +9,11 @@ Formats:
   * ``ml-csv``     MovieLens 20M / 25M / 32M / latest(-small): ``ratings.csv``, ``movies.csv``.
   * ``s3rec``      S3-Rec sequences: ``{Name}.txt`` + ``{Name}_item2attributes.json`` (+ optional extras).
   * ``scientific`` Amazon 2018 Scientific: ``{Name}.inter.json`` + ``{Name}.item.json``.
+  * ``amazon-reviews`` Amazon Reviews 2014 / 2018: ``reviews_{Cat}_5.json.gz`` or ``{Cat}_5.json.gz``
+                   (JSON lines) + optional ``meta_{Cat}.json.gz``.
+  * ``amazon-2023`` Amazon Reviews 2023: ``{Cat}.csv.gz`` (benchmark) or ``{Cat}.jsonl.gz`` (raw
+                   reviews) + optional ``meta_{Cat}.jsonl.gz``.
+  * ``yelp-open``  Yelp Open Dataset: ``yelp_academic_dataset_review.json`` (+ ``..._business.json``).
   * ``recbole``    RecBole atomic files (UniSRec layout): ``{Name}.item2index``, ``{Name}.user2index``,
                    ``{Name}.{train,valid,test}.inter``, ``{Name}.text``, dense ``{Name}.feat*`` matrices.
 
@@ -17,10 +22,12 @@ Malformed input raises :class:`DataError` naming the file and the 1-based line n
 
 from __future__ import annotations
 
+import ast
 import csv
 import contextlib
 import dataclasses
 import gc
+import gzip
 import io
 import itertools
 import json
@@ -30,6 +37,7 @@ import pathlib
 import re
 import sys
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -40,7 +48,9 @@ from llm4rec_jax.data.dataset import RecDataset, from_raw
 from llm4rec_jax.errors import DataError
 
 __all__ = [
-    'DATASETS', 'FORMATS', 'DatasetSpec', 'known_datasets', 'load_dataset', 'read_amazon_scientific',
+    'AMAZON_ITEM_FIELDS', 'DATASETS', 'FORMATS', 'YELP_ITEM_FIELDS', 'DatasetSpec', 'known_datasets',
+    'load_dataset', 'read_amazon_2023', 'read_amazon_reviews', 'read_amazon_scientific',
+    'read_yelp_open',
     'read_movielens_100k', 'read_movielens_csv', 'read_movielens_dat', 'read_movielens_dat_metadata',
     'read_recbole_features', 'read_s3rec',
 ]
@@ -144,7 +154,11 @@ class _Source:
     return member
 
   def open_text(self, member: str, encoding: str, newline: str | None = None) -> io.TextIOBase:
+    """The member as text; ``*.gz`` members (as the Amazon releases ship) are decompressed."""
     try:
+      if member.endswith('.gz'):
+        target = self._zip.open(member) if self._zip is not None else self.path / member
+        return gzip.open(target, 'rt', encoding=encoding, newline=newline)
       if self._zip is not None:
         return io.TextIOWrapper(self._zip.open(member), encoding=encoding, newline=newline)
       return open(self.path / member, encoding=encoding, newline=newline)
@@ -1119,6 +1133,265 @@ def _read_dense_matrix(src: _Source, member: str, item_ids: list[str], dim: int 
 
 
 # ------------------------------------------------------------------------------------------------
+# JSON-lines review releases: Amazon Reviews 2014 / 2018 / 2023 and the Yelp Open Dataset.
+
+# Item fields of every Amazon reader (2014, 2018 and 2023 alike, so one model config fits them all).
+AMAZON_ITEM_FIELDS = {'text': ['title', 'brand', 'description'], 'categorical': ['categories'],
+                      'numeric': ['price']}
+YELP_ITEM_FIELDS = {'text': ['title', 'address'], 'categorical': ['categories', 'city', 'state'],
+                    'numeric': ['stars', 'review_count']}
+
+_AMAZON_REVIEWS_FILE = re.compile(r'^(?:reviews_)?(?P<category>[A-Za-z0-9_&-]+?)(?P<core>_5)?'
+                                  r'\.json(?:\.gz)?$')
+_AMAZON_2023_FILE = re.compile(r'^(?P<category>[A-Za-z0-9_&-]+)\.(?P<ext>csv|jsonl)(?:\.gz)?$')
+_PRICE = re.compile(r'^\s*\$?\s*([0-9][0-9,]*(?:\.[0-9]+)?)')
+
+
+def _json_records(src: _Source, member: str, required: Sequence[str] = (), *,
+                  literal: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
+  """(1-based line number, object) for each non-blank line of a JSON-lines file (``.gz`` too).
+
+  ``literal``: a line that is not JSON is read as a Python literal (the 2014 Amazon metadata files
+  were written with ``str(dict)``). A missing ``required`` field raises DataError naming it.
+  """
+  display = src.display(member)
+  try:
+    for n, line in _lines(src, member, 'utf-8'):
+      try:
+        rec = json.loads(line)
+      except json.JSONDecodeError as e:
+        if not literal:
+          raise DataError(f'invalid JSON: {e.msg} (column {e.colno})', path=display,
+                          line=n) from None
+        try:
+          rec = ast.literal_eval(line)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+          raise DataError(f'neither JSON nor a Python literal: {line.strip()[:80]!r}',
+                          path=display, line=n) from None
+      if not isinstance(rec, dict):
+        raise DataError(f'expected one JSON object per line, got {type(rec).__name__}',
+                        path=display, line=n)
+      for f in required:
+        if rec.get(f) in (None, ''):
+          raise DataError(f'record has no {f!r}', path=display, line=n, field=f)
+      yield n, rec
+  except (OSError, EOFError, zlib.error) as e:  # a corrupt or truncated .gz
+    raise DataError(f'cannot read file: {e}', path=display) from e
+
+
+def _json_number(rec: Mapping[str, Any], field: str, display: str, line: int,
+                 kind: type = float) -> Any:
+  v = rec[field]
+  try:
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+      raise ValueError
+    out = kind(float(v)) if kind is int and not isinstance(v, int) else kind(v)
+    if kind is float and not math.isfinite(out):
+      raise ValueError
+    return out
+  except (ValueError, OverflowError):
+    raise DataError(f'expected {"an integer" if kind is int else "a number"}, got {v!r:.40}',
+                    path=display, line=line, field=field) from None
+
+
+def _text(value: Any) -> str:
+  """A metadata value as one string (lists, as in the 2018/2023 descriptions, are joined)."""
+  if value is None:
+    return ''
+  if isinstance(value, (list, tuple)):
+    return ' '.join(_text(v) for v in value if v).strip()
+  return str(value).strip()
+
+
+def _flat_labels(value: Any) -> list[str]:
+  """Category labels from a string, a list or a list of lists (2014), without repeats."""
+  if value is None:
+    return []
+  if isinstance(value, str):
+    value = [value]
+  out: list[str] = []
+  for v in value:
+    out.extend(_flat_labels(v) if isinstance(v, (list, tuple)) else [str(v).strip()])
+  return [x for x in dict.fromkeys(out) if x]
+
+
+def _amount(value: Any) -> float | None:
+  """A number or a price ('$12.99', '$5.00 - $9.00' -> 5.0 in 2018 metadata); None if neither."""
+  if isinstance(value, (int, float)) and not isinstance(value, bool):
+    return float(value) if math.isfinite(value) else None
+  m = _PRICE.match(value) if isinstance(value, str) else None
+  return float(m.group(1).replace(',', '')) if m else None
+
+
+def _pick_member(src: _Source, pattern: re.Pattern, category: str | None, what: str,
+                 prefer: Callable[[re.Match], bool] = lambda m: True) -> tuple[str, str]:
+  """The interactions file of ``category`` (detected when there is one): (member, category)."""
+  found = [(b, m) for b in src.basenames() if not b.startswith('meta_')
+           for m in [pattern.match(b)] if m and (category is None or m['category'] == category)]
+  preferred = [x for x in found if prefer(x[1])]
+  found = preferred or found
+  cats = sorted({m['category'] for _, m in found})
+  if len(cats) != 1 or len(found) != 1:
+    which = f'for category {category!r} ' if category else ''
+    raise DataError(f'expected exactly one {what} file {which}in {src.where()}, found '
+                    f'{[b for b, _ in found] or "none"}' + ('' if category else '; pass category='),
+                    path=str(src.path))
+  return src.require(found[0][0]), cats[0]
+
+
+def _meta_member(src: _Source, category: str, suffixes: Sequence[str]) -> str | None:
+  for suffix in suffixes:
+    member = src.find(f'meta_{category}{suffix}')
+    if member is not None:
+      return member
+  return None
+
+
+def _read_amazon_meta(src: _Source, member: str, wanted: set[str], id_field: str, *,
+                      literal: bool) -> dict[str, dict[str, Any]]:
+  """Metadata of the ``wanted`` items: title, brand (2023: store), description, categories, price."""
+  items: dict[str, dict[str, Any]] = {}
+  for _, rec in _json_records(src, member, (id_field,), literal=literal):
+    iid = str(rec[id_field])
+    if iid not in wanted or iid in items:  # 2018 metadata repeats some products: first one wins
+      continue
+    cats = rec.get('categories') if rec.get('categories') is not None else rec.get('category')
+    if id_field == 'parent_asin' and rec.get('main_category'):
+      cats = [rec['main_category']] + list(cats or [])
+    items[iid] = dict(title=_text(rec.get('title')),
+                      brand=_text(rec.get('brand') or rec.get('store')),
+                      description=_text(rec.get('description')),
+                      categories=_flat_labels(cats), price=_amount(rec.get('price')))
+  return items
+
+
+def read_amazon_reviews(path: str | os.PathLike, category: str | None = None, *,
+                        dataset_name: str | None = None) -> RecDataset:
+  """Amazon Reviews 2014 or 2018 (McAuley et al.), one category: reviews plus optional metadata.
+
+  Reviews, JSON lines (gzipped as distributed or not) with ``reviewerID``, ``asin``, ``overall``,
+  ``unixReviewTime``: ``reviews_{Category}_5.json.gz`` (2014) or ``{Category}_5.json.gz`` (2018),
+  or the full (not 5-core) files without ``_5`` (the 5-core file wins when both are there).
+  Metadata, ``meta_{Category}.json.gz``: JSON lines (2018) or Python dict literals (2014); optional.
+  Item features (:data:`AMAZON_ITEM_FIELDS`): text ``title``, ``brand``, ``description``;
+  categorical ``categories``; numeric ``price`` (NaN where missing or unparseable).
+  """
+  with _Source(path) as src:
+    member, category = _pick_member(src, _AMAZON_REVIEWS_FILE, category, 'Amazon reviews',
+                                    prefer=lambda m: bool(m['core']))
+    display = src.display(member)
+    user: list[str] = []
+    item: list[str] = []
+    rating: list[float] = []
+    ts: list[int] = []
+    for n, rec in _json_records(src, member, ('reviewerID', 'asin', 'overall', 'unixReviewTime')):
+      user.append(str(rec['reviewerID']))
+      item.append(str(rec['asin']))
+      rating.append(_json_number(rec, 'overall', display, n))
+      ts.append(_json_number(rec, 'unixReviewTime', display, n, int))
+    if not user:
+      raise DataError('file contains no reviews: the dataset is empty', path=display)
+    meta = _meta_member(src, category, ('.json.gz', '.json'))
+    items = (_read_amazon_meta(src, meta, set(item), 'asin', literal=True) if meta is not None
+             else None)
+  return from_raw(dataset_name or category.lower(), user, item, ts, rating, item_features=items,
+                  item_fields=AMAZON_ITEM_FIELDS)
+
+
+def read_amazon_2023(path: str | os.PathLike, category: str | None = None, *,
+                     dataset_name: str | None = None) -> RecDataset:
+  """Amazon Reviews 2023 (Hou et al.), one category; items are ``parent_asin`` (as the benchmarks).
+
+  Interactions: the benchmark file ``{Category}.csv(.gz)`` (``user_id,parent_asin,rating,timestamp``,
+  e.g. the 5-core ``rating_only`` release) or the raw reviews ``{Category}.jsonl(.gz)`` (``user_id``,
+  ``parent_asin``, ``rating``, ``timestamp``); timestamps are milliseconds, stored as seconds.
+  Metadata ``meta_{Category}.jsonl(.gz)`` (optional). Item features as :func:`read_amazon_reviews`
+  (``brand`` is the ``store``; ``main_category`` leads the categories).
+  """
+  with _Source(path) as src:
+    member, category = _pick_member(src, _AMAZON_2023_FILE, category, 'Amazon 2023 interactions')
+    display = src.display(member)
+    if '.csv' in member:
+      user, item, rating, ts_ms = _read_table(
+          src, member, ',', (('user_id', 'str'), ('parent_asin', 'str'), ('rating', 'float'),
+                             ('timestamp', 'int')),
+          encoding='utf-8', skip_header=lambda f: f[0].strip() == 'user_id', what='ratings')
+    else:
+      cols: tuple[list, list, list, list] = ([], [], [], [])
+      for n, rec in _json_records(src, member, ('user_id', 'parent_asin', 'rating', 'timestamp')):
+        cols[0].append(str(rec['user_id']))
+        cols[1].append(str(rec['parent_asin']))
+        cols[2].append(_json_number(rec, 'rating', display, n))
+        cols[3].append(_json_number(rec, 'timestamp', display, n, int))
+      if not cols[0]:
+        raise DataError('file contains no reviews: the dataset is empty', path=display)
+      user, item, rating, ts_ms = cols
+    meta = _meta_member(src, category, ('.jsonl.gz', '.jsonl'))
+    items = (_read_amazon_meta(src, meta, set(map(str, item)), 'parent_asin', literal=False)
+             if meta is not None else None)
+  ts = np.asarray(ts_ms, np.int64) // 1000
+  return from_raw(dataset_name or f'{category.lower()}-2023', user, item, ts, rating,
+                  item_features=items, item_fields=AMAZON_ITEM_FIELDS)
+
+
+def read_yelp_open(path: str | os.PathLike, *, dataset_name: str | None = None) -> RecDataset:
+  """The Yelp Open Dataset (JSON lines as in ``yelp_dataset.tar``), not the S3-Rec subset.
+
+  ``yelp_academic_dataset_review.json`` (``user_id``, ``business_id``, ``stars``, ``date`` as
+  ``YYYY-MM-DD HH:MM:SS``) and ``yelp_academic_dataset_business.json`` (optional; ``name``,
+  ``address``, ``city``, ``state``, ``categories`` as ``'A, B'``, ``stars``, ``review_count``).
+  Item features (:data:`YELP_ITEM_FIELDS`): text ``title`` (the name), ``address``; categorical
+  ``categories``, ``city``, ``state``; numeric ``stars``, ``review_count``.
+  """
+  with _Source(path) as src:
+    member = src.require('yelp_academic_dataset_review.json')
+    display = src.display(member)
+    user: list[str] = []
+    item: list[str] = []
+    rating: list[float] = []
+    dates: list[str] = []
+    line_of: list[int] = []
+    for n, rec in _json_records(src, member, ('user_id', 'business_id', 'stars', 'date')):
+      line_of.append(n)
+      user.append(str(rec['user_id']))
+      item.append(str(rec['business_id']))
+      rating.append(_json_number(rec, 'stars', display, n))
+      dates.append(str(rec['date']))
+    if not user:
+      raise DataError('file contains no reviews: the dataset is empty', path=display)
+    try:
+      ts = np.asarray(dates, 'datetime64[s]').astype(np.int64)
+    except ValueError:
+      bad = next(k for k, d in enumerate(dates) if not _is_datetime(d))
+      raise DataError(f'expected a date like 2018-07-07 22:09:11, got {dates[bad]!r:.40}',
+                      path=display, line=line_of[bad], field='date') from None
+    items = None
+    member = src.find('yelp_academic_dataset_business.json')
+    if member is not None:
+      wanted = set(item)
+      items = {}
+      for _, rec in _json_records(src, member, ('business_id',)):
+        bid = str(rec['business_id'])
+        if bid in wanted:
+          cats = rec.get('categories')
+          items[bid] = dict(title=_text(rec.get('name')), address=_text(rec.get('address')),
+                            categories=[c.strip() for c in cats.split(',') if c.strip()]
+                            if isinstance(cats, str) else _flat_labels(cats),
+                            city=_flat_labels(rec.get('city')), state=_flat_labels(rec.get('state')),
+                            stars=_amount(rec.get('stars')), review_count=_amount(rec.get('review_count')))
+  return from_raw(dataset_name or 'yelp-open', user, item, ts, rating, item_features=items,
+                  item_fields=YELP_ITEM_FIELDS)
+
+
+def _is_datetime(text: str) -> bool:
+  try:
+    np.datetime64(text, 's')
+    return True
+  except ValueError:
+    return False
+
+
+# ------------------------------------------------------------------------------------------------
 # Registry and dispatcher.
 
 
@@ -1138,6 +1411,9 @@ FORMATS: dict[str, Callable[..., RecDataset]] = {
     's3rec': read_s3rec,
     'scientific': read_amazon_scientific,
     'recbole': read_recbole_features,
+    'amazon-reviews': read_amazon_reviews,
+    'amazon-2023': read_amazon_2023,
+    'yelp-open': read_yelp_open,
 }
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -1153,6 +1429,9 @@ DATASETS: dict[str, DatasetSpec] = {
     'scientific-features': DatasetSpec(
         'recbole', 'amazon/scientific-features', {'name': 'Scientific', 'feature_dim': 512},
         description='Amazon 2018 Scientific subset with dense item features (RecBole atomic files)'),
+    'musical-instruments': DatasetSpec('amazon-reviews', 'amazon/musical-instruments',
+                                       {'category': 'Musical_Instruments'},
+                                       description='Amazon 2014 Musical Instruments 5-core reviews'),
 }
 
 
@@ -1174,6 +1453,12 @@ def _sniff_format(src: _Source) -> str | None:
     return 'scientific'
   if any(n.endswith('_item2attributes.json') for n in names):
     return 's3rec'
+  if 'yelp_academic_dataset_review.json' in names:
+    return 'yelp-open'
+  if any(_AMAZON_2023_FILE.match(n) for n in names if not n.startswith('meta_')):
+    return 'amazon-2023'
+  if any(_AMAZON_REVIEWS_FILE.match(n) for n in names if not n.startswith('meta_')):
+    return 'amazon-reviews'
   return None
 
 
