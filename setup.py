@@ -25,6 +25,9 @@ setup(
         "absl-py>=2.0",
         "numpy>=2.0",
         "tensorflow-datasets>=4.9",
+        # TFDS imports it (undeclared) to locate a builder that lives in a package.
+        "importlib_resources>=6.0",
+        "array_record>=0.5",
         "transformers>=4.40",
         "safetensors>=0.4",
         "huggingface_hub>=0.23",
@@ -33,7 +36,8 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.9",
+                 "ipykernel>=6.0", "matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["llm4rec=llm4rec_jax.cli:run"]},
 )

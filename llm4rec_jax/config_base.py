@@ -61,6 +61,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.all_windows = False  # False: one window per user (the last max_len items), SASRec style
   # Every field of the embedded generator (llm4rec_jax.data.synthetic.SyntheticConfig).
   c.data.synthetic = ml_collections.ConfigDict(dataclasses.asdict(synthetic.SyntheticConfig()))
+  # data.name = 'tfds:BUILDER[/RELEASE]' (llm4rec_jax.data.tfds_builders): prepared into data_dir
+  # ('' = TFDS's default) from manual_dir (relative = under the data root) or by download.
+  c.data.tfds = ml_collections.ConfigDict(dict(data_dir='', manual_dir='', download=True))
 
   c.model = ml_collections.ConfigDict(dict(
       d_model=64, num_layers=2, num_heads=1, num_kv_heads=0, head_dim=0, mlp_dim=0, dropout=0.2,

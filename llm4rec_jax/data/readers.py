@@ -48,7 +48,8 @@ from llm4rec_jax.data.dataset import RecDataset, from_raw
 from llm4rec_jax.errors import DataError
 
 __all__ = [
-    'AMAZON_ITEM_FIELDS', 'DATASETS', 'FORMATS', 'YELP_ITEM_FIELDS', 'DatasetSpec', 'known_datasets',
+    'AMAZON_ITEM_FIELDS', 'DATASETS', 'FORMATS', 'YELP_ITEM_FIELDS', 'DatasetSpec', 'detect_format',
+    'known_datasets',
     'load_dataset', 'read_amazon_2023', 'read_amazon_reviews', 'read_amazon_scientific',
     'read_yelp_open',
     'read_movielens_100k', 'read_movielens_csv', 'read_movielens_dat', 'read_movielens_dat_metadata',
@@ -1462,6 +1463,19 @@ def _sniff_format(src: _Source) -> str | None:
   return None
 
 
+def detect_format(path: str | os.PathLike) -> str | None:
+  """The format (a key of :data:`FORMATS`) of a release directory, archive or file; None if unknown."""
+  p = pathlib.Path(path).expanduser()
+  if p.is_file() and p.suffix == '.txt':
+    return 's3rec'
+  if p.is_file() and p.suffix == '.item2index':
+    return 'recbole'
+  if not p.exists():
+    return None
+  with _Source(p) as src:
+    return _sniff_format(src)
+
+
 def load_dataset(name_or_path: str | os.PathLike, *, min_rating: float | None = None,
                  k_core: int = 0) -> RecDataset:
   """Loads a dataset by registered name, ``format:path``, or a path whose format is detected.
@@ -1485,16 +1499,10 @@ def load_dataset(name_or_path: str | os.PathLike, *, min_rating: float | None = 
         raise DataError(f'unknown dataset {spec!r}: not a known name ({", ".join(known_datasets())}), '
                         f'not FORMAT:PATH with FORMAT in ({", ".join(FORMATS)}), and no such path',
                         path=str(p))
-      if p.is_file() and p.suffix == '.txt':
-        fmt = 's3rec'
-      elif p.is_file() and p.suffix == '.item2index':
-        fmt = 'recbole'
-      else:
-        with _Source(p) as src:
-          fmt = _sniff_format(src)
-        if fmt is None:
-          raise DataError(f'cannot tell the dataset format; use FORMAT:PATH with FORMAT in '
-                          f'({", ".join(FORMATS)})', path=str(p))
+      fmt = detect_format(p)
+      if fmt is None:
+        raise DataError(f'cannot tell the dataset format; use FORMAT:PATH with FORMAT in '
+                        f'({", ".join(FORMATS)})', path=str(p))
       ds = FORMATS[fmt](p)
   if min_rating is not None or k_core:
     ds = ds.filter(min_rating=min_rating, k_core=k_core)

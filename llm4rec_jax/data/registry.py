@@ -4,19 +4,35 @@ from __future__ import annotations
 
 from typing import Any
 
-from llm4rec_jax.data import readers, splits, synthetic
+from llm4rec_jax.data import paths, readers, splits, synthetic
 from llm4rec_jax.data.dataset import RecDataset
 
 
 def load(data_cfg: Any) -> RecDataset:
-  """The dataset named by ``data_cfg.name``: 'synthetic', a registered name, or 'format:path'."""
+  """The dataset named by ``data_cfg.name``: 'synthetic', 'tfds:NAME', a registered name, or
+  'format:path'."""
   if data_cfg.name == 'synthetic':
     ds = synthetic.generate(**dict(data_cfg.get('synthetic', {})))
     if data_cfg.min_rating > 0 or data_cfg.k_core > 0:
       ds = ds.filter(min_rating=data_cfg.min_rating or None, k_core=data_cfg.k_core)
     return ds
+  if data_cfg.name.startswith('tfds:'):
+    return _load_tfds(data_cfg)
   return readers.load_dataset(data_cfg.name, min_rating=data_cfg.min_rating or None,
                               k_core=data_cfg.k_core)
+
+
+def _load_tfds(data_cfg: Any) -> RecDataset:
+  """A ``tfds:NAME`` dataset read through ``tfds.data_source`` (prepared first when missing)."""
+  from llm4rec_jax.data import tfds_builders  # pylint: disable=import-outside-toplevel
+  opts = data_cfg.get('tfds', {})
+  manual_dir = opts.get('manual_dir', '')
+  ds = tfds_builders.load(data_cfg.name[len('tfds:'):], data_dir=opts.get('data_dir') or None,
+                          manual_dir=paths.resolve(manual_dir) if manual_dir else None,
+                          download=opts.get('download', True))
+  if data_cfg.min_rating > 0 or data_cfg.k_core > 0:
+    ds = ds.filter(min_rating=data_cfg.min_rating or None, k_core=data_cfg.k_core)
+  return ds
 
 
 def load_split(data_cfg: Any) -> tuple[RecDataset, splits.Split]:
