@@ -1,0 +1,96 @@
+"""The Colab notebook runs headless (nbclient) on a tiny checkpoint trained here, and shows the
+metrics ``evaluate()`` returns, the plots and the users' recommendations."""
+
+import json
+import os
+import pathlib
+import shutil
+
+import pytest
+
+from llm4rec_jax import remote_workdir
+from llm4rec_jax.errors import DataError
+from llm4rec_jax.train import trainer
+
+from conftest import tiny_config
+
+NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / 'notebooks' / 'evaluate_checkpoint.ipynb'
+
+
+def _with_parameters(nb, **params):
+  """Overrides assignments of the cell tagged 'parameters' (as papermill does)."""
+  cell = next(c for c in nb.cells if 'parameters' in c.metadata.get('tags', []))
+  lines = cell.source.splitlines()
+  for name, value in params.items():
+    hits = [k for k, line in enumerate(lines) if line.startswith(f'{name} =')]
+    assert len(hits) == 1, f'parameter {name} not in the parameters cell'
+    lines[hits[0]] = f'{name} = {value!r}'
+  cell.source = '\n'.join(lines)
+  return nb
+
+
+def _outputs(cell, kind):
+  return [o for o in cell.get('outputs', []) if kind in o.get('data', {}) or o.get('name') == kind]
+
+
+@pytest.mark.slow
+def test_notebook_runs_on_a_tiny_checkpoint(tmp_path):
+  nbformat = pytest.importorskip('nbformat')
+  nbclient = pytest.importorskip('nbclient')
+  workdir = tmp_path / 'run'
+  config = tiny_config()
+  trainer.train_and_evaluate(config, workdir)
+  expected = json.loads(json.dumps(trainer.evaluate(config, workdir, checkpoint='best')))
+
+  nb = _with_parameters(nbformat.read(NOTEBOOK, as_version=4), INSTALL='auto',
+                        WORKDIR=str(workdir), TRAIN_DEMO=False, TOP_K=5, NUM_USERS_SHOWN=2)
+  nbclient.NotebookClient(nb, timeout=600, kernel_name='python3',
+                          resources={'metadata': {'path': str(NOTEBOOK.parent)}}).execute()
+  cells = [c for c in nb.cells if c.cell_type == 'code']
+  text = lambda c: ''.join(o.get('text', '') for o in c.get('outputs', []))
+  assert 'already installed, install skipped' in text(cells[1])
+
+  shown = [o['data']['application/json'] for c in cells for o in _outputs(c, 'application/json')]
+  assert shown == [expected]  # the notebook's numbers are evaluate()'s
+  table = next(o['data']['text/markdown'] for o in _outputs(cells[3], 'text/markdown'))
+  assert f"| test | {expected['test']['num_cases']} |" in table
+  assert f"{expected['test']['ndcg@10']:.4f}" in table
+
+  assert len(_outputs(cells[4], 'image/png')) == 1  # metrics vs k
+  assert len(_outputs(cells[5], 'image/png')) == 1  # popularity of recommended items
+  assert 'catalog coverage of the top-5 lists' in text(cells[5])
+  users = [o['data']['text/markdown'] for o in _outputs(cells[6], 'text/markdown')]
+  assert len(users) == 2
+  first = json.loads((workdir / 'rankings_test.jsonl').read_text().splitlines()[0])
+  catalog = json.loads((workdir / 'items.json').read_text())
+  title = catalog['titles'][catalog['raw_ids'].index(first['top'][0])]
+  assert f"**user {first['user']}**" in users[0] and title in users[0]
+
+
+def test_fetch_workdir(tmp_path, monkeypatch):
+  assert remote_workdir.fetch(tmp_path) == tmp_path
+  with pytest.raises(DataError, match='workdir not found'):
+    remote_workdir.fetch(tmp_path / 'missing')
+  # gs://: copied with gsutil (a stand-in on PATH that copies from a local "bucket").
+  bucket = tmp_path / 'bucket'
+  (bucket / 'runs/beauty').mkdir(parents=True)
+  (bucket / 'runs/beauty/config.json').write_text('{}')
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  log = tmp_path / 'calls.txt'
+  (bin_dir / 'gsutil').write_text(
+      f'#!/bin/sh\necho "$@" >> {log}\nsrc=$(echo "$4" | {shutil.which("sed")} "s#gs://#{bucket}/#")\n'
+      f'{shutil.which("cp")} -r "$src" "$5"\n')
+  (bin_dir / 'gsutil').chmod(0o755)
+  monkeypatch.setenv('PATH', str(bin_dir))  # only the stand-in (this machine may have gcloud)
+  got = remote_workdir.fetch('gs://runs/beauty/', tmp_path / 'local')
+  assert got == tmp_path / 'local/beauty' and (got / 'config.json').read_text() == '{}'
+  assert log.read_text().split() == ['-m', 'cp', '-r', 'gs://runs/beauty', str(tmp_path / 'local')]
+  with pytest.raises(DataError, match='gsutil -m cp failed'):
+    remote_workdir.fetch('gs://runs/nothing', tmp_path / 'local')
+  monkeypatch.setenv('PATH', '/nonexistent')
+  with pytest.raises(DataError, match='needs the gcloud or gsutil command'):
+    remote_workdir.fetch('gs://runs/beauty', tmp_path / 'other')
+  if not os.path.exists(remote_workdir.DRIVE_ROOT):
+    with pytest.raises(DataError, match='needs Google Colab'):
+      remote_workdir.fetch('/content/drive/MyDrive/run')
