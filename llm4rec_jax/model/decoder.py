@@ -186,18 +186,31 @@ class ItemDecoder(nnx.Module):
     if catalog is None:
       catalog = self.encode_catalog()
     valid = items > 0  # [batch, seq]
-    # Positions count real items only, so left padding does not shift them.
-    positions = jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0)
-    seq = items.shape[-1]
-    causal = jnp.tril(jnp.ones((seq, seq), bool))
-    # Padded queries see only themselves, so no softmax row is empty.
-    mask = (causal[None] & valid[:, None, :]) | jnp.eye(seq, dtype=bool)[None]
-    mask = mask[:, None]  # [batch, 1, seq, seq]
     memory = memory_mask = None
     if self.cfg.cross_attention_every:
       memory = jnp.take(catalog.tokens, items, axis=0)  # [batch, seq, M, d_model]
       memory_mask = jnp.take(catalog.token_mask, items, axis=0) & valid[..., None]
     x = self.embed(items, catalog) * valid[..., None]
+    return self.hidden_from_embeddings(x, valid, memory, memory_mask, deterministic=deterministic,
+                                       rngs=rngs)
+
+  def hidden_from_embeddings(self, x: jax.Array, valid: jax.Array, memory: jax.Array | None = None,
+                             memory_mask: jax.Array | None = None, *, deterministic: bool = True,
+                             rngs: nnx.Rngs | None = None) -> jax.Array:
+    """The decoder after the item lookup: embedded inputs x [batch, seq, d_model] (scaled, zero at
+    padding), valid [batch, seq] -> hidden [batch, seq, d_model] (float32).
+
+    ``memory`` [batch, seq, M, d_model] / ``memory_mask`` are the content tokens the cross-attention
+    blocks read. Split from ``__call__`` so attributions can differentiate through the input
+    embeddings (llm4rec_jax.explain.attribution).
+    """
+    # Positions count real items only, so left padding does not shift them.
+    positions = jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0)
+    seq = x.shape[1]
+    causal = jnp.tril(jnp.ones((seq, seq), bool))
+    # Padded queries see only themselves, so no softmax row is empty.
+    mask = (causal[None] & valid[:, None, :]) | jnp.eye(seq, dtype=bool)[None]
+    mask = mask[:, None]  # [batch, 1, seq, seq]
     x = self.embed_dropout(x, deterministic=deterministic, rngs=rngs)
     for block in self.blocks:
       x = block(x, positions, mask, deterministic=deterministic, rngs=rngs, memory=memory,

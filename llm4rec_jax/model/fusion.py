@@ -136,6 +136,11 @@ class CrossModalFusion(nnx.Module):
     """-> (content embedding [vocab, d_model], tokens [vocab, M, d_model], token mask [vocab, M],
     has_content [vocab])."""
     x0, mask = self.tokenizer(content)
+    return self.fuse(x0, mask)
+
+  def fuse(self, x0: jax.Array, mask: jax.Array):
+    """Modality tokens x0 [items, M, d_model] with presence mask [items, M] -> the same outputs as
+    ``__call__`` (split out so attributions can differentiate through an item's modality tokens)."""
     x = x0
     for layer in self.layers:
       x = layer(x, mask)
