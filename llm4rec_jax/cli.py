@@ -35,10 +35,16 @@ _VERBOSE = flags.DEFINE_bool('verbose', False, 'Log library internals (Orbax, JA
 
 
 def _maybe_initialize_distributed(config) -> None:
-  """``jax.distributed.initialize`` exactly once, from the entry point, only when configured."""
+  """``jax.distributed.initialize`` exactly once, from the entry point, only when configured.
+
+  Without a coordinator address JAX detects the cluster (SLURM, Cloud TPU, Open MPI). On CPU the
+  processes' devices talk through Gloo (JAX's default CPU collectives).
+  """
   d = config.get('distributed') if config is not None else None
   if d is not None and d.initialize:
     import jax  # pylint: disable=import-outside-toplevel
+    if jax.distributed.is_initialized():
+      return
     kwargs = {}
     if d.coordinator_address:
       kwargs = dict(coordinator_address=d.coordinator_address, num_processes=d.num_processes,
@@ -75,7 +81,9 @@ def main(argv: list[str]) -> None:
   except Llm4RecError as e:
     print(f'llm4rec {command}: error: {e}', file=sys.stderr)
     sys.exit(2)
-  print(json.dumps(result, indent=2))
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.process_index() == 0:  # one result, not one per process
+    print(json.dumps(result, indent=2))
 
 
 def run() -> None:

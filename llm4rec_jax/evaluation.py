@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from llm4rec_jax import metrics as metrics_lib
+from llm4rec_jax import partitioning
 from llm4rec_jax.data.pipeline import EvalBatch, iterate_eval
 from llm4rec_jax.model import semantic_head
 
@@ -95,8 +96,9 @@ def evaluate_arrays(rank_fn: Callable, params: Any, arrays: EvalBatch, batch_siz
     valid = batch.pop('valid')
     del batch['users']
     r, top = rank_fn(params, put(batch), content)
-    ranks.append(np.asarray(jax.device_get(r))[valid])
-    tops.append(np.asarray(jax.device_get(top))[valid])
+    # fetch: on several processes each holds only its devices' rows.
+    ranks.append(partitioning.fetch(r)[valid])
+    tops.append(partitioning.fetch(top)[valid])
   ranks_np, tops_np = np.concatenate(ranks), np.concatenate(tops)
   return metrics_lib.ranking_metrics(ranks_np, ks), ranks_np, tops_np
 

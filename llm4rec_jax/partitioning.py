@@ -136,7 +136,22 @@ def check_sharded(shardings: Any, abstract_tree: Any, min_size: int = 2 ** 20) -
   return problems
 
 
-def to_global(batch: Mapping[str, np.ndarray], mesh: Mesh, rules: Rules) -> dict[str, jax.Array]:
-  """Assembles process-local batch rows into global arrays sharded over the batch axes."""
-  return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, rules, np.ndim(v)), v)
+def to_global(batch: Mapping[str, np.ndarray], mesh: Mesh, rules: Rules, *,
+              whole: bool = False) -> dict[str, jax.Array]:
+  """Global arrays sharded over the batch axes.
+
+  By default each process passes its own block of rows (training: a per-process pipeline) and the
+  global batch is the processes' blocks in process order. With ``whole=True`` every process passes
+  the same, whole batch (evaluation arrays) and each keeps only the rows its devices hold.
+  """
+  return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, rules, np.ndim(v)), v,
+                                                     np.shape(v) if whole else None)
           for k, v in batch.items()}
+
+
+def fetch(x: jax.Array) -> np.ndarray:
+  """The whole value of a (possibly multi-process) array on every process, as numpy."""
+  if x.is_fully_addressable or x.is_fully_replicated:
+    return np.asarray(jax.device_get(x))
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

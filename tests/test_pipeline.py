@@ -113,10 +113,10 @@ def test_train_dataset_process_slices_make_up_global_batches():
   for i in range(5):
     for p in range(2):
       assert local[p][i]['inputs'].shape == (3, 4)
-    rows = lambda bs: sorted(map(tuple, np.concatenate([b['inputs'] for b in bs]).tolist()))
-    assert rows([local[0][i], local[1][i]]) == rows([glob[i]])
-    assert sorted(np.concatenate([local[0][i]['users'], local[1][i]['users']]).tolist()) == \
-        sorted(glob[i]['users'].tolist())
+    # Process blocks in process order are the global batch, rows in the same order.
+    for key in ('inputs', 'targets', 'users'):
+      np.testing.assert_array_equal(np.concatenate([local[0][i][key], local[1][i][key]]),
+                                    glob[i][key])
   with pytest.raises(ValueError):
     pipeline.train_dataset(windows, users, global_batch_size=5, seed=0, num_epochs=1,
                            process_count=2)

@@ -73,16 +73,19 @@ def train_dataset(windows: np.ndarray, users: np.ndarray, *, global_batch_size: 
                   process_count: int = 1) -> grain.MapDataset:
   """The training ``MapDataset``: shuffle (new order each epoch) -> repeat -> per-process slice -> batch.
 
-  Process ``p`` of ``P`` takes stream elements ``p, p + P, ...``; its local batch ``i`` together with
-  the other processes' makes up global batch ``i``, so the global batches do not depend on ``P``.
+  Process ``p`` of ``P`` reads only block ``p`` of every global batch: its local batch ``i`` is rows
+  ``[p * B/P, (p + 1) * B/P)`` of global batch ``i``, the rows its devices hold once
+  ``partitioning.to_global`` assembles the processes' blocks (process-major device order). The global
+  batches, row order included, are the same for any ``P``, so losses do not depend on it.
   """
   if global_batch_size % process_count:
     raise ValueError(f'global batch {global_batch_size} not divisible by {process_count} processes')
   ds = grain.MapDataset.source(_WindowSource(windows, users)).seed(seed).shuffle()
   ds = ds.repeat(num_epochs)
-  if process_count > 1:
-    ds = ds[process_index::process_count]
   ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
+  if process_count > 1:
+    # Local-size batches b = i * P + p, i = 0, 1, ...: block p of global batch i.
+    ds = ds[process_index::process_count]
   return ds.map(_to_model_batch)
 
 

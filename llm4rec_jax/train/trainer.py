@@ -57,7 +57,12 @@ class Experiment:
     return self.config.mesh.rules
 
   def put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """A training batch: this process's block of rows (see ``pipeline.train_dataset``)."""
     return partitioning.to_global(batch, self.mesh, self.rules)
+
+  def put_whole(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """An evaluation batch, the same whole batch on every process."""
+    return partitioning.to_global(batch, self.mesh, self.rules, whole=True)
 
   def eval_arrays(self, which: str) -> pipeline.EvalBatch:
     """'valid', 'test', or 'test_cold' (test cases whose target was held out of training)."""
@@ -267,6 +272,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   logger.info(dict(event='start', step=start, total_steps=total_steps,
                    steps_per_epoch=steps_per_epoch, num_params=exp.spec.num_params(),
                    max_targets_per_batch=max_targets, devices=jax.device_count(),
+                   processes=jax.process_count(),
                    mesh=dict(exp.mesh.shape), **exp.dataset.summary()))
 
   stop = _StopFlag()
@@ -301,7 +307,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         if is_eval:
           t_eval = time.perf_counter()
           ranks_metrics, _, _ = evaluation.evaluate_arrays(
-              rank_fn, state['params'], valid_arrays, config.eval.batch_size, exp.put,
+              rank_fn, state['params'], valid_arrays, config.eval.batch_size, exp.put_whole,
               config.eval.ks, content=exp.content)
           score = ranks_metrics['ndcg@10']
           if score > progress['best']:
@@ -383,7 +389,7 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int) -> dict[str, 
     if not len(arrays.targets):
       continue
     m, ranks, tops = evaluation.evaluate_arrays(rank_fn, params, arrays, c.eval.batch_size,
-                                                exp.put, c.eval.ks, content=exp.content)
+                                                exp.put_whole, c.eval.ks, content=exp.content)
     results[which] = m
     if c.eval.save_rankings and jax.process_index() == 0:
       n = len(ranks)
