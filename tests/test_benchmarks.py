@@ -19,6 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
     ('throughput.py', {'runs'}),
     ('multimodal.py --scenario cold_start', {'variants'}),
     ('semantic_ids.py', {'softmax', 'semantic_id', 'codes'}),
+    ('tfds_prepare.py', {'datasets'}),
 ])
 def test_quick_benchmark_prints_one_json_line(script, keys):
   env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')  # one CPU device, as benchmarks run
@@ -38,3 +39,5 @@ def test_quick_benchmark_prints_one_json_line(script, keys):
     assert all(0.0 <= c['ndcg@10'] <= c['hr@10'] <= 1.0 for c in cold.values())
   if 'codes' in result:
     assert 0.0 <= result['semantic_id']['ndcg@10'] <= result['semantic_id']['hr@10'] <= 1.0
+  if 'datasets' in result:  # TFDS builders: what data_source reads back equals the reader's dataset
+    assert result['datasets'] and all(d['same_as_reader'] for d in result['datasets'].values())
