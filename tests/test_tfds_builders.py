@@ -179,3 +179,29 @@ def test_errors(tmp_path, data_dir):
     tb.load('yelp_open', data_dir=tmp_path)
   meta = json.dumps(tb.BUILDERS['amazon_reviews_2023'].releases())
   assert 'Electronics' in meta and 'Industrial_and_Scientific' in meta
+
+
+def test_real_downloader_over_http(data_dir, tmp_path, monkeypatch):
+  """TFDS's own download manager (requests, no TensorFlow) fetches the release over HTTP; a local
+  server stands in for GroupLens (this machine is offline)."""
+  import functools
+  import http.server
+  import threading
+  import zipfile
+  root = tmp_path / 'www'
+  root.mkdir()
+  with zipfile.ZipFile(root / 'ml-100k.zip', 'w') as z:
+    for f in ('u.data', 'u.item', 'u.user', 'u.genre'):
+      z.write(data_dir / 'movielens/ml-100k' / f, f'ml-100k/{f}')
+  handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+  server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  try:
+    url = f'http://127.0.0.1:{server.server_address[1]}/ml-100k.zip'
+    monkeypatch.setattr(tb.Movielens100k, '_urls', lambda self: {'ml-100k.zip': url})
+    ds = tb.load('movielens_100k', data_dir=tmp_path / 'tfds')
+  finally:
+    server.shutdown()
+  assert_same_dataset(ds, readers.read_movielens_100k(data_dir / 'movielens/ml-100k'))
+  fetched = [p for p in (tmp_path / 'tfds/downloads').rglob('*') if p.is_file()]
+  assert any(p.stat().st_size == (root / 'ml-100k.zip').stat().st_size for p in fetched)
