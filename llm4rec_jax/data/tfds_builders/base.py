@@ -185,3 +185,7 @@ def _parse(builder: type[RecDatasetBuilder], path: str, release: str) -> RecData
                     f'{fmt or "no known format"}', path=path)
   name = f'{builder.name}/{release}' if release else builder.name
   return readers.FORMATS[fmt](path, dataset_name=name, **builder.reader_options(fmt, release))
+
+
+def clear_parse_cache() -> None:
+  _parse.cache_clear()

@@ -7,7 +7,9 @@ import os
 import pathlib
 from typing import Any
 
+import jax
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
 
 from llm4rec_jax.data.dataset import RecDataset
 from llm4rec_jax.data.tfds_builders import amazon, base, movielens, records, yelp
@@ -57,6 +59,18 @@ def prepare(spec: str, *, data_dir: str | os.PathLike | None = None,
     config = tfds.download.DownloadConfig(
         manual_dir=os.fspath(manual_dir) if manual_dir else None)
     builder.download_and_prepare(download_config=config)
+  base.clear_parse_cache()  # the parsed release is not needed once every table is written
+
+
+def prepare_once(spec: str, **kwargs) -> None:
+  """:func:`prepare` without processes racing on one data_dir: with several JAX processes,
+  process 0 prepares first and the others wait for it, then prepare only what they still miss
+  (hosts whose data_dir is on their own disk)."""
+  if jax.process_count() > 1:
+    if jax.process_index() == 0:
+      prepare(spec, **kwargs)
+    multihost_utils.sync_global_devices(f'llm4rec_jax tfds prepare {spec}')
+  prepare(spec, **kwargs)
 
 
 def _is_built(builder: tfds.core.DatasetBuilder) -> bool:
@@ -69,7 +83,7 @@ def load(spec: str, *, data_dir: str | os.PathLike | None = None,
   """The dataset ``spec`` read through ``tfds.data_source`` (prepared first when missing)."""
   cls, release = parse_name(spec)
   if prepare_missing:
-    prepare(spec, data_dir=data_dir, manual_dir=manual_dir, download=download)
+    prepare_once(spec, data_dir=data_dir, manual_dir=manual_dir, download=download)
   data_dir = os.fspath(data_dir) if data_dir else None
   tables: dict[str, list[dict[str, Any]]] = {}
   meta: dict[str, Any] = {}
