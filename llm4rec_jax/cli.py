@@ -17,7 +17,7 @@ from ml_collections import config_flags
 
 from llm4rec_jax.errors import Llm4RecError
 
-COMMANDS = ('train', 'evaluate', 'recommend')
+COMMANDS = ('train', 'evaluate', 'recommend', 'index')
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, e.g. configs/beauty.py or configs/beauty.py:tiny.',
@@ -69,6 +69,9 @@ def main(argv: list[str]) -> None:
     from llm4rec_jax.train.trainer import evaluate, train_and_evaluate  # pylint: disable=import-outside-toplevel
     if command == 'train':
       result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    elif command == 'index':  # the ScaNN item index of a checkpoint, used by recommend
+      from llm4rec_jax.retrieval.workdir_index import build_index  # pylint: disable=import-outside-toplevel
+      result = build_index(_WORKDIR.value, checkpoint=_CHECKPOINT.value)
     elif command == 'evaluate':
       result = evaluate(_CONFIG.value, _WORKDIR.value, checkpoint=_CHECKPOINT.value,
                         save_rankings=_SAVE_RANKINGS.value)

@@ -95,6 +95,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.semantic_ids = ml_collections.ConfigDict(dict(
       source='features', num_levels=3, codebook_size=256, iters=20, beam_size=50))
 
+  # ScaNN item index (llm4rec_jax.retrieval.index; 0 = chosen from the catalog size) and
+  # retrieval-augmented generation (llm4rec_jax.retrieval.context).
+  c.retrieval = ml_collections.ConfigDict(dict(
+      num_leaves=0, leaves_to_search=0, dims_per_block=0, anisotropic_threshold=0.2, reorder=0,
+      brute_force_below=0, training_sample_size=0,
+      candidates=100,  # recommend with an index: ANN candidates re-scored exactly by the model
+      # RAG: retrieved items' content tokens join the cross-attention memory. source: 'items'
+      # (nearest to the recent history), 'users' (recent items of the most similar users), 'both'.
+      rag=False, source='items', num_context=8, query_window=3, similar_users=4,
+      num_cutoffs=4,  # retrieval points per window (the last position and every max_len/n back)
+      refresh_every=0,  # training steps between index refreshes; 0 = once per epoch
+  ))
+
   c.loss = ml_collections.ConfigDict()
   c.loss.type = 'full_softmax'  # or 'sampled_softmax'
   c.loss.num_negatives = 1024

@@ -25,13 +25,15 @@ from llm4rec_jax.data.pipeline import EvalBatch, iterate_eval
 from llm4rec_jax.model import semantic_head
 
 
-def scores_for(model, inputs: jax.Array, seen: jax.Array | None, content=None) -> jax.Array:
+def scores_for(model, inputs: jax.Array, seen: jax.Array | None, content=None,
+               context: jax.Array | None = None) -> jax.Array:
   """[batch, vocab] next-item scores after each history; seen items (if given) set to -inf.
 
-  ``content`` is the ItemContent a multimodal model reads (None for id-only models).
+  ``content`` is the ItemContent a multimodal model reads (None for id-only models); ``context``
+  [batch, seq, C] are retrieved items for the cross-attention memory (llm4rec_jax.retrieval.context).
   """
   catalog = model.encode_catalog(content)
-  hidden = model(inputs, catalog)[:, -1]  # [batch, d_model]
+  hidden = model(inputs, catalog, context=context)[:, -1]  # [batch, d_model]
   scores = model.logits(hidden, catalog)  # [batch, vocab]
   if seen is not None:
     rows = jnp.arange(scores.shape[0])[:, None]
@@ -76,7 +78,8 @@ def make_rank_fn(graphdef: nnx.GraphDef, *, exclude_seen: bool, top_k: int, trie
 
   def rank(params, batch, content=None):
     model = nnx.merge(graphdef, params)
-    scores = scores_for(model, batch['inputs'], batch['seen'] if exclude_seen else None, content)
+    scores = scores_for(model, batch['inputs'], batch['seen'] if exclude_seen else None, content,
+                        context=batch.get('context'))
     target = jnp.take_along_axis(scores, batch['targets'][:, None], axis=1)  # [batch, 1]
     higher = jnp.sum(scores > target, axis=1)
     ties = jnp.sum(scores == target, axis=1) - 1

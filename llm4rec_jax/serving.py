@@ -21,6 +21,7 @@ from flax import nnx
 from llm4rec_jax import config_base, evaluation, partitioning
 from llm4rec_jax.data.content import ContentSpec, ItemContent
 from llm4rec_jax.model.semantic_ids import SemanticIds
+from llm4rec_jax.retrieval import workdir_index
 from llm4rec_jax.train import semantic_codes
 from llm4rec_jax.errors import DataError, UnknownIdError
 from llm4rec_jax.train import optimizer as optimizer_lib
@@ -31,7 +32,9 @@ from llm4rec_jax.train.checkpointing import Checkpointer
 class Recommender:
   """A trained model loaded for serving: ``recommend(history, top_k)`` with raw ids."""
 
-  def __init__(self, workdir: str | pathlib.Path, *, checkpoint: str = 'best'):
+  def __init__(self, workdir: str | pathlib.Path, *, checkpoint: str = 'best',
+               use_index: bool = True):
+    """``use_index``: serve through ``WORKDIR/index`` when it exists (see ``llm4rec index``)."""
     from llm4rec_jax.train.trainer import model_config  # pylint: disable=import-outside-toplevel
     self.workdir = pathlib.Path(workdir)
     self.config = config_base.load(self.workdir)
@@ -66,16 +69,20 @@ class Recommender:
     self.step = step
     self.params = ckpt.restore_params(step, abstract, shardings)
     ckpt.close()
+    # WORKDIR/index: ANN candidates re-scored exactly (refused if built from another checkpoint).
+    self.ann_index, self.ann_table = (workdir_index.load_index(self) if use_index
+                                      else (None, None))
+    self.rag = workdir_index.serving_retriever(self) if self.config.retrieval.rag else None
 
   @functools.partial(jax.jit, static_argnums=(0, 4))
-  def _top(self, params, inputs, seen, k, content=None, trie=None):
+  def _top(self, params, inputs, seen, k, content=None, trie=None, context=None):
     model = nnx.merge(self.spec.graphdef, params)
     if trie is not None:
       beam = max(k, self.config.semantic_ids.beam_size)
       items, scores = evaluation.generate_top(model, inputs, seen, content, trie, beam_size=beam,
                                               top_k=k)
       return scores, items
-    scores = evaluation.scores_for(model, inputs, seen, content)
+    scores = evaluation.scores_for(model, inputs, seen, content, context=context)
     return jax.lax.top_k(scores, k)
 
   def item_table(self) -> np.ndarray:
@@ -106,8 +113,12 @@ class Recommender:
     inputs[0, -len(tail):] = tail
     seen = ids[None, :] if exclude_seen else np.zeros((1, 1), np.int32)
     k = min(top_k, len(self.index) - (len(set(ids.tolist())) if exclude_seen else 0))
-    scores, items = jax.device_get(self._top(self.params, jnp.asarray(inputs), jnp.asarray(seen), k,
-                                                 self.content, self.trie))
+    context = self.rag.context(inputs, [ids]) if self.rag is not None else None  # RAG
+    if self.ann_index is not None:
+      scores, items = workdir_index.top_k_with_index(self, inputs, seen, k, context)
+    else:
+      scores, items = jax.device_get(self._top(self.params, jnp.asarray(inputs), jnp.asarray(seen),
+                                               k, self.content, self.trie, context))
     recs = []
     for s, i in zip(scores[0], items[0]):
       rec = {'item': self.raw_ids[int(i)], 'score': float(s)}

@@ -181,8 +181,13 @@ class ItemDecoder(nnx.Module):
     return x.astype(DTYPES[self.cfg.dtype])
 
   def __call__(self, items: jax.Array, catalog: CatalogEncoding | None = None, *,
-               deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
-    """items: int [batch, seq] left-padded with 0 -> hidden [batch, seq, d_model] (float32)."""
+               deterministic: bool = True, rngs: nnx.Rngs | None = None,
+               context: jax.Array | None = None) -> jax.Array:
+    """items: int [batch, seq] left-padded with 0 -> hidden [batch, seq, d_model] (float32).
+
+    ``context`` int [batch, seq, C] (0 = none): retrieved items (llm4rec_jax.retrieval.context)
+    whose content tokens join the cross-attention memory of position t, so positions >= t see them.
+    """
     if catalog is None:
       catalog = self.encode_catalog()
     valid = items > 0  # [batch, seq]
@@ -190,6 +195,14 @@ class ItemDecoder(nnx.Module):
     if self.cfg.cross_attention_every:
       memory = jnp.take(catalog.tokens, items, axis=0)  # [batch, seq, M, d_model]
       memory_mask = jnp.take(catalog.token_mask, items, axis=0) & valid[..., None]
+      if context is not None:
+        b, s, c = context.shape
+        m = memory.shape[2]
+        ctx = jnp.take(catalog.tokens, context, axis=0).reshape(b, s, c * m, -1)
+        ctx_mask = (jnp.take(catalog.token_mask, context, axis=0)
+                    & (context > 0)[..., None]).reshape(b, s, c * m)
+        memory = jnp.concatenate([memory, ctx.astype(memory.dtype)], axis=2)  # [b, s, M+C*M, d]
+        memory_mask = jnp.concatenate([memory_mask, ctx_mask], axis=2)
     x = self.embed(items, catalog) * valid[..., None]
     return self.hidden_from_embeddings(x, valid, memory, memory_mask, deterministic=deterministic,
                                        rngs=rngs)

@@ -33,6 +33,7 @@ from llm4rec_jax.errors import ConfigError, NonFiniteLossError
 from llm4rec_jax.model import decoder as decoder_lib
 from llm4rec_jax.model import semantic_head
 from llm4rec_jax.model.semantic_ids import SemanticIds
+from llm4rec_jax.retrieval import context as context_lib
 from llm4rec_jax.train import losses, optimizer as optimizer_lib, semantic_codes
 from llm4rec_jax.train import state as state_lib
 from llm4rec_jax.train.checkpointing import Checkpointer, abstract_with_shardings
@@ -141,12 +142,15 @@ def make_train_step(exp: Experiment, tx: optax.GradientTransformation, schedule,
   catalog = decoder_lib.catalog_mask(cfg)
   batch_sharding = {k: partitioning.batch_sharding(exp.mesh, exp.rules, n)
                     for k, n in (('inputs', 2), ('targets', 2), ('users', 1))}
+  if exp.config.retrieval.rag:
+    batch_sharding['context'] = partitioning.batch_sharding(exp.mesh, exp.rules, 3)
 
   def loss_fn(params, batch, content, rng):
     model = nnx.merge(graphdef, params)
     rngs = nnx.Rngs(dropout=rng)
     encoded = model.encode_catalog(content, rngs=rngs)
-    hidden = model(batch['inputs'], encoded, deterministic=False, rngs=rngs)
+    hidden = model(batch['inputs'], encoded, deterministic=False, rngs=rngs,
+                   context=batch.get('context'))  # RAG: retrieved items (config.retrieval.rag)
     table = model.output_table(encoded)
     if cfg.head == 'semantic_id':
       h, t, w, dropped = losses.gather_targets(hidden, batch['targets'], max_targets)
@@ -268,6 +272,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   train_step = make_train_step(exp, tx, schedule, shardings, max_targets)
   rank_fn = exp.rank_fn()
   valid_arrays = exp.eval_arrays('valid')
+  rag = context_lib.for_experiment(exp) if config.retrieval.rag else None
   logger = MetricLogger(workdir, enabled=is_main)
   logger.info(dict(event='start', step=start, total_steps=total_steps,
                    steps_per_epoch=steps_per_epoch, num_params=exp.spec.num_params(),
@@ -289,7 +294,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   try:
     with stop.installed():
       while step < total_steps and stopped_reason is None:
-        batch = exp.put(next(data_iter))
+        batch = next(data_iter)
+        if rag is not None:  # retrieved context; the index follows the embeddings on a schedule
+          if rag.table is None or context_lib.refresh_due(step, config.retrieval.refresh_every,
+                                                          steps_per_epoch):
+            rag.refresh_from_params(exp.spec.graphdef, state['params'], exp.content, step)
+          batch = rag.train_batch(batch)
+        batch = exp.put(batch)
         state, metrics = train_step(state, batch, exp.content)
         step += 1
         pending.append((step, metrics))
@@ -306,8 +317,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           t_last, n_last = now, step
         if is_eval:
           t_eval = time.perf_counter()
+          if rag is not None:
+            rag.refresh_from_params(exp.spec.graphdef, state['params'], exp.content, step)
           ranks_metrics, _, _ = evaluation.evaluate_arrays(
-              rank_fn, state['params'], valid_arrays, config.eval.batch_size, exp.put_whole,
+              rank_fn, state['params'],
+              rag.eval_arrays(valid_arrays) if rag is not None else valid_arrays,
+              config.eval.batch_size, exp.put_whole,
               config.eval.ks, content=exp.content)
           score = ranks_metrics['ndcg@10']
           if score > progress['best']:
@@ -384,8 +399,14 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int) -> dict[str, 
   results: dict[str, Any] = {'step': int(step), 'dataset': exp.dataset.name,
                              'protocol': exp.split.protocol, 'exclude_seen': c.eval.exclude_seen}
   cases = ('valid', 'test') + (('test_cold',) if len(exp.split.cold_items) else ())
+  rag = None
+  if c.retrieval.rag:
+    rag = context_lib.for_experiment(exp)
+    rag.refresh_from_params(exp.spec.graphdef, params, exp.content, step)
   for which in cases:
     arrays = exp.eval_arrays(which)
+    if rag is not None:
+      arrays = rag.eval_arrays(arrays)
     if not len(arrays.targets):
       continue
     m, ranks, tops = evaluation.evaluate_arrays(rank_fn, params, arrays, c.eval.batch_size,

@@ -1,0 +1,106 @@
+"""The ScaNN index of a trained workdir: ``llm4rec index`` builds it, ``recommend`` serves with it.
+
+``WORKDIR/index/`` holds the index over the item table of one checkpoint (the vectors the softmax
+head scores, so inner-product search ranks exactly as the model would). :func:`build_index` writes
+it; :func:`load_index` opens it for a :class:`~llm4rec_jax.serving.Recommender` and refuses an index
+built from another checkpoint. :func:`top_k_with_index` is the serving path: the model's hidden state
+after the history is the query, ScaNN returns ``config.retrieval.candidates`` candidates, and those
+are re-scored exactly (hidden . item vector, the model's own logits) before the final top-k.
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from llm4rec_jax.errors import ConfigError
+from llm4rec_jax.retrieval import context as context_lib
+from llm4rec_jax.retrieval.index import ItemIndex, default_params
+
+INDEX_DIR = 'index'
+
+
+def index_dir(workdir: str | pathlib.Path) -> pathlib.Path:
+  return pathlib.Path(workdir) / INDEX_DIR
+
+
+def _catalog_table(rec) -> np.ndarray:
+  """float32 [num_items + 1, d]: the item vectors the recommender's head scores (row 0 = pad)."""
+  table = context_lib.item_table(rec.spec.graphdef, rec.params, rec.content)
+  return table[:len(rec.raw_ids)]
+
+
+def build_index(workdir: str | pathlib.Path, *, checkpoint: str = 'best') -> dict[str, Any]:
+  """Builds ``WORKDIR/index`` for a checkpoint ('best', 'latest' or a step); returns a summary."""
+  from llm4rec_jax.serving import Recommender  # pylint: disable=import-outside-toplevel
+  rec = Recommender(workdir, checkpoint=checkpoint, use_index=False)
+  if rec.spec.cfg.head != 'softmax':
+    raise ConfigError('model.head', 'the item index serves the softmax head (item vectors); the '
+                      'semantic-ID head generates codes instead')
+  table = _catalog_table(rec)
+  vectors = table[1:]
+  params = default_params(len(vectors), vectors.shape[1], rec.config.retrieval)
+  t0 = time.perf_counter()
+  index = ItemIndex.build(vectors, np.arange(1, len(table)), params=params, step=rec.step)
+  build_s = time.perf_counter() - t0
+  path = index.save(index_dir(workdir))
+  return {'index': str(path), 'checkpoint_step': rec.step, 'num_items': len(vectors),
+          'dim': int(vectors.shape[1]), 'params': index.meta.params,
+          'fingerprint': index.meta.fingerprint, 'build_s': round(build_s, 3)}
+
+
+def load_index(rec) -> tuple[ItemIndex | None, np.ndarray | None]:
+  """(index, item table) for a Recommender when ``WORKDIR/index`` exists, else (None, None).
+
+  Raises IndexMismatchError when the index was built from another checkpoint or embedding.
+  """
+  path = index_dir(rec.workdir)
+  if not path.exists() or rec.spec.cfg.head != 'softmax':
+    return None, None
+  table = _catalog_table(rec)
+  return ItemIndex.load(path, step=rec.step, vectors=table[1:]), table
+
+
+@functools.lru_cache(maxsize=4)
+def _hidden_fn(graphdef: nnx.GraphDef):
+  @jax.jit
+  def hidden(params, inputs, content, context):
+    model = nnx.merge(graphdef, params)
+    return model(inputs, model.encode_catalog(content), context=context)[:, -1]  # [b, d_model]
+  return hidden
+
+
+def top_k_with_index(rec, inputs: np.ndarray, seen: np.ndarray, k: int,
+                     context: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """(scores [1, k], items [1, k]): ANN candidates after the history, re-scored exactly.
+
+  ``seen`` [1, n] are excluded (0 = none); ``context`` is the RAG context of the history (if the
+  model was trained with retrieval).
+  """
+  hidden = np.asarray(jax.device_get(_hidden_fn(rec.spec.graphdef)(
+      rec.params, inputs, rec.content, context)), np.float32)  # [1, d_model]
+  exclude = set(np.asarray(seen).ravel().tolist()) - {0}
+  num = max(k, int(rec.config.retrieval.candidates)) + len(exclude)
+  ids, _ = rec.ann_index.search_batched(hidden, min(num, len(rec.ann_index)))
+  cand = np.asarray([i for i in ids[0] if i > 0 and i not in exclude], np.int64)
+  exact = rec.ann_table[cand] @ hidden[0]  # the model's logits of the candidates
+  order = np.argsort(-exact, kind='stable')[:k]
+  return exact[order][None], cand[order][None]
+
+
+def serving_retriever(rec) -> context_lib.Retriever:
+  """The RAG retriever of a model trained with ``config.retrieval.rag`` (items source only: serving
+  has no training histories to find similar users in)."""
+  rcfg = rec.config.retrieval
+  if rcfg.source != 'items':
+    raise ConfigError('retrieval.source', f'serving retrieves context from the item index only; '
+                      f'this model was trained with source={rcfg.source!r}')
+  retriever = context_lib.Retriever(rcfg, len(rec.raw_ids) - 1, rec.spec.cfg.max_len, [], [])
+  retriever.refresh(_catalog_table(rec), rec.step)
+  return retriever
