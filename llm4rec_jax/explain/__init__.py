@@ -1,0 +1,1 @@
+"""Explainable recommendations: attributions, their faithfulness, templates and generated text."""
