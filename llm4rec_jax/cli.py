@@ -17,7 +17,7 @@ from ml_collections import config_flags
 
 from llm4rec_jax.errors import Llm4RecError
 
-COMMANDS = ('train', 'evaluate', 'recommend', 'index')
+COMMANDS = ('train', 'evaluate', 'recommend', 'index', 'adapt')
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, e.g. configs/beauty.py or configs/beauty.py:tiny.',
@@ -32,6 +32,12 @@ _HISTORY = flags.DEFINE_string('history', None, 'recommend: comma-separated raw 
 _TOP_K = flags.DEFINE_integer('top_k', 10, 'recommend: number of items to return.')
 _INCLUDE_SEEN = flags.DEFINE_bool('include_seen', False, 'recommend: allow items of the history.')
 _VERBOSE = flags.DEFINE_bool('verbose', False, 'Log library internals (Orbax, JAX) at INFO.')
+_EVENTS = flags.DEFINE_string('events', None, "adapt: JSON-lines event file, or '-' for stdin.")
+_ONLINE = flags.DEFINE_multi_string('online', [], 'adapt: a config.online override KEY=VALUE '
+                                    '(repeatable), e.g. --online=learning_rate=3e-4 '
+                                    '--online=params=item_embed,fusion.')
+_PREQUENTIAL = flags.DEFINE_bool('prequential', False, 'adapt: rank every event before learning '
+                                 'from it and report the metrics.')
 
 
 def _maybe_initialize_distributed(config) -> None:
@@ -72,6 +78,12 @@ def main(argv: list[str]) -> None:
     elif command == 'index':  # the ScaNN item index of a checkpoint, used by recommend
       from llm4rec_jax.retrieval.workdir_index import build_index  # pylint: disable=import-outside-toplevel
       result = build_index(_WORKDIR.value, checkpoint=_CHECKPOINT.value)
+    elif command == 'adapt':
+      if not _EVENTS.value:
+        raise Llm4RecError("--events is required for adapt (a JSON-lines file, or '-' for stdin)")
+      from llm4rec_jax.online import adapt  # pylint: disable=import-outside-toplevel
+      result = adapt(_WORKDIR.value, _EVENTS.value, overrides=_parse_overrides(_ONLINE.value),
+                     evaluate=_PREQUENTIAL.value, checkpoint=_CHECKPOINT.value)
     elif command == 'evaluate':
       result = evaluate(_CONFIG.value, _WORKDIR.value, checkpoint=_CHECKPOINT.value,
                         save_rankings=_SAVE_RANKINGS.value)
@@ -87,6 +99,21 @@ def main(argv: list[str]) -> None:
   import jax  # pylint: disable=import-outside-toplevel
   if jax.process_index() == 0:  # one result, not one per process
     print(json.dumps(result, indent=2))
+
+
+def _parse_overrides(items: list[str]) -> dict:
+  """``['learning_rate=3e-4', 'params=embeddings']`` -> values parsed as Python literals."""
+  import ast  # pylint: disable=import-outside-toplevel
+  out = {}
+  for item in items:
+    key, sep, value = item.partition('=')
+    if not sep:
+      raise Llm4RecError(f'--online: expected KEY=VALUE, got {item!r}')
+    try:
+      out[key.strip()] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      out[key.strip()] = value
+  return out
 
 
 def run() -> None:

@@ -136,6 +136,26 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.ks = (1, 5, 10, 20, 50)
   c.eval.save_rankings = False
 
+  # Online adaptation (llm4rec_jax.online, `llm4rec adapt`): incremental steps on streamed events,
+  # read only by the online learner (training ignores this section).
+  c.online = ml_collections.ConfigDict(dict(
+      # Which parameters adapt: 'all', 'embeddings' (item tables and the content fusion), or a comma
+      # list of parameter path prefixes, e.g. 'item_embed,fusion,blocks.1'.
+      params='all',
+      learning_rate=1e-4, b1=0.9, b2=0.98, weight_decay=0.0, grad_clip=1.0,  # its own AdamW
+      batch_size=64,  # events per micro-batch (a step's stream rows; short batches are padded)
+      max_wait_s=0.0,  # > 0: also close a micro-batch this long (wall time) after its first event
+      window_s=0.0,  # > 0: also close a micro-batch when event time advances this far
+      replay_size=20_000, replay_batch=64,  # past examples kept / mixed into every step
+      replay_policy='reservoir',  # or 'recent'
+      l2_pull=0.0,  # > 0: + l2_pull/2 * ||params - last full-training params||^2
+      grow_items=1024,  # rows added (rounded to the vocab multiple) when item capacity runs out
+      snapshot_every=0,  # events between Orbax snapshots; 0 = at the end of the stream only
+      keep_snapshots=2,
+      bootstrap=True,  # user histories and replay from the workdir's training data
+      upsert_index=True,  # upsert new/changed items into the workdir's ScaNN index, if built
+  ))
+
   c.mesh = ml_collections.ConfigDict()
   c.mesh.axes = ('data', 'fsdp', 'tensor')
   c.mesh.shape = (-1, 1, 1)

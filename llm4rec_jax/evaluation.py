@@ -26,15 +26,16 @@ from llm4rec_jax.model import semantic_head
 
 
 def scores_for(model, inputs: jax.Array, seen: jax.Array | None, content=None,
-               context: jax.Array | None = None) -> jax.Array:
+               context: jax.Array | None = None, mask: jax.Array | None = None) -> jax.Array:
   """[batch, vocab] next-item scores after each history; seen items (if given) set to -inf.
 
   ``content`` is the ItemContent a multimodal model reads (None for id-only models); ``context``
-  [batch, seq, C] are retrieved items for the cross-attention memory (llm4rec_jax.retrieval.context).
+  [batch, seq, C] are retrieved items for the cross-attention memory (llm4rec_jax.retrieval.context);
+  ``mask`` (bool [vocab]) overrides the scorable catalog (see ``ItemDecoder.logits``).
   """
   catalog = model.encode_catalog(content)
   hidden = model(inputs, catalog, context=context)[:, -1]  # [batch, d_model]
-  scores = model.logits(hidden, catalog)  # [batch, vocab]
+  scores = model.logits(hidden, catalog, mask)  # [batch, vocab]
   if seen is not None:
     rows = jnp.arange(scores.shape[0])[:, None]
     scores = scores.at[rows, seen].set(-jnp.inf)  # seen 0 = pad column, already -inf
@@ -76,10 +77,10 @@ def make_rank_fn(graphdef: nnx.GraphDef, *, exclude_seen: bool, top_k: int, trie
     jitted = jax.jit(generate)
     return lambda params, batch, content=None: jitted(params, batch, content, trie)
 
-  def rank(params, batch, content=None):
+  def rank(params, batch, content=None, mask=None):
     model = nnx.merge(graphdef, params)
     scores = scores_for(model, batch['inputs'], batch['seen'] if exclude_seen else None, content,
-                        context=batch.get('context'))
+                        context=batch.get('context'), mask=mask)
     target = jnp.take_along_axis(scores, batch['targets'][:, None], axis=1)  # [batch, 1]
     higher = jnp.sum(scores > target, axis=1)
     ties = jnp.sum(scores == target, axis=1) - 1

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from llm4rec_jax.data import paths
+from llm4rec_jax.data import events, paths
 from llm4rec_jax.data.dataset import RecDataset, from_raw
 from llm4rec_jax.errors import DataError
 
@@ -1412,6 +1412,7 @@ FORMATS: dict[str, Callable[..., RecDataset]] = {
     's3rec': read_s3rec,
     'scientific': read_amazon_scientific,
     'recbole': read_recbole_features,
+    'events': events.read_events_dataset,  # JSON lines of user/item/timestamp (llm4rec adapt's input)
     'amazon-reviews': read_amazon_reviews,
     'amazon-2023': read_amazon_2023,
     'yelp-open': read_yelp_open,

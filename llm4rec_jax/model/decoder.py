@@ -236,11 +236,16 @@ class ItemDecoder(nnx.Module):
       return self.output_embed[...]
     return (catalog or self.encode_catalog()).table
 
-  def logits(self, hidden: jax.Array, catalog: CatalogEncoding | None = None) -> jax.Array:
-    """hidden [..., d_model] -> [..., vocab]; padding and out-of-catalog ids are -inf."""
+  def logits(self, hidden: jax.Array, catalog: CatalogEncoding | None = None,
+             mask: jax.Array | None = None) -> jax.Array:
+    """hidden [..., d_model] -> [..., vocab]; padding and out-of-catalog ids are -inf.
+
+    ``mask`` (bool [vocab]) replaces the catalog of ids 1..num_items (the online learner's catalog
+    grows as items are registered).
+    """
     table = self.output_table(catalog).astype(hidden.dtype)
     scores = hidden @ table.T
-    return jnp.where(catalog_mask(self.cfg), scores, -jnp.inf)
+    return jnp.where(catalog_mask(self.cfg) if mask is None else mask, scores, -jnp.inf)
 
 
 def catalog_mask(cfg: DecoderConfig) -> jax.Array:

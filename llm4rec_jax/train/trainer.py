@@ -135,17 +135,17 @@ def auto_max_targets(windows: np.ndarray, batch_size: int) -> int:
   return min(budget, batch_size * (windows.shape[1] - 1))
 
 
-def make_train_step(exp: Experiment, tx: optax.GradientTransformation, schedule, shardings,
-                    max_targets: int):
-  """The one jitted train step."""
-  cfg, graphdef, lcfg = exp.spec.cfg, exp.spec.graphdef, exp.config.loss
-  catalog = decoder_lib.catalog_mask(cfg)
-  batch_sharding = {k: partitioning.batch_sharding(exp.mesh, exp.rules, n)
-                    for k, n in (('inputs', 2), ('targets', 2), ('users', 1))}
-  if exp.config.retrieval.rag:
-    batch_sharding['context'] = partitioning.batch_sharding(exp.mesh, exp.rules, 3)
+def make_loss_fn(cfg: decoder_lib.DecoderConfig, graphdef: nnx.GraphDef, lcfg: Any,
+                 max_targets: int):
+  """The training objective ``(params, batch, content, rng, catalog=None) -> (loss, aux)``.
 
-  def loss_fn(params, batch, content, rng):
+  ``catalog`` (bool [vocab]) overrides the items the softmax ranges over (default: ids
+  1..cfg.num_items); the online learner passes a catalog that grows as items are registered.
+  """
+
+  def loss_fn(params, batch, content, rng, catalog=None):
+    if catalog is None:
+      catalog = decoder_lib.catalog_mask(cfg)
     model = nnx.merge(graphdef, params)
     rngs = nnx.Rngs(dropout=rng)
     encoded = model.encode_catalog(content, rngs=rngs)
@@ -167,6 +167,18 @@ def make_train_step(exp: Experiment, tx: optax.GradientTransformation, schedule,
       train_catalog = catalog & content.id_known
     return losses.full_softmax_loss(hidden, table, batch['targets'], catalog=train_catalog,
                                     max_targets=max_targets)
+
+  return loss_fn
+
+
+def make_train_step(exp: Experiment, tx: optax.GradientTransformation, schedule, shardings,
+                    max_targets: int):
+  """The one jitted train step."""
+  loss_fn = make_loss_fn(exp.spec.cfg, exp.spec.graphdef, exp.config.loss, max_targets)
+  batch_sharding = {k: partitioning.batch_sharding(exp.mesh, exp.rules, n)
+                    for k, n in (('inputs', 2), ('targets', 2), ('users', 1))}
+  if exp.config.retrieval.rag:
+    batch_sharding['context'] = partitioning.batch_sharding(exp.mesh, exp.rules, 3)
 
   def step_fn(state, batch, content):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), state['step'])

@@ -1,0 +1,635 @@
+"""The online learner: incremental optimizer steps on streamed events, on the training's sharded state.
+
+:class:`OnlineLearner` restores a trained workdir's parameters onto the mesh of its config (the same
+logical-axis shardings as training), then for every micro-batch of events:
+
+1. registers new items (next free catalog row, growing and re-sharding every catalog-sharded array
+   when the reserved rows run out; content rows from the event's ``features`` when the model reads
+   content) so they become scorable at once;
+2. builds one example per interaction, the user's history so far followed by the item (only that
+   last position is a target), mixes in ``online.replay_batch`` past examples from the replay
+   buffer, and applies **one jitted, donated step**: the training loss
+   (:func:`llm4rec_jax.train.trainer.make_loss_fn`, over the grown catalog), plus an optional L2 pull
+   toward the last full-training weights, with its own AdamW restricted to ``online.params`` (the
+   other parameters get no gradient and a zero update);
+3. upserts the touched items into a ScaNN index, if one is attached;
+4. every ``online.snapshot_every`` events, writes an Orbax snapshot with the stream position.
+
+The decoder has no user table (a user is their history), so new users need no capacity: the learner
+keeps every user's history and starts one for a new user.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import pathlib
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from llm4rec_jax import config_base, evaluation, metrics as metrics_lib, partitioning
+from llm4rec_jax.data.content import ContentSpec, ItemContent
+from llm4rec_jax.data.events import Event
+from llm4rec_jax.errors import ConfigError, DataError, NonFiniteLossError
+from llm4rec_jax.model.decoder import ItemDecoder
+from llm4rec_jax.online import stream
+from llm4rec_jax.online.catalog import ContentRows, ItemCatalog, grown_vocab, pad_rows
+from llm4rec_jax.online.replay import ReplayBuffer
+from llm4rec_jax.online.snapshots import SnapshotManager
+from llm4rec_jax.train import optimizer as optimizer_lib
+from llm4rec_jax.train import state as state_lib
+from llm4rec_jax.train.checkpointing import Checkpointer, abstract_with_shardings
+
+# online.params='embeddings': the item tables and what computes item vectors from content.
+EMBEDDING_PARAMS = ('item_embed', 'output_embed', 'no_content', 'fusion')
+
+
+def trainable_mask(abstract_params: Any, selection: str) -> Any:
+  """bool tree like ``abstract_params``: which parameters ``online.params`` selects.
+
+  ``selection``: 'all', 'embeddings', or comma-separated path prefixes ('blocks.1', 'fusion').
+  """
+  paths = {jax.tree_util.keystr(p, simple=True, separator='.'): leaf
+           for p, leaf in jax.tree_util.tree_leaves_with_path(abstract_params)}
+  if selection == 'all':
+    prefixes = ('',)
+  elif selection == 'embeddings':
+    prefixes = EMBEDDING_PARAMS
+  else:
+    prefixes = tuple(p.strip() for p in selection.split(',') if p.strip())
+    unknown = [p for p in prefixes if not any(_matches(k, p) for k in paths)]
+    if unknown or not prefixes:
+      tops = sorted({k.split('.')[0] for k in paths})
+      raise ConfigError('online.params', f'{unknown or selection!r} match no parameter; use '
+                        f"'all', 'embeddings' or path prefixes of {tops}")
+  return jax.tree_util.tree_map_with_path(
+      lambda p, _: any(_matches(jax.tree_util.keystr(p, simple=True, separator='.'), q)
+                       for q in prefixes), abstract_params)
+
+
+def _matches(path: str, prefix: str) -> bool:
+  return not prefix or path == prefix or path.startswith(prefix + '.')
+
+
+def make_online_optimizer(oc: Any, mask: Any) -> optax.GradientTransformation:
+  """Clipped AdamW at a constant ``online.learning_rate``; the update of every parameter outside
+  ``mask`` is zero (its gradient is stopped too, so it costs no backward pass)."""
+  keep = optax.stateless(lambda updates, _params=None: jax.tree.map(
+      lambda u, m: u if m else jnp.zeros_like(u), updates, mask))
+  decay = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  return optax.chain(
+      optax.clip_by_global_norm(oc.grad_clip) if oc.grad_clip > 0 else optax.identity(),
+      optax.adamw(oc.learning_rate, b1=oc.b1, b2=oc.b2, weight_decay=oc.weight_decay, mask=decay),
+      keep)
+
+
+def validate(config: ml_collections.ConfigDict, dp: int) -> None:
+  """Checks ``config.online`` (and what online adaptation needs of the model)."""
+  oc = config.online
+  if config.model.get('head', 'softmax') != 'softmax':
+    raise ConfigError('model.head', 'online adaptation supports the softmax head only (new items '
+                      'would need semantic-ID codes)')
+  if oc.learning_rate <= 0:
+    raise ConfigError('online.learning_rate', f'must be positive, got {oc.learning_rate}')
+  for key in ('batch_size',):
+    if oc[key] <= 0:
+      raise ConfigError(f'online.{key}', f'must be positive, got {oc[key]}')
+  for key in ('replay_size', 'replay_batch', 'l2_pull', 'snapshot_every', 'max_wait_s',
+              'window_s', 'grow_items'):
+    if oc[key] < 0:
+      raise ConfigError(f'online.{key}', f'must be >= 0, got {oc[key]}')
+  if oc.keep_snapshots < 1:
+    raise ConfigError('online.keep_snapshots', 'must be >= 1')
+  for key in ('batch_size', 'replay_batch'):
+    if oc[key] % dp:
+      raise ConfigError(f'online.{key}', f'{oc[key]} is not divisible by the {dp}-way batch '
+                        'sharding of the mesh')
+
+
+def _window(history: Sequence[int], item: int, width: int) -> np.ndarray:
+  """int32 [width]: ``history + [item]``, last ``width`` items, left-padded with 0."""
+  seq = list(history[-(width - 1):]) + [item]
+  out = np.zeros(width, np.int32)
+  out[-len(seq):] = seq
+  return out
+
+
+def _bucket(n: int) -> int:
+  """Seen-item width: a power of two >= n (>= 8), so ranking compiles for few shapes."""
+  return max(8, 1 << max(0, int(n) - 1).bit_length())
+
+
+@dataclasses.dataclass
+class RunSummary:
+  """What :meth:`OnlineLearner.run` did."""
+  events: int = 0  # interactions learned from
+  records: int = 0  # records consumed (interactions + item registrations)
+  steps: int = 0
+  new_items: int = 0
+  seconds: float = 0.0
+  step_latency_ms: list[float] = dataclasses.field(default_factory=list)
+  ranks: list[int] = dataclasses.field(default_factory=list)  # prequential, when evaluated
+  position: int = 0
+
+  def to_json(self, ks: Sequence[int] = (10,)) -> dict[str, Any]:
+    lat = np.asarray(self.step_latency_ms or [np.nan])
+    out = {'events': self.events, 'records': self.records, 'steps': self.steps,
+           'new_items': self.new_items, 'seconds': round(self.seconds, 3),
+           'events_per_s': round(self.events / max(self.seconds, 1e-9), 1),
+           'update_latency_ms_p50': round(float(np.percentile(lat, 50)), 2),
+           'update_latency_ms_p99': round(float(np.percentile(lat, 99)), 2),
+           'position': self.position}
+    if self.ranks:
+      out['prequential'] = metrics_lib.ranking_metrics(np.asarray(self.ranks), ks)
+    return out
+
+
+class OnlineLearner:
+  """Adapts a trained workdir's model to a stream of events. See the module docstring.
+
+  Args:
+    workdir: a workdir written by ``llm4rec train``.
+    overrides: ``config.online`` fields (e.g. ``{'learning_rate': 3e-4, 'params': 'embeddings'}``).
+    checkpoint: the training checkpoint to start from: 'best', 'latest' or a step.
+    resume: continue from the latest snapshot in ``WORKDIR/online/snapshots`` when there is one.
+    index: an ``llm4rec_jax.retrieval.ItemIndex`` to upsert new and changed items into.
+  """
+
+  def __init__(self, workdir: str | pathlib.Path, *, overrides: Mapping[str, Any] | None = None,
+               checkpoint: str = 'best', resume: bool = True, index: Any = None):
+    from llm4rec_jax.train.trainer import model_config  # pylint: disable=import-outside-toplevel
+    self.workdir = pathlib.Path(workdir)
+    self.config = config_base.load(self.workdir)
+    if overrides:
+      unknown = sorted(set(overrides) - set(self.config.online))
+      if unknown:
+        raise ConfigError(f'online.{unknown[0]}', f'unknown field; config.online has '
+                          f'{sorted(self.config.online)}')
+      self.config.online.update(dict(overrides))
+    oc = self.oc = self.config.online
+    self.mesh = partitioning.make_mesh(self.config.mesh)
+    self.rules = self.config.mesh.rules
+    self.dp = partitioning.data_parallel_size(self.mesh, self.rules)
+    validate(self.config, self.dp)
+    catalog_path = self.workdir / 'items.json'
+    if not catalog_path.exists():
+      raise DataError('item catalog missing; train in this workdir first', path=str(catalog_path))
+    items = json.loads(catalog_path.read_text())
+    cfg = model_config(self.config, items['num_items'], self.mesh)
+    shards = math.prod(self.mesh.shape[a] for a in partitioning.rule_axes(self.rules, 'vocab')
+                       if a in self.mesh.shape)
+    self.vocab_multiple = 128 * shards
+    self.content_np: ItemContent | None = None
+    spec_path = self.workdir / 'content_spec.json'
+    if spec_path.exists():
+      cspec = ContentSpec.from_json(json.loads(spec_path.read_text()))
+      if cspec.num_tokens:
+        cfg = dataclasses.replace(cfg, content=cspec)
+        self.content_np = ItemContent.load(self.workdir / 'content.npz', cspec)
+    if not cfg.uses_content:
+      self.content_np = None
+    self.cfg = cfg
+    self.width = self.config.data.max_len + 1
+    self.catalog = ItemCatalog(items['raw_ids'], cfg.vocab_size)
+    self.histories: dict[str, list[int]] = {}
+    self.replay = ReplayBuffer(oc.replay_size, self.width, policy=oc.replay_policy,
+                               seed=self.config.seed)
+    self.position = 0
+    self.index = index
+    self.content_rows: ContentRows | None = None
+
+    spec = state_lib.build_model_spec(cfg, self.mesh, self.rules)
+    self.trainable = trainable_mask(spec.abstract_params, oc.params)
+    self.tx = make_online_optimizer(oc, self.trainable)
+    train_tx, _ = optimizer_lib.make_optimizer(self.config.optimizer, 1)
+    abstract, shardings = state_lib.state_shardings(spec, train_tx)
+    ckpt = Checkpointer(self.workdir / 'checkpoints', async_save=False)
+    self.trained_step = (ckpt.best_step() if checkpoint == 'best' else ckpt.latest_step()
+                         if checkpoint == 'latest' else int(checkpoint))
+    trained = ckpt.restore_params(self.trained_step, abstract, shardings)
+    ckpt.close()
+    # The pull target: the full-training weights (host copy; rows of items registered online are 0).
+    self._trained_host = jax.device_get(trained) if oc.l2_pull > 0 else None
+
+    self.snapshots = SnapshotManager(self.workdir / 'online' / 'snapshots',
+                                     max_to_keep=oc.keep_snapshots)
+    latest = self.snapshots.latest() if resume else None
+    if oc.bootstrap or (self.content_np is not None):
+      self._bootstrap(bootstrap_histories=oc.bootstrap and latest is None)
+    if latest is not None:
+      self._restore(latest)
+    else:
+      self._set_spec(spec)
+      opt_state = jax.jit(self.tx.init, out_shardings=self.shardings['opt_state'])(trained)
+      step = jax.device_put(jnp.zeros((), jnp.int32), spec.replicated)
+      rng = jax.device_put(jax.random.key_data(jax.random.fold_in(
+          jax.random.key(self.config.seed), 2)), spec.replicated)
+      self.state = {'step': step, 'params': trained, 'opt_state': opt_state, 'rng': rng}
+      self._put_catalog()
+    self._snapshot_position = self.position
+
+  # ----------------------------------------------------------------------------------------------
+  # Setup.
+
+  def _bootstrap(self, *, bootstrap_histories: bool) -> None:
+    """User histories and replay examples from the workdir's training data; the item table for
+    content rows of new items."""
+    from llm4rec_jax.data import registry  # pylint: disable=import-outside-toplevel
+    ds = registry.load(self.config.data)
+    raw = [str(r) for r in ds.items.raw_ids]
+    if raw != self.catalog.raw_ids[:len(raw)]:
+      raise DataError(f'dataset {self.config.data.name!r} does not match the item catalog of '
+                      f'{self.workdir / "items.json"} (different item ids or order)',
+                      field='data.name')
+    if self.content_np is not None:
+      self.content_rows = ContentRows(ds.items, self.cfg.content, self.config.content)
+    if not bootstrap_histories:
+      return
+    user_raw = [str(u) for u in ds.users.raw_ids]
+    for u, seq in enumerate(ds.sequences()):
+      if u == 0 or not len(seq):
+        continue
+      self.histories[user_raw[u]] = seq.astype(np.int32).tolist()
+      if len(seq) >= 2:
+        self.replay.add(np.stack([_window(seq[:t], int(seq[t]), self.width)
+                                  for t in range(1, len(seq))]))
+
+  def _set_spec(self, spec: state_lib.ModelSpec) -> None:
+    """(Re)builds everything that depends on the vocabulary size: shardings and jitted functions."""
+    self.spec = spec
+    self.abstract, self.shardings = state_lib.state_shardings(spec, self.tx)
+    self.vocab_leaves = jax.tree.map(lambda x: x.ndim >= 1 and x.shape[0] == spec.cfg.vocab_size,
+                                     spec.abstract_params)
+    self._catalog_sharding = jax.sharding.NamedSharding(
+        self.mesh, partitioning.logical_to_mesh(('vocab',), self.rules, self.mesh,
+                                                (spec.cfg.vocab_size,)))
+    vocab = spec.cfg.vocab_size
+    self._content_sharding = None if self.content_np is None else jax.tree.map(
+        lambda x: jax.sharding.NamedSharding(self.mesh, partitioning.logical_to_mesh(
+            ('vocab',) + (None,) * (np.ndim(x) - 1), self.rules, self.mesh,
+            (vocab,) + tuple(np.shape(x)[1:]))), self.content_np)
+    self._step_fn = self._make_step()
+    self._rank_fn = evaluation.make_rank_fn(spec.graphdef, exclude_seen=self.config.eval.exclude_seen,
+                                            top_k=10)
+    graphdef = spec.graphdef
+
+    @jax.jit
+    def table_rows(params, content, rows):
+      model = nnx.merge(graphdef, params)
+      return model.output_table(model.encode_catalog(content))[rows]
+    self._table_rows = table_rows
+
+  def _put_catalog(self) -> None:
+    self.catalog_mask = jax.device_put(self.catalog.mask(), self._catalog_sharding)
+    self.content = None
+    if self.content_np is not None:
+      from llm4rec_jax.train.trainer import put_content  # pylint: disable=import-outside-toplevel
+      self.content = put_content(self.content_np, self.mesh, self.rules)
+    self.anchor = None
+    if self._trained_host is not None:
+      n, vocab = self.catalog.num_trained, self.catalog.vocab_size
+      def anchor_leaf(x, is_vocab):
+        if not is_vocab:
+          return x
+        x = pad_rows(np.asarray(x), vocab)
+        x[n + 1:] = 0.0
+        return x
+      host = jax.tree.map(anchor_leaf, self._trained_host, self.vocab_leaves)
+      self.anchor = jax.device_put(host, self.shardings['params'])
+
+  def _make_step(self):
+    from llm4rec_jax.train.trainer import make_loss_fn  # pylint: disable=import-outside-toplevel
+    rows = self.oc.batch_size + self.oc.replay_batch
+    loss_fn = make_loss_fn(self.spec.cfg, self.spec.graphdef, self.config.loss, max_targets=rows)
+    trainable, tx, pull = self.trainable, self.tx, float(self.oc.l2_pull)
+
+    def step_fn(state, batch, content, catalog, anchor):
+      rng = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), state['step'])
+
+      def objective(params):
+        params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, trainable)
+        loss, aux = loss_fn(params, batch, content, rng, catalog)
+        total = loss
+        if anchor is not None:
+          sq = [jnp.sum(jnp.square(p - a)) for p, a, t in zip(
+              jax.tree.leaves(params), jax.tree.leaves(anchor), jax.tree.leaves(trainable)) if t]
+          total = loss + 0.5 * pull * sum(sq)
+        return total, dict(aux, loss=loss)
+
+      (_, aux), grads = jax.value_and_grad(objective, has_aux=True)(state['params'])
+      updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+      params = optax.apply_updates(state['params'], updates)
+      metrics = dict(aux, grad_norm=optax.global_norm(grads))
+      return dict(state, step=state['step'] + 1, params=params, opt_state=opt_state), metrics
+
+    batch_sharding = {'inputs': partitioning.batch_sharding(self.mesh, self.rules, 2),
+                      'targets': partitioning.batch_sharding(self.mesh, self.rules, 2)}
+    anchor_sharding = self.shardings['params'] if self.oc.l2_pull > 0 else None
+    return jax.jit(step_fn, in_shardings=(self.shardings, batch_sharding, self._content_sharding,
+                                          self._catalog_sharding, anchor_sharding),
+                   out_shardings=(self.shardings, self.spec.replicated), donate_argnums=(0,))
+
+  # ----------------------------------------------------------------------------------------------
+  # Items.
+
+  def register_items(self, raw_ids: Sequence[str],
+                     features: Sequence[Mapping[str, Any] | None] | None = None) -> list[int]:
+    """Registers items (new ones take free rows, growing the tables if needed) and sets the
+    content of those given ``features``; returns their rows. Registered items are scorable."""
+    features = list(features) if features is not None else [None] * len(raw_ids)
+    new = list(dict.fromkeys(str(r) for r in raw_ids if self.catalog.get(r) == 0))
+    if len(new) > self.catalog.free_rows:
+      self._grow(self.catalog.num_items + len(new) + 1)
+    new_rows = [self.catalog.register(r) for r in new]
+    rows = [self.catalog.get(r) for r in raw_ids]
+    if new_rows:
+      self._zero_rows(new_rows)
+    with_content = [(r, f) for r, f in zip(rows, features) if f is not None or r in new_rows]
+    if self.content_np is not None and with_content:
+      if self.content_rows is None:
+        raise ConfigError('online.bootstrap', 'content of new items needs the training dataset '
+                          '(its category vocabularies and feature statistics); keep it readable')
+      self.content_np = self.content_rows.fill(self.content_np, [r for r, _ in with_content],
+                                               [f for _, f in with_content])
+    changed = sorted(set(new_rows) | ({r for r, _ in with_content}
+                                      if self.content_np is not None else set()))
+    if changed:
+      self._put_catalog()
+      self.upsert_index(changed)
+    return rows
+
+  def _zero_rows(self, rows: Sequence[int]) -> None:
+    """New items start from a zero id row (with content: their content embedding alone)."""
+    idx = jnp.asarray(rows, jnp.int32)
+
+    def zero(params):
+      return jax.tree.map(lambda p, v: p.at[idx].set(0.0) if v else p, params, self.vocab_leaves)
+    params = jax.jit(zero, out_shardings=self.shardings['params'], donate_argnums=(0,))(
+        self.state['params'])
+    self.state = dict(self.state, params=params)
+
+  def _grow(self, needed_rows: int) -> None:
+    """More catalog rows: pads every catalog-sharded array (parameters, optimizer moments, content,
+    catalog mask) and re-shards it for the new vocabulary size."""
+    old = self.catalog.vocab_size
+    vocab = grown_vocab(needed_rows, old, self.oc.grow_items, self.vocab_multiple)
+    logging.info('growing the item vocabulary %d -> %d rows', old, vocab)
+    host = jax.device_get(self.state)
+    self.cfg = dataclasses.replace(self.cfg, vocab_size=vocab)
+    self.config.model.vocab_size = vocab
+    self.catalog.vocab_size = vocab
+    self._set_spec(state_lib.build_model_spec(self.cfg, self.mesh, self.rules))
+    abstract_opt = jax.eval_shape(self.tx.init, self.spec.abstract_params)
+
+    def pad(x, like):
+      return pad_rows(np.asarray(x), like.shape[0]) if np.shape(x) != like.shape else np.asarray(x)
+    host['params'] = jax.tree.map(pad, host['params'], self.spec.abstract_params)
+    host['opt_state'] = jax.tree.map(pad, host['opt_state'], abstract_opt)
+    self.state = jax.device_put(host, self.shardings)
+    if self.content_np is not None:
+      self.content_np = jax.tree.map(lambda x: pad_rows(np.asarray(x), vocab), self.content_np)
+    self._put_catalog()
+
+  # ----------------------------------------------------------------------------------------------
+  # Events.
+
+  def _put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    return partitioning.to_global(batch, self.mesh, self.rules)
+
+  def rank(self, events: Sequence[Event]) -> np.ndarray:
+    """Prequential ranks (0 = top) of each interaction's item given the user's history before it,
+    with the current parameters; an item the model does not know yet counts as a miss."""
+    inter = [e for e in events if e.is_interaction]
+    if not inter:
+      return np.zeros(0, np.int64)
+    extra: dict[str, list[int]] = {}
+    rows = []
+    for e in inter:
+      h = self.histories.get(e.user, []) + extra.get(e.user, [])
+      item = self.catalog.get(e.item)
+      rows.append((h, item))
+      if item:
+        extra.setdefault(e.user, []).append(item)
+    b = self.oc.batch_size
+    out = []
+    for s in range(0, len(rows), b):
+      chunk = rows[s:s + b]
+      width = _bucket(max(len(h) for h, _ in chunk))
+      inputs = np.zeros((b, self.width - 1), np.int32)
+      seen = np.zeros((b, width), np.int32)
+      targets = np.zeros(b, np.int32)
+      for i, (h, item) in enumerate(chunk):
+        tail = h[-(self.width - 1):]
+        if tail:
+          inputs[i, -len(tail):] = tail
+          seen[i, :len(h)] = h
+        targets[i] = item
+      r, _ = self._rank_fn(self.state['params'],
+                           self._put_batch({'inputs': inputs, 'seen': seen, 'targets': targets}),
+                           self.content, self.catalog_mask)
+      r = np.asarray(jax.device_get(r))[:len(chunk)].astype(np.int64)
+      miss = targets[:len(chunk)] == 0
+      r[miss] = max(self.catalog.num_items, 1)
+      out.append(r)
+    return np.concatenate(out)
+
+  def observe(self, events: Sequence[Event]) -> None:
+    """Advances the stream without learning (a frozen model): histories grow by known items."""
+    for e in events:
+      if e.is_interaction:
+        item = self.catalog.get(e.item)
+        if item:
+          self.histories.setdefault(e.user, []).append(item)
+    self.position += len(events)
+
+  def learn(self, events: Sequence[Event]) -> dict[str, float]:
+    """Registers new items and applies incremental step(s) (one per ``online.batch_size``
+    interactions); returns the last step's metrics (``{}`` if no event had a history)."""
+    reg = [e for e in events if not e.is_interaction or e.features is not None
+           or self.catalog.get(e.item) == 0]
+    if reg:
+      self.register_items([e.item for e in reg], [e.features for e in reg])
+    windows = []
+    for e in events:
+      if not e.is_interaction:
+        continue
+      item = self.catalog.get(e.item)
+      h = self.histories.setdefault(e.user, [])
+      if h:  # a user's first item has nothing to be predicted from
+        windows.append(_window(h, item, self.width))
+      h.append(item)
+    metrics: dict[str, float] = {}
+    b = self.oc.batch_size
+    for s in range(0, len(windows), b):
+      metrics = self._apply(np.stack(windows[s:s + b]))
+    self.position += len(events)
+    return metrics
+
+  def _apply(self, stream_rows: np.ndarray) -> dict[str, float]:
+    b = self.oc.batch_size
+    rows = np.zeros((b + self.oc.replay_batch, self.width), np.int32)
+    rows[:len(stream_rows)] = stream_rows
+    rows[b:] = self.replay.sample(self.oc.replay_batch)
+    self.replay.add(stream_rows)
+    inputs = rows[:, :-1]
+    targets = np.zeros_like(inputs)
+    targets[:, -1] = np.where(inputs[:, -1] > 0, rows[:, -1], 0)
+    batch = self._put_batch({'inputs': inputs, 'targets': targets})
+    self.state, metrics = self._step_fn(self.state, batch, self.content, self.catalog_mask,
+                                        self.anchor)
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if not math.isfinite(metrics['loss']):
+      raise NonFiniteLossError(f'non-finite online loss at stream position {self.position}: '
+                               f'{metrics}. Snapshots written before are intact (lower '
+                               'online.learning_rate).')
+    if self.index is not None:
+      touched = np.unique(stream_rows[:, -1])
+      self.upsert_index(touched[touched > 0])
+    return metrics
+
+  def upsert_index(self, rows: Sequence[int] | np.ndarray | None = None) -> None:
+    """Writes the current vectors of ``rows`` (default: every registered item) into the index."""
+    if self.index is None:
+      return
+    rows = (np.arange(1, self.catalog.num_items + 1) if rows is None
+            else np.asarray(rows, np.int64))
+    if not len(rows):
+      return
+    vectors = np.asarray(jax.device_get(self._table_rows(self.state['params'], self.content,
+                                                         jnp.asarray(rows, jnp.int32))))
+    self.index.upsert(rows, vectors)
+
+  # ----------------------------------------------------------------------------------------------
+  # Snapshots.
+
+  def snapshot(self) -> None:
+    """Saves the adapted state with the stream position (async; :meth:`close` waits)."""
+    if self.snapshots.latest() == self.position:
+      return
+    users = sorted(self.histories)
+    lengths = np.asarray([len(self.histories[u]) for u in users], np.int64)
+    flat = [i for u in users for i in self.histories[u]]
+    arrays = {'history_offsets': np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+              'history_items': np.asarray(flat or [0], np.int32),
+              **{f'replay_{k}': v for k, v in self.replay.state().items()}}
+    if self.content_np is not None:
+      arrays.update({f'content_{i}': np.asarray(x)
+                     for i, x in enumerate(jax.tree.leaves(self.content_np))})
+    host = {'position': self.position, 'vocab_size': self.catalog.vocab_size,
+            'num_trained_items': self.catalog.num_trained,
+            'new_items': self.catalog.raw_ids[self.catalog.num_trained + 1:],
+            'users': users, 'trained_step': self.trained_step, 'time': time.time()}
+    self.snapshots.save(self.position, self.state, host, arrays)
+    self._snapshot_position = self.position
+
+  def _restore(self, position: int) -> None:
+    host, arrays = self.snapshots.restore_host(position)
+    self.catalog.raw_ids = self.catalog.raw_ids[:host['num_trained_items'] + 1] + list(
+        host['new_items'])
+    self.catalog.index = {r: i for i, r in enumerate(self.catalog.raw_ids) if i}
+    self.catalog.vocab_size = host['vocab_size']
+    self.config.model.vocab_size = host['vocab_size']
+    self.cfg = dataclasses.replace(self.cfg, vocab_size=host['vocab_size'])
+    self._set_spec(state_lib.build_model_spec(self.cfg, self.mesh, self.rules))
+    self.state = self.snapshots.restore_state(position,
+                                              abstract_with_shardings(self.abstract,
+                                                                      self.shardings))
+    offsets, flat = arrays['history_offsets'], arrays['history_items']
+    self.histories = {u: flat[offsets[i]:offsets[i + 1]].astype(np.int32).tolist()
+                      for i, u in enumerate(host['users'])}
+    self.replay.load_state({'windows': arrays['replay_windows'],
+                            'counters': arrays['replay_counters']})
+    if self.content_np is not None:
+      treedef = jax.tree.structure(self.content_np)
+      n = treedef.num_leaves
+      self.content_np = jax.tree.unflatten(treedef, [arrays[f'content_{i}'] for i in range(n)])
+    self.position = int(host['position'])
+    self._put_catalog()
+    logging.info('resumed online learning at stream position %d', self.position)
+
+  def close(self) -> None:
+    self.snapshots.close()
+
+  # ----------------------------------------------------------------------------------------------
+  # The loop.
+
+  def run(self, source: stream.Source | Iterable[Any], *, evaluate: bool = False,
+          max_records: int | None = None) -> RunSummary:
+    """Consumes ``source`` (skipping the records already applied) in micro-batches: optionally
+    ranks every interaction before learning from it (prequential), learns, snapshots every
+    ``online.snapshot_every`` records and at the end."""
+    oc = self.oc
+    events = stream.open_events(source, skip=self.position)
+    if max_records is not None:
+      import itertools  # pylint: disable=import-outside-toplevel
+      events = itertools.islice(events, max_records)
+    summary = RunSummary()
+    t0 = time.perf_counter()
+    for batch in stream.micro_batches(events, size=oc.batch_size, max_wait_s=oc.max_wait_s,
+                                      window_s=oc.window_s):
+      if evaluate:
+        summary.ranks.extend(self.rank(batch).tolist())
+      before = self.catalog.num_items
+      t_step = time.perf_counter()
+      self.learn(batch)
+      summary.step_latency_ms.append(1e3 * (time.perf_counter() - t_step))
+      summary.new_items += self.catalog.num_items - before
+      summary.records += len(batch)
+      summary.events += sum(e.is_interaction for e in batch)
+      summary.steps += 1
+      if oc.snapshot_every and self.position - self._snapshot_position >= oc.snapshot_every:
+        self.snapshot()
+    summary.seconds = time.perf_counter() - t0
+    self.snapshot()
+    summary.position = self.position
+    self._log(summary)
+    return summary
+
+  def _log(self, summary: RunSummary) -> None:
+    if jax.process_index() != 0:
+      return
+    path = self.workdir / 'online' / 'log.jsonl'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, 'a') as f:
+      f.write(json.dumps({'event': 'run', **summary.to_json()}) + '\n')
+
+
+def adapt(workdir: str | pathlib.Path, events: stream.Source | Iterable[Any], *,
+          overrides: Mapping[str, Any] | None = None, evaluate: bool = False,
+          checkpoint: str = 'best') -> dict[str, Any]:
+  """Adapts ``workdir``'s model on ``events`` (path, '-', or iterable) and returns a summary; resumes
+  from the latest snapshot. Upserts into ``WORKDIR/index`` when a ScaNN index was built there."""
+  learner = OnlineLearner(workdir, overrides=overrides, checkpoint=checkpoint)
+  try:
+    if learner.oc.upsert_index:
+      learner.index = _load_index(pathlib.Path(workdir))
+    summary = learner.run(events, evaluate=evaluate)
+    if learner.index is not None:
+      learner.upsert_index()
+      learner.index.save(pathlib.Path(workdir) / 'online' / 'index')
+  finally:
+    learner.close()
+  out = summary.to_json()
+  out.update(workdir=str(workdir), num_items=learner.catalog.num_items,
+             vocab_size=learner.catalog.vocab_size,
+             snapshot=str(learner.snapshots.directory / str(learner.position)))
+  return out
+
+
+def _load_index(workdir: pathlib.Path) -> Any:
+  """The ScaNN index of ``workdir`` (the adapted copy if one was saved), or None."""
+  from llm4rec_jax.retrieval import index as index_lib  # pylint: disable=import-outside-toplevel
+  for d in (workdir / 'online' / 'index', workdir / 'index'):
+    if (d / index_lib.META_FILE).exists():
+      return index_lib.ItemIndex.load(d)
+  return None

@@ -1,0 +1,258 @@
+"""Online adaptation: event streams, the incremental step, item registration and growth, replay,
+snapshots and resume, the `llm4rec adapt` command."""
+
+import io
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import threading
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from llm4rec_jax.data import events as events_lib
+from llm4rec_jax.errors import ConfigError, DataError
+from llm4rec_jax.online import OnlineLearner, ReplayBuffer, micro_batches, open_events
+from llm4rec_jax.train import trainer
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SMALL = {'train.max_steps': 4, 'train.eval_every': 4, 'train.num_epochs': 1}
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """A tiny model trained for a few steps on the synthetic data (8-device data-parallel mesh)."""
+  workdir = tmp_path_factory.mktemp('online') / 'trained'
+  trainer.train_and_evaluate(tiny_config(**SMALL), workdir)
+  return workdir
+
+
+@pytest.fixture
+def workdir(trained, tmp_path):
+  """A private copy (learners write snapshots into the workdir)."""
+  return pathlib.Path(shutil.copytree(trained, tmp_path / 'w'))
+
+
+def _events(n, seed=0, new_every=0):
+  """``n`` interactions of known users on known items (synthetic raw ids 'u1..', 'i1..');
+  every ``new_every``-th uses a new item."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for k in range(n):
+    item = f'new{k}' if new_every and k % new_every == 0 else f'i{rng.integers(1, 121)}'
+    out.append({'user': f'u{rng.integers(1, 40)}', 'item': item, 'timestamp': 1000 + k})
+  return out
+
+
+def _params(learner):
+  return jax.tree_util.tree_leaves_with_path(jax.device_get(learner.state['params']))
+
+
+@pytest.mark.parametrize('selection,expect', [
+    ('item_embed', {"['item_embed']"}),
+    ('blocks.0.mlp', {"['blocks'][0]['mlp']['w_down']", "['blocks'][0]['mlp']['w_gate']",
+                      "['blocks'][0]['mlp']['w_up']"}),
+])
+def test_one_step_changes_only_the_chosen_parameters(workdir, selection, expect):
+  learner = OnlineLearner(workdir, overrides={'params': selection, 'learning_rate': 1e-2,
+                                              'batch_size': 8, 'replay_batch': 8})
+  before = _params(learner)
+  events = [events_lib.parse_event(e) for e in _events(8)]
+  metrics = learner.learn(events)
+  assert int(learner.state['step']) == 1 and np.isfinite(metrics['loss'])
+  changed = {jax.tree_util.keystr(p) for (p, a), (_, b) in zip(before, _params(learner))
+             if not np.array_equal(a, b)}
+  assert changed == expect
+  # Sharded exactly as in training: the item table along the catalog axis.
+  assert learner.state['params']['item_embed'].sharding.spec == learner.shardings['params'][
+      'item_embed'].spec
+  learner.close()
+
+
+def test_unknown_parameter_selection_is_a_config_error(workdir):
+  with pytest.raises(ConfigError, match='online.params'):
+    OnlineLearner(workdir, overrides={'params': 'no_such_layer'})
+  with pytest.raises(ConfigError, match='online.batch_size'):
+    OnlineLearner(workdir, overrides={'batch_size': 12})  # 8-way data parallel mesh
+  with pytest.raises(ConfigError, match='online.learning_rat'):
+    OnlineLearner(workdir, overrides={'learning_rat': 1e-3})
+
+
+def test_new_items_become_scorable_and_learnable_and_the_tables_grow(workdir):
+  learner = OnlineLearner(workdir, overrides={'batch_size': 8, 'replay_batch': 8,
+                                              'learning_rate': 3e-2, 'grow_items': 1})
+  vocab, n = learner.catalog.vocab_size, learner.catalog.num_items
+  assert (vocab, n) == (128, 120)
+  probe = [events_lib.Event(user='u5', item='fresh')]
+  assert learner.rank(probe)[0] >= n  # unknown: a miss
+  learner.register_items(['fresh'])
+  row = learner.catalog.get('fresh')
+  assert row == n + 1 and bool(np.asarray(learner.catalog_mask)[row])
+  assert learner.rank(probe)[0] < n + 1  # scorable now
+  # Learning "user -> fresh" moves it up the user's ranking.
+  first = learner.rank(probe)[0]
+  for _ in range(5):  # other users (the probe's own history must not contain it: seen items
+    learner.learn([events_lib.Event(user=f'u{u}', item='fresh') for u in range(10, 18)])
+  assert learner.rank(probe)[0] < first
+  # Capacity: 7 free rows; 20 new items grow every catalog-sharded array to the next multiple.
+  old = jax.device_get(learner.state['params']['item_embed'])
+  learner.register_items([f'more{k}' for k in range(20)])
+  assert learner.catalog.vocab_size == 256 and learner.catalog.num_items == n + 21
+  emb = learner.state['params']['item_embed']
+  assert emb.shape == (256, 32)
+  assert emb.sharding.spec == learner.shardings['params']['item_embed'].spec
+  grown = np.asarray(jax.device_get(emb))
+  np.testing.assert_array_equal(grown[:n + 1], old[:n + 1])  # trained rows kept
+  assert not grown[n + 2:n + 22].any()  # new items start from zero rows
+  assert np.asarray(learner.catalog_mask).sum() == n + 21
+  learner.learn([events_lib.Event(user='u7', item=f'more{k}') for k in range(20)])
+  assert learner.rank([events_lib.Event(user='u8', item='more19')])[0] < n + 21
+  learner.close()
+
+
+def test_l2_pull_keeps_the_adapted_weights_near_the_trained_ones(workdir):
+  events = [events_lib.parse_event(e) for e in _events(40, seed=3)]
+
+  def drift(pull):
+    learner = OnlineLearner(workdir, resume=False, overrides={
+        'batch_size': 8, 'replay_batch': 0, 'learning_rate': 1e-2, 'l2_pull': pull,
+        'params': 'item_embed'})
+    start = np.asarray(jax.device_get(learner.state['params']['item_embed']))
+    for s in range(0, 40, 8):
+      learner.learn(events[s:s + 8])
+    end = np.asarray(jax.device_get(learner.state['params']['item_embed']))
+    learner.close()
+    return np.linalg.norm(end - start)
+
+  assert drift(50.0) < 0.5 * drift(0.0)
+
+
+def test_resume_from_a_snapshot_continues_at_the_recorded_position(workdir, tmp_path):
+  path = tmp_path / 'events.jsonl'
+  events_lib.write_jsonl(path, _events(56, seed=1, new_every=9))
+  overrides = {'batch_size': 8, 'replay_batch': 8, 'snapshot_every': 16, 'learning_rate': 1e-2}
+  reference_dir = pathlib.Path(shutil.copytree(workdir, tmp_path / 'ref'))
+
+  def crashing(n):
+    for k, e in enumerate(open_events(path)):
+      if k == n:
+        raise RuntimeError('crash')
+      yield e
+
+  learner = OnlineLearner(workdir, overrides=overrides)
+  with pytest.raises(RuntimeError, match='crash'):
+    learner.run(crashing(44))
+  learner.close()
+  # Snapshots after 16 and 32 records; the 8 records applied after the last one are lost.
+  resumed = OnlineLearner(workdir, overrides=overrides)
+  assert resumed.position == 32 and int(resumed.state['step']) == 4
+  summary = resumed.run(path)
+  assert summary.records == 24 and resumed.position == 56
+
+  reference = OnlineLearner(reference_dir, overrides=overrides)
+  reference.run(path)
+  assert reference.catalog.raw_ids == resumed.catalog.raw_ids
+  assert reference.histories == resumed.histories
+  for (p, a), (_, b) in zip(_params(reference), _params(resumed)):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(p))
+  resumed.close(), reference.close()
+
+
+def test_replay_buffer_policies_capacity_and_exact_restore():
+  windows = np.arange(1, 1001, dtype=np.int32)[:, None].repeat(3, axis=1)
+  recent = ReplayBuffer(10, 3, policy='recent')
+  recent.add(windows)
+  assert len(recent) == 10 and set(recent.windows[:, 0]) == set(range(991, 1001))
+  # Reservoir: a uniform sample of everything offered (old items stay represented).
+  kept = []
+  for seed in range(20):
+    r = ReplayBuffer(100, 3, seed=seed)
+    r.add(windows)
+    assert len(r) == 100 and r.offered == 1000
+    kept.append(r.windows[:, 0])
+  kept = np.concatenate(kept)
+  assert 0.4 < (kept <= 500).mean() < 0.6
+  # Sampling draws stored rows; a restored buffer continues exactly like the original.
+  r = ReplayBuffer(100, 3, seed=1)
+  r.add(windows[:300])
+  clone = ReplayBuffer(100, 3, seed=1)
+  clone.load_state(r.state())
+  r.add(windows[300:]), clone.add(windows[300:])
+  np.testing.assert_array_equal(r.sample(16), clone.sample(16))
+  assert set(r.sample(64)[:, 0]) <= set(r.windows[:, 0])
+  assert not ReplayBuffer(5, 3).sample(4).any()  # empty: padding rows (no targets)
+  with pytest.raises(ConfigError, match='online.replay_policy'):
+    ReplayBuffer(5, 3, policy='lifo')
+
+
+def test_replay_rows_are_mixed_into_every_step(workdir):
+  learner = OnlineLearner(workdir, overrides={'batch_size': 8, 'replay_batch': 16})
+  assert len(learner.replay) > 0  # seeded from the training data
+  draws, offered = learner.replay.draws, learner.replay.offered
+  metrics = learner.learn([events_lib.parse_event(e) for e in _events(8, seed=2)])
+  assert learner.replay.draws == draws + 1
+  assert learner.replay.offered == offered + 8  # every event's user has a history
+  assert metrics['num_targets'] > 8  # stream rows (at most 8) + replay rows
+  learner.close()
+
+
+def test_event_files_report_bad_lines_and_batch_by_size_and_time(tmp_path):
+  path = tmp_path / 'e.jsonl'
+  path.write_text('{"user": "u1", "item": "a", "timestamp": 5}\n\n{"user": "u1", "item": }\n')
+  with pytest.raises(DataError, match=r'e.jsonl:3: not valid JSON'):
+    list(open_events(path))
+  path.write_text('{"user": "u1", "item": "a"}\n{"user": "u1", "itme": "b"}\n')
+  with pytest.raises(DataError, match=r"e.jsonl:2, field 'itme': unknown key"):
+    list(open_events(path))
+  path.write_text('{"user": "u1", "item": "a", "timestamp": "noon"}\n')
+  with pytest.raises(DataError, match=r"e.jsonl:1, field 'timestamp'"):
+    list(open_events(path))
+  events = [events_lib.Event(user='u', item=str(k), timestamp=float(t))
+            for k, t in enumerate([0, 1, 2, 10, 11, 30, 31, 32, 33])]
+  assert [len(b) for b in micro_batches(events, size=4)] == [4, 4, 1]
+  assert [len(b) for b in micro_batches(events, size=4, window_s=5)] == [3, 2, 4]
+  assert [e.item for e in open_events(iter([{'user': 1, 'item': 2}] * 3), skip=2)] == ['2']
+
+  release = threading.Event()
+
+  def slow():  # two events, then a pause far longer than max_wait_s
+    yield from events[:2]
+    release.wait(timeout=10)
+    yield events[2]
+
+  batches = micro_batches(slow(), size=4, max_wait_s=0.05)
+  assert len(next(batches)) == 2  # closed by the wait, not by the size
+  release.set()
+  assert [len(b) for b in batches] == [1]
+
+
+def test_event_log_trains_a_model_and_adapt_command_reads_stdin(tmp_path):
+  rng = np.random.default_rng(0)
+  log = [{'user': f'u{u}', 'item': f'i{int(rng.integers(0, 30))}', 'timestamp': 100 * u + k,
+          'features': {'genre': [f'g{k % 3}']}} for u in range(64) for k in range(6)]
+  events_lib.write_jsonl(tmp_path / 'log.jsonl', log)
+  ds = events_lib.read_events_dataset(tmp_path / 'log.jsonl')
+  assert ds.num_users == 64 and ds.has_timestamps and 'genre' in ds.items.categorical
+  config = tiny_config(**{'data.name': f'events:{tmp_path / "log.jsonl"}', 'train.max_steps': 2,
+                          'train.eval_every': 2, 'mesh.num_devices': 1, 'mesh.shape': (1, 1, 1)})
+  workdir = tmp_path / 'w'
+  trainer.train_and_evaluate(config, workdir)
+  stream = '\n'.join(json.dumps({'user': 'u1', 'item': i}) for i in ('i3', 'brand-new', 'i4'))
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  proc = subprocess.run([sys.executable, '-m', 'llm4rec_jax.cli', 'adapt', f'--workdir={workdir}',
+                         '--events=-', '--online=batch_size=2', '--online=replay_batch=2',
+                         '--prequential'], input=stream, cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout)
+  assert out['records'] == 3 and out['new_items'] == 1 and out['position'] == 3
+  assert out['prequential']['num_cases'] == 3
+  bad = subprocess.run([sys.executable, '-m', 'llm4rec_jax.cli', 'adapt', f'--workdir={workdir}',
+                        '--events=-'], input='{"user": "u1"}\n', cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert bad.returncode == 2 and "<stdin>:1, field 'item': missing item id" in bad.stderr
