@@ -95,6 +95,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.semantic_ids = ml_collections.ConfigDict(dict(
       source='features', num_levels=3, codebook_size=256, iters=20, beam_size=50))
 
+  # Fine-tuning the text encoder inside the recommender (llm4rec_jax.train.text_finetune; needs
+  # content.text read by the model). Off: item text embeddings are encoded once and stay frozen.
+  c.text_finetune = ml_collections.ConfigDict(dict(
+      enabled=False,
+      max_items_per_step=256,  # static budget: unique batch items re-encoded per step; 0 = all
+      learning_rate=0.0,  # the encoder's peak learning rate (same schedule); 0 = optimizer's
+      freeze_layers=0,  # > 0: the embeddings and the lowest N encoder layers stay frozen
+      encode_batch_size=256,  # catalog rows per chunk when re-encoding at each evaluation
+  ))
+
   # ScaNN item index (llm4rec_jax.retrieval.index; 0 = chosen from the catalog size) and
   # retrieval-augmented generation (llm4rec_jax.retrieval.context).
   c.retrieval = ml_collections.ConfigDict(dict(
@@ -215,6 +225,18 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
     raise ConfigError('model.cross_attention_every', 'must be >= 0 (0 = no cross-attention)')
   if not 0.0 <= c.data.get('cold_item_fraction', 0.0) < 1.0:
     raise ConfigError('data.cold_item_fraction', 'must be in [0, 1)')
+  ft = c.get('text_finetune') or {}
+  if ft.get('enabled', False):
+    if not c.content.text:
+      raise ConfigError('text_finetune.enabled', 'needs item text: set content.text')
+    if m.get('item_repr', 'id') == 'id' and not m.get('cross_attention_every', 0):
+      raise ConfigError('text_finetune.enabled', "the model does not read content: set "
+                        "model.item_repr to 'both'/'content' or model.cross_attention_every > 0")
+    for key in ('max_items_per_step', 'learning_rate', 'freeze_layers'):
+      if ft[key] < 0:
+        raise ConfigError(f'text_finetune.{key}', f'must be >= 0, got {ft[key]}')
+    if ft.encode_batch_size <= 0:
+      raise ConfigError('text_finetune.encode_batch_size', 'must be positive')
   if c.loss.type not in ('full_softmax', 'sampled_softmax'):
     raise ConfigError('loss.type', f"unknown loss {c.loss.type!r} (full_softmax | sampled_softmax)")
   if c.data.split not in ('leave_one_out', 'temporal'):

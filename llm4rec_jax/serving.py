@@ -22,11 +22,11 @@ from llm4rec_jax import config_base, evaluation, partitioning
 from llm4rec_jax.data.content import ContentSpec, ItemContent
 from llm4rec_jax.model.semantic_ids import SemanticIds
 from llm4rec_jax.retrieval import workdir_index
-from llm4rec_jax.train import semantic_codes
+from llm4rec_jax.train import semantic_codes, text_finetune
 from llm4rec_jax.errors import DataError, UnknownIdError
 from llm4rec_jax.train import optimizer as optimizer_lib
 from llm4rec_jax.train import state as state_lib
-from llm4rec_jax.train.checkpointing import Checkpointer
+from llm4rec_jax.train.checkpointing import Checkpointer, abstract_with_shardings
 
 
 class Recommender:
@@ -55,19 +55,29 @@ class Recommender:
       cfg = dataclasses.replace(cfg, content=content_spec if content_spec.num_tokens else None)
       self.content = jax.tree.map(jnp.asarray,
                                   ItemContent.load(self.workdir / 'content.npz', content_spec))
+    encoder_cfg = text_finetune.load_encoder_config(self.workdir)
+    if encoder_cfg is not None:  # the text encoder was fine-tuned with the model
+      cfg = dataclasses.replace(cfg, text_encoder=encoder_cfg)
     self.trie = None
     if cfg.head == 'semantic_id':
       sid = SemanticIds.load(self.workdir / semantic_codes.FILENAME)
       cfg = dataclasses.replace(cfg, codebook_sizes=sid.codebook_sizes)
       self.trie = jax.device_put(sid.trie())
     self.spec = state_lib.build_model_spec(cfg, mesh, self.config.mesh.rules)
-    tx, _ = optimizer_lib.make_optimizer(self.config.optimizer, 1)
+    tx, _ = optimizer_lib.make_optimizer(self.config.optimizer, 1,
+                                         self.config.get('text_finetune'))
     abstract, shardings = state_lib.state_shardings(self.spec, tx)
     ckpt = Checkpointer(self.workdir / 'checkpoints', async_save=False)
     step = ckpt.best_step() if checkpoint == 'best' else (
         ckpt.latest_step() if checkpoint == 'latest' else int(checkpoint))
     self.step = step
-    self.params = ckpt.restore_params(step, abstract, shardings)
+    state = ckpt.restore(step, abstract_with_shardings(abstract, shardings))
+    self.params = state['params']
+    if cfg.text_encoder is not None:
+      # The fine-tuned encoder's catalog text embeddings, saved with the checkpoint.
+      self.content = text_finetune.checkpoint_content(
+          self.spec.graphdef, self.content, state, step,
+          self.config.text_finetune.encode_batch_size)
     ckpt.close()
     # WORKDIR/index: ANN candidates re-scored exactly (refused if built from another checkpoint).
     self.ann_index, self.ann_table = (workdir_index.load_index(self) if use_index

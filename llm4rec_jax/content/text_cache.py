@@ -126,3 +126,27 @@ def table_text_embeddings(table: FeatureTable, *, fields: Sequence[str] | None =
   texts, has_text = item_texts(table, fields)
   emb = item_text_embeddings(texts, cache_dir=cache_dir, model_dir=model_dir, **kwargs)
   return emb, has_text
+
+
+def item_text_tokens(texts: Sequence[str], *, model_dir: str | os.PathLike | None = None,
+                     max_length: int = 128) -> np.ndarray:
+  """int32 [len(texts), length]: each text's token ids ([CLS] ... [SEP], truncated to
+  ``max_length``), right padded with the model's pad id to the longest row (at most
+  ``max_length``). Row 0 (padding) and empty texts are all padding.
+
+  These fixed-length rows are what the text encoder re-reads when it is fine-tuned inside the
+  recommender (``config.text_finetune``); only the tokenizer is loaded, not the weights.
+  """
+  local = text_encoder.resolve_model_dir(model_dir or text_encoder.default_model_dir())
+  cfg = text_encoder.BertConfig.from_json(local / 'config.json')
+  if max_length > cfg.max_position_embeddings:
+    raise ConfigError('content.text_max_length', f'{max_length} exceeds the model\'s '
+                      f'{cfg.max_position_embeddings} positions')
+  rows = [i for i, t in enumerate(texts) if i != PAD_ID and str(t).strip()]
+  ids = text_encoder.tokenize(text_encoder.load_tokenizer(local), [str(texts[i]) for i in rows],
+                              max_length) if rows else []
+  length = max([len(t) for t in ids] + [1])
+  out = np.full((len(texts), length), cfg.pad_token_id, np.int32)  # [rows, length]
+  for r, t in zip(rows, ids):
+    out[r, :len(t)] = t
+  return out

@@ -176,8 +176,12 @@ class BertEncoder(nnx.Module):
 
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
                token_type_ids: jax.Array | None = None, *, deterministic: bool = True,
-               rngs: nnx.Rngs | None = None) -> jax.Array:
-    """input_ids, attention_mask: int [batch, seq], right padded -> float32 [batch, seq, hidden]."""
+               rngs: nnx.Rngs | None = None, freeze_below: int = 0) -> jax.Array:
+    """input_ids, attention_mask: int [batch, seq], right padded -> float32 [batch, seq, hidden].
+
+    ``freeze_below`` k > 0 stops gradients below the output of layer k (the embeddings and the
+    lowest k layers get none, and their backward pass is not computed); 0 = none stopped.
+    """
     seq = input_ids.shape[-1]
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
@@ -187,8 +191,10 @@ class BertEncoder(nnx.Module):
     x = self.embed_norm(x).astype(self.dtype)
     x = self.embed_dropout(x, deterministic=deterministic, rngs=rngs)
     mask = (attention_mask > 0)[:, None, None, :]  # [batch, 1, 1, seq]: keys a query may see
-    for layer in self.layers:
+    for i, layer in enumerate(self.layers):
       x = layer(x, mask, deterministic=deterministic, rngs=rngs)
+      if i + 1 == freeze_below:
+        x = jax.lax.stop_gradient(x)
     return x.astype(jnp.float32)
 
 
@@ -208,6 +214,20 @@ def pool(hidden: jax.Array, attention_mask: jax.Array, mode: str = 'mean', *,
   if normalize:
     out = out / jnp.maximum(jnp.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
   return out
+
+
+def embed_token_rows(model: BertEncoder, input_ids: jax.Array, *, pooling: str = 'mean',
+                     normalize: bool = True, freeze_below: int = 0) -> jax.Array:
+  """Fixed-length token rows int [n, seq] (right padded with the pad id) -> float32 [n, hidden].
+
+  The attention mask is ``input_ids != pad`` (a tokenizer never emits the pad id inside a text).
+  An all-padding row attends to its first position so no softmax row is empty; its output is
+  meaningless and the caller masks it (it has no text).
+  """
+  first = jnp.arange(input_ids.shape[-1]) == 0  # [seq]
+  mask = ((input_ids != model.cfg.pad_token_id) | first).astype(jnp.int32)  # [n, seq]
+  hidden = model(input_ids, mask, freeze_below=freeze_below)  # [n, seq, hidden]
+  return pool(hidden, mask, pooling, normalize=normalize)
 
 
 # --- Hugging Face checkpoint layout -------------------------------------------------------------
@@ -281,6 +301,27 @@ def load_weights(model: BertEncoder, weights_path: str | os.PathLike) -> None:
     if array.shape != shape:
       raise DataError(f'{name} has shape {array.shape}, the config implies {shape}', path=path)
     params[nnx_path].set_value(jnp.asarray(convert(array), dtype=jnp.float32))
+
+
+def save_pretrained(model: BertEncoder, directory: str | os.PathLike) -> pathlib.Path:
+  """Writes ``model`` in the Hugging Face layout (``config.json`` + ``model.safetensors``, BERT
+  names) to ``directory``, so :func:`load_pretrained` (or ``transformers``) reads it back. Tokenizer
+  files are not the model's: copy them next to it."""
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+  out = pathlib.Path(directory)
+  out.mkdir(parents=True, exist_ok=True)
+  params = {p: v for p, v in nnx.iter_graph(model) if isinstance(v, nnx.Param)}
+  tensors = {}
+  for name, (nnx_path, _, shape) in _hf_layout(model.cfg).items():
+    value = np.asarray(params[nnx_path][...], np.float32)
+    if name.endswith('.weight') and ('.dense.' in name or '.self.' in name):
+      value = value.reshape(shape[::-1]).T  # [in, ...] -> torch Linear [out, in]
+    tensors[name] = np.ascontiguousarray(value.reshape(shape))
+  save_file(tensors, str(out / 'model.safetensors'))
+  config = dict(dataclasses.asdict(model.cfg), model_type='bert',
+                architectures=['BertModel'], position_embedding_type='absolute')
+  (out / 'config.json').write_text(json.dumps(config, indent=2))
+  return out
 
 
 # --- Loading ------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ model, never silently read as zero:
 * categorical: each multi-valued field -> ``int32 [vocab, max_values]`` category ids (0 = none);
 * numeric: all numeric fields -> z-scored ``float32 [vocab, fields]`` plus a mask (NaN = missing);
 * dense: each matrix (e.g. image features) -> ``float32 [vocab, dim]`` plus a row mask;
-* text: a precomputed sentence embedding per item (see :mod:`llm4rec_jax.content.text_cache`).
+* text: a precomputed sentence embedding per item (see :mod:`llm4rec_jax.content.text_cache`),
+  plus the item's token ids when the text encoder is fine-tuned (``config.text_finetune``).
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ class ItemContent:
   dense_mask: tuple[Any, ...] = ()  # bool [vocab] per matrix
   text: Any = None  # float32 [vocab, text_dim]
   text_mask: Any = None  # bool [vocab]
+  # int32 [vocab, text_len] token ids of each item's text (config.text_finetune: the live encoder
+  # re-reads them); None when the text encoder is frozen.
+  text_tokens: Any = None
   # bool [vocab]: the item occurs in the training data, so its id embedding was trained.
   id_known: Any = None
   # int32 [vocab, levels] semantic-ID code tuple per item (-1 rows: padding), model.head=semantic_id.
@@ -94,7 +98,8 @@ class ItemContent:
     arrays = {f'categorical_{i}': np.asarray(a) for i, a in enumerate(self.categorical)}
     arrays.update({f'dense_{i}': np.asarray(a) for i, a in enumerate(self.dense)})
     arrays.update({f'dense_mask_{i}': np.asarray(a) for i, a in enumerate(self.dense_mask)})
-    for name in ('numeric', 'numeric_mask', 'text', 'text_mask', 'id_known', 'codes'):
+    for name in ('numeric', 'numeric_mask', 'text', 'text_mask', 'text_tokens', 'id_known',
+                 'codes'):
       if getattr(self, name) is not None:
         arrays[name] = np.asarray(getattr(self, name))
     np.savez_compressed(path, **arrays)
@@ -111,8 +116,8 @@ class ItemContent:
                  numeric=get('numeric'), numeric_mask=get('numeric_mask'),
                  dense=tuple(z[f'dense_{i}'] for i in range(len(spec.dense))),
                  dense_mask=tuple(z[f'dense_mask_{i}'] for i in range(len(spec.dense))),
-                 text=get('text'), text_mask=get('text_mask'), id_known=get('id_known'),
-                 codes=get('codes'))
+                 text=get('text'), text_mask=get('text_mask'), text_tokens=get('text_tokens'),
+                 id_known=get('id_known'), codes=get('codes'))
 
 
 def _select(available: Sequence[str], wanted: Any, field: str) -> list[str]:
@@ -238,14 +243,21 @@ def load_item_content(config: Any, table: FeatureTable, vocab_size: int,
   cc = config.content
   if not any(cc[k] for k in ('categorical', 'numeric', 'dense', 'text')):
     return None, None
-  text = None
+  text = tokens = None
   if cc.text:
     from llm4rec_jax.content import text_cache  # pylint: disable=import-outside-toplevel
     fields = _select(list(table.text), cc.text, 'content.text')
     text = text_cache.table_text_embeddings(
         table, fields=fields, model_dir=cc.text_model or None, cache_dir=cache_dir(cc),
         max_length=cc.text_max_length, batch_size=cc.text_batch_size)
-  return build_item_content(table, vocab_size, cc, text, train_items)
+    if config.get('text_finetune', {}).get('enabled', False):
+      tokens = text_cache.item_text_tokens(text_cache.item_texts(table, fields)[0],
+                                           model_dir=cc.text_model or None,
+                                           max_length=cc.text_max_length)
+  content, spec = build_item_content(table, vocab_size, cc, text, train_items)
+  if tokens is not None:
+    content = dataclasses.replace(content, text_tokens=_pad_rows(tokens, vocab_size))
+  return content, spec
 
 
 def cache_dir(content_cfg: Any) -> pathlib.Path:

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from llm4rec_jax.content.text_encoder import BertConfig, BertEncoder
 from llm4rec_jax.data.content import ContentSpec, ItemContent
 from llm4rec_jax.errors import ConfigError
 from llm4rec_jax.model.fusion import CatalogEncoding, CrossModalFusion, GatedCrossAttention
@@ -48,6 +49,9 @@ class DecoderConfig:
   content: ContentSpec | None = None
   head: str = 'softmax'  # or 'semantic_id'
   codebook_sizes: tuple[int, ...] = ()  # semantic-ID levels (from the computed codes)
+  # config.text_finetune: the text encoder is part of the model (trained in the step); None = the
+  # item text embeddings are frozen inputs.
+  text_encoder: BertConfig | None = None
 
   @property
   def uses_content(self) -> bool:
@@ -70,7 +74,8 @@ class DecoderConfig:
 def from_config(model_cfg: Any, *, num_items: int, vocab_multiple: int) -> DecoderConfig:
   """Builds the DecoderConfig; the vocabulary is padded up to a multiple of ``vocab_multiple``."""
   fields = {f.name for f in dataclasses.fields(DecoderConfig)} - {'vocab_size', 'num_items',
-                                                                   'content', 'codebook_sizes'}
+                                                                   'content', 'codebook_sizes',
+                                                                   'text_encoder'}
   kwargs = {k: model_cfg[k] for k in fields if k in model_cfg}
   vocab = model_cfg.get('vocab_size', 0) or -(-(num_items + 1) // vocab_multiple) * vocab_multiple
   if vocab <= num_items:
@@ -142,6 +147,13 @@ class ItemDecoder(nnx.Module):
     self.embed_dropout = nnx.Dropout(cfg.dropout)
     if not cfg.tie_embeddings:
       self.output_embed = param(rngs, emb_init, (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'))
+    if cfg.text_encoder is not None:
+      if not (cfg.uses_content and cfg.content.text_dim == cfg.text_encoder.hidden_size):
+        raise ConfigError('text_finetune.enabled', 'fine-tuning the text encoder needs the text '
+                          'modality in use (content.text, and item_repr or cross-attention reading '
+                          f'content) with width {cfg.text_encoder.hidden_size}')
+      # Fine-tuned with the rest of the model; see llm4rec_jax.train.text_finetune.
+      self.text_encoder = BertEncoder(cfg.text_encoder, rngs=rngs)
     if cfg.head == 'semantic_id':
       if not cfg.codebook_sizes:
         raise ConfigError('model.head', 'the semantic-ID head needs computed item codes')

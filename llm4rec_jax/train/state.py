@@ -1,7 +1,8 @@
 """The model and train state built abstract-first: shapes -> shardings -> jitted, sharded init.
 
-The train state is a plain dict ``{'step', 'params', 'opt_state', 'rng'}`` of arrays (``params`` is the
-NNX ``Param`` state as a pure dict), so the jitted step, Orbax and optax all see ordinary pytrees.
+The train state is a plain dict ``{'step', 'params', 'opt_state', 'rng'}`` of arrays, plus
+``'text_table'``/``'text_table_step'`` when the text encoder is fine-tuned. ``params`` is the NNX
+``Param`` state as a pure dict, so the jitted step, Orbax and optax all see ordinary pytrees.
 """
 
 from __future__ import annotations
@@ -69,6 +70,15 @@ def state_shardings(spec: ModelSpec, tx: optax.GradientTransformation) -> tuple[
               'opt_state': abstract_opt, 'rng': rng}
   shardings = {'step': spec.replicated, 'params': spec.param_shardings,
                'opt_state': opt_shardings, 'rng': spec.replicated}
+  if spec.cfg.text_encoder is not None:
+    # The catalog's text embeddings from the live encoder, refreshed at each evaluation, and the
+    # step they were computed at (llm4rec_jax.train.text_finetune): checkpointed with the model.
+    shape = (spec.cfg.vocab_size, spec.cfg.text_encoder.hidden_size)
+    abstract['text_table'] = jax.ShapeDtypeStruct(shape, jnp.float32)
+    abstract['text_table_step'] = jax.ShapeDtypeStruct((), jnp.int32)
+    shardings['text_table'] = NamedSharding(spec.mesh, partitioning.logical_to_mesh(
+        ('vocab', None), spec.rules, spec.mesh, shape))
+    shardings['text_table_step'] = spec.replicated
   return abstract, shardings
 
 

@@ -35,6 +35,7 @@ from llm4rec_jax.model import semantic_head
 from llm4rec_jax.model.semantic_ids import SemanticIds
 from llm4rec_jax.retrieval import context as context_lib
 from llm4rec_jax.train import losses, optimizer as optimizer_lib, semantic_codes
+from llm4rec_jax.train import text_finetune
 from llm4rec_jax.train import state as state_lib
 from llm4rec_jax.train.checkpointing import Checkpointer, abstract_with_shardings
 from llm4rec_jax.train.logger import MetricLogger
@@ -93,6 +94,8 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str | pathlib.P
   content_np, content_spec = content_lib.load_item_content(config, ds.items, cfg.vocab_size,
                                                            train_items)
   cfg = dataclasses.replace(cfg, content=content_spec)
+  if text_finetune.enabled(config):
+    cfg = dataclasses.replace(cfg, text_encoder=text_finetune.encoder_config(config))
   sid = None
   if cfg.head == 'semantic_id':
     sid = semantic_codes.load_or_build(config, workdir, ds.items,
@@ -180,10 +183,28 @@ def make_train_step(exp: Experiment, tx: optax.GradientTransformation, schedule,
   if exp.config.retrieval.rag:
     batch_sharding['context'] = partitioning.batch_sharding(exp.mesh, exp.rules, 3)
 
+  ft = exp.config.text_finetune if exp.spec.cfg.text_encoder is not None else None
+  if ft is not None:
+    budget = text_finetune.step_budget(exp.config, exp.config.train.batch_size,
+                                       exp.config.data.max_len, exp.spec.cfg.vocab_size)
+    rows_sharding = text_finetune.batch_rows_sharding(exp.mesh, exp.rules, budget,
+                                                      exp.content.text_tokens.shape[1])
+
+  def objective(params, batch, content, rng, text_table):
+    if text_table is None:
+      return loss_fn(params, batch, content, rng)
+    # Fine-tuned text encoder: the batch items' text rows come from the live encoder.
+    encoder = nnx.merge(exp.spec.graphdef, params).text_encoder
+    content, extra = text_finetune.with_fresh_rows(
+        encoder, content, text_table, batch, jax.random.fold_in(rng, 2), budget=budget,
+        freeze_layers=ft.freeze_layers, batch_sharding=rows_sharding)
+    loss, aux = loss_fn(params, batch, content, rng)
+    return loss, {**aux, **extra}
+
   def step_fn(state, batch, content):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), state['step'])
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'], batch, content,
-                                                                   rng)
+    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(
+        state['params'], batch, content, rng, state.get('text_table'))
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads),
@@ -227,6 +248,8 @@ def _write_catalog(exp: Experiment) -> None:
   if exp.content_np is not None and exp.content is not None:
     # Serving needs the content arrays too (it never reads the dataset).
     exp.content_np.save(exp.workdir / 'content.npz')
+    if exp.spec.cfg.text_encoder is not None:
+      text_finetune.save_encoder_config(exp.spec.cfg.text_encoder, exp.workdir)
     spec = exp.spec.cfg.content or content_lib.ContentSpec()
     (exp.workdir / 'content_spec.json').write_text(json.dumps(spec.to_json()))
 
@@ -263,7 +286,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   eval_every = tc.eval_every or steps_per_epoch
   max_targets = config.loss.max_targets_per_batch or auto_max_targets(windows, tc.batch_size)
 
-  tx, schedule = optimizer_lib.make_optimizer(config.optimizer, total_steps)
+  tx, schedule = optimizer_lib.make_optimizer(config.optimizer, total_steps,
+                                              config.get('text_finetune'))
   abstract, shardings = state_lib.state_shardings(exp.spec, tx)
   train_ds = pipeline.train_dataset(windows, users, global_batch_size=tc.batch_size,
                                     seed=config.seed, num_epochs=tc.num_epochs,
@@ -279,10 +303,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     logging.info('resuming from step %d', start)
   else:
     state = state_lib.init_train_state(exp.spec, tx, config.seed, shardings)
+    if exp.spec.cfg.text_encoder is not None:
+      state = text_finetune.init_state(state, config, exp.content, shardings)
     progress = {'best': float('-inf'), 'best_step': -1, 'evals_since_best': 0}
     start = 0
   train_step = make_train_step(exp, tx, schedule, shardings, max_targets)
   rank_fn = exp.rank_fn()
+  refresh_text = (text_finetune.make_refresh(exp.spec.graphdef, shardings['text_table'],
+                                             config.text_finetune.encode_batch_size)
+                  if exp.spec.cfg.text_encoder is not None else None)
   valid_arrays = exp.eval_arrays('valid')
   rag = context_lib.for_experiment(exp) if config.retrieval.rag else None
   logger = MetricLogger(workdir, enabled=is_main)
@@ -329,13 +358,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           t_last, n_last = now, step
         if is_eval:
           t_eval = time.perf_counter()
+          eval_content = exp.content
+          if exp.spec.cfg.text_encoder is not None:
+            # The whole catalog re-encoded by the live encoder; saved with this checkpoint.
+            state = text_finetune.refresh_state(state, refresh_text, exp.content, step,
+                                                shardings['text_table_step'])
+            eval_content = text_finetune.content_from_state(exp.content, state)
           if rag is not None:
-            rag.refresh_from_params(exp.spec.graphdef, state['params'], exp.content, step)
+            rag.refresh_from_params(exp.spec.graphdef, state['params'], eval_content, step)
           ranks_metrics, _, _ = evaluation.evaluate_arrays(
               rank_fn, state['params'],
               rag.eval_arrays(valid_arrays) if rag is not None else valid_arrays,
               config.eval.batch_size, exp.put_whole,
-              config.eval.ks, content=exp.content)
+              config.eval.ks, content=eval_content)
           score = ranks_metrics['ndcg@10']
           if score > progress['best']:
             progress.update(best=score, best_step=step, evals_since_best=0)
@@ -378,6 +413,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   best = ckpt.best_step()
   if best is not None and best != step:
     state = ckpt.restore(best, abstract_with_shardings(abstract, shardings))
+  if exp.spec.cfg.text_encoder is not None:
+    exp.content = text_finetune.checkpoint_content(exp.spec.graphdef, exp.content, state,
+                                                   best or step,
+                                                   config.text_finetune.encode_batch_size)
   results = _final_metrics(exp, rank_fn, state['params'], step=best or step)
   logger.close()
   ckpt.close()
@@ -446,11 +485,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
     if exclude_seen is not None:
       config.eval.exclude_seen = exclude_seen
   exp = build_experiment(config, workdir)
-  tx, _ = optimizer_lib.make_optimizer(config.optimizer, 1)
+  tx, _ = optimizer_lib.make_optimizer(config.optimizer, 1, config.get('text_finetune'))
   abstract, shardings = state_lib.state_shardings(exp.spec, tx)
   ckpt = Checkpointer(workdir / 'checkpoints', async_save=False)
   step = (ckpt.best_step() if checkpoint == 'best' else ckpt.latest_step()
           if checkpoint == 'latest' else int(checkpoint))
-  params = ckpt.restore_params(step, abstract, shardings)
+  state = ckpt.restore(step, abstract_with_shardings(abstract, shardings))
+  params = state['params']
+  if exp.spec.cfg.text_encoder is not None:
+    exp.content = text_finetune.checkpoint_content(exp.spec.graphdef, exp.content, state, step,
+                                                   config.text_finetune.encode_batch_size)
   ckpt.close()
   return _final_metrics(exp, exp.rank_fn(), params, step=step)
