@@ -1,0 +1,448 @@
+"""Hugging Face decoder LLMs (Llama, Mistral, Qwen2, Gemma) as the recommender's backbone.
+
+:func:`load_hf_decoder` reads a checkpoint directory in the Hugging Face layout (``config.json`` and
+``model.safetensors``, or shards listed in ``model.safetensors.index.json``) into
+:class:`LlmRecDecoder`: the project's blocks (``layers.RMSNorm``, rotary, grouped-query
+``layers.Attention``, gated MLP) with the text vocabulary extended by one token per catalog item.
+Item ``i`` (1..num_items) is token ``text_vocab + i``; item tokens start at the mean text embedding
+plus small noise (seeded per row, so any device layout gives the same values).
+
+Every parameter is created straight into its ``NamedSharding`` (logical axes -> ``config.mesh.rules``):
+``jax.make_array_from_callback`` asks for each device's block and the block is read from the
+safetensors file through ``get_slice``, so no host ever holds a whole tensor of a sharded parameter,
+let alone the whole model. Prompts are tokenized with the checkpoint's ``transformers`` tokenizer and
+followed by the history's item tokens (:func:`encode_history`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from llm4rec_jax import partitioning
+from llm4rec_jax.errors import ConfigError, DataError
+from llm4rec_jax.model import layers
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+MODEL_TYPES = ('llama', 'mistral', 'qwen2', 'gemma')
+
+
+@dataclasses.dataclass(frozen=True)
+class LlmConfig:
+  """Architecture of an imported decoder, plus the item tokens appended to its vocabulary."""
+  model_type: str
+  text_vocab: int
+  num_items: int
+  vocab_size: int  # text_vocab + num_items + 1, padded for sharding
+  d_model: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  mlp_dim: int
+  rms_eps: float
+  rope_theta: float
+  tie_embeddings: bool
+  attention_bias: bool  # Qwen2: biases on the q/k/v projections
+  activation: str  # 'silu' (Llama, Qwen2, Mistral) or 'gelu_tanh' (Gemma)
+  norm_plus_one: bool  # Gemma: RMSNorm scales by (1 + weight)
+  embed_scale: bool  # Gemma: embeddings times sqrt(d_model)
+  dtype: str = 'float32'  # compute dtype; parameters are float32
+
+  def item_token(self, item: int | np.ndarray) -> int | np.ndarray:
+    return self.text_vocab + item
+
+
+def read_config(checkpoint: str | pathlib.Path, *, num_items: int, dtype: str = 'float32',
+                vocab_multiple: int = 128) -> LlmConfig:
+  """Parses ``config.json``; errors name the file and the field."""
+  path = pathlib.Path(checkpoint) / 'config.json'
+  if not path.is_file():
+    raise DataError(f'{path}: not found (a Hugging Face checkpoint directory has config.json)')
+  try:
+    raw = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise DataError(f'{path}:{e.lineno}: invalid JSON: {e.msg}') from e
+
+  def field(name, default=None):
+    if name in raw and raw[name] is not None:
+      return raw[name]
+    if default is None:
+      raise DataError(f'{path}: field {name!r} missing')
+    return default
+
+  model_type = field('model_type')
+  if model_type not in MODEL_TYPES:
+    raise DataError(f'{path}: field model_type={model_type!r} is not supported; '
+                    f'supported: {MODEL_TYPES}')
+  if raw.get('rope_scaling'):
+    raise DataError(f'{path}: field rope_scaling={raw["rope_scaling"]!r} is not supported '
+                    '(plain rotary positions only)')
+  gemma = model_type == 'gemma'
+  act = field('hidden_act', 'gelu_pytorch_tanh' if gemma else 'silu')
+  act = raw.get('hidden_activation') or act if gemma else act
+  activations = {'silu': 'silu', 'swish': 'silu', 'gelu_pytorch_tanh': 'gelu_tanh',
+                 'gelu': 'gelu_tanh' if gemma else None}
+  if activations.get(act) is None:
+    raise DataError(f'{path}: field hidden_act={act!r} is not supported (silu, gelu_pytorch_tanh)')
+  d_model, heads = int(field('hidden_size')), int(field('num_attention_heads'))
+  text_vocab = int(field('vocab_size'))
+  if num_items <= 0:
+    raise ConfigError('num_items', f'must be positive, got {num_items}')
+  needed = text_vocab + num_items + 1
+  return LlmConfig(
+      model_type=model_type, text_vocab=text_vocab, num_items=num_items,
+      vocab_size=-(-needed // vocab_multiple) * vocab_multiple, d_model=d_model,
+      num_layers=int(field('num_hidden_layers')), num_heads=heads,
+      num_kv_heads=int(field('num_key_value_heads', heads)),
+      head_dim=int(field('head_dim', d_model // heads)),
+      mlp_dim=int(field('intermediate_size')), rms_eps=float(field('rms_norm_eps', 1e-6)),
+      rope_theta=float(field('rope_theta', 10_000.0)),
+      tie_embeddings=bool(raw.get('tie_word_embeddings', gemma)),
+      attention_bias=bool(raw.get('attention_bias', model_type == 'qwen2')),
+      activation=activations[act], norm_plus_one=gemma, embed_scale=gemma, dtype=dtype)
+
+
+class _Attention(layers.Attention):
+  """``layers.Attention`` with optional q/k/v biases (Qwen2)."""
+
+  def __init__(self, cfg: LlmConfig, *, rngs: nnx.Rngs):
+    super().__init__(cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                     rope_theta=cfg.rope_theta, dtype=DTYPES[cfg.dtype], rngs=rngs)
+    self.use_bias = cfg.attention_bias
+    if cfg.attention_bias:
+      zeros = nnx.initializers.zeros
+      self.bq = layers.param(rngs, zeros, (cfg.num_heads, cfg.head_dim), ('heads', 'head_dim'))
+      self.bk = layers.param(rngs, zeros, (cfg.num_kv_heads, cfg.head_dim), ('kv_heads', 'head_dim'))
+      self.bv = layers.param(rngs, zeros, (cfg.num_kv_heads, cfg.head_dim), ('kv_heads', 'head_dim'))
+
+  def __call__(self, x, positions, mask):
+    dt = self.dtype
+
+    def proj(w, bias):
+      y = jnp.einsum('bld,dhk->blhk', x, w[...].astype(dt))
+      return y + bias[...].astype(dt) if self.use_bias else y
+
+    q = proj(self.wq, getattr(self, 'bq', None))  # [batch, seq, heads, head_dim]
+    k = proj(self.wk, getattr(self, 'bk', None))  # [batch, seq, kv_heads, head_dim]
+    v = proj(self.wv, getattr(self, 'bv', None))
+    q, k = layers.rotary(q, positions, self.rope_theta), layers.rotary(k, positions, self.rope_theta)
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask)  # [batch, seq, heads, head_dim]
+    return jnp.einsum('blhk,hkd->bld', out, self.wo[...].astype(dt))
+
+
+class _GatedMlp(layers.SwiGLU):
+  """``down(act(gate(x)) * up(x))`` with SiLU (SwiGLU) or tanh-GELU (Gemma's GeGLU)."""
+
+  def __init__(self, cfg: LlmConfig, *, rngs: nnx.Rngs):
+    super().__init__(cfg.d_model, cfg.mlp_dim, dtype=DTYPES[cfg.dtype], rngs=rngs)
+    self.gelu = cfg.activation == 'gelu_tanh'
+
+  def __call__(self, x):
+    dt = self.dtype
+    g = x @ self.w_gate[...].astype(dt)
+    g = jax.nn.gelu(g, approximate=True) if self.gelu else jax.nn.silu(g)
+    return (g * (x @ self.w_up[...].astype(dt))) @ self.w_down[...].astype(dt)
+
+
+class LlmBlock(nnx.Module):
+  """Pre-norm decoder block of the imported LLM."""
+
+  def __init__(self, cfg: LlmConfig, *, rngs: nnx.Rngs):
+    self.attn_norm = layers.RMSNorm(cfg.d_model, eps=cfg.rms_eps, rngs=rngs)
+    self.attn = _Attention(cfg, rngs=rngs)
+    self.mlp_norm = layers.RMSNorm(cfg.d_model, eps=cfg.rms_eps, rngs=rngs)
+    self.mlp = _GatedMlp(cfg, rngs=rngs)
+
+  def __call__(self, x, positions, mask):
+    x = x + self.attn(self.attn_norm(x), positions, mask)
+    return x + self.mlp(self.mlp_norm(x))
+
+
+class LlmRecDecoder(nnx.Module):
+  """A pretrained decoder LLM over text tokens followed by item tokens.
+
+  ``__call__`` returns final hidden states; :meth:`logits` scores the whole vocabulary (text and
+  items), :meth:`item_scores` only the catalog (index = item id, 0 = padding at -inf), which is what
+  ranking needs.
+  """
+
+  def __init__(self, cfg: LlmConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    init = nnx.initializers.normal(stddev=0.02)
+    self.embed = layers.param(rngs, init, (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'))
+    self.blocks = nnx.List([LlmBlock(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = layers.RMSNorm(cfg.d_model, eps=cfg.rms_eps, rngs=rngs)
+    if not cfg.tie_embeddings:
+      self.lm_head = layers.param(rngs, init, (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'))
+
+  def __call__(self, tokens: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+    """tokens: int [batch, seq] (left padding marked False in ``valid``) -> [batch, seq, d_model]."""
+    cfg = self.cfg
+    if valid is None:
+      valid = jnp.ones(tokens.shape, bool)
+    positions = jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0)  # padding does not shift positions
+    seq = tokens.shape[-1]
+    causal = jnp.tril(jnp.ones((seq, seq), bool))
+    mask = ((causal[None] & valid[:, None, :]) | jnp.eye(seq, dtype=bool)[None])[:, None]
+    dt = DTYPES[cfg.dtype]
+    x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)  # [batch, seq, d_model]
+    if cfg.embed_scale:
+      x = x * jnp.asarray(cfg.d_model ** 0.5, dt)
+    for block in self.blocks:
+      x = block(x, positions, mask)
+    return self.final_norm(x).astype(jnp.float32)
+
+  def _head(self) -> jax.Array:
+    return self.embed[...] if self.cfg.tie_embeddings else self.lm_head[...]
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    """[..., d_model] -> [..., vocab_size]: text tokens and item tokens; padding rows -inf."""
+    cfg = self.cfg
+    scores = hidden @ self._head().T
+    ids = jnp.arange(cfg.vocab_size)
+    real = (ids < cfg.text_vocab) | ((ids > cfg.text_vocab) & (ids <= cfg.text_vocab + cfg.num_items))
+    return jnp.where(real, scores, -jnp.inf)
+
+  def item_scores(self, hidden: jax.Array) -> jax.Array:
+    """[..., d_model] -> [..., num_items + 1] next-item scores (column 0, padding, is -inf)."""
+    cfg = self.cfg
+    rows = jax.lax.dynamic_slice_in_dim(self._head(), cfg.text_vocab, cfg.num_items + 1)
+    scores = hidden @ rows.T
+    return scores.at[..., 0].set(-jnp.inf)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+class _Tensors:
+  """Lazy access to the checkpoint's tensors (single file or sharded with an index)."""
+
+  def __init__(self, checkpoint: pathlib.Path):
+    from safetensors import safe_open  # pylint: disable=import-outside-toplevel
+    index = checkpoint / 'model.safetensors.index.json'
+    if index.is_file():
+      try:
+        weight_map = json.loads(index.read_text())['weight_map']
+      except (json.JSONDecodeError, KeyError) as e:
+        raise DataError(f'{index}: no valid weight_map ({e})') from e
+    elif (checkpoint / 'model.safetensors').is_file():
+      weight_map = None
+    else:
+      raise DataError(f'{checkpoint}: neither model.safetensors nor model.safetensors.index.json')
+    files = sorted(set(weight_map.values())) if weight_map else ['model.safetensors']
+    self._handles = {}
+    for name in files:
+      if not (checkpoint / name).is_file():
+        raise DataError(f'{index}: lists {name}, which is missing')
+      self._handles[name] = safe_open(str(checkpoint / name), framework='np')
+    if weight_map is None:
+      weight_map = {k: 'model.safetensors' for k in self._handles['model.safetensors'].keys()}
+    self.weight_map = weight_map
+    self.checkpoint = checkpoint
+    self.reads: list[tuple[str, tuple[int, ...]]] = []  # (tensor, block shape) of every read
+
+  def shape(self, name: str) -> tuple[int, ...]:
+    return tuple(self._slice(name).get_shape())
+
+  def _slice(self, name: str):
+    if name not in self.weight_map:
+      raise DataError(f'{self.checkpoint}: tensor {name!r} not found in the checkpoint')
+    return self._handles[self.weight_map[name]].get_slice(name)
+
+  def read(self, name: str, index: tuple[slice, ...]) -> np.ndarray:
+    block = np.asarray(self._slice(name)[index], np.float32)
+    self.reads.append((name, block.shape))
+    return block
+
+  def has(self, name: str) -> bool:
+    return name in self.weight_map
+
+
+def _span(s: slice, n: int) -> tuple[int, int]:
+  start, stop, step = s.indices(n)
+  assert step == 1
+  return start, stop
+
+
+def _head_major(t: _Tensors, name: str, heads: int, head_dim: int):
+  """q/k/v projection [heads * head_dim, d] -> ours [d, heads, head_dim]."""
+  def read(idx):
+    d_sl, h_sl, k_sl = idx
+    h0, h1 = _span(h_sl, heads)
+    w = t.read(name, (slice(h0 * head_dim, h1 * head_dim), d_sl))  # [nh * hd, nd]
+    return w.reshape(h1 - h0, head_dim, -1)[:, k_sl, :].transpose(2, 0, 1)
+  return read
+
+
+def _out_proj(t: _Tensors, name: str, heads: int, head_dim: int):
+  """o_proj [d, heads * head_dim] -> ours [heads, head_dim, d]."""
+  def read(idx):
+    h_sl, k_sl, d_sl = idx
+    h0, h1 = _span(h_sl, heads)
+    w = t.read(name, (d_sl, slice(h0 * head_dim, h1 * head_dim)))  # [nd, nh * hd]
+    return w.reshape(w.shape[0], h1 - h0, head_dim)[:, :, k_sl].transpose(1, 2, 0)
+  return read
+
+
+def _transposed(t: _Tensors, name: str):
+  return lambda idx: t.read(name, (idx[1], idx[0])).T
+
+
+def _bias(t: _Tensors, name: str, heads: int, head_dim: int):
+  def read(idx):
+    h_sl, k_sl = idx
+    h0, h1 = _span(h_sl, heads)
+    return t.read(name, (slice(h0 * head_dim, h1 * head_dim),)).reshape(h1 - h0, head_dim)[:, k_sl]
+  return read
+
+
+def _norm(t: _Tensors, name: str, plus_one: bool):
+  return lambda idx: t.read(name, idx) + (1.0 if plus_one else 0.0)
+
+
+def _vocab_rows(t: _Tensors, name: str, cfg: LlmConfig, item_rows: Callable):
+  """[vocab, d]: text rows from the checkpoint, then item rows, then zero padding."""
+  def read(idx):
+    r_sl, d_sl = idx
+    r0, r1 = _span(r_sl, cfg.vocab_size)
+    d0, d1 = _span(d_sl, cfg.d_model)
+    out = np.zeros((r1 - r0, d1 - d0), np.float32)
+    a, b = r0, min(r1, cfg.text_vocab)
+    if a < b:
+      out[:b - a] = t.read(name, (slice(a, b), d_sl))
+    a, b = max(r0, cfg.text_vocab + 1), min(r1, cfg.text_vocab + cfg.num_items + 1)
+    if a < b:
+      out[a - r0:b - r0] = item_rows(a, b)[:, d0:d1]
+    return out
+  return read
+
+
+def _embedding_stats(t: _Tensors, name: str, rows: int, chunk: int = 4096):
+  """Mean row and entry std of a [rows, d] embedding, read in chunks."""
+  total, sq, n = 0.0, 0.0, 0
+  for a in range(0, rows, chunk):
+    block = t.read(name, (slice(a, min(rows, a + chunk)), slice(None)))
+    total = total + block.sum(axis=0)
+    sq += float((block.astype(np.float64) ** 2).sum())
+    n += block.shape[0]
+  mean = np.asarray(total / n, np.float32)
+  std = math.sqrt(max(sq / (n * mean.size) - float((mean.astype(np.float64) ** 2).mean()), 0.0))
+  return mean, std
+
+
+def _item_init(mean: np.ndarray, std: float, cfg: LlmConfig, seed: int, noise: float):
+  """Item token rows [a, b): the mean text embedding plus noise seeded by the row index."""
+  def rows(a, b):
+    out = np.empty((b - a, cfg.d_model), np.float32)
+    for r in range(a, b):
+      out[r - a] = mean + noise * std * np.random.default_rng([seed, r]).standard_normal(
+          cfg.d_model, np.float32)
+    return out
+  return rows
+
+
+def param_readers(t: _Tensors, cfg: LlmConfig, *, seed: int = 0,
+                  item_noise: float = 0.5) -> dict[str, Any]:
+  """A pure-dict tree (the model's parameter structure) of block readers ``index -> ndarray``."""
+  embed_name = 'model.embed_tokens.weight'
+  if t.shape(embed_name) != (cfg.text_vocab, cfg.d_model):
+    raise DataError(f'{t.checkpoint}: {embed_name} has shape {t.shape(embed_name)}, config.json '
+                    f'says ({cfg.text_vocab}, {cfg.d_model})')
+  mean, std = _embedding_stats(t, embed_name, cfg.text_vocab)
+  items = _item_init(mean, std, cfg, seed, item_noise)
+  H, K, hd, p1 = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.norm_plus_one
+  tree: dict[str, Any] = {'embed': _vocab_rows(t, embed_name, cfg, items), 'blocks': {},
+                          'final_norm': {'scale': _norm(t, 'model.norm.weight', p1)}}
+  if not cfg.tie_embeddings:
+    head = 'lm_head.weight' if t.has('lm_head.weight') else embed_name
+    tree['lm_head'] = _vocab_rows(t, head, cfg, items)
+  for i in range(cfg.num_layers):
+    pre = f'model.layers.{i}.'
+    attn = {'wq': _head_major(t, pre + 'self_attn.q_proj.weight', H, hd),
+            'wk': _head_major(t, pre + 'self_attn.k_proj.weight', K, hd),
+            'wv': _head_major(t, pre + 'self_attn.v_proj.weight', K, hd),
+            'wo': _out_proj(t, pre + 'self_attn.o_proj.weight', H, hd)}
+    if cfg.attention_bias:
+      attn.update(bq=_bias(t, pre + 'self_attn.q_proj.bias', H, hd),
+                  bk=_bias(t, pre + 'self_attn.k_proj.bias', K, hd),
+                  bv=_bias(t, pre + 'self_attn.v_proj.bias', K, hd))
+    tree['blocks'][i] = {
+        'attn_norm': {'scale': _norm(t, pre + 'input_layernorm.weight', p1)},
+        'attn': attn,
+        'mlp_norm': {'scale': _norm(t, pre + 'post_attention_layernorm.weight', p1)},
+        'mlp': {'w_gate': _transposed(t, pre + 'mlp.gate_proj.weight'),
+                'w_up': _transposed(t, pre + 'mlp.up_proj.weight'),
+                'w_down': _transposed(t, pre + 'mlp.down_proj.weight')}}
+  return tree
+
+
+def load_hf_decoder(checkpoint: str | pathlib.Path, *, num_items: int, mesh: Mesh, rules: Any,
+                    dtype: str = 'float32', seed: int = 0, item_noise: float = 0.5,
+                    vocab_multiple: int | None = None) -> tuple[LlmRecDecoder, _Tensors]:
+  """Builds :class:`LlmRecDecoder` from a Hugging Face checkpoint, every parameter in its sharding.
+
+  Returns the model and the tensor reader (its ``reads`` list records every block read, for checks).
+  """
+  checkpoint = pathlib.Path(checkpoint)
+  if vocab_multiple is None:
+    shards = math.prod(mesh.shape[a] for a in partitioning.rule_axes(rules, 'vocab')
+                       if a in mesh.shape)
+    vocab_multiple = 128 * shards
+  cfg = read_config(checkpoint, num_items=num_items, dtype=dtype, vocab_multiple=vocab_multiple)
+  abstract = nnx.eval_shape(lambda: LlmRecDecoder(cfg, rngs=nnx.Rngs(0)))
+  graphdef, abstract_state = nnx.split(abstract, nnx.Param)
+  logical = nnx.to_pure_dict(nnx.get_partition_spec(abstract_state))
+  shapes = nnx.to_pure_dict(abstract_state)
+  shardings = partitioning.tree_shardings(logical, shapes, rules, mesh)
+  tensors = _Tensors(checkpoint)
+  readers = param_readers(tensors, cfg, seed=seed, item_noise=item_noise)
+
+  def place(reader, shape, sharding):
+    if sorted(_flat_keys(reader)) != sorted(_flat_keys(shape)):
+      raise AssertionError('reader tree does not match the model')
+    return jax.make_array_from_callback(shape.shape, sharding,
+                                        lambda idx: _checked(reader(idx), idx, shape.shape))
+
+  params = jax.tree.map(place, readers, shapes, shardings, is_leaf=callable)
+  model = nnx.merge(graphdef, params)
+  return model, tensors
+
+
+def _flat_keys(x) -> list:
+  return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(
+      x, is_leaf=callable)]
+
+
+def _checked(block: np.ndarray, idx: tuple[slice, ...], shape: Sequence[int]) -> np.ndarray:
+  want = tuple(_span(s, n)[1] - _span(s, n)[0] for s, n in zip(idx, shape))
+  if block.shape != want:
+    raise DataError(f'checkpoint block has shape {block.shape}, expected {want} (shape mismatch '
+                    'between config.json and the tensors)')
+  return block
+
+
+def encode_history(tokenizer: Any, prompt: str, history: Sequence[int], cfg: LlmConfig,
+                   max_len: int | None = None) -> np.ndarray:
+  """Prompt text tokenized by ``transformers`` followed by the history's item tokens (oldest first).
+
+  With ``max_len`` the oldest items are dropped first, the prompt is kept.
+  """
+  text = list(tokenizer(prompt, add_special_tokens=True)['input_ids'])
+  items = [int(i) for i in history]
+  if any(i < 1 or i > cfg.num_items for i in items):
+    raise ValueError(f'history item ids must be in 1..{cfg.num_items}, got {items}')
+  if max_len is not None:
+    items = items[max(0, len(items) - (max_len - len(text))):]
+  return np.asarray(text + [int(cfg.item_token(i)) for i in items], np.int32)
