@@ -34,7 +34,7 @@ def _outputs(cell, kind):
 
 
 @pytest.mark.slow
-def test_notebook_runs_on_a_tiny_checkpoint(tmp_path):
+def test_notebook_runs_on_a_tiny_checkpoint(tmp_path, monkeypatch):
   nbformat = pytest.importorskip('nbformat')
   nbclient = pytest.importorskip('nbclient')
   workdir = tmp_path / 'run'
@@ -44,6 +44,9 @@ def test_notebook_runs_on_a_tiny_checkpoint(tmp_path):
 
   nb = _with_parameters(nbformat.read(NOTEBOOK, as_version=4), INSTALL='auto',
                         WORKDIR=str(workdir), TRAIN_DEMO=False, TOP_K=5, NUM_USERS_SHOWN=2)
+  # The kernel imports this checkout's package, as this process does (not another install).
+  monkeypatch.setenv('PYTHONPATH', os.pathsep.join(
+      [str(NOTEBOOK.parents[1])] + [p for p in [os.environ.get('PYTHONPATH')] if p]))
   nbclient.NotebookClient(nb, timeout=600, kernel_name='python3',
                           resources={'metadata': {'path': str(NOTEBOOK.parent)}}).execute()
   cells = [c for c in nb.cells if c.cell_type == 'code']
