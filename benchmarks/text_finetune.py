@@ -88,15 +88,15 @@ def main():
          'scientific-features', 'protocol': 'leave_one_out', 'full_ranking': True,
          'exclude_seen': True, 'quick': args.quick, 'steps': args.steps,
          'items_per_step': args.items_per_step, 'encoder_lr': args.encoder_lr,
-         'freeze_layers': args.freeze_layers, 'variants': {}}
+         'freeze_layers': args.freeze_layers}
   t0 = time.perf_counter()
   for variant in args.variants.split(','):
     config = variant_config(variant, args, model_dir)
     args.workdir = str(root / variant)
     line = train_and_report(config, args, benchmark='text_finetune',
                             extra=lambda w, _: {'step_ms': round(steady_step_ms(w), 1)})
-    out['variants'][variant] = {k: line[k] for k in ('test', 'valid_ndcg@10', 'step_ms',
-                                                     'wall_s', 'num_params')}
+    out[variant] = {k: line[k] for k in ('test', 'valid_ndcg@10', 'step_ms', 'wall_s',
+                                         'num_params')}
   out['wall_s'] = round(time.perf_counter() - t0, 1)
   if not keep:
     shutil.rmtree(root, ignore_errors=True)

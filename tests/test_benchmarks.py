@@ -20,6 +20,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
     ('multimodal.py --scenario cold_start', {'variants'}),
     ('semantic_ids.py', {'softmax', 'semantic_id', 'codes'}),
     ('tfds_prepare.py', {'datasets'}),
+    ('online_adaptation.py', {'by_dataset', 'protocol', 'wall_s'}),
+    ('text_finetune.py', {'frozen', 'finetune', 'steps'}),
 ])
 def test_quick_benchmark_prints_one_json_line(script, keys):
   env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')  # one CPU device, as benchmarks run
@@ -37,7 +39,16 @@ def test_quick_benchmark_prints_one_json_line(script, keys):
     cold = {k: v['test_cold'] for k, v in result['variants'].items()}
     assert set(cold) == {'id', 'multimodal', 'content', 'popularity'}
     assert all(0.0 <= c['ndcg@10'] <= c['hr@10'] <= 1.0 for c in cold.values())
+  if result.get('benchmark') == 'online_adaptation':  # prequential: every model ranks each event
+    for d in result['by_dataset'].values():
+      assert {m: v['events'] for m, v in d['overall'].items()} == dict.fromkeys(
+          ('frozen', 'adapted', 'retrained'), d['stream_events'])
+      assert d['adapted_throughput']['events_per_s'] > 0
   if 'codes' in result:
     assert 0.0 <= result['semantic_id']['ndcg@10'] <= result['semantic_id']['hr@10'] <= 1.0
+  if 'finetune' in result:  # frozen vs fine-tuned text encoder: both trained and timed
+    for run in (result['frozen'], result['finetune']):
+      assert 0.0 <= run['test']['ndcg@10'] <= run['test']['hr@10'] <= 1.0 and run['step_ms'] > 0
+    assert result['finetune']['num_params'] > result['frozen']['num_params']  # + the encoder
   if 'datasets' in result:  # TFDS builders: what data_source reads back equals the reader's dataset
     assert result['datasets'] and all(d['same_as_reader'] for d in result['datasets'].values())
