@@ -1,0 +1,143 @@
+"""Ahead-of-time compilation of the real train step for a device topology that need not be attached.
+
+``compile_train_step(config, devices, num_items=...)`` builds the mesh of ``config.mesh`` over
+``devices``, the model spec and train-state shardings exactly as training does, lowers the one jitted
+train step (``trainer.make_train_step``) on abstract inputs and compiles it. The compiled program's
+memory analysis is the per-device footprint (parameters, optimizer state, batch, temporaries), so a
+preset or sharding that cannot fit is caught before anyone rents the hardware.
+
+Devices come from :func:`topology_devices`: compile-only TPU devices of a named slice (``v5e-256``,
+``v5p-128`` or libtpu's ``v5e:16x16`` form; needs libtpu's ``libtpu.so``, no TPU), or this machine's
+own devices (``cpu:8``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from llm4rec_jax import config_base, partitioning
+from llm4rec_jax.errors import Llm4RecError
+from llm4rec_jax.train import optimizer as optimizer_lib
+from llm4rec_jax.train import state as state_lib
+from llm4rec_jax.train import trainer
+from llm4rec_jax.train.checkpointing import abstract_with_shardings
+
+# Cloud TPU slice names -> libtpu topology names. v5e counts chips; v5p counts TensorCores (two per
+# chip, one JAX device per chip in megacore mode).
+TOPOLOGY_ALIASES = {
+    'v5e-4': 'v5e:2x2', 'v5e-8': 'v5e:2x4', 'v5e-16': 'v5e:4x4', 'v5e-64': 'v5e:8x8',
+    'v5e-256': 'v5e:16x16', 'v5p-8': 'v5p:2x2x1', 'v5p-32': 'v5p:2x2x4', 'v5p-128': 'v5p:4x4x4',
+    'v5p-256': 'v5p:4x4x8', 'v4-8': 'v4:2x2x1', 'v4-128': 'v4:4x4x4',
+}
+# High-bandwidth memory per device (bytes), by jax device_kind.
+HBM_BYTES = {'TPU v4': 32 << 30, 'TPU v5 lite': 16 << 30, 'TPU v5': 95 << 30,
+             'TPU v6 lite': 32 << 30}
+
+LIBTPU_HELP = ('libtpu not found: set TPU_LIBRARY_PATH to a libtpu.so (no TPU needed), e.g. '
+               '`pip download --no-deps "libtpu==0.0.42.*" -d /tmp/w && python -m zipfile -e '
+               '/tmp/w/libtpu-*.whl /tmp/libtpu` then TPU_LIBRARY_PATH=/tmp/libtpu/libtpu/libtpu.so '
+               '(the version jax[tpu] pins), or pass --libtpu=PATH')
+
+
+def topology_devices(topology: str, libtpu: str | None = None) -> list[Any]:
+  """Devices to compile for: ``'cpu'``/``'cpu:N'`` (this machine's first N devices) or a TPU slice.
+
+  TPU slices are described by libtpu without TPU hardware (compile-only devices).
+  """
+  if topology == 'cpu' or topology.startswith('cpu:'):
+    devices = jax.devices('cpu')
+    n = int(topology.split(':')[1]) if ':' in topology else len(devices)
+    if n > len(devices):
+      raise Llm4RecError(f'{topology}: only {len(devices)} CPU devices (set XLA_FLAGS='
+                        '--xla_force_host_platform_device_count=N before starting)')
+    return devices[:n]
+  name = TOPOLOGY_ALIASES.get(topology, topology)
+  if ':' not in name:
+    raise Llm4RecError(f'unknown topology {topology!r}; use one of '
+                      f'{sorted(TOPOLOGY_ALIASES)}, a libtpu name like v5e:16x16, or cpu:N')
+  if libtpu:
+    os.environ['TPU_LIBRARY_PATH'] = str(libtpu)
+  path = os.environ.get('TPU_LIBRARY_PATH')
+  if path and not pathlib.Path(path).is_file():
+    raise Llm4RecError(f'TPU_LIBRARY_PATH={path} is not a file. {LIBTPU_HELP}')
+  # Compile-only: no metadata server to ask, and no chips to lock against other processes.
+  os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+  from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+  try:
+    return list(topologies.get_topology_desc(name, 'tpu').devices)
+  except RuntimeError as e:
+    if 'not installed' in str(e):
+      raise Llm4RecError(LIBTPU_HELP) from e
+    raise
+
+
+def make_mesh(mesh_cfg: Any, devices: list[Any]) -> jax.sharding.Mesh:
+  """The config's mesh over ``devices``, laid out along the physical topology where possible."""
+  axes = tuple(mesh_cfg['axes'])
+  shape = partitioning.mesh_shape(axes, mesh_cfg['shape'], len(devices))
+  try:
+    from jax.experimental import mesh_utils  # pylint: disable=import-outside-toplevel
+    grid = mesh_utils.create_device_mesh(shape, devices)
+  except (ValueError, NotImplementedError, AssertionError):
+    grid = np.asarray(devices).reshape(shape)
+  return jax.sharding.Mesh(grid, axes,
+                           axis_types=(jax.sharding.AxisType.Auto,) * len(axes))
+
+
+def compile_train_step(config: ml_collections.ConfigDict, devices: list[Any], *,
+                       num_items: int) -> dict[str, Any]:
+  """Compiles the train step of ``config`` for ``devices``; returns sizes and per-device memory.
+
+  The loss budget is the worst case (every position of the batch a target), so the estimate bounds
+  what training on any data of this shape needs.
+  """
+  config = ml_collections.ConfigDict(config.to_dict())
+  config_base.validate(config, len(devices))
+  mesh = make_mesh(config.mesh, devices)
+  cfg = trainer.model_config(config, num_items, mesh)
+  spec = state_lib.build_model_spec(cfg, mesh, config.mesh.rules)
+  tx, schedule = optimizer_lib.make_optimizer(config.optimizer, 1000)
+  abstract, shardings = state_lib.state_shardings(spec, tx)
+  exp = trainer.Experiment(config=config, workdir=pathlib.Path('.'), dataset=None, split=None,
+                           mesh=mesh, spec=spec)
+  batch_size, max_len = config.train.batch_size, config.data.max_len
+  max_targets = config.loss.max_targets_per_batch or batch_size * max_len
+  step = trainer.make_train_step(exp, tx, schedule, shardings, max_targets)
+  batch = {k: jax.ShapeDtypeStruct(shape, jnp.int32,
+                                   sharding=partitioning.batch_sharding(mesh, config.mesh.rules,
+                                                                        len(shape)))
+           for k, shape in (('inputs', (batch_size, max_len)), ('targets', (batch_size, max_len)),
+                            ('users', (batch_size,)))}
+  compiled = step.lower(abstract_with_shardings(abstract, shardings), batch, None).compile()
+  mem = compiled.memory_analysis()
+  sizes = {k: int(getattr(mem, f'{k}_size_in_bytes', 0) or 0)
+           for k in ('argument', 'output', 'alias', 'temp', 'generated_code')}
+  # Donated state is aliased to the output, so it is counted once.
+  peak = sizes['argument'] + sizes['output'] - sizes['alias'] + sizes['temp'] + sizes[
+      'generated_code']
+  kind = devices[0].device_kind
+  capacity = HBM_BYTES.get(kind)
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  params = spec.num_params()
+  return {
+      'device_kind': kind, 'num_devices': len(devices), 'mesh': dict(mesh.shape),
+      'num_params': params, 'vocab_size': cfg.vocab_size, 'batch_size': batch_size,
+      'max_len': max_len, 'dtype': cfg.dtype,
+      'per_device_bytes': {**sizes, 'peak_estimate': peak},
+      'per_device_gib': round(peak / 2 ** 30, 3),
+      'hbm_gib': round(capacity / 2 ** 30, 1) if capacity else None,
+      'fits': (peak <= capacity) if capacity else None,
+      # Parameters + Adam moments (float32), evenly sharded: the floor any sharding must pay.
+      'state_floor_gib': round(3 * 4 * params / len(devices) / 2 ** 30, 3),
+      'flops_per_step_per_device': float((cost or {}).get('flops', math.nan)),
+  }
