@@ -20,6 +20,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
     ('multimodal.py --scenario cold_start', {'variants'}),
     ('semantic_ids.py', {'softmax', 'semantic_id', 'codes'}),
     ('retrieval_ann.py', {'recall@10', 'exact_qps', 'ann_qps', 'build_s', 'index_bytes'}),
+    ('retrieval_serving.py', {'with_index', 'without_index', 'same_top10_fraction'}),
+    ('retrieval_rag.py', {'rag_on', 'rag_off', 'ndcg@10_on_minus_off'}),
+    ('retrieval_ann.py', {'recall@10', 'exact_qps', 'ann_qps', 'build_s', 'index_bytes'}),
     ('tfds_prepare.py', {'datasets'}),
     ('online_adaptation.py', {'by_dataset', 'protocol', 'wall_s'}),
     ('text_finetune.py', {'frozen', 'finetune', 'steps'}),
@@ -48,6 +51,13 @@ def test_quick_benchmark_prints_one_json_line(script, keys):
       assert d['adapted_throughput']['events_per_s'] > 0
   if 'codes' in result:
     assert 0.0 <= result['semantic_id']['ndcg@10'] <= result['semantic_id']['hr@10'] <= 1.0
+  if result.get('benchmark') == 'retrieval_ann':  # ScaNN vs exact on the same queries
+    assert 0.0 <= result['recall@10'] <= 1.0 and result['ann_qps'] > 0 and result['exact_qps'] > 0
+  if result.get('benchmark') == 'retrieval_serving':
+    assert 0 < result['with_index']['p50_ms'] <= result['with_index']['p99_ms']
+    assert 0.0 <= result['top10_overlap'] <= 1.0
+  if result.get('benchmark') == 'retrieval_rag':  # same model and budget, retrieval on and off
+    assert result['rag_on']['retrieval']['rag'] and result['rag_off']['retrieval'] is None
   if result.get('benchmark') == 'retrieval_ann':  # ScaNN vs exact on the same queries
     assert 0.0 <= result['recall@10'] <= 1.0 and result['ann_qps'] > 0 and result['exact_qps'] > 0
   if 'finetune' in result:  # frozen vs fine-tuned text encoder: both trained and timed
