@@ -16,6 +16,7 @@ import pathlib
 import ml_collections
 
 from llm4rec_jax.data import synthetic
+from llm4rec_jax.debias import objectives as debias_objectives
 from llm4rec_jax.errors import ConfigError
 
 # Model sizes. 'tiny' is for tests, 'small' for CPU benchmarks (SASRec-sized), the rest for
@@ -166,6 +167,26 @@ def base_config() -> ml_collections.ConfigDict:
       upsert_index=True,  # upsert new/changed items into the workdir's ScaNN index, if built
   ))
 
+  # Causal debiasing, fairness and beyond-accuracy evaluation (llm4rec_jax.debias,
+  # llm4rec_jax.beyond_accuracy). Off by default: training and ranking are unchanged.
+  c.debias = ml_collections.ConfigDict(dict(
+      method='none',  # 'none' | 'ips' | 'snips' (inverse popularity propensity) | 'pda'
+      power=0.5, smoothing=1.0,  # propensity = ((count + smoothing) / (max + smoothing)) ** power
+      clip=0.05,  # propensities below this are raised to it (inverse weights <= 1 / clip)
+      pda_gamma=0.1,  # pda: training logits + pda_gamma * log popularity
+      adjust_strength=0.0,  # inference: scores -= adjust_strength * log popularity (0 = off)
+      fairness='none',  # 'none' | 'adversarial' (gradient reversal) | 'parity' (demographic parity)
+      sensitive_attribute='',  # categorical user feature, e.g. 'gender'; '' = activity terciles
+      # adversarial: the gradient reaching the user representation is reversed (x -reversal);
+      # reverse=False passes it unchanged (the representation then learns the attribute).
+      adversary_weight=1.0, reverse=True, reversal=1.0,
+      parity_weight=1.0,
+      num_groups=0,  # filled from the data (recorded so serving builds the adversary head too)
+      # Beyond-accuracy metrics in metrics.json (valid/test): coverage, Gini, popularity, tail
+      # share, novelty, diversity, per-group accuracy gaps ('auto', '' or a comma list).
+      beyond_accuracy=True, beyond_ks=(10,), head_fraction=0.2, group_attributes='auto',
+  ))
+
   c.mesh = ml_collections.ConfigDict()
   c.mesh.axes = ('data', 'fsdp', 'tensor')
   c.mesh.shape = (-1, 1, 1)
@@ -237,6 +258,8 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
         raise ConfigError(f'text_finetune.{key}', f'must be >= 0, got {ft[key]}')
     if ft.encode_batch_size <= 0:
       raise ConfigError('text_finetune.encode_batch_size', 'must be positive')
+  if c.get('debias') is not None:
+    debias_objectives.validate(c)
   if c.loss.type not in ('full_softmax', 'sampled_softmax'):
     raise ConfigError('loss.type', f"unknown loss {c.loss.type!r} (full_softmax | sampled_softmax)")
   if c.data.split not in ('leave_one_out', 'temporal'):

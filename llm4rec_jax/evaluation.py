@@ -57,8 +57,11 @@ def generate_top(model, inputs: jax.Array, seen: jax.Array | None, content, trie
 
 
 def make_rank_fn(graphdef: nnx.GraphDef, *, exclude_seen: bool, top_k: int, trie=None,
-                 beam_size: int = 0) -> Callable:
+                 beam_size: int = 0, score_bias: jax.Array | None = None) -> Callable:
   """Jitted ``(params, batch, content) -> (ranks [batch], top_items [batch, top_k])``.
+
+  ``score_bias`` [vocab] (softmax head only) is added to every score before ranking, e.g. the
+  popularity adjustment of ``config.debias.adjust_strength``.
 
   For a semantic-ID head (``trie`` given) the ranking is the trie-constrained beam search's top
   ``top_k``: a target outside it gets rank ``num_items``, so HR/NDCG@k are exact for k <= top_k and
@@ -81,6 +84,8 @@ def make_rank_fn(graphdef: nnx.GraphDef, *, exclude_seen: bool, top_k: int, trie
     model = nnx.merge(graphdef, params)
     scores = scores_for(model, batch['inputs'], batch['seen'] if exclude_seen else None, content,
                         context=batch.get('context'), mask=mask)
+    if score_bias is not None:
+      scores = scores + score_bias  # finite, so excluded (-inf) items stay excluded
     target = jnp.take_along_axis(scores, batch['targets'][:, None], axis=1)  # [batch, 1]
     higher = jnp.sum(scores > target, axis=1)
     ties = jnp.sum(scores == target, axis=1) - 1

@@ -11,6 +11,7 @@ from flax import nnx
 
 from llm4rec_jax.content.text_encoder import BertConfig, BertEncoder
 from llm4rec_jax.data.content import ContentSpec, ItemContent
+from llm4rec_jax.debias.fairness import AdversaryHead
 from llm4rec_jax.errors import ConfigError
 from llm4rec_jax.model.fusion import CatalogEncoding, CrossModalFusion, GatedCrossAttention
 from llm4rec_jax.model.layers import Attention, RMSNorm, SwiGLU, param
@@ -49,6 +50,8 @@ class DecoderConfig:
   content: ContentSpec | None = None
   head: str = 'softmax'  # or 'semantic_id'
   codebook_sizes: tuple[int, ...] = ()  # semantic-ID levels (from the computed codes)
+  # config.debias.fairness='adversarial': classes of the sensitive-attribute adversary head (0 = none).
+  adversary_classes: int = 0
   # config.text_finetune: the text encoder is part of the model (trained in the step); None = the
   # item text embeddings are frozen inputs.
   text_encoder: BertConfig | None = None
@@ -75,7 +78,8 @@ def from_config(model_cfg: Any, *, num_items: int, vocab_multiple: int) -> Decod
   """Builds the DecoderConfig; the vocabulary is padded up to a multiple of ``vocab_multiple``."""
   fields = {f.name for f in dataclasses.fields(DecoderConfig)} - {'vocab_size', 'num_items',
                                                                    'content', 'codebook_sizes',
-                                                                   'text_encoder'}
+                                                                   'text_encoder',
+                                                                   'adversary_classes'}
   kwargs = {k: model_cfg[k] for k in fields if k in model_cfg}
   vocab = model_cfg.get('vocab_size', 0) or -(-(num_items + 1) // vocab_multiple) * vocab_multiple
   if vocab <= num_items:
@@ -154,6 +158,9 @@ class ItemDecoder(nnx.Module):
                           f'content) with width {cfg.text_encoder.hidden_size}')
       # Fine-tuned with the rest of the model; see llm4rec_jax.train.text_finetune.
       self.text_encoder = BertEncoder(cfg.text_encoder, rngs=rngs)
+    if cfg.adversary_classes:
+      # Predicts a sensitive user attribute behind gradient reversal (llm4rec_jax.debias.fairness).
+      self.adversary = AdversaryHead(cfg.d_model, cfg.adversary_classes, rngs=rngs)
     if cfg.head == 'semantic_id':
       if not cfg.codebook_sizes:
         raise ConfigError('model.head', 'the semantic-ID head needs computed item codes')

@@ -32,17 +32,20 @@ def gather_targets(hidden: jax.Array, targets: jax.Array, max_targets: int,
 
 
 def full_softmax_loss(hidden, table, targets, *, catalog: jax.Array, max_targets: int = 0,
-                      weights=None):
+                      weights=None, logit_bias=None):
   """Cross-entropy of the next item against every catalog item.
 
   Args:
     hidden: [batch, seq, d_model]; table: [vocab, d_model]; targets: int [batch, seq], 0 = none.
     catalog: bool [vocab], True for real items (padding ids get no probability mass).
     weights: optional [batch, seq] per-target weights (e.g. inverse propensities).
+    logit_bias: optional [vocab] added to every logit (e.g. a popularity confounder term).
   Returns: (mean loss over targets, metrics dict).
   """
   h, t, w, dropped = gather_targets(hidden, targets, max_targets, weights)
   logits = (h @ table.T.astype(h.dtype)).astype(jnp.float32)  # [K, vocab]
+  if logit_bias is not None:
+    logits = logits + logit_bias
   logits = jnp.where(catalog, logits, -1e30)
   lse = jax.nn.logsumexp(logits, axis=-1)
   target_logit = jnp.take_along_axis(logits, t[:, None], axis=-1)[:, 0]

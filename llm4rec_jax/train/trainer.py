@@ -25,10 +25,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from llm4rec_jax import config_base, evaluation, partitioning
+from llm4rec_jax import beyond_accuracy, config_base, evaluation, partitioning
 from llm4rec_jax.data import content as content_lib
 from llm4rec_jax.data import pipeline, registry, splits
 from llm4rec_jax.data.splits import Split
+from llm4rec_jax.debias import objectives as debias_objectives
 from llm4rec_jax.errors import ConfigError, NonFiniteLossError
 from llm4rec_jax.model import decoder as decoder_lib
 from llm4rec_jax.model import semantic_head
@@ -53,6 +54,8 @@ class Experiment:
   content_np: content_lib.ItemContent | None = None  # host arrays (saved with the workdir)
   content: content_lib.ItemContent | None = None  # the same, on device, rows sharded as 'vocab'
   semantic_ids: SemanticIds | None = None  # item codes of the semantic-ID head
+  debias: debias_objectives.DebiasObjective | None = None  # config.debias (None = off)
+  beyond: beyond_accuracy.Context | None = None  # for the beyond-accuracy metrics
 
   @property
   def rules(self):
@@ -80,7 +83,8 @@ class Experiment:
       trie = jax.device_put(self.semantic_ids.trie(), self.spec.replicated)
     return evaluation.make_rank_fn(self.spec.graphdef, exclude_seen=exclude,
                                    top_k=max(self.config.eval.ks), trie=trie,
-                                   beam_size=self.config.semantic_ids.beam_size)
+                                   beam_size=self.config.semantic_ids.beam_size,
+                                   score_bias=self.debias.inference_bias if self.debias else None)
 
 
 def build_experiment(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Experiment:
@@ -90,6 +94,12 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str | pathlib.P
   ds, split = registry.load_split(config.data)
   mesh = partitioning.make_mesh(config.mesh)
   cfg = model_config(config, ds.num_items, mesh)
+  debias = debias_objectives.build(config, ds, split.train, cfg.vocab_size)
+  if debias is not None and debias.fairness == 'adversarial':
+    cfg = dataclasses.replace(cfg, adversary_classes=debias.num_groups)
+  beyond = (beyond_accuracy.build_context(ds, split.train, head_fraction=config.debias.head_fraction,
+                                          group_attributes=config.debias.group_attributes)
+            if config.debias.beyond_accuracy else None)
   train_items = np.unique(np.concatenate([s for s in split.train if len(s)]))
   content_np, content_spec = content_lib.load_item_content(config, ds.items, cfg.vocab_size,
                                                            train_items)
@@ -106,7 +116,8 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str | pathlib.P
   spec = state_lib.build_model_spec(cfg, mesh, config.mesh.rules)
   content = (put_content(content_np, mesh, config.mesh.rules)
              if content_np is not None and (cfg.uses_content or sid is not None) else None)
-  return Experiment(config, workdir, ds, split, mesh, spec, content_np, content, sid)
+  return Experiment(config, workdir, ds, split, mesh, spec, content_np, content, sid, debias,
+                    beyond)
 
 
 def put_content(content: content_lib.ItemContent, mesh: jax.sharding.Mesh, rules) -> Any:
@@ -127,6 +138,9 @@ def model_config(config: ml_collections.ConfigDict, num_items: int,
   cfg = decoder_lib.from_config(config.model, num_items=num_items, vocab_multiple=128 * shards)
   if not config.model.get("vocab_size", 0):
     config.model.vocab_size = cfg.vocab_size
+  d = config.get('debias')
+  if d is not None and d.get('fairness', 'none') == 'adversarial' and d.get('num_groups', 0):
+    cfg = dataclasses.replace(cfg, adversary_classes=d.num_groups)
   return dataclasses.replace(cfg, max_len=config.data.max_len)
 
 
@@ -139,7 +153,7 @@ def auto_max_targets(windows: np.ndarray, batch_size: int) -> int:
 
 
 def make_loss_fn(cfg: decoder_lib.DecoderConfig, graphdef: nnx.GraphDef, lcfg: Any,
-                 max_targets: int):
+                 max_targets: int, debias: debias_objectives.DebiasObjective | None = None):
   """The training objective ``(params, batch, content, rng, catalog=None) -> (loss, aux)``.
 
   ``catalog`` (bool [vocab]) overrides the items the softmax ranges over (default: ids
@@ -168,8 +182,14 @@ def make_loss_fn(cfg: decoder_lib.DecoderConfig, graphdef: nnx.GraphDef, lcfg: A
       # Items absent from the training data (held out as cold) do not exist yet at training time:
       # they are not negatives of the training softmax, only candidates at evaluation.
       train_catalog = catalog & content.id_known
-    return losses.full_softmax_loss(hidden, table, batch['targets'], catalog=train_catalog,
-                                    max_targets=max_targets)
+    if debias is None or not debias.changes_training:
+      return losses.full_softmax_loss(hidden, table, batch['targets'], catalog=train_catalog,
+                                      max_targets=max_targets)
+    weights = debias.target_weights(batch['targets'])
+    loss, aux = losses.full_softmax_loss(hidden, table, batch['targets'], catalog=train_catalog,
+                                         max_targets=max_targets, weights=weights,
+                                         logit_bias=debias.train_bias)
+    return debias.finish_loss(loss, aux, model, hidden, batch, table, train_catalog, weights)
 
   return loss_fn
 
@@ -177,7 +197,8 @@ def make_loss_fn(cfg: decoder_lib.DecoderConfig, graphdef: nnx.GraphDef, lcfg: A
 def make_train_step(exp: Experiment, tx: optax.GradientTransformation, schedule, shardings,
                     max_targets: int):
   """The one jitted train step."""
-  loss_fn = make_loss_fn(exp.spec.cfg, exp.spec.graphdef, exp.config.loss, max_targets)
+  loss_fn = make_loss_fn(exp.spec.cfg, exp.spec.graphdef, exp.config.loss, max_targets,
+                         debias=exp.debias)
   batch_sharding = {k: partitioning.batch_sharding(exp.mesh, exp.rules, n)
                     for k, n in (('inputs', 2), ('targets', 2), ('users', 1))}
   if exp.config.retrieval.rag:
@@ -463,6 +484,12 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int) -> dict[str, 
     m, ranks, tops = evaluation.evaluate_arrays(rank_fn, params, arrays, c.eval.batch_size,
                                                 exp.put_whole, c.eval.ks, content=exp.content)
     results[which] = m
+    if exp.beyond is not None:
+      flat, groups = beyond_accuracy.summarize(exp.beyond, tops, ranks, arrays.users[:len(ranks)],
+                                               c.debias.beyond_ks)
+      m.update(flat)
+      results.setdefault('groups', {})[which] = groups
+      results['ild_vectors'] = exp.beyond.vector_source
     if c.eval.save_rankings and jax.process_index() == 0:
       n = len(ranks)
       evaluation.write_rankings(exp.workdir / f'rankings_{which}.jsonl', arrays.users[:n],
