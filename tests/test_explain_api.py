@@ -1,0 +1,62 @@
+"""`llm4rec explain` and the Explainer API on a trained tiny workdir; templates."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from llm4rec_jax.explain import explainer as explainer_lib
+from llm4rec_jax.explain import templates
+from llm4rec_jax.train import trainer
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_template_is_grounded_in_shared_attributes():
+  item = {'genre': ['Comedy', 'Drama'], 'year': ['1995']}
+  liked = [{'genre': ['Drama']}, {'genre': ['Drama', 'Comedy'], 'year': ['1994']}]
+  shared = templates.shared_attributes(item, liked)
+  assert shared == [('genre', 'Drama'), ('genre', 'Comedy')]  # the year is not shared
+  text = templates.template_explanation('Toy Story', ['Heat', 'Babe'], shared)
+  assert text == ('Because you liked Heat and Babe, which share genre Drama and Comedy with it, '
+                  'we recommend Toy Story.')
+  assert templates.template_explanation('X', [], item_features=['sound', 'strings']) == (
+      'We recommend X. Reviewers mention its sound and strings.')
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+  wd = tmp_path_factory.mktemp('explain') / 'run'
+  trainer.train_and_evaluate(tiny_config(**{'train.num_epochs': 1}), wd)
+  return wd
+
+
+def test_explainer_api_and_cli(workdir):
+  ex = explainer_lib.Explainer(workdir, steps=8)
+  raw = ex.rec.raw_ids
+  history = [raw[3], raw[7], raw[11], raw[20]]
+  out = ex.explain(history)
+  top = ex.rec.recommend(history, 1)['recommendations'][0]['item']
+  assert out['item'] == top
+  assert sorted(h['item'] for h in out['history']) == sorted(history)
+  att = [h['attribution'] for h in out['history']]
+  assert att == sorted(att, reverse=True)  # most important first
+  np.testing.assert_allclose(sum(att), out['score'] - out['baseline_score'], atol=0.3)
+  assert out['template'].startswith('Because you liked') or out['template'].startswith('We rec')
+  named = ex.explain(history, raw[50])
+  assert named['item'] == raw[50]
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  proc = subprocess.run([sys.executable, '-m', 'llm4rec_jax.cli', 'explain', f'--workdir={workdir}',
+                         '--history=' + ','.join(history), f'--item={raw[50]}'], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert json.loads(proc.stdout)['item'] == raw[50]
+  bad = subprocess.run([sys.executable, '-m', 'llm4rec_jax.cli', 'explain', f'--workdir={workdir}',
+                        '--history=' + raw[3], '--item=no-such-item'], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert bad.returncode == 2 and 'no-such-item' in bad.stderr
