@@ -17,7 +17,7 @@ from ml_collections import config_flags
 
 from llm4rec_jax.errors import Llm4RecError
 
-COMMANDS = ('train', 'evaluate', 'recommend', 'index', 'adapt')
+COMMANDS = ('train', 'evaluate', 'recommend', 'index', 'adapt', 'explain')
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, e.g. configs/beauty.py or configs/beauty.py:tiny.',
@@ -30,6 +30,8 @@ _SAVE_RANKINGS = flags.DEFINE_bool('save_rankings', False, 'evaluate: write per-
 _HISTORY = flags.DEFINE_string('history', None, 'recommend: comma-separated raw item ids, oldest '
                                'first.')
 _TOP_K = flags.DEFINE_integer('top_k', 10, 'recommend: number of items to return.')
+_ITEM = flags.DEFINE_string('item', None, 'explain: raw id of the item to explain (default: the '
+                            'top recommendation after --history).')
 _INCLUDE_SEEN = flags.DEFINE_bool('include_seen', False, 'recommend: allow items of the history.')
 _VERBOSE = flags.DEFINE_bool('verbose', False, 'Log library internals (Orbax, JAX) at INFO.')
 _EVENTS = flags.DEFINE_string('events', None, "adapt: JSON-lines event file, or '-' for stdin.")
@@ -84,6 +86,12 @@ def main(argv: list[str]) -> None:
       from llm4rec_jax.online import adapt  # pylint: disable=import-outside-toplevel
       result = adapt(_WORKDIR.value, _EVENTS.value, overrides=_parse_overrides(_ONLINE.value),
                      evaluate=_PREQUENTIAL.value, checkpoint=_CHECKPOINT.value)
+    elif command == 'explain':
+      if not _HISTORY.value:
+        raise Llm4RecError('--history is required for explain (comma-separated item ids)')
+      from llm4rec_jax.explain.explainer import explain  # pylint: disable=import-outside-toplevel
+      result = explain(_WORKDIR.value, [h.strip() for h in _HISTORY.value.split(',') if h.strip()],
+                       _ITEM.value, checkpoint=_CHECKPOINT.value)
     elif command == 'evaluate':
       result = evaluate(_CONFIG.value, _WORKDIR.value, checkpoint=_CHECKPOINT.value,
                         save_rankings=_SAVE_RANKINGS.value)
