@@ -190,6 +190,14 @@ def test_resume_evaluate_and_serve_with_finetuned_encoder(tiny_bert, tmp_path):
       atol=1e-5)
   assert len(rec.recommend(['i3', 'i5'], top_k=3)['recommendations']) == 3
 
+  # The fine-tuned encoder exported in the HF layout reloads and reproduces the served rows.
+  exported = text_finetune.export_encoder(tmp_path / 'full', tmp_path / 'exported')
+  reloaded, tokenizer, _ = text_encoder.load_pretrained(exported)
+  np.testing.assert_allclose(
+      served[rows], text_encoder.embed_token_rows(reloaded, rec.content.text_tokens[rows]),
+      atol=1e-5)
+  assert tokenizer is not None
+
 
 def _numbers(metrics):
   return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}

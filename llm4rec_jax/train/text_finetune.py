@@ -230,3 +230,28 @@ def step_budget(config: Any, batch_size: int, max_len: int, vocab: int) -> int:
   n = min(batch_size * 2 * max_len, vocab)
   b = config.text_finetune.max_items_per_step
   return min(b, n) if b > 0 else n
+
+
+TOKENIZER_FILES = ('vocab.txt', 'tokenizer.json', 'tokenizer_config.json',
+                   'special_tokens_map.json')
+
+
+def export_encoder(workdir: str | pathlib.Path, out_dir: str | pathlib.Path, *,
+                   checkpoint: str = 'best') -> pathlib.Path:
+  """Writes the fine-tuned text encoder of a workdir's checkpoint in the Hugging Face layout
+  (``config.json`` + ``model.safetensors``), with the tokenizer files of the model it started
+  from, so it can be used as ``content.text_model`` (or by ``transformers``) elsewhere."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax import serving  # pylint: disable=import-outside-toplevel
+  rec = serving.Recommender(workdir, checkpoint=checkpoint)
+  if rec.spec.cfg.text_encoder is None:
+    raise ConfigError('text_finetune.enabled', f'{workdir} was trained with a frozen text encoder; '
+                      'there is no fine-tuned encoder to export')
+  encoder = nnx.merge(rec.spec.graphdef, rec.params).text_encoder
+  out = text_encoder.save_pretrained(encoder, out_dir)
+  source = text_encoder.resolve_model_dir(rec.config.content.text_model
+                                          or text_encoder.default_model_dir())
+  for name in TOKENIZER_FILES:
+    if (source / name).is_file():
+      shutil.copy(source / name, out / name)
+  return out
