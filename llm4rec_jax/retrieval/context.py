@@ -108,21 +108,26 @@ class Retriever:
     """Rebuilds the item (and user) index from ``table`` [vocab, d] (rows 1..num_items used)."""
     self.table = np.asarray(table, np.float32)
     items = self.table[1:self.num_items + 1]
-    overrides = {k: v for k, v in self.cfg.items() if not isinstance(v, (str, bool))}
     self.index = ItemIndex.build(items, np.arange(1, self.num_items + 1),
-                                 params=default_params(len(items), items.shape[1], overrides),
+                                 params=default_params(len(items), items.shape[1], self.cfg),
                                  step=step)
     if self.cfg.source in ('users', 'both'):
       users = [u for u, s in enumerate(self.train_sequences) if len(s)]
       profiles = np.stack([self.table[self.train_sequences[u][-self.seq_len:]].mean(axis=0)
                            for u in users])
       self.user_index = ItemIndex.build(
-          profiles, users, params=default_params(len(users), profiles.shape[1], overrides),
+          profiles, users, params=default_params(len(users), profiles.shape[1], self.cfg),
           step=step, embedding='user_profile')
     self.refreshed_at = step
 
   def refresh_from_params(self, graphdef, params, content=None, step: int | None = None) -> None:
     self.refresh(item_table(graphdef, params, content), step)
+
+  def maybe_refresh(self, step: int, every: int, graphdef, params, content=None) -> None:
+    """Training schedule: rebuild at every ``every``-th step (unless already built at this step,
+    e.g. by the evaluation just before), and on the first call (a fresh or resumed run)."""
+    if self.table is None or (step % max(1, every) == 0 and self.refreshed_at != step):
+      self.refresh_from_params(graphdef, params, content, step)
 
   # --- context -------------------------------------------------------------------------------
   def context(self, inputs: np.ndarray, exclude: Sequence[np.ndarray],
@@ -214,9 +219,3 @@ def for_experiment(exp) -> Retriever:
   user_items = [np.unique(np.asarray(s, np.int64)) for s in full]
   return Retriever(exp.config.retrieval, exp.dataset.num_items, exp.config.data.max_len,
                    exp.split.train, user_items)
-
-
-def refresh_due(step: int, refresh_every: int, steps_per_epoch: int) -> bool:
-  every = refresh_every or steps_per_epoch
-  return step % max(1, every) == 0
-

@@ -89,6 +89,8 @@ def top_k_with_index(rec, inputs: np.ndarray, seen: np.ndarray, k: int,
   num = max(k, int(rec.config.retrieval.candidates)) + len(exclude)
   ids, _ = rec.ann_index.search_batched(hidden, min(num, len(rec.ann_index)))
   cand = np.asarray([i for i in ids[0] if i > 0 and i not in exclude], np.int64)
+  if len(cand) < k:  # the history covers the candidates: score the whole catalog instead
+    cand = np.asarray([i for i in range(1, len(rec.ann_table)) if i not in exclude], np.int64)
   exact = rec.ann_table[cand] @ hidden[0]  # the model's logits of the candidates
   order = np.argsort(-exact, kind='stable')[:k]
   return exact[order][None], cand[order][None]

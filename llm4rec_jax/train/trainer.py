@@ -358,11 +358,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       while step < total_steps and stopped_reason is None:
         batch = next(data_iter)
         if rag is not None:  # retrieved context; the index follows the embeddings on a schedule
-          if rag.table is None or context_lib.refresh_due(step, config.retrieval.refresh_every,
-                                                          steps_per_epoch):
-            rag.refresh_from_params(exp.spec.graphdef, state['params'],
-                                    text_finetune.content_from_state(exp.content, state)
-                                    if 'text_table' in state else exp.content, step)
+          rag.maybe_refresh(step, config.retrieval.refresh_every or steps_per_epoch,
+                            exp.spec.graphdef, state['params'],
+                            text_finetune.content_from_state(exp.content, state)
+                            if 'text_table' in state else exp.content)
           batch = rag.train_batch(batch)
         batch = exp.put(batch)
         state, metrics = train_step(state, batch, exp.content)
