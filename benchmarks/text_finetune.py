@@ -16,6 +16,7 @@ import json
 import pathlib
 import shutil
 import string
+import sys
 import tempfile
 import time
 
@@ -100,8 +101,7 @@ def main():
   out['wall_s'] = round(time.perf_counter() - t0, 1)
   if not keep:
     shutil.rmtree(root, ignore_errors=True)
-  out['command'] = 'python benchmarks/text_finetune.py --steps %d%s' % (
-      args.steps, ' --quick' if args.quick else '')
+  out['command'] = ' '.join(['python', 'benchmarks/text_finetune.py', *sys.argv[1:]])
   print(json.dumps(out))
 
 
