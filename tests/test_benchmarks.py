@@ -19,6 +19,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
     ('throughput.py', {'runs'}),
     ('multimodal.py --scenario cold_start', {'variants'}),
     ('semantic_ids.py', {'softmax', 'semantic_id', 'codes'}),
+    ('explain_faithfulness.py', {'integrated_gradients', 'grad_x_input', 'num_cases'}),
+    ('explain_text.py', {'greedy', 'beam4', 'template', 'valid_loss'}),
     ('retrieval_ann.py', {'recall@10', 'exact_qps', 'ann_qps', 'build_s', 'index_bytes'}),
     ('retrieval_serving.py', {'with_index', 'without_index', 'same_top10_fraction'}),
     ('retrieval_rag.py', {'rag_on', 'rag_off', 'ndcg@10_on_minus_off'}),
@@ -49,6 +51,12 @@ def test_quick_benchmark_prints_one_json_line(script, keys):
       assert {m: v['events'] for m, v in d['overall'].items()} == dict.fromkeys(
           ('frozen', 'adapted', 'retrained'), d['stream_events'])
       assert d['adapted_throughput']['events_per_s'] > 0
+  if 'grad_x_input' in result:  # explanation faithfulness: a deletion curve per method
+    curve = result['integrated_gradients']['curve']
+    assert len(curve['score_drop_top']) == len(curve['ks']) and result['num_cases'] > 0
+  if 'beam4' in result:  # explanation text metrics, x 100
+    assert all(0.0 <= result[d][m] <= 100.0 for d in ('greedy', 'beam4', 'template')
+               for m in ('bleu1', 'bleu4', 'rougel_f', 'usr'))
   if 'codes' in result:
     assert 0.0 <= result['semantic_id']['ndcg@10'] <= result['semantic_id']['hr@10'] <= 1.0
   if result.get('benchmark') == 'retrieval_ann':  # ScaNN vs exact on the same queries
