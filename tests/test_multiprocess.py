@@ -9,9 +9,11 @@ equal those of one process driving the same (2, 2, 2) mesh of 8 devices.
 import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -42,31 +44,39 @@ def _flag(key, value) -> str:
   return f'--config.{key}={str(value).lower() if isinstance(value, bool) else value}'
 
 
-@pytest.mark.slow
-def test_two_processes_train_like_one_process_on_the_same_mesh(tmp_path):
-  multi = tmp_path / 'two_processes'
-  port = _free_port()
+def _launch(workdir, overrides):
+  """``llm4rec train`` as 2 processes of 4 CPU devices each, coordinated over localhost."""
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              XLA_FLAGS='--xla_force_host_platform_device_count=4')
-  flags = [_flag(k, v) for k, v in OVERRIDES.items()] + [
+  flags = [_flag(k, v) for k, v in overrides.items()] + [
       _flag('distributed.initialize', True),
-      _flag('distributed.coordinator_address', f'localhost:{port}'),
+      _flag('distributed.coordinator_address', f'localhost:{_free_port()}'),
       _flag('distributed.num_processes', 2)]
-  procs = [subprocess.Popen(
+  return [subprocess.Popen(
       [sys.executable, '-m', 'llm4rec_jax.cli', 'train', f'--config={CONFIG}',
-       f'--workdir={multi}', *flags, _flag('distributed.process_id', i)],
+       f'--workdir={workdir}', *flags, _flag('distributed.process_id', i)],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
+
+
+def _wait(procs, timeout=400):
   outs = []
   try:
     for p in procs:
-      outs.append(p.communicate(timeout=400))
+      outs.append(p.communicate(timeout=timeout))
   finally:
     for p in procs:
       if p.poll() is None:
         p.kill()
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
+  return outs
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_process_on_the_same_mesh(tmp_path):
+  multi = tmp_path / 'two_processes'
+  outs = _wait(_launch(multi, OVERRIDES))
   # Only process 0 prints the result (and writes logs; a second writer would repeat every step).
   result = json.loads((multi / 'metrics.json').read_text())
   assert result['test']['num_cases'] == 240
@@ -94,3 +104,27 @@ def test_two_processes_train_like_one_process_on_the_same_mesh(tmp_path):
   np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], rtol=2e-5)
   for k in ('hr@10', 'ndcg@10', 'mrr'):
     assert result['test'][k] == pytest.approx(single['test'][k], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_process_stops_all_at_the_same_step(tmp_path):
+  """A preemption that reaches one host: every process saves the same step and exits cleanly."""
+  workdir = tmp_path / 'signalled'
+  overrides = {**OVERRIDES, 'train.max_steps': 0, 'train.num_epochs': 500,
+               'train.eval_every': 100_000, 'train.log_every': 2}
+  procs = _launch(workdir, overrides)
+  log = workdir / 'train_log.jsonl'
+  deadline = time.time() + 300
+  while not (log.exists() and len(log.read_text().splitlines()) >= 2):
+    assert time.time() < deadline and all(p.poll() is None for p in procs), 'run did not start'
+    time.sleep(0.2)
+  procs[1].send_signal(signal.SIGTERM)
+  outs = _wait(procs)
+  stopped = json.loads(outs[0][0][outs[0][0].index('{'):])
+  assert stopped['stopped'] == 'signal 15' and stopped['step'] % 2 == 0
+  assert stopped['step'] < 500 * 7  # stopped long before the end
+  saved = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+  assert saved == [stopped['step']]
+  iter_files = sorted(p.name for p in (workdir / 'checkpoints' / str(saved[0]) / 'data_iter')
+                      .glob('process_*'))
+  assert iter_files == ['process_0-of-2.json', 'process_1-of-2.json']

@@ -258,6 +258,22 @@ class _StopFlag:
       for s, handler in previous.items():
         signal.signal(s, handler)
 
+  def agreed(self, step: int, every: int) -> int | None:
+    """The signal to stop on at ``step``, the same on every process.
+
+    A preemption may reach the processes of a multi-host run at different steps, and a process that
+    left the loop alone would hang the others in their next collective. So with several processes
+    the flags are compared on every ``every``-th step (log steps, which sync the host anyway) and
+    all processes stop at the same step.
+    """
+    if jax.process_count() == 1:
+      return self.signal
+    if step % every:
+      return None
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    flags = multihost_utils.process_allgather(np.int32(self.signal or 0))
+    return int(np.max(flags)) or None
+
 
 def _write_catalog(exp: Experiment) -> None:
   items = exp.dataset.items
@@ -374,7 +390,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         if bar is not None:
           bar.update(1)
         is_eval = step % eval_every == 0 or step == total_steps
-        if step % tc.log_every == 0 or is_eval or stop.signal or step == stop_after_steps:
+        signalled = stop.agreed(step, tc.log_every)
+        if step % tc.log_every == 0 or is_eval or signalled or step == stop_after_steps:
           now = time.perf_counter()
           _flush(pending, logger, step - n_last, now - t_last, tc.batch_size)
           t_last, n_last = now, step
@@ -412,10 +429,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         elif tc.checkpoint_every and step % tc.checkpoint_every == 0:
           ckpt.save(step, state, data_iter, {**progress})
           saved_step = step
-        if stop.signal or step == stop_after_steps:
+        if signalled or step == stop_after_steps:
           if saved_step != step:
             ckpt.save(step, state, data_iter, {**progress})
-          stopped_reason = f'signal {stop.signal}' if stop.signal else 'stop_after_steps'
+          stopped_reason = f'signal {signalled}' if signalled else 'stop_after_steps'
           break
   finally:
     if bar is not None:
