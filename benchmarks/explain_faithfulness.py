@@ -7,7 +7,8 @@ top-k attributed history items vs k random ones and compare the fall of the item
 
 Without --workdir (or with --quick) a model is trained first with configs/<dataset>.py.
 Prints one JSON line: the deletion curve and the top/random ratio at every k, for integrated
-gradients and for gradient x input.
+gradients and for gradient x input; deleting the k most recent items is reported as a second,
+model-free baseline.
 """
 
 import json
@@ -91,6 +92,7 @@ def main() -> dict:
     result[method] = {
         'score_ratio@3': round(curve.ratio(3, 'score'), 2),
         'rank_ratio@3': round(curve.ratio(3, 'rank'), 2),
+        'score_ratio_vs_recent@3': curve.to_json()['score_ratio_vs_recent'][ks.index(3)],
         'curve': curve.to_json(),
         'attribution_s': round(attr_s, 1),
         'completeness_gap_median': round(float(np.median(gap)), 4),

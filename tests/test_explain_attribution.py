@@ -156,6 +156,8 @@ def test_deletion_curve_on_an_additive_scorer():
   expect = [np.mean([k * np.mean(weights[h]) for h in histories if len(h) > k]) for k in (1, 3, 4)]
   np.testing.assert_allclose(curve.score_drop_random, expect, rtol=0.25)
   assert curve.ratio(1) > 1.5
+  # The most recent k: [3] and [7]; [2, 10, 3] and [5, 6, 7]; [9, 5, 6, 7] (k=4: one case).
+  np.testing.assert_allclose(curve.score_drop_recent, [(3 + 7) / 2, (15 + 18) / 2, 27])
   # Attributions in the wrong order make deletion weaker than random.
   bad = faithfulness.deletion_curve(score_rank, histories, np.asarray([1, 1]),
                                     [-a for a in attrs], max_len=6, ks=(1,), num_random=50)

@@ -59,6 +59,9 @@ class DeletionCurve:
   score_drop_random: list[float]
   rank_increase_top: list[float]
   rank_increase_random: list[float]
+  # Deleting the k most recent items: a strong model-free baseline for sequential recommenders.
+  score_drop_recent: list[float] = dataclasses.field(default_factory=list)
+  rank_increase_recent: list[float] = dataclasses.field(default_factory=list)
 
   def ratio(self, k: int, what: str = 'score') -> float:
     """mean drop after deleting the top-k attributed items / after deleting k random ones."""
@@ -71,6 +74,8 @@ class DeletionCurve:
     d = dataclasses.asdict(self)
     d['score_ratio'] = [round(self.ratio(k, 'score'), 3) for k in self.ks]
     d['rank_ratio'] = [round(self.ratio(k, 'rank'), 3) for k in self.ks]
+    d['score_ratio_vs_recent'] = [round(t / r, 3) if r > 0 else None for t, r in
+                                  zip(self.score_drop_top, self.score_drop_recent)]
     return d
 
 
@@ -92,7 +97,7 @@ def deletion_curve(score_rank: Callable[[np.ndarray, np.ndarray, np.ndarray],
   seen = np.zeros((len(histories), h), np.int32)
   for i, x in enumerate(histories):
     seen[i, :len(x)] = x
-  rows, case, kind, k_of = [], [], [], []  # kind: 0 original, 1 top-k, 2 random
+  rows, case, kind, k_of = [], [], [], []  # kind: 0 original, 1 top-k, 2 random, 3 most recent
   for i, (x, a) in enumerate(zip(histories, attributions)):
     x, a = np.asarray(x), np.asarray(a)
     rows.append(delete_positions(x, [], max_len)); case.append(i); kind.append(0); k_of.append(0)
@@ -105,6 +110,8 @@ def deletion_curve(score_rank: Callable[[np.ndarray, np.ndarray, np.ndarray],
       for _ in range(num_random):
         rows.append(delete_positions(x, rng.choice(len(x), k, replace=False), max_len))
         case.append(i); kind.append(2); k_of.append(k)
+      rows.append(delete_positions(x, np.arange(len(x) - k, len(x)), max_len)); case.append(i)
+      kind.append(3); k_of.append(k)
   inputs = np.stack(rows)
   case, kind, k_of = np.asarray(case), np.asarray(kind), np.asarray(k_of)
   scores, ranks = [], []
@@ -124,11 +131,14 @@ def deletion_curve(score_rank: Callable[[np.ndarray, np.ndarray, np.ndarray],
     out.num_cases.append(int(top.sum()))
     if not top.any():
       for lst in (out.score_drop_top, out.score_drop_random, out.rank_increase_top,
-                  out.rank_increase_random):
+                  out.rank_increase_random, out.score_drop_recent, out.rank_increase_recent):
         lst.append(float('nan'))
       continue
     out.score_drop_top.append(float(np.mean(base_score[case[top]] - scores[top])))
     out.score_drop_random.append(float(np.mean(base_score[case[rnd]] - scores[rnd])))
     out.rank_increase_top.append(float(np.mean(ranks[top] - base_rank[case[top]])))
     out.rank_increase_random.append(float(np.mean(ranks[rnd] - base_rank[case[rnd]])))
+    rec = (kind == 3) & (k_of == k)
+    out.score_drop_recent.append(float(np.mean(base_score[case[rec]] - scores[rec])))
+    out.rank_increase_recent.append(float(np.mean(ranks[rec] - base_rank[case[rec]])))
   return out
