@@ -60,3 +60,24 @@ def test_explainer_api_and_cli(workdir):
                         '--history=' + raw[3], '--item=no-such-item'], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode == 2 and 'no-such-item' in bad.stderr
+
+
+def test_explainer_on_a_multimodal_rag_workdir(tmp_path):
+  """Modalities of the item and the retrieved context that serving uses are attributed too, and
+  everything together accounts for score - baseline."""
+  c = tiny_config(**{'content.categorical': 'all', 'content.numeric': 'all',
+                     'content.dense': 'all', 'model.item_repr': 'both',
+                     'model.cross_attention_every': 1, 'retrieval.rag': True,
+                     'retrieval.num_context': 4, 'retrieval.num_cutoffs': 2,
+                     'retrieval.query_window': 2, 'train.max_steps': 4, 'train.eval_every': 4})
+  trainer.train_and_evaluate(c, tmp_path)
+  ex = explainer_lib.Explainer(tmp_path, steps=32)
+  raw = ex.rec.raw_ids
+  out = ex.explain([raw[2], raw[5], raw[9]])
+  names = ex.rec.spec.cfg.content.token_names
+  assert set(out['modalities']) == set(names)
+  assert out['retrieved_context'] and all(r['item'] in raw for r in out['retrieved_context'])
+  total = (sum(h['attribution'] for h in out['history']) + sum(out['modalities'].values())
+           + sum(r['attribution'] for r in out['retrieved_context']))
+  np.testing.assert_allclose(total, out['score'] - out['baseline_score'], atol=0.05 + 0.05 * abs(
+      out['score'] - out['baseline_score']))

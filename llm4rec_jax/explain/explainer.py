@@ -1,7 +1,7 @@
 """``Explainer`` / ``explain``: why a trained workdir recommends an item after a raw-id history.
 
-Returns the attribution of every history item (and of the item's modalities for a content model), a
-grounded template sentence, and, when ``WORKDIR/explainer/`` holds a trained generator
+Returns the attribution of every history item (and of the item's modalities for a content model, and
+of the retrieved context items for a retrieval-augmented one), a grounded template sentence, and, when ``WORKDIR/explainer/`` holds a trained generator
 (``benchmarks/explain_text.py --save``), a generated sentence (greedy and beam search).
 """
 
@@ -70,9 +70,13 @@ class Explainer:
     max_len = self.rec.spec.cfg.max_len
     window = ids[-max_len:]
     inputs = faithfulness.delete_positions(window, [], max_len)[None]
+    # A retrieval-augmented model reads retrieved items too: the same ones serving retrieves.
+    rag = getattr(self.rec, 'rag', None)
+    context = rag.context(inputs, [ids]) if rag is not None else None
     a = attribution.attribute_batch(self.rec.spec.graphdef, self.rec.params, inputs,
-                                    np.asarray([target]), self.rec.content, steps=self.steps,
-                                    batch_size=1)
+                                    np.asarray([target]), self.rec.content,
+                                    None if context is None else np.asarray(context),
+                                    steps=self.steps, batch_size=1)
     att = a.history[0, max_len - len(window):]
     total = max(float(np.abs(att).sum()), 1e-9)
     order = np.argsort(-att, kind='stable')
@@ -83,6 +87,12 @@ class Explainer:
         'item': str(item), 'title': self._name(target), 'score': float(a.score[0]),
         'baseline_score': float(a.baseline_score[0]), 'history': items_out,
         'checkpoint_step': self.rec.step}
+    if a.context is not None:
+      ctx = np.asarray(context)[0]  # [seq, C]
+      out['retrieved_context'] = sorted(
+          ({'item': self.rec.raw_ids[int(ctx[p, c])], 'title': self._name(int(ctx[p, c])),
+            'attribution': float(a.context[0, p, c])}
+           for p, c in zip(*np.nonzero(ctx))), key=lambda r: -r['attribution'])
     top_modality = None
     if a.modalities is not None:
       names = self.rec.spec.cfg.content.token_names
