@@ -49,6 +49,7 @@ def main() -> dict:
   p = argparse.ArgumentParser(description=__doc__)
   p.add_argument('--rec_workdir', default=None, help='trained configs/musical_instruments.py')
   p.add_argument('--save', default=None, help='save the generator here (e.g. REC_WORKDIR/explainer)')
+  p.add_argument('--load', default=None, help='evaluate a generator saved by --save (no training)')
   p.add_argument('--quick', action='store_true')
   p.add_argument('--epochs', type=int, default=10)
   p.add_argument('--beam_size', type=int, default=4)
@@ -88,9 +89,13 @@ def main() -> dict:
     data = {k: v[:256] if k == 'train' else v[:64] for k, v in data.items()}
   item_feats = reviews.item_features(data['train'], ds.num_items, vocab)
   tokenizer = text_encoder.load_tokenizer(text_encoder.default_model_dir())
-  codec = gen.TextCodec.fit(tokenizer, [e.text for e in data['train']] + vocab)
-  cfg = gen.GeneratorConfig(vocab_size=len(codec.vocab_ids), num_users=ds.num_users,
-                            num_items=ds.num_items, dropout=0.2)
+  if args.load:
+    loaded, codec, _ = gen.load(args.load, tokenizer)
+    cfg = loaded.cfg
+  else:
+    codec = gen.TextCodec.fit(tokenizer, [e.text for e in data['train']] + vocab)
+    cfg = gen.GeneratorConfig(vocab_size=len(codec.vocab_ids), num_users=ds.num_users,
+                              num_items=ds.num_items, dropout=0.2)
   feat_ids = {w: i for w, i in zip(vocab, codec.word_ids(vocab))}
   prep_s = time.perf_counter() - t0
 
@@ -107,13 +112,14 @@ def main() -> dict:
     return {'cond': cond, 'text_in': text_in, 'text_out': text_out}
 
   t = time.perf_counter()
-  train, valid, test = (arrays(data[k]) for k in ('train', 'valid', 'test'))
+  test = arrays(data['test'])
+  train, valid = (None, None) if args.load else (arrays(data['train']), arrays(data['valid']))
   attribution_s = time.perf_counter() - t
 
   def take(a, idx):
     return jax.tree.map(lambda x: jnp.asarray(x[idx]), a)
 
-  model = gen.ExplanationDecoder(cfg, rngs=nnx.Rngs(args.seed))
+  model = loaded if args.load else gen.ExplanationDecoder(cfg, rngs=nnx.Rngs(args.seed))
   graphdef, params = nnx.split(model, nnx.Param)
   batch_size = 128
   steps_per_epoch = max(len(data['train']) // batch_size, 1)
@@ -127,6 +133,8 @@ def main() -> dict:
   best, best_loss, history = None, float('inf'), []
   t = time.perf_counter()
   step = 0
+  if args.load:
+    best, args.epochs = params, 0
   for epoch in range(args.epochs):
     perm = rng.permutation(len(data['train']))
     for s in range(steps_per_epoch):
@@ -148,7 +156,8 @@ def main() -> dict:
             'split': 'global time: train < 80%, valid 80-90%, test >= 90% of review times',
             'num_train': len(data['train']), 'num_valid': len(data['valid']),
             'num_test': len(refs), 'feature_vocab': len(vocab), 'text_vocab': cfg.vocab_size,
-            'epochs': args.epochs, 'valid_loss': history, 'best_valid_loss': round(best_loss, 4),
+            'epochs': args.epochs, 'valid_loss': history,
+            'best_valid_loss': round(best_loss, 4) if history else None,
             'recommender_checkpoint_step': rec.step, 'ig_steps': args.ig_steps}
   t = time.perf_counter()
   for name, beam in (('greedy', 1), (f'beam{args.beam_size}', args.beam_size)):

@@ -144,3 +144,16 @@ def test_training_learns_item_conditioned_text():
   assert float(loss) < 0.05
   out = np.asarray(gen.make_decoder(graphdef, max_len=4, beam_size=2)(params, cond))
   np.testing.assert_array_equal(out, texts)
+
+
+def test_text_codec_round_trip_with_the_wordpiece_tokenizer():
+  from llm4rec_jax.content import text_encoder  # pylint: disable=import-outside-toplevel
+  tok = text_encoder.load_tokenizer(text_encoder.default_model_dir())
+  texts = ["I've been using these strings, they sound great.", 'A solid tuner!']
+  codec = gen.TextCodec.fit(tok, texts)
+  ids = codec.encode(texts, 32)
+  assert all(row[list(row).index(gen.EOS) + 1:].sum() == 0 for row in ids)  # PAD after EOS
+  assert codec.decode(ids) == ["i've been using these strings, they sound great.",
+                               'a solid tuner!']
+  assert tm.words(codec.decode(ids)[0])[0] == "i've"
+  np.testing.assert_array_equal(codec.word_ids(['tuner', 'zzzqqq']) > 0, [True, False])

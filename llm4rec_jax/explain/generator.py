@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import json
 import pathlib
+import re
 from typing import Any
 
 import jax
@@ -253,8 +254,19 @@ class TextCodec:
           break
         if t > EOS:
           ids.append(int(self.vocab_ids[t]))
-      texts.append(self.tokenizer.decode(ids, skip_special_tokens=True).strip())
+      texts.append(_detokenize(self.tokenizer, ids))
     return texts
+
+
+def _detokenize(tokenizer, ids: list[int]) -> str:
+  if hasattr(tokenizer, 'encode_batch'):  # a raw tokenizers.Tokenizer
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+  else:
+    text = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+  # WordPiece decoding spaces out contractions and punctuation ("i ' ve", "it ."): join them back
+  # so the text reads normally and word-level metrics see "i've" as the reference does.
+  text = re.sub(r" ' (?=\w)", "'", text)
+  return re.sub(r' ([.,!?;:])', r'\1', text).strip()
 
 
 def _wordpieces(tokenizer, texts) -> list[list[int]]:
