@@ -26,6 +26,8 @@ def _hf_config(model_type):
            tie_word_embeddings=model_type == 'gemma', hidden_act='silu')
   if model_type == 'qwen2':
     c['attention_bias'] = True
+  if model_type == 'mistral':
+    c['sliding_window'] = 3  # shorter than the test sequence, so the window matters
   if model_type == 'gemma':
     c['hidden_act'] = c['hidden_activation'] = 'gelu_pytorch_tanh'
   return c
@@ -125,7 +127,10 @@ def reference_logits(config, tensors, embed, head, tokens):
     k = k * cos + _rotate_half(k) * sin
     k, v = np.repeat(k, HEADS // KV, axis=0), np.repeat(v, HEADS // KV, axis=0)  # repeat_kv
     s = q @ k.transpose(0, 2, 1) / np.sqrt(HD)
-    s = np.where(np.tril(np.ones((seq, seq), bool)), s, -np.inf)
+    allowed = np.tril(np.ones((seq, seq), bool))
+    if config.get('sliding_window'):
+      allowed &= np.subtract.outer(np.arange(seq), np.arange(seq)) < config['sliding_window']
+    s = np.where(allowed, s, -np.inf)
     a = np.exp(s - s.max(-1, keepdims=True))
     a /= a.sum(-1, keepdims=True)
     o = (a @ v).transpose(1, 0, 2).reshape(seq, HEADS * HD)
@@ -146,7 +151,8 @@ def mesh():
   return partitioning.make_mesh({'axes': ('data', 'fsdp', 'tensor'), 'shape': (2, 2, 2)})
 
 
-@pytest.mark.parametrize('model_type,shards', [('llama', 3), ('qwen2', 1), ('gemma', 2)])
+@pytest.mark.parametrize('model_type,shards', [('llama', 3), ('qwen2', 1), ('gemma', 2),
+                                               ('mistral', 1)])
 def test_logits_match_numpy_reference(tmp_path, mesh, model_type, shards):
   from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel
   config, tensors = write_checkpoint(tmp_path, model_type, shards=shards)

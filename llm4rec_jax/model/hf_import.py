@@ -7,7 +7,7 @@
 Item ``i`` (1..num_items) is token ``text_vocab + i``; item tokens start at the mean text embedding
 plus small noise (seeded per row, so any device layout gives the same values).
 
-Every parameter is created straight into its ``NamedSharding`` (logical axes -> ``config.mesh.rules``):
+Every parameter is created straight into its ``NamedSharding`` (logical axes -> mesh rules):
 ``jax.make_array_from_callback`` asks for each device's block and the block is read from the
 safetensors file through ``get_slice``, so no host ever holds a whole tensor of a sharded parameter,
 let alone the whole model. Prompts are tokenized with the checkpoint's ``transformers`` tokenizer and
@@ -58,6 +58,7 @@ class LlmConfig:
   norm_plus_one: bool  # Gemma: RMSNorm scales by (1 + weight)
   embed_scale: bool  # Gemma: embeddings times sqrt(d_model)
   dtype: str = 'float32'  # compute dtype; parameters are float32
+  sliding_window: int = 0  # Mistral, Qwen2 with use_sliding_window: attend this far back; 0 = all
 
   def item_token(self, item: int | np.ndarray) -> int | np.ndarray:
     return self.text_vocab + item
@@ -100,6 +101,11 @@ def read_config(checkpoint: str | pathlib.Path, *, num_items: int, dtype: str = 
   if num_items <= 0:
     raise ConfigError('num_items', f'must be positive, got {num_items}')
   needed = text_vocab + num_items + 1
+  window = raw.get('sliding_window') or 0
+  if model_type == 'qwen2' and not raw.get('use_sliding_window', False):
+    window = 0
+  if model_type in ('llama', 'gemma'):
+    window = 0
   return LlmConfig(
       model_type=model_type, text_vocab=text_vocab, num_items=num_items,
       vocab_size=-(-needed // vocab_multiple) * vocab_multiple, d_model=d_model,
@@ -110,7 +116,8 @@ def read_config(checkpoint: str | pathlib.Path, *, num_items: int, dtype: str = 
       rope_theta=float(field('rope_theta', 10_000.0)),
       tie_embeddings=bool(raw.get('tie_word_embeddings', gemma)),
       attention_bias=bool(raw.get('attention_bias', model_type == 'qwen2')),
-      activation=activations[act], norm_plus_one=gemma, embed_scale=gemma, dtype=dtype)
+      activation=activations[act], norm_plus_one=gemma, embed_scale=gemma, dtype=dtype,
+      sliding_window=int(window))
 
 
 class _Attention(layers.Attention):
@@ -123,8 +130,9 @@ class _Attention(layers.Attention):
     if cfg.attention_bias:
       zeros = nnx.initializers.zeros
       self.bq = layers.param(rngs, zeros, (cfg.num_heads, cfg.head_dim), ('heads', 'head_dim'))
-      self.bk = layers.param(rngs, zeros, (cfg.num_kv_heads, cfg.head_dim), ('kv_heads', 'head_dim'))
-      self.bv = layers.param(rngs, zeros, (cfg.num_kv_heads, cfg.head_dim), ('kv_heads', 'head_dim'))
+      kv = (cfg.num_kv_heads, cfg.head_dim)
+      self.bk = layers.param(rngs, zeros, kv, ('kv_heads', 'head_dim'))
+      self.bv = layers.param(rngs, zeros, kv, ('kv_heads', 'head_dim'))
 
   def __call__(self, x, positions, mask):
     dt = self.dtype
@@ -136,7 +144,8 @@ class _Attention(layers.Attention):
     q = proj(self.wq, getattr(self, 'bq', None))  # [batch, seq, heads, head_dim]
     k = proj(self.wk, getattr(self, 'bk', None))  # [batch, seq, kv_heads, head_dim]
     v = proj(self.wv, getattr(self, 'bv', None))
-    q, k = layers.rotary(q, positions, self.rope_theta), layers.rotary(k, positions, self.rope_theta)
+    q = layers.rotary(q, positions, self.rope_theta)
+    k = layers.rotary(k, positions, self.rope_theta)
     out = jax.nn.dot_product_attention(q, k, v, mask=mask)  # [batch, seq, heads, head_dim]
     return jnp.einsum('blhk,hkd->bld', out, self.wo[...].astype(dt))
 
@@ -193,8 +202,11 @@ class LlmRecDecoder(nnx.Module):
       valid = jnp.ones(tokens.shape, bool)
     positions = jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0)  # padding does not shift positions
     seq = tokens.shape[-1]
-    causal = jnp.tril(jnp.ones((seq, seq), bool))
-    mask = ((causal[None] & valid[:, None, :]) | jnp.eye(seq, dtype=bool)[None])[:, None]
+    causal = jnp.tril(jnp.ones((seq, seq), bool))[None]  # [1, seq, seq]
+    if cfg.sliding_window:
+      # Hugging Face counts the window in positions: query p sees keys p - window < q <= p.
+      causal = causal & (positions[:, :, None] - positions[:, None, :] < cfg.sliding_window)
+    mask = ((causal & valid[:, None, :]) | jnp.eye(seq, dtype=bool)[None])[:, None]
     dt = DTYPES[cfg.dtype]
     x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)  # [batch, seq, d_model]
     if cfg.embed_scale:
@@ -211,7 +223,8 @@ class LlmRecDecoder(nnx.Module):
     cfg = self.cfg
     scores = hidden @ self._head().T
     ids = jnp.arange(cfg.vocab_size)
-    real = (ids < cfg.text_vocab) | ((ids > cfg.text_vocab) & (ids <= cfg.text_vocab + cfg.num_items))
+    items = (ids > cfg.text_vocab) & (ids <= cfg.text_vocab + cfg.num_items)
+    real = (ids < cfg.text_vocab) | items
     return jnp.where(real, scores, -jnp.inf)
 
   def item_scores(self, hidden: jax.Array) -> jax.Array:
