@@ -13,6 +13,7 @@ import json
 import pathlib
 import shutil
 import tempfile
+import sys
 import time
 
 from common import ROOT, apply_overrides, load_config, make_quick, parser
@@ -76,7 +77,7 @@ def main():
           'gini_falls': chosen['test']['gini@10'] < base['test']['gini@10'],
           'ndcg_within_2pct': (dn >= 0.98 * nd), 'plot': args.plot,
           'wall_s': round(time.perf_counter() - t0, 1),
-          'command': 'python benchmarks/debias_beauty.py' + (' --quick' if args.quick else '')}
+          'command': 'python ' + ' '.join(['benchmarks/debias_beauty.py', *sys.argv[1:]])}
   if tmp is not None:
     shutil.rmtree(tmp, ignore_errors=True)
   print(json.dumps(line))

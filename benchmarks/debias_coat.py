@@ -13,6 +13,7 @@ randomly exposed items. Several seeds; mean and std reported.
 
 import argparse
 import json
+import sys
 import time
 
 import numpy as np
@@ -93,7 +94,7 @@ def main():
                     'test_ratings': len(test['rating']), 'variants': summary,
                     'best_debiased_by_mse': best, 'best_debiased_beats_naive': wins,
                     'wall_s': round(time.perf_counter() - t0, 1),
-                    'command': 'python benchmarks/debias_coat.py' + (' --quick' if args.quick else '')}))
+                    'command': 'python ' + ' '.join(['benchmarks/debias_coat.py', *sys.argv[1:]])}))
 
 
 if __name__ == '__main__':

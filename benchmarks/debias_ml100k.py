@@ -12,6 +12,7 @@ import json
 import pathlib
 import shutil
 import tempfile
+import sys
 import time
 
 from common import apply_overrides, load_config, make_quick, parser
@@ -64,7 +65,7 @@ def main():
                                       for k, v in out.items() if k != 'naive'}
                                      if naive_gap is not None else None),
           'wall_s': round(time.perf_counter() - t0, 1),
-          'command': 'python benchmarks/debias_ml100k.py' + (' --quick' if args.quick else '')}
+          'command': 'python ' + ' '.join(['benchmarks/debias_ml100k.py', *sys.argv[1:]])}
   if not args.workdir:
     shutil.rmtree(root, ignore_errors=True)
   print(json.dumps(line))

@@ -14,6 +14,7 @@ model ranked with popularity removed at inference (scores -= strength * log popu
 import json
 import pathlib
 import shutil
+import sys
 import tempfile
 import time
 
@@ -28,6 +29,7 @@ def main():
   p.add_argument('--pda_gamma', type=float, default=1.0)
   p.add_argument('--strengths', default='0.25,0.5,0.75,1.0')
   p.add_argument('--epochs', type=int, default=20)
+  p.add_argument('--variants', default='naive,ips,snips,pda')
   args = p.parse_args()
   from llm4rec_jax.debias import unbiased_eval  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.train import trainer  # pylint: disable=import-outside-toplevel
@@ -37,6 +39,7 @@ def main():
   variants = {'naive': {}, 'ips': {'debias.method': 'ips'}, 'snips': {'debias.method': 'snips'},
               'pda': {'debias.method': 'pda', 'debias.pda_gamma': args.pda_gamma}}
   out, gains = {}, None
+  variants = {k: variants[k] for k in args.variants.split(',')}
   for name, overrides in variants.items():
     config = load_config('synthetic')
     config.seed = args.seed
@@ -64,15 +67,16 @@ def main():
                                                   'coverage@10')},
                   'best_step': model.step}
   oracle_top = np.argsort(-gains, axis=1)[:, :10]
-  naive = out['naive']['truth_ndcg@10']
+  naive = out['naive']['truth_ndcg@10'] if 'naive' in out else float('nan')
   line = {'benchmark': 'debias_synthetic', 'quick': args.quick, 'epochs': args.epochs,
+          'overrides': args.set,
           'pda_gamma': args.pda_gamma, 'variants': out,
           'beats_naive_on_truth_ndcg@10': {k: v['truth_ndcg@10'] > naive for k, v in out.items()
                                            if k != 'naive'},
           'oracle_arp@10': round(float(np.mean(
               model.context.counts[oracle_top])), 2),
           'wall_s': round(time.perf_counter() - t0, 1),
-          'command': 'python benchmarks/debias_synthetic.py' + (' --quick' if args.quick else '')}
+          'command': 'python ' + ' '.join(['benchmarks/debias_synthetic.py', *sys.argv[1:]])}
   if not args.workdir:
     shutil.rmtree(root, ignore_errors=True)
   print(json.dumps(line))

@@ -6,6 +6,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -26,6 +27,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
     ('retrieval_rag.py', {'rag_on', 'rag_off', 'ndcg@10_on_minus_off'}),
     ('retrieval_ann.py', {'recall@10', 'exact_qps', 'ann_qps', 'build_s', 'index_bytes'}),
     ('tfds_prepare.py', {'datasets'}),
+    ('debias_coat.py', {'variants', 'best_debiased_beats_naive'}),
+    ('debias_synthetic.py', {'variants', 'oracle_arp@10'}),
+    ('debias_beauty.py', {'naive', 'debiased', 'sweep', 'plot'}),
+    ('debias_ml100k.py', {'variants', 'gap_smaller_than_naive'}),
     ('online_adaptation.py', {'by_dataset', 'protocol', 'wall_s'}),
     ('text_finetune.py', {'frozen', 'finetune', 'steps'}),
     ('aot_memory.py', {'runs', 'preset'}),
@@ -59,6 +64,15 @@ def test_quick_benchmark_prints_one_json_line(script, keys):
                for m in ('bleu1', 'bleu4', 'rougel_f', 'usr'))
   if 'codes' in result:
     assert 0.0 <= result['semantic_id']['ndcg@10'] <= result['semantic_id']['hr@10'] <= 1.0
+  if result.get('benchmark') == 'debias_coat':  # every variant evaluated on the random test set
+    assert all(np.isfinite(v['mse']['mean']) and 0 <= v['ndcg@5']['mean'] <= 1
+               for v in result['variants'].values())
+  if result.get('benchmark') == 'debias_synthetic':  # NDCG against the generator's true preferences
+    assert all(0 <= v['truth_ndcg@10'] <= 1 for v in result['variants'].values())
+  if result.get('benchmark') == 'debias_ml100k':
+    assert all(v['gender_ndcg@10_gap'] >= 0 for v in result['variants'].values())
+  if result.get('benchmark') == 'debias_beauty':  # the trade-off plot was written
+    assert pathlib.Path(result['plot']).is_file() and result['sweep'][0]['strength'] == 0.0
   if result.get('benchmark') == 'retrieval_ann':  # ScaNN vs exact on the same queries
     assert 0.0 <= result['recall@10'] <= 1.0 and result['ann_qps'] > 0 and result['exact_qps'] > 0
   if result.get('benchmark') == 'retrieval_serving':
