@@ -21,10 +21,15 @@ def test_template_is_grounded_in_shared_attributes():
   item = {'genre': ['Comedy', 'Drama'], 'year': ['1995']}
   liked = [{'genre': ['Drama']}, {'genre': ['Drama', 'Comedy'], 'year': ['1994']}]
   shared = templates.shared_attributes(item, liked)
-  assert shared == [('genre', 'Drama'), ('genre', 'Comedy')]  # the year is not shared
-  text = templates.template_explanation('Toy Story', ['Heat', 'Babe'], shared)
-  assert text == ('Because you liked Heat and Babe, which share genre Drama and Comedy with it, '
-                  'we recommend Toy Story.')
+  assert shared == [('genre', 'Drama')]  # Comedy: not in every liked item; the year: in none
+  assert templates.template_explanation('Toy Story', ['Heat', 'Babe'], shared) == (
+      'Because you liked Heat and Babe, which share genre Drama with it, we recommend Toy Story.')
+  first = templates.shared_attributes(item, liked[1:])
+  assert first == [('genre', 'Comedy'), ('genre', 'Drama')]
+  assert templates.template_explanation('Toy Story', ['Babe', 'Heat'], first,
+                                        shared_by_first_only=True) == (
+      'Because you liked Babe, which shares genre Comedy and Drama with it, and Heat, we '
+      'recommend Toy Story.')
   assert templates.template_explanation('X', [], item_features=['sound', 'strings']) == (
       'We recommend X. Reviewers mention its sound and strings.')
 

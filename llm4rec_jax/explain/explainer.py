@@ -100,12 +100,16 @@ class Explainer:
       top_modality = max(out['modalities'], key=out['modalities'].get).split(':')[-1]
     liked = [int(window[p]) for p in order[:top_n] if att[p] > 0][:2]
     shared = templates.shared_attributes(self._labels(target), [self._labels(i) for i in liked])
+    first_only = not shared and len(liked) > 1
+    if first_only:
+      shared = templates.shared_attributes(self._labels(target), [self._labels(liked[0])])
     item_feats = []
     if self.generator is not None:
       item_feats = self.generator[2].get('item_features', [])
       item_feats = item_feats[target] if target < len(item_feats) else []
     out['template'] = templates.template_explanation(
-        self._name(target), [self._name(i) for i in liked], shared, item_feats, top_modality)
+        self._name(target), [self._name(i) for i in liked], shared, item_feats, top_modality,
+        shared_by_first_only=first_only)
     if self.generator is not None:
       out['generated'] = self._generate(target, window, att, item_feats, beam_size)
     return out

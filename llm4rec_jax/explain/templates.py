@@ -22,31 +22,35 @@ def _join(names: Sequence[str]) -> str:
 def shared_attributes(item: Mapping[str, Sequence[str]],
                       liked: Sequence[Mapping[str, Sequence[str]]],
                       max_values: int = 2) -> list[tuple[str, str]]:
-  """(field, value) pairs of the recommended ``item`` that the ``liked`` items also have, most
-  shared first (ties: the item's own order). Each mapping is field -> labels."""
-  counts: collections.Counter = collections.Counter()
-  order = {}
-  for field, values in item.items():
-    for v in values:
-      order.setdefault((field, v), len(order))
-      counts[(field, v)] += sum(v in h.get(field, ()) for h in liked)
-  ranked = sorted((fv for fv, c in counts.items() if c > 0), key=lambda fv: (-counts[fv], order[fv]))
-  return ranked[:max_values]
+  """(field, value) pairs the recommended ``item`` shares with *every* ``liked`` item, in the
+  item's own order. Each mapping is field -> labels."""
+  out = [(field, v) for field, values in item.items() for v in values
+         if liked and all(v in h.get(field, ()) for h in liked)]
+  return out[:max_values]
 
 
 def template_explanation(item: str, liked: Sequence[str],
                          shared: Sequence[tuple[str, str]] = (),
-                         item_features: Sequence[str] = (), top_modality: str | None = None) -> str:
-  """One or two sentences: why (the liked items and what they share) and, when known, the
-  recommended item's strongest content words or modality."""
+                         item_features: Sequence[str] = (), top_modality: str | None = None, *,
+                         shared_by_first_only: bool = False) -> str:
+  """One or two sentences: why (the liked items and what they share with the item) and, when known,
+  the recommended item's strongest content words or modality. ``shared`` holds for every liked
+  item, or only for the first one when ``shared_by_first_only``."""
   if liked:
-    because = f'Because you liked {_join(liked)}'
+    what = ''
     if shared:
       by_field: dict[str, list[str]] = collections.defaultdict(list)
       for field, value in shared:
         by_field[field].append(value)
       what = '; '.join(f'{field} {_join(values)}' for field, values in by_field.items())
-      because += f', which share {what} with it'
+    if what and shared_by_first_only and len(liked) > 1:
+      because = (f'Because you liked {liked[0]}, which shares {what} with it, and '
+                 f'{_join(liked[1:])}')
+    elif what:
+      because = (f'Because you liked {_join(liked)}, which '
+                 f'{"share" if len(liked) > 1 else "shares"} {what} with it')
+    else:
+      because = f'Because you liked {_join(liked)}'
     text = f'{because}, we recommend {item}.'
   else:
     text = f'We recommend {item}.'
