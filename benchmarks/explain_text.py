@@ -123,8 +123,9 @@ def main() -> dict:
   graphdef, params = nnx.split(model, nnx.Param)
   batch_size = 128
   steps_per_epoch = max(len(data['train']) // batch_size, 1)
-  schedule = optax.warmup_cosine_decay_schedule(0.0, 2e-3, 50, steps_per_epoch * args.epochs,
-                                                2e-4)
+  total = steps_per_epoch * args.epochs
+  warmup = min(50, max(total // 10, 1))
+  schedule = optax.warmup_cosine_decay_schedule(0.0, 2e-3, warmup, max(total, warmup + 1), 2e-4)
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01))
   opt_state = tx.init(params)
   step_fn = gen.make_train_step(graphdef, tx)
