@@ -162,6 +162,7 @@ def test_gradients_reach_the_encoder_only_through_batch_rows(tiny_bert, tmp_path
   assert int(np.sum(np.any(np.asarray(small.text) != np.asarray(table), axis=1))) == 5
 
 
+@pytest.mark.slow  # three short trainings, evaluate, serve and export
 def test_resume_evaluate_and_serve_with_finetuned_encoder(tiny_bert, tmp_path):
   config = _config(tiny_bert, tmp_path / 'cache', **{
       'train.num_epochs': 2, 'train.eval_every': 4, 'text_finetune.learning_rate': 3e-3,
