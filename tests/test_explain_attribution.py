@@ -1,4 +1,4 @@
-"""Attributions on models whose answer is known by construction, completeness, the deletion metric."""
+"""Attributions on models whose answer is known by construction, completeness, deletion metric."""
 
 import dataclasses
 

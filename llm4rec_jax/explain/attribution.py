@@ -1,15 +1,15 @@
 """Attributions: how much each input of the recommender contributed to one recommended item's score.
 
 The score explained is the model's logit of the item after the history (``hidden[-1] . row(item)``).
-Inputs are scored by **integrated gradients** (Sundararajan et al., 2017) along a straight path from a
-baseline to the actual input, or by **gradient x input** (one gradient at the input). Three kinds of
+Inputs are scored by **integrated gradients** (Sundararajan et al., 2017) along a straight path
+from a baseline to the actual input, or by **gradient x input** (one gradient at the input). Three kinds of
 inputs, each a plain array the path scales, so a new kind is just one more leaf:
 
 * ``history`` [batch, seq]: each history item's input embedding (baseline: the mean catalog item,
-  an item that says nothing about this user) plus, when the decoder cross-attends to content, that item's content
-  tokens in the memory;
-* ``modalities`` [batch, M]: the recommended item's modality tokens (text, categorical bags, numeric,
-  dense; baseline: the modality's type embedding, i.e. the token with the content removed), when the
+  an item that says nothing about this user) plus, when the decoder cross-attends to content,
+  that item's content tokens in the memory;
+* ``modalities`` [batch, M]: the recommended item's modality tokens (text, categorical bags,
+  numeric, dense; baseline: the modality's type embedding, i.e. the token with the content removed), when the
   item's output representation is built from content (``item_repr`` content/both, tied head);
 * ``context`` [batch, seq, C]: retrieved items (RAG, :mod:`llm4rec_jax.retrieval.context`) that
   joined the cross-attention memory; baseline: zero tokens.
@@ -172,7 +172,8 @@ def attribute(model, inputs: jax.Array, items: jax.Array, content=None,
 def make_attribution_fn(graphdef: nnx.GraphDef, *, steps: int = 32,
                         method: str = 'integrated_gradients') -> Callable:
   """Jitted ``(params, inputs, items, content=None, context=None) -> dict`` of device arrays
-  (``score``, ``baseline_score``, ``history`` and, where they exist, ``modalities``, ``context``)."""
+  (``score``, ``baseline_score``, ``history`` and, where they exist, ``modalities``,
+  ``context``)."""
 
   @jax.jit
   def fn(params, inputs, items, content=None, context=None):

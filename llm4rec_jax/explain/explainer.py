@@ -1,7 +1,8 @@
 """``Explainer`` / ``explain``: why a trained workdir recommends an item after a raw-id history.
 
 Returns the attribution of every history item (and of the item's modalities for a content model, and
-of the retrieved context items for a retrieval-augmented one), a grounded template sentence, and, when ``WORKDIR/explainer/`` holds a trained generator
+of the retrieved context items for a retrieval-augmented one), a grounded template sentence, and,
+when ``WORKDIR/explainer/`` holds a trained generator
 (``benchmarks/explain_text.py --save``), a generated sentence (greedy and beam search).
 """
 
@@ -58,7 +59,8 @@ class Explainer:
 
   def explain(self, history: Sequence[str], item: str | None = None, *, top_n: int = 3,
               beam_size: int = 4) -> dict[str, Any]:
-    """Why ``item`` (default: the top recommendation) follows ``history`` (raw ids, oldest first)."""
+    """Why ``item`` (default: the top recommendation) follows ``history`` (raw ids, oldest
+    first)."""
     if not history:
       raise DataError('history is empty: give at least one item id', field='history')
     ids = self.rec.encode(history)

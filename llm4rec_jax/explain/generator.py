@@ -291,7 +291,8 @@ def text_batch(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def save(directory: str | pathlib.Path, cfg: GeneratorConfig, params: Any, codec: TextCodec,
          extra: dict | None = None) -> None:
-  """``config.json``, ``params.npz`` (flattened pure dict) and ``vocab_ids.npy`` in ``directory``."""
+  """``config.json``, ``params.npz`` (flattened pure dict) and ``vocab_ids.npy`` in
+  ``directory``."""
   d = pathlib.Path(directory)
   d.mkdir(parents=True, exist_ok=True)
   (d / 'config.json').write_text(json.dumps({'generator': dataclasses.asdict(cfg),
