@@ -58,7 +58,7 @@ def default_params(num_items: int, dim: int, overrides: Mapping[str, Any] | None
 
   Below ``brute_force_below`` items (default 4,096) a tree saves nothing: exact brute force. Above,
   ~sqrt(n) leaves (ScaNN's rule of thumb; 1,000 at a million items), searching 5% of them (at least
-  8), 2 dimensions per AH block, and 100 candidates re-ordered exactly.
+  32), 2 dimensions per AH block, and 100 candidates re-ordered exactly.
   """
   o = dict(overrides or {})
   brute_below = int(o.get('brute_force_below', 0) or 4096)
@@ -67,7 +67,9 @@ def default_params(num_items: int, dim: int, overrides: Mapping[str, Any] | None
   leaves = int(o.get('num_leaves', 0) or max(16, round(math.sqrt(num_items))))
   # k-means wants a few dozen points per leaf.
   leaves = max(1, min(leaves, num_items // 32))
-  search = int(o.get('leaves_to_search', 0) or min(leaves, max(8, math.ceil(0.05 * leaves))))
+  # 5% of the leaves, but at least 32: a query from another distribution than the items (a
+  # decoder state) needs the wider search on small catalogs.
+  search = int(o.get('leaves_to_search', 0) or min(leaves, max(32, math.ceil(0.05 * leaves))))
   dpb = int(o.get('dims_per_block', 0) or 2)
   threshold = o.get('anisotropic_threshold', None)
   params = IndexParams(

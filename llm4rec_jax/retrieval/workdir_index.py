@@ -5,7 +5,9 @@ head scores, so inner-product search ranks exactly as the model would). :func:`b
 it; :func:`load_index` opens it for a :class:`~llm4rec_jax.serving.Recommender` and refuses an index
 built from another checkpoint. :func:`top_k_with_index` is the serving path: the model's hidden state
 after the history is the query, ScaNN returns ``config.retrieval.candidates`` candidates, and those
-are re-scored exactly (hidden . item vector, the model's own logits) before the final top-k.
+are re-scored exactly (hidden . item vector, the model's own logits) before the final top-k. The
+catalog encoding (item table and content tokens) is computed once per loaded checkpoint, so a request
+costs one decoder pass over the history, an ANN search and ``candidates`` dot products.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from llm4rec_jax.errors import ConfigError
+from llm4rec_jax.model.fusion import CatalogEncoding
 from llm4rec_jax.retrieval import context as context_lib
 from llm4rec_jax.retrieval.index import ItemIndex, default_params
 
@@ -68,11 +71,21 @@ def load_index(rec) -> tuple[ItemIndex | None, np.ndarray | None]:
 
 
 @functools.lru_cache(maxsize=4)
+def _encode_fn(graphdef: nnx.GraphDef):
+  @jax.jit
+  def encode(params, content):
+    c = nnx.merge(graphdef, params).encode_catalog(content)
+    return c.table, c.tokens, c.token_mask
+  return encode
+
+
+@functools.lru_cache(maxsize=4)
 def _hidden_fn(graphdef: nnx.GraphDef):
   @jax.jit
-  def hidden(params, inputs, content, context):
+  def hidden(params, inputs, encoded, context):
     model = nnx.merge(graphdef, params)
-    return model(inputs, model.encode_catalog(content), context=context)[:, -1]  # [b, d_model]
+    catalog = CatalogEncoding(*encoded)
+    return model(inputs, catalog, context=context)[:, -1]  # [b, d_model]
   return hidden
 
 
@@ -83,8 +96,11 @@ def top_k_with_index(rec, inputs: np.ndarray, seen: np.ndarray, k: int,
   ``seen`` [1, n] are excluded (0 = none); ``context`` is the RAG context of the history (if the
   model was trained with retrieval).
   """
+  if getattr(rec, 'ann_encoded', None) is None:
+    # Parameters are fixed while serving: encode the catalog (fusion of every item's content) once.
+    rec.ann_encoded = _encode_fn(rec.spec.graphdef)(rec.params, rec.content)
   hidden = np.asarray(jax.device_get(_hidden_fn(rec.spec.graphdef)(
-      rec.params, inputs, rec.content, context)), np.float32)  # [1, d_model]
+      rec.params, inputs, rec.ann_encoded, context)), np.float32)  # [1, d_model]
   exclude = set(np.asarray(seen).ravel().tolist()) - {0}
   num = max(k, int(rec.config.retrieval.candidates)) + len(exclude)
   ids, _ = rec.ann_index.search_batched(hidden, min(num, len(rec.ann_index)))
