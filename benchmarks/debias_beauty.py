@@ -70,7 +70,7 @@ def main():
   nd, dn = base['test']['ndcg@10'], chosen['test']['ndcg@10']
   line = {'benchmark': 'debias_beauty', 'quick': args.quick, 'model_step': model.step,
           'naive_workdir': str(workdir) if args.naive_workdir else None,
-          'epochs_trained': config.train.num_epochs, 'sweep': rows,
+          'config_num_epochs': config.train.num_epochs, 'sweep': rows,
           'naive': {'strength': 0.0, **base['test']},
           'debiased': {'strength': chosen['strength'], **chosen['test']},
           'test_ndcg@10_change': round((dn - nd) / nd, 4) if nd else None,
