@@ -1,7 +1,6 @@
 """Online adaptation: event streams, the incremental step, item registration and growth, replay,
 snapshots and resume, the `llm4rec adapt` command."""
 
-import io
 import json
 import os
 import pathlib
@@ -13,6 +12,7 @@ import threading
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from conftest import tiny_config
 from llm4rec_jax.data import events as events_lib
@@ -99,6 +99,9 @@ def test_new_items_become_scorable_and_learnable_and_the_tables_grow(workdir):
   for _ in range(5):  # other users (the probe's own history must not contain it: seen items
     learner.learn([events_lib.Event(user=f'u{u}', item='fresh') for u in range(10, 18)])
   assert learner.rank(probe)[0] < first
+  recs = learner.recommend('u5', 5)  # the adapted model serves raw ids, seen items excluded
+  assert len(set(recs)) == 5 and not {learner.catalog.get(r) for r in recs} & set(
+      learner.histories['u5'])
   # Capacity: 7 free rows; 20 new items grow every catalog-sharded array to the next multiple.
   old = jax.device_get(learner.state['params']['item_embed'])
   learner.register_items([f'more{k}' for k in range(20)])
@@ -256,3 +259,49 @@ def test_event_log_trains_a_model_and_adapt_command_reads_stdin(tmp_path):
                         '--events=-'], input='{"user": "u1"}\n', cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode == 2 and "<stdin>:1, field 'item': missing item id" in bad.stderr
+
+
+def test_new_items_get_content_rows_in_a_content_model(tmp_path):
+  config = tiny_config(**SMALL, **{'content.categorical': 'category', 'content.numeric': 'price',
+                                   'model.item_repr': 'both', 'mesh.num_devices': 1,
+                                   'mesh.shape': (1, 1, 1)})
+  trainer.train_and_evaluate(config, tmp_path)
+  learner = OnlineLearner(tmp_path, overrides={'batch_size': 8, 'replay_batch': 8})
+  rows = learner.register_items(['gadget', 'bare'], [{'category': ['cat_03'], 'price': 12.5},
+                                                       None])
+  c = learner.content_np
+  cat = learner.content_rows.cat_index['category']['cat_03']
+  assert c.categorical[0][rows[0], 0] == cat and c.numeric_mask[rows[0], 0]
+  assert not c.categorical[0][rows[1]].any() and not c.numeric_mask[rows[1]].any()
+  assert c.id_known[rows[0]] and c.id_known[rows[1]]  # real softmax candidates from now on
+  mu, sd = learner.content_rows.num_stats['price']
+  np.testing.assert_allclose(c.numeric[rows[0], 0], (12.5 - mu) / sd, rtol=1e-6)
+  # With a zero id row, the new item's vector is exactly its fused content embedding.
+  graphdef, params = learner.spec.graphdef, learner.state['params']
+  model = nnx.merge(graphdef, params)
+  content = learner.content
+  table = np.asarray(model.encode_catalog(content).table)
+  emb = np.asarray(model.fusion(content)[0])
+  np.testing.assert_allclose(table[rows[0]], emb[rows[0]], rtol=1e-6, atol=1e-6)
+  assert np.abs(table[rows[0]]).sum() > 0
+  assert learner.rank([events_lib.Event(user='u3', item='gadget')])[0] < learner.catalog.num_items
+  learner.close()
+
+
+def test_new_and_changed_items_are_upserted_into_the_scann_index(workdir):
+  from llm4rec_jax.retrieval import ItemIndex  # pylint: disable=import-outside-toplevel
+  learner = OnlineLearner(workdir, overrides={'batch_size': 8, 'replay_batch': 8})
+  n = learner.catalog.num_items
+
+  def table():
+    rows = np.arange(1, learner.catalog.num_items + 1)
+    return rows, np.asarray(learner._table_rows(learner.state['params'], learner.content, rows))  # pylint: disable=protected-access
+  learner.index = ItemIndex.build(table()[1], table()[0])  # brute force at this size: exact
+  learner.learn([events_lib.Event(user='u3', item='i5'), events_lib.Event(user='u4', item='novel')])
+  assert learner.catalog.get('novel') == n + 1 and n + 1 in set(learner.index.ids.tolist())
+  learner.snapshot()  # every vector up to date
+  rows, vectors = table()
+  queries = np.random.default_rng(0).normal(size=(4, vectors.shape[1])).astype(np.float32)
+  ids, _ = learner.index.search_batched(queries, 5)
+  np.testing.assert_array_equal(ids, rows[np.argsort(-(queries @ vectors.T), axis=1)[:, :5]])
+  learner.close()

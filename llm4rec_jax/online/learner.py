@@ -142,12 +142,14 @@ class RunSummary:
   position: int = 0
 
   def to_json(self, ks: Sequence[int] = (10,)) -> dict[str, Any]:
-    lat = np.asarray(self.step_latency_ms or [np.nan])
+    # The first step compiles; it is reported apart from the latency percentiles.
+    lat = np.asarray(self.step_latency_ms[1:] or self.step_latency_ms or [np.nan])
     out = {'events': self.events, 'records': self.records, 'steps': self.steps,
            'new_items': self.new_items, 'seconds': round(self.seconds, 3),
            'events_per_s': round(self.events / max(self.seconds, 1e-9), 1),
            'update_latency_ms_p50': round(float(np.percentile(lat, 50)), 2),
            'update_latency_ms_p99': round(float(np.percentile(lat, 99)), 2),
+           'first_step_ms': round(self.step_latency_ms[0], 2) if self.step_latency_ms else None,
            'position': self.position}
     if self.ranks:
       out['prequential'] = metrics_lib.ranking_metrics(np.asarray(self.ranks), ks)
@@ -280,7 +282,7 @@ class OnlineLearner:
             (vocab,) + tuple(np.shape(x)[1:]))), self.content_np)
     self._step_fn = self._make_step()
     self._rank_fn = evaluation.make_rank_fn(spec.graphdef, exclude_seen=self.config.eval.exclude_seen,
-                                            top_k=10)
+                                            top_k=max(self.config.eval.ks))
     graphdef = spec.graphdef
 
     @jax.jit
@@ -404,7 +406,42 @@ class OnlineLearner:
   # Events.
 
   def _put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    return partitioning.to_global(batch, self.mesh, self.rules)
+    # Every process reads the same stream, so each passes the whole batch.
+    return partitioning.to_global(batch, self.mesh, self.rules, whole=True)
+
+  def recommend(self, user: str, top_k: int = 10) -> list[str]:
+    """Raw ids of the adapted model's top ``top_k`` items after ``user``'s current history (seen
+    items excluded when ``eval.exclude_seen``; new items included)."""
+    if not 0 < top_k <= max(self.config.eval.ks):
+      raise DataError(f'top_k must be in 1..{max(self.config.eval.ks)}, got {top_k}',
+                      field='top_k')
+    top = self._score([(self.histories.get(str(user), []), 0)])[1][0]
+    return [self.catalog.raw_ids[int(i)] for i in top[:top_k]]
+
+  def _score(self, rows: list[tuple[list[int], int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(ranks [n], top items [n, k]) of (history, target row) pairs, in static-shape chunks."""
+    b = self.oc.batch_size
+    ranks, tops = [], []
+    for s in range(0, len(rows), b):
+      chunk = rows[s:s + b]
+      width = _bucket(max(len(h) for h, _ in chunk))
+      inputs = np.zeros((b, self.width - 1), np.int32)
+      seen = np.zeros((b, width), np.int32)
+      targets = np.zeros(b, np.int32)
+      for i, (h, item) in enumerate(chunk):
+        tail = h[-(self.width - 1):]
+        if tail:
+          inputs[i, -len(tail):] = tail
+          seen[i, :len(h)] = h
+        targets[i] = item
+      r, top = self._rank_fn(self.state['params'],
+                             self._put_batch({'inputs': inputs, 'seen': seen, 'targets': targets}),
+                             self.content, self.catalog_mask)
+      r = partitioning.fetch(r)[:len(chunk)].astype(np.int64)
+      r[targets[:len(chunk)] == 0] = max(self.catalog.num_items, 1)  # unknown item: a miss
+      ranks.append(r)
+      tops.append(partitioning.fetch(top)[:len(chunk)])
+    return np.concatenate(ranks), np.concatenate(tops)
 
   def rank(self, events: Sequence[Event]) -> np.ndarray:
     """Prequential ranks (0 = top) of each interaction's item given the user's history before it,
@@ -420,28 +457,7 @@ class OnlineLearner:
       rows.append((h, item))
       if item:
         extra.setdefault(e.user, []).append(item)
-    b = self.oc.batch_size
-    out = []
-    for s in range(0, len(rows), b):
-      chunk = rows[s:s + b]
-      width = _bucket(max(len(h) for h, _ in chunk))
-      inputs = np.zeros((b, self.width - 1), np.int32)
-      seen = np.zeros((b, width), np.int32)
-      targets = np.zeros(b, np.int32)
-      for i, (h, item) in enumerate(chunk):
-        tail = h[-(self.width - 1):]
-        if tail:
-          inputs[i, -len(tail):] = tail
-          seen[i, :len(h)] = h
-        targets[i] = item
-      r, _ = self._rank_fn(self.state['params'],
-                           self._put_batch({'inputs': inputs, 'seen': seen, 'targets': targets}),
-                           self.content, self.catalog_mask)
-      r = np.asarray(jax.device_get(r))[:len(chunk)].astype(np.int64)
-      miss = targets[:len(chunk)] == 0
-      r[miss] = max(self.catalog.num_items, 1)
-      out.append(r)
-    return np.concatenate(out)
+    return self._score(rows)[0]
 
   def observe(self, events: Sequence[Event]) -> None:
     """Advances the stream without learning (a frozen model): histories grow by known items."""
@@ -516,6 +532,9 @@ class OnlineLearner:
     """Saves the adapted state with the stream position (async; :meth:`close` waits)."""
     if self.snapshots.latest() == self.position:
       return
+    # Every step upserts the items it touched; a full step moves all item rows a little, so the
+    # index is brought up to date with every vector at each snapshot.
+    self.upsert_index()
     users = sorted(self.histories)
     lengths = np.asarray([len(self.histories[u]) for u in users], np.int64)
     flat = [i for u in users for i in self.histories[u]]
