@@ -65,6 +65,8 @@ def test_small_catalog_is_brute_force_and_exact():
   np.testing.assert_array_equal(found, np.argsort(-(queries @ table.T), axis=1)[:, :5])
   ids, scores = index.search(queries[0], 600)  # more than the catalog: padded with -1 / -inf
   assert (ids >= 0).sum() == 500 and np.all(ids[500:] == -1) and np.all(np.isneginf(scores[500:]))
+  index.upsert([777], 10.0 * queries[1])  # brute force is editable in place too
+  assert index.search(queries[1], 1)[0][0] == 777
 
 
 def test_save_load_round_trip(tree_index, tmp_path):
