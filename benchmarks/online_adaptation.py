@@ -126,7 +126,7 @@ def run_dataset(name: str, args, tmp: pathlib.Path) -> dict:
   if args.quick:
     records = records[:4000]
   cut = int(len(records) * args.train_fraction)
-  stream = records[cut:]
+  stream = records[cut:cut + args.max_stream_events] if args.max_stream_events else records[cut:]
   bounds = np.linspace(0, len(stream), args.windows + 1).astype(int)
   windows = [stream[bounds[k]:bounds[k + 1]] for k in range(args.windows)]
 
@@ -183,6 +183,8 @@ def main():
   p.add_argument('--train_fraction', type=float, default=0.7)
   p.add_argument('--windows', type=int, default=4)
   p.add_argument('--preset', default='small')
+  p.add_argument('--max_stream_events', type=int, default=0,
+                 help='> 0: stream only the first N events after the training part')
   p.add_argument('--retrain', choices=('all', 'last', 'none'), default='all',
                  help='retrain from scratch before every window, before the last one only, or '
                       'never (window 0 always uses the initial model)')
