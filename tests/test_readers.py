@@ -195,7 +195,7 @@ def test_scientific(data_dir):
 def test_registry_and_dispatch(data_dir):
   assert {'ml-100k', 'ml-latest-small', 'beauty', 'yelp', 'lastfm', 'scientific'} <= set(DATASETS)
   assert set(FORMATS) == {'ml-100k', 'ml-dat', 'ml-csv', 's3rec', 'scientific', 'recbole',
-                          'amazon-reviews', 'amazon-2023', 'yelp-open', 'coat'}
+                          'amazon-reviews', 'amazon-2023', 'yelp-open', 'coat', 'events'}
   assert load_dataset(f's3rec:{data_dir / "lastfm"}').num_interactions == 52_551
   assert load_dataset(data_dir / 'lastfm/LastFM.txt').num_users == 1090
   assert load_dataset('scientific').num_items == 4344
