@@ -81,20 +81,9 @@ def integrated_gradients(f: Callable[[Any], jax.Array], inputs: Any, baselines: 
 
 
 def history_memory(model, inputs: jax.Array, catalog, context: jax.Array | None = None):
-  """(memory [b, s, M (+ C*M), d], mask) the cross-attention blocks read, as in
-  ``ItemDecoder.__call__``: each history item's content tokens, then the retrieved items'."""
-  valid = inputs > 0
-  memory = jnp.take(catalog.tokens, inputs, axis=0)  # [batch, seq, M, d_model]
-  mask = jnp.take(catalog.token_mask, inputs, axis=0) & valid[..., None]
-  if context is not None:
-    b, s, c = context.shape
-    m = memory.shape[2]
-    ctx = jnp.take(catalog.tokens, context, axis=0).reshape(b, s, c * m, -1)
-    ctx_mask = (jnp.take(catalog.token_mask, context, axis=0)
-                & (context > 0)[..., None]).reshape(b, s, c * m)
-    memory = jnp.concatenate([memory, ctx.astype(memory.dtype)], axis=2)
-    mask = jnp.concatenate([mask, ctx_mask], axis=2)
-  return memory, mask
+  """(memory, mask) the cross-attention blocks read, exactly as ``ItemDecoder.__call__`` builds it."""
+  del model  # the memory depends only on the catalog encoding
+  return decoder_lib.cross_attention_memory(catalog, inputs, context)
 
 
 def _modality_path(model, items: jax.Array, content):

@@ -212,16 +212,7 @@ class ItemDecoder(nnx.Module):
     valid = items > 0  # [batch, seq]
     memory = memory_mask = None
     if self.cfg.cross_attention_every:
-      memory = jnp.take(catalog.tokens, items, axis=0)  # [batch, seq, M, d_model]
-      memory_mask = jnp.take(catalog.token_mask, items, axis=0) & valid[..., None]
-      if context is not None:
-        b, s, c = context.shape
-        m = memory.shape[2]
-        ctx = jnp.take(catalog.tokens, context, axis=0).reshape(b, s, c * m, -1)
-        ctx_mask = (jnp.take(catalog.token_mask, context, axis=0)
-                    & (context > 0)[..., None]).reshape(b, s, c * m)
-        memory = jnp.concatenate([memory, ctx.astype(memory.dtype)], axis=2)  # [b, s, M+C*M, d]
-        memory_mask = jnp.concatenate([memory_mask, ctx_mask], axis=2)
+      memory, memory_mask = cross_attention_memory(catalog, items, context)
     x = self.embed(items, catalog) * valid[..., None]
     return self.hidden_from_embeddings(x, valid, memory, memory_mask, deterministic=deterministic,
                                        rngs=rngs)
@@ -265,6 +256,27 @@ class ItemDecoder(nnx.Module):
     table = self.output_table(catalog).astype(hidden.dtype)
     scores = hidden @ table.T
     return jnp.where(catalog_mask(self.cfg) if mask is None else mask, scores, -jnp.inf)
+
+
+def cross_attention_memory(catalog: CatalogEncoding, items: jax.Array,
+                           context: jax.Array | None = None):
+  """(memory [b, s, M (+ C*M), d], mask [b, s, M (+ C*M)]) the cross-attention blocks read.
+
+  Each history item's content tokens, then (``context`` int [b, s, C], 0 = none) the retrieved
+  items' content tokens, so position t's memory holds what it may condition on.
+  """
+  valid = items > 0  # [batch, seq]
+  memory = jnp.take(catalog.tokens, items, axis=0)  # [batch, seq, M, d_model]
+  mask = jnp.take(catalog.token_mask, items, axis=0) & valid[..., None]
+  if context is not None:
+    b, s, c = context.shape
+    m = memory.shape[2]
+    ctx = jnp.take(catalog.tokens, context, axis=0).reshape(b, s, c * m, -1)
+    ctx_mask = (jnp.take(catalog.token_mask, context, axis=0)
+                & (context > 0)[..., None]).reshape(b, s, c * m)
+    memory = jnp.concatenate([memory, ctx.astype(memory.dtype)], axis=2)  # [b, s, M+C*M, d]
+    mask = jnp.concatenate([mask, ctx_mask], axis=2)
+  return memory, mask
 
 
 def catalog_mask(cfg: DecoderConfig) -> jax.Array:
