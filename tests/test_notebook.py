@@ -1,5 +1,6 @@
 """The Colab notebook runs headless (nbclient) on a tiny checkpoint trained here, and shows the
-metrics ``evaluate()`` returns, the plots and the users' recommendations."""
+metrics ``evaluate()`` returns, the plots, the users' recommendations and the Explainer's
+explanations of their top recommendations."""
 
 import json
 import os
@@ -9,7 +10,9 @@ import shutil
 import pytest
 
 from llm4rec_jax import remote_workdir
+from llm4rec_jax.data import registry
 from llm4rec_jax.errors import DataError
+from llm4rec_jax.explain import Explainer
 from llm4rec_jax.train import trainer
 
 from conftest import tiny_config
@@ -43,7 +46,8 @@ def test_notebook_runs_on_a_tiny_checkpoint(tmp_path, monkeypatch):
   expected = json.loads(json.dumps(trainer.evaluate(config, workdir, checkpoint='best')))
 
   nb = _with_parameters(nbformat.read(NOTEBOOK, as_version=4), INSTALL='auto',
-                        WORKDIR=str(workdir), TRAIN_DEMO=False, TOP_K=5, NUM_USERS_SHOWN=2)
+                        WORKDIR=str(workdir), TRAIN_DEMO=False, TOP_K=5, NUM_USERS_SHOWN=2,
+                        EXPLAIN_STEPS=8, EXPLAIN_ROWS=3)
   # The kernel imports this checkout's package, as this process does (not another install).
   monkeypatch.setenv('PYTHONPATH', os.pathsep.join(
       [str(NOTEBOOK.parents[1])] + [p for p in [os.environ.get('PYTHONPATH')] if p]))
@@ -68,6 +72,28 @@ def test_notebook_runs_on_a_tiny_checkpoint(tmp_path, monkeypatch):
   catalog = json.loads((workdir / 'items.json').read_text())
   title = catalog['titles'][catalog['raw_ids'].index(first['top'][0])]
   assert f"**user {first['user']}**" in users[0] and title in users[0]
+
+  # Why each shown user's top recommendation: the Explainer's numbers, recomputed here.
+  why = [o['data']['text/markdown'] for o in _outputs(cells[7], 'text/markdown')]
+  assert len(why) == 2
+  rankings = [json.loads(line) for line in (workdir / 'rankings_test.jsonl').read_text().splitlines()]
+  dataset, split = registry.load_split(config.data)
+  ex = Explainer(workdir, steps=8)
+  for case, md in enumerate(why):
+    r = rankings[case]
+    history = [str(dataset.items.raw_ids[i]) for i in split.test.history(case)]
+    out = ex.explain(history, r['top'][0])
+    assert md.startswith(f"**user {r['user']}**: why ") and f"({r['top'][0]})" in md.splitlines()[0]
+    assert f"score {out['score']:.3f}" in md.splitlines()[0]
+    rows = [line.split(' | ') for line in md.splitlines()
+            if line.startswith('| ') and line.count(' | ') == 3 and not line.startswith('| history')]
+    shown = out['history'][:3]
+    assert len(rows) == len(shown) > 0
+    for row, h in zip(rows, shown):  # most important first, with its recency and attribution
+      assert row[0].endswith(f"({h['item']})")
+      assert int(row[1]) == len(history) - h['position']
+      assert abs(float(row[2]) - h['attribution']) < 1e-3
+    assert f"> {out['template']}" in md
 
 
 def test_fetch_workdir(tmp_path, monkeypatch):
