@@ -1,6 +1,7 @@
 """Generated explanations on Amazon Musical Instruments reviews, held out by time.
 
   python benchmarks/explain_text.py --rec_workdir=workdirs/musical_instruments [--epochs=10]
+  python benchmarks/explain_text.py --rec_workdir=W --epochs=30 --context_loss=1  # PETER's context loss
   python benchmarks/explain_text.py --quick
 
 The recommender (``configs/musical_instruments.py``, trained first when no --rec_workdir is given)
@@ -52,6 +53,9 @@ def main() -> dict:
   p.add_argument('--load', default=None, help='evaluate a generator saved by --save (no training)')
   p.add_argument('--quick', action='store_true')
   p.add_argument('--epochs', type=int, default=10)
+  p.add_argument('--context_loss', type=float, default=0.0,
+                 help="weight of PETER's bag-of-words context prediction (0 = off)")
+  p.add_argument('--label_smoothing', type=float, default=0.0)
   p.add_argument('--beam_size', type=int, default=4)
   p.add_argument('--ig_steps', type=int, default=16)
   p.add_argument('--seed', type=int, default=0)
@@ -95,7 +99,9 @@ def main() -> dict:
   else:
     codec = gen.TextCodec.fit(tokenizer, [e.text for e in data['train']] + vocab)
     cfg = gen.GeneratorConfig(vocab_size=len(codec.vocab_ids), num_users=ds.num_users,
-                              num_items=ds.num_items, dropout=0.2)
+                              num_items=ds.num_items, dropout=0.2,
+                              context_loss=args.context_loss,
+                              label_smoothing=args.label_smoothing)
   feat_ids = {w: i for w, i in zip(vocab, codec.word_ids(vocab))}
   prep_s = time.perf_counter() - t0
 
@@ -159,7 +165,9 @@ def main() -> dict:
             'num_test': len(refs), 'feature_vocab': len(vocab), 'text_vocab': cfg.vocab_size,
             'epochs': args.epochs, 'valid_loss': history,
             'best_valid_loss': round(best_loss, 4) if history else None,
-            'recommender_checkpoint_step': rec.step, 'ig_steps': args.ig_steps}
+            'recommender_checkpoint_step': rec.step, 'ig_steps': args.ig_steps,
+            'context_loss': cfg.context_loss, 'label_smoothing': cfg.label_smoothing,
+            'device': str(jax.devices()[0])}
   t = time.perf_counter()
   for name, beam in (('greedy', 1), (f'beam{args.beam_size}', args.beam_size)):
     decode = gen.make_decoder(graphdef, max_len=cfg.max_text_len, beam_size=beam)

@@ -47,6 +47,7 @@ def test_usr_fmr_and_summary():
 
 # --- decoding --------------------------------------------------------------------------------
 
+import dataclasses  # noqa: E402
 import itertools  # noqa: E402
 
 import jax  # noqa: E402
@@ -145,6 +146,39 @@ def test_training_learns_item_conditioned_text():
   assert float(loss) < 0.05
   out = np.asarray(gen.make_decoder(graphdef, max_len=4, beam_size=2)(params, cond))
   np.testing.assert_array_equal(out, texts)
+
+
+def test_context_prediction_and_label_smoothing_hand_computed():
+  """The training objective is the label-smoothed next-token cross-entropy plus ``context_loss`` x
+  the item position's bag-of-words NLL of the explanation's words (EOS and PAD left out); the
+  validation loss is the plain cross-entropy."""
+  base, cond = _tiny(vocab=7, max_len=4)
+  cfg = dataclasses.replace(base.cfg, context_loss=0.5, label_smoothing=0.2)
+  model = gen.ExplanationDecoder(cfg, rngs=nnx.Rngs(0))  # the same parameters as base
+  texts = np.asarray([[3, 4, 3, gen.EOS], [5, gen.EOS, 0, 0]], np.int32)
+  text_in, text_out = gen.text_batch(texts)
+  batch = {'cond': cond, 'text_in': jnp.asarray(text_in), 'text_out': jnp.asarray(text_out)}
+  logits, ctx = model(cond, batch['text_in'], with_context=True)
+  np.testing.assert_allclose(logits, base(cond, batch['text_in']), atol=1e-5)
+  lp, lc = np.asarray(jax.nn.log_softmax(logits)), np.asarray(jax.nn.log_softmax(ctx))
+  ce = smooth = bow = 0.0
+  tokens = words = 0
+  for b, row in enumerate(texts):
+    for t, tok in enumerate(row):
+      if tok == gen.PAD:
+        continue
+      tokens += 1
+      ce -= lp[b, t, tok]
+      smooth -= 0.8 * lp[b, t, tok] + 0.2 * lp[b, t].mean()
+      if tok != gen.EOS:
+        words += 1
+        bow -= lc[b, tok]
+  assert (tokens, words) == (6, 4)
+  np.testing.assert_allclose(gen.loss_fn(model, batch, deterministic=True, objective=False),
+                             ce / tokens, rtol=1e-5)
+  np.testing.assert_allclose(gen.loss_fn(model, batch, deterministic=True),
+                             smooth / tokens + 0.5 * bow / words, rtol=1e-5)
+  np.testing.assert_allclose(gen.loss_fn(base, batch, deterministic=True), ce / tokens, rtol=1e-5)
 
 
 def test_text_codec_round_trip_with_the_wordpiece_tokenizer():

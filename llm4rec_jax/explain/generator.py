@@ -8,6 +8,11 @@ BOS token. Prefix positions see each other; text positions see the prefix and ea
 (PETER's mask). The blocks are :class:`llm4rec_jax.model.decoder.Block` (RMSNorm, rotary GQA
 attention, SwiGLU), so this is the same decoder architecture over a different vocabulary.
 
+Training minimises the next-token cross-entropy (optionally label-smoothed) plus, with
+``context_loss > 0``, PETER's context prediction: the item position's output predicts every word of
+the explanation as a bag of words, which pushes the prefix to carry what this item's and user's
+reviews talk about instead of the corpus's most generic sentence.
+
 The output vocabulary is the set of WordPiece ids seen in training (``vocab_ids`` maps them back),
 which keeps the softmax small. One jitted train step; greedy and beam-search decoding are jitted
 over a static length.
@@ -48,6 +53,8 @@ class GeneratorConfig:
   num_features: int = 3
   history_len: int = 5
   max_text_len: int = 24  # generated tokens including EOS
+  context_loss: float = 0.0  # weight of the bag-of-words context prediction (PETER); 0 = off
+  label_smoothing: float = 0.0  # of the next-token targets (training only)
 
   @property
   def prefix_len(self) -> int:
@@ -92,8 +99,10 @@ class ExplanationDecoder(nnx.Module):
     return x, valid
 
   def __call__(self, cond: dict[str, jax.Array], text_in: jax.Array, *,
-               deterministic: bool = True, rngs: nnx.Rngs | None = None) -> jax.Array:
-    """text_in int [b, T] (BOS first, PAD after the end) -> logits [b, T, vocab]."""
+               deterministic: bool = True, rngs: nnx.Rngs | None = None,
+               with_context: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """text_in int [b, T] (BOS first, PAD after the end) -> logits [b, T, vocab]; with
+    ``with_context`` also the item position's bag-of-words logits [b, vocab]."""
     p, valid_p = self.prefix(cond)
     t = jnp.take(self.text_embed[...], text_in, axis=0) + self.segment_embed[...][4]
     x = jnp.concatenate([p, t], axis=1) * (self.cfg.d_model ** 0.5)
@@ -108,18 +117,41 @@ class ExplanationDecoder(nnx.Module):
     x = self.embed_dropout(x, deterministic=deterministic, rngs=rngs)
     for block in self.blocks:
       x = block(x, positions, mask[:, None], deterministic=deterministic, rngs=rngs)
-    h = self.final_norm(x[:, plen:]).astype(jnp.float32)
-    return h @ self.text_embed[...].T
+    if not with_context:
+      h = self.final_norm(x[:, plen:]).astype(jnp.float32)
+      return h @ self.text_embed[...].T
+    h = self.final_norm(jnp.concatenate([x[:, 1:2], x[:, plen:]], axis=1)).astype(jnp.float32)
+    logits = h @ self.text_embed[...].T  # [b, 1 + T, vocab]
+    return logits[:, 1:], logits[:, 0]
 
 
 # --- training ---------------------------------------------------------------------------------
 
 def loss_fn(model: ExplanationDecoder, batch: dict[str, jax.Array], *, deterministic: bool,
-            rngs: nnx.Rngs | None = None) -> jax.Array:
-  logits = model(batch['cond'], batch['text_in'], deterministic=deterministic, rngs=rngs)
-  w = (batch['text_out'] != PAD).astype(jnp.float32)
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch['text_out'])
-  return jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0)
+            rngs: nnx.Rngs | None = None, objective: bool = True) -> jax.Array:
+  """Mean next-token cross-entropy over the text tokens; with ``objective`` (training) the
+  config's label smoothing and context-prediction term are applied, without it (validation) the
+  plain cross-entropy, comparable across configs."""
+  cfg = model.cfg
+  use_context = objective and cfg.context_loss > 0
+  out = model(batch['cond'], batch['text_in'], deterministic=deterministic, rngs=rngs,
+              with_context=use_context)
+  logits, ctx_logits = out if use_context else (out, None)
+  targets = batch['text_out']  # [b, T]
+  w = (targets != PAD).astype(jnp.float32)
+  if objective and cfg.label_smoothing > 0:
+    labels = optax.smooth_labels(jax.nn.one_hot(targets, cfg.vocab_size), cfg.label_smoothing)
+    ce = optax.softmax_cross_entropy(logits, labels)
+  else:
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  loss = jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0)
+  if use_context:
+    # Every word of the explanation (not EOS) from the one item-position output: a bag of words.
+    words = (targets > EOS).astype(jnp.float32)
+    logp = jax.nn.log_softmax(ctx_logits)  # [b, vocab]
+    nll = -jnp.take_along_axis(logp, targets, axis=1)  # [b, T]
+    loss = loss + cfg.context_loss * jnp.sum(nll * words) / jnp.maximum(jnp.sum(words), 1.0)
+  return loss
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation):
@@ -141,7 +173,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation):
 def _eval_loss_fn(graphdef: nnx.GraphDef):
   @jax.jit
   def f(params, batch):
-    return loss_fn(nnx.merge(graphdef, params), batch, deterministic=True)
+    return loss_fn(nnx.merge(graphdef, params), batch, deterministic=True, objective=False)
   return f
 
 
