@@ -69,6 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       d_model=64, num_layers=2, num_heads=1, num_kv_heads=0, head_dim=0, mlp_dim=0, dropout=0.2,
       tie_embeddings=True, rope_theta=10_000.0, embed_scale=True, dtype='float32',
+      attention_impl='auto',  # 'auto' = cuDNN's fused kernel on GPUs in bf16/fp16, else XLA's
       # Multimodal items (llm4rec_jax.model.fusion): 'id' | 'content' | 'both' on input and output;
       # every k-th block cross-attends to the history's content tokens (0 = none).
       item_repr='id', cross_attention_every=0, fusion_layers=1, fusion_heads=2,
@@ -238,6 +239,9 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
     raise ConfigError('model.dropout', f'must be in [0, 1), got {m.dropout}')
   if m.dtype not in ('float32', 'bfloat16', 'float16'):
     raise ConfigError('model.dtype', f'unknown dtype {m.dtype!r}')
+  if m.get('attention_impl', 'auto') not in ('auto', 'xla', 'cudnn'):
+    raise ConfigError('model.attention_impl', f"{m.attention_impl!r} is not one of 'auto', 'xla', "
+                      "'cudnn'")
   if m.get('item_repr', 'id') not in ('id', 'content', 'both'):
     raise ConfigError('model.item_repr', f"{m.item_repr!r} is not one of 'id', 'content', 'both'")
   if m.get('head', 'softmax') not in ('softmax', 'semantic_id'):

@@ -22,6 +22,7 @@ from llm4rec_jax.train import trainer
     ({'optimizer.schedule': 'linear'}, 'config.optimizer.schedule'),
     ({'model.item_repr': 'pixels'}, 'config.model.item_repr'),
     ({'model.head': 'mlp'}, 'config.model.head'),
+    ({'model.attention_impl': 'flash'}, 'config.model.attention_impl'),
     ({'model.item_repr': 'content'}, 'config.model.item_repr'),  # no content fields selected
     ({'content.categorical': 'no_such_field'}, 'config.content.categorical'),
     ({'data.cold_item_fraction': 1.0}, 'config.data.cold_item_fraction'),

@@ -238,3 +238,23 @@ def test_cold_items_are_not_training_negatives_and_id_dropout(tmp_path):
   dropped = model.encode_catalog(rec.content, rngs=nnx.Rngs(dropout=0)).table
   differs = np.any(np.asarray(dropped) != np.asarray(a), axis=1)[warm]
   assert 0.1 < differs.mean() < 0.5
+
+
+def test_attention_kernel_choice():
+  """'auto' is XLA's kernel off GPUs and in float32, cuDNN's on GPUs in bf16; outputs are XLA's here."""
+  from llm4rec_jax.model import layers  # pylint: disable=import-outside-toplevel
+  on_gpu = jax.default_backend() == 'gpu'
+  assert layers.attention_impl('auto', jnp.float32) == 'xla'
+  assert layers.attention_impl('auto', jnp.bfloat16) == ('cudnn' if on_gpu else 'xla')
+  with pytest.raises(ValueError, match='flash'):
+    layers.attention_impl('flash', jnp.float32)
+  q, k, v = (jax.random.normal(jax.random.key(i), (2, 6, 4, 8)) for i in range(3))
+  valid = jnp.arange(6)[None] >= jnp.array([0, 3])[:, None]  # the second row is left-padded
+  mask = ((jnp.tril(jnp.ones((6, 6), bool))[None] & valid[:, None, :]) | jnp.eye(6, dtype=bool))
+  out = layers.dot_product_attention(q, k, v, mask[:, None], 'auto')
+  # The reference: softmax over the visible keys, in numpy.
+  s = np.einsum('bqhd,bkhd->bhqk', q, k) / np.sqrt(8)
+  s = np.where(np.asarray(mask)[:, None], s, -np.inf)
+  w = np.exp(s - s.max(-1, keepdims=True))
+  ref = np.einsum('bhqk,bkhd->bqhd', w / w.sum(-1, keepdims=True), v)
+  np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5)

@@ -37,6 +37,7 @@ class DecoderConfig:
   rope_theta: float = 10_000.0
   embed_scale: bool = True
   dtype: str = 'float32'  # compute dtype; parameters stay float32
+  attention_impl: str = 'auto'  # 'auto' (cuDNN on GPUs in bf16/fp16, else XLA), 'xla' or 'cudnn'
   # Multimodal content (see llm4rec_jax.model.fusion): how items are represented on input and
   # output ('id', 'content' or 'both'), which blocks cross-attend to the history's content tokens
   # (every k-th; 0 = none), and the fusion encoder's size.
@@ -101,7 +102,8 @@ class Block(nnx.Module):
                                       rngs=rngs) if cross_attention else None)
     self.attn_norm = RMSNorm(cfg.d_model, rngs=rngs)
     self.attn = Attention(cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.dim_per_head,
-                          rope_theta=cfg.rope_theta, dtype=dt, rngs=rngs)
+                          rope_theta=cfg.rope_theta, dtype=dt, rngs=rngs,
+                          impl=cfg.attention_impl)
     self.mlp_norm = RMSNorm(cfg.d_model, rngs=rngs)
     self.mlp = SwiGLU(cfg.d_model, cfg.ffn_dim, dtype=dt, rngs=rngs)
     self.dropout = nnx.Dropout(cfg.dropout)

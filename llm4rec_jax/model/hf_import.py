@@ -146,7 +146,7 @@ class _Attention(layers.Attention):
     v = proj(self.wv, getattr(self, 'bv', None))
     q = layers.rotary(q, positions, self.rope_theta)
     k = layers.rotary(k, positions, self.rope_theta)
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask)  # [batch, seq, heads, head_dim]
+    out = layers.dot_product_attention(q, k, v, mask, self.impl)  # [batch, seq, heads, head_dim]
     return jnp.einsum('blhk,hkd->bld', out, self.wo[...].astype(dt))
 
 

@@ -52,14 +52,45 @@ def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
+ATTENTION_IMPLS = ('auto', 'xla', 'cudnn')
+
+
+def attention_impl(impl: str, dtype) -> str:
+  """Resolves ``'auto'``: cuDNN's fused (flash) kernel on GPUs in 16-bit compute, else XLA's."""
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f'attention implementation {impl!r} is not one of {ATTENTION_IMPLS}')
+  if impl != 'auto':
+    return impl
+  half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+  return 'cudnn' if half and jax.default_backend() == 'gpu' else 'xla'
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+                          impl: str = 'auto') -> jax.Array:
+  """``jax.nn.dot_product_attention`` with the implementation chosen by :func:`attention_impl`.
+
+  jax picks XLA's unfused attention when no implementation is named, also on GPUs; ``'auto'`` names
+  cuDNN there (the boolean mask becomes the kernel's bias) and falls back to XLA when cuDNN rejects
+  the shapes at trace time (e.g. a head size it does not support).
+  """
+  chosen = attention_impl(impl, q.dtype)
+  if chosen == 'cudnn' and impl == 'auto':
+    try:
+      return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation='cudnn')
+    except (ValueError, NotImplementedError, RuntimeError):
+      chosen = 'xla'
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=chosen)
+
+
 class Attention(nnx.Module):
   """Causal self-attention with optional grouped-query attention (``num_kv_heads < num_heads``).
 
-  Uses ``jax.nn.dot_product_attention`` so GPUs get the fused cuDNN kernel.
+  ``impl`` picks the attention kernel (see :func:`dot_product_attention`): ``'auto'`` gives GPUs the
+  fused cuDNN kernel in bf16/fp16 and everything else XLA's.
   """
 
   def __init__(self, d_model: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
-               rope_theta: float, dtype, rngs: nnx.Rngs):
+               rope_theta: float, dtype, rngs: nnx.Rngs, impl: str = 'auto'):
     if num_heads % num_kv_heads:
       raise ValueError(f'num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}')
     init = fan_in_init(d_model)
@@ -70,6 +101,9 @@ class Attention(nnx.Module):
                     ('heads', 'head_dim', 'embed'))
     self.rope_theta = rope_theta
     self.dtype = dtype
+    if impl not in ATTENTION_IMPLS:
+      raise ValueError(f'attention implementation {impl!r} is not one of {ATTENTION_IMPLS}')
+    self.impl = impl
 
   def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
     dt = self.dtype
@@ -77,7 +111,7 @@ class Attention(nnx.Module):
     k = jnp.einsum('bld,dhk->blhk', x, self.wk[...].astype(dt))  # [batch, seq, kv_heads, head_dim]
     v = jnp.einsum('bld,dhk->blhk', x, self.wv[...].astype(dt))
     q, k = rotary(q, positions, self.rope_theta), rotary(k, positions, self.rope_theta)
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask)  # [batch, seq, heads, head_dim]
+    out = dot_product_attention(q, k, v, mask, self.impl)  # [batch, seq, heads, head_dim]
     return jnp.einsum('blhk,hkd->bld', out, self.wo[...].astype(dt))
 
 
