@@ -70,6 +70,10 @@ def base_config() -> ml_collections.ConfigDict:
       d_model=64, num_layers=2, num_heads=1, num_kv_heads=0, head_dim=0, mlp_dim=0, dropout=0.2,
       tie_embeddings=True, rope_theta=10_000.0, embed_scale=True, dtype='float32',
       attention_impl='auto',  # 'auto' = cuDNN's fused kernel on GPUs in bf16/fp16, else XLA's
+      rms_eps=1e-6,
+      # A Hugging Face Llama/Mistral checkpoint directory whose decoder blocks start training (the
+      # architecture fields above are then taken from its config.json; see model/hf_import.py).
+      backbone='', backbone_type='',  # backbone_type is filled in once the architecture is read
       # Multimodal items (llm4rec_jax.model.fusion): 'id' | 'content' | 'both' on input and output;
       # every k-th block cross-attends to the history's content tokens (0 = none).
       item_repr='id', cross_attention_every=0, fusion_layers=1, fusion_heads=2,

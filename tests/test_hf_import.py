@@ -240,3 +240,61 @@ def test_bad_checkpoints_fail_naming_file_and_field(tmp_path, mesh):
   index.write_text(json.dumps(wm))
   with pytest.raises(DataError, match=r"tensor 'model.layers.1.mlp.up_proj.weight' not found"):
     load()
+
+
+def test_backbone_switch_gives_the_item_decoder_the_checkpoint_blocks(tmp_path):
+  """config.model.backbone: the trainer's own model starts from the checkpoint's blocks; its logits
+  over item tokens equal the numpy reference fed the same item rows."""
+  from conftest import tiny_config  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.train import optimizer as optimizer_lib  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.train import state as state_lib, trainer  # pylint: disable=import-outside-toplevel
+  hf_config, tensors = write_checkpoint(tmp_path / 'llm', 'llama', shards=2)
+  config = tiny_config(**{'model.backbone': str(tmp_path / 'llm'), 'model.dropout': 0.0,
+                          'mesh.shape': (2, 2, 2)})
+  exp = trainer.build_experiment(config, tmp_path / 'wd')
+  cfg = exp.spec.cfg
+  assert (cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.kv_heads, cfg.dim_per_head,
+          cfg.ffn_dim) == (D, LAYERS, HEADS, KV, HD, FFN)
+  assert (cfg.rms_eps, cfg.rope_theta, cfg.embed_scale) == (1e-5, 500.0, False)
+  assert config.model.backbone_type == 'llama'  # recorded: evaluation re-reads no checkpoint
+  tx, _ = optimizer_lib.make_optimizer(config.optimizer, 10)
+  _, shardings = state_lib.state_shardings(exp.spec, tx)
+  state = state_lib.init_train_state(exp.spec, tx, 0, shardings, backbone=config.model.backbone)
+  params = state['params']
+  assert params['blocks'][0]['attn']['wq'].sharding.spec[1] == 'tensor'  # placed sharded
+  model = nnx.merge(exp.spec.graphdef, params)
+  table = np.asarray(jax.device_get(params['item_embed']), np.float64)
+  # Item rows start around the text embeddings (their mean plus noise), not at random scale.
+  text = tensors['model.embed_tokens.weight']
+  assert abs(np.linalg.norm(table[1:11], axis=1).mean() / np.linalg.norm(text, axis=1).mean()
+             - 1) < 0.6
+  items = np.array([3, 11, 1, 7, 42, 5], np.int32)
+  logits = np.asarray(model.logits(model(jax.numpy.asarray(items[None]))))[0]
+  ref = reference_logits(hf_config, tensors, table, table, items)
+  real = np.arange(1, cfg.num_items + 1)
+  np.testing.assert_allclose(logits[:, real], ref[:, real], rtol=2e-4, atol=2e-4)
+
+
+def test_backbone_trains_and_evaluates_without_the_checkpoint(tmp_path):
+  import shutil  # pylint: disable=import-outside-toplevel
+  from conftest import tiny_config  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax import config_base  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  write_checkpoint(tmp_path / 'llm', 'llama')
+  config = tiny_config(**{'model.backbone': str(tmp_path / 'llm'), 'train.max_steps': 6,
+                          'train.eval_every': 6})
+  result = trainer.train_and_evaluate(config, tmp_path / 'wd')
+  assert np.isfinite(result['test']['ndcg@10'])
+  shutil.rmtree(tmp_path / 'llm')  # the saved config holds the architecture, the checkpoint weights
+  again = trainer.evaluate(config_base.load(tmp_path / 'wd'), tmp_path / 'wd')
+  assert again['test']['ndcg@10'] == pytest.approx(result['test']['ndcg@10'], abs=1e-6)
+
+
+@pytest.mark.parametrize('model_type,message', [('qwen2', 'qwen2'), ('mistral', 'sliding_window=3')])
+def test_backbone_families_it_cannot_take_fail_naming_the_field(tmp_path, model_type, message):
+  from conftest import tiny_config  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  write_checkpoint(tmp_path / 'llm', model_type)
+  with pytest.raises(ConfigError, match=f'model.backbone.*{message}'):
+    trainer.build_experiment(tiny_config(**{'model.backbone': str(tmp_path / 'llm')}), tmp_path)

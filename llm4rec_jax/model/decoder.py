@@ -38,6 +38,7 @@ class DecoderConfig:
   embed_scale: bool = True
   dtype: str = 'float32'  # compute dtype; parameters stay float32
   attention_impl: str = 'auto'  # 'auto' (cuDNN on GPUs in bf16/fp16, else XLA), 'xla' or 'cudnn'
+  rms_eps: float = 1e-6  # RMSNorm epsilon (a Hugging Face backbone's rms_norm_eps)
   # Multimodal content (see llm4rec_jax.model.fusion): how items are represented on input and
   # output ('id', 'content' or 'both'), which blocks cross-attend to the history's content tokens
   # (every k-th; 0 = none), and the fusion encoder's size.
@@ -100,11 +101,11 @@ class Block(nnx.Module):
     dt = DTYPES[cfg.dtype]
     self.cross = (GatedCrossAttention(cfg.d_model, cfg.num_heads, cfg.dim_per_head, dtype=dt,
                                       rngs=rngs) if cross_attention else None)
-    self.attn_norm = RMSNorm(cfg.d_model, rngs=rngs)
+    self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.rms_eps, rngs=rngs)
     self.attn = Attention(cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.dim_per_head,
                           rope_theta=cfg.rope_theta, dtype=dt, rngs=rngs,
                           impl=cfg.attention_impl)
-    self.mlp_norm = RMSNorm(cfg.d_model, rngs=rngs)
+    self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.rms_eps, rngs=rngs)
     self.mlp = SwiGLU(cfg.d_model, cfg.ffn_dim, dtype=dt, rngs=rngs)
     self.dropout = nnx.Dropout(cfg.dropout)
 
@@ -149,7 +150,7 @@ class ItemDecoder(nnx.Module):
     every = cfg.cross_attention_every
     self.blocks = nnx.List([Block(cfg, cross_attention=bool(every) and (i + 1) % every == 0,
                                   rngs=rngs) for i in range(cfg.num_layers)])
-    self.final_norm = RMSNorm(cfg.d_model, rngs=rngs)
+    self.final_norm = RMSNorm(cfg.d_model, eps=cfg.rms_eps, rngs=rngs)
     self.embed_dropout = nnx.Dropout(cfg.dropout)
     if not cfg.tie_embeddings:
       self.output_embed = param(rngs, emb_init, (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'))

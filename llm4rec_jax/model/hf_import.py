@@ -366,21 +366,10 @@ def _item_init(mean: np.ndarray, std: float, cfg: LlmConfig, seed: int, noise: f
   return rows
 
 
-def param_readers(t: _Tensors, cfg: LlmConfig, *, seed: int = 0,
-                  item_noise: float = 0.5) -> dict[str, Any]:
-  """A pure-dict tree (the model's parameter structure) of block readers ``index -> ndarray``."""
-  embed_name = 'model.embed_tokens.weight'
-  if t.shape(embed_name) != (cfg.text_vocab, cfg.d_model):
-    raise DataError(f'{t.checkpoint}: {embed_name} has shape {t.shape(embed_name)}, config.json '
-                    f'says ({cfg.text_vocab}, {cfg.d_model})')
-  mean, std = _embedding_stats(t, embed_name, cfg.text_vocab)
-  items = _item_init(mean, std, cfg, seed, item_noise)
+def _block_readers(t: _Tensors, cfg: LlmConfig) -> dict[int, Any]:
+  """Readers of every decoder block's attention, gated MLP and norms (``layers`` names)."""
   H, K, hd, p1 = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.norm_plus_one
-  tree: dict[str, Any] = {'embed': _vocab_rows(t, embed_name, cfg, items), 'blocks': {},
-                          'final_norm': {'scale': _norm(t, 'model.norm.weight', p1)}}
-  if not cfg.tie_embeddings:
-    head = 'lm_head.weight' if t.has('lm_head.weight') else embed_name
-    tree['lm_head'] = _vocab_rows(t, head, cfg, items)
+  blocks = {}
   for i in range(cfg.num_layers):
     pre = f'model.layers.{i}.'
     attn = {'wq': _head_major(t, pre + 'self_attn.q_proj.weight', H, hd),
@@ -391,13 +380,32 @@ def param_readers(t: _Tensors, cfg: LlmConfig, *, seed: int = 0,
       attn.update(bq=_bias(t, pre + 'self_attn.q_proj.bias', H, hd),
                   bk=_bias(t, pre + 'self_attn.k_proj.bias', K, hd),
                   bv=_bias(t, pre + 'self_attn.v_proj.bias', K, hd))
-    tree['blocks'][i] = {
+    blocks[i] = {
         'attn_norm': {'scale': _norm(t, pre + 'input_layernorm.weight', p1)},
         'attn': attn,
         'mlp_norm': {'scale': _norm(t, pre + 'post_attention_layernorm.weight', p1)},
         'mlp': {'w_gate': _transposed(t, pre + 'mlp.gate_proj.weight'),
                 'w_up': _transposed(t, pre + 'mlp.up_proj.weight'),
                 'w_down': _transposed(t, pre + 'mlp.down_proj.weight')}}
+  return blocks
+
+
+def param_readers(t: _Tensors, cfg: LlmConfig, *, seed: int = 0,
+                  item_noise: float = 0.5) -> dict[str, Any]:
+  """A pure-dict tree (the model's parameter structure) of block readers ``index -> ndarray``."""
+  embed_name = 'model.embed_tokens.weight'
+  if t.shape(embed_name) != (cfg.text_vocab, cfg.d_model):
+    raise DataError(f'{t.checkpoint}: {embed_name} has shape {t.shape(embed_name)}, config.json '
+                    f'says ({cfg.text_vocab}, {cfg.d_model})')
+  mean, std = _embedding_stats(t, embed_name, cfg.text_vocab)
+  items = _item_init(mean, std, cfg, seed, item_noise)
+  p1 = cfg.norm_plus_one
+  tree: dict[str, Any] = {'embed': _vocab_rows(t, embed_name, cfg, items), 'blocks': {},
+                          'final_norm': {'scale': _norm(t, 'model.norm.weight', p1)}}
+  if not cfg.tie_embeddings:
+    head = 'lm_head.weight' if t.has('lm_head.weight') else embed_name
+    tree['lm_head'] = _vocab_rows(t, head, cfg, items)
+  tree['blocks'] = _block_readers(t, cfg)
   return tree
 
 
@@ -431,6 +439,73 @@ def load_hf_decoder(checkpoint: str | pathlib.Path, *, num_items: int, mesh: Mes
   params = jax.tree.map(place, readers, shapes, shardings, is_leaf=callable)
   model = nnx.merge(graphdef, params)
   return model, tensors
+
+
+# ---------------------------------------------------------------------------------------------
+# A checkpoint's blocks as the training backbone of the item decoder (config.model.backbone)
+
+BACKBONE_TYPES = ('llama', 'mistral')
+
+
+def backbone_architecture(checkpoint: str | pathlib.Path, *, max_len: int) -> dict[str, Any]:
+  """The ``config.model`` fields that give :class:`~llm4rec_jax.model.decoder.ItemDecoder` the blocks
+  of a Hugging Face Llama/Mistral checkpoint (width, depth, heads, MLP, rotary base, norm epsilon)."""
+  path = pathlib.Path(checkpoint) / 'config.json'
+  cfg = read_config(checkpoint, num_items=1)
+  if cfg.model_type not in BACKBONE_TYPES or cfg.attention_bias or cfg.activation != 'silu':
+    raise ConfigError('model.backbone', f'{path}: model_type={cfg.model_type!r}: as a training '
+                      f'backbone only {BACKBONE_TYPES} blocks (no attention biases, SiLU MLP) are '
+                      'supported; other families load through hf_import.load_hf_decoder')
+  if cfg.sliding_window and cfg.sliding_window < max_len:
+    raise ConfigError('model.backbone', f'{path}: sliding_window={cfg.sliding_window} is shorter '
+                      f'than data.max_len={max_len}; the item decoder attends to the whole window')
+  return dict(d_model=cfg.d_model, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
+              num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, mlp_dim=cfg.mlp_dim,
+              rope_theta=cfg.rope_theta, rms_eps=cfg.rms_eps, embed_scale=False,
+              backbone_type=cfg.model_type)
+
+
+def backbone_readers(checkpoint: str | pathlib.Path, num_items: int, vocab_size: int, *,
+                     seed: int = 0, item_noise: float = 0.5) -> dict[str, Any]:
+  """Readers for what a checkpoint gives the item decoder: every block's attention, MLP and norms,
+  the final norm, and id-embedding rows started at the text embeddings' mean plus seeded noise (so
+  item tokens enter the pretrained blocks at the scale of text tokens)."""
+  llm = read_config(checkpoint, num_items=num_items)
+  t = _Tensors(pathlib.Path(checkpoint))
+  mean, std = _embedding_stats(t, 'model.embed_tokens.weight', llm.text_vocab)
+  items = _item_init(mean, std, llm, seed, item_noise)
+
+  def item_rows(idx):
+    (r0, r1), (d0, d1) = _span(idx[0], vocab_size), _span(idx[1], llm.d_model)
+    return items(r0, r1)[:, d0:d1]
+
+  return {'item_embed': item_rows, 'blocks': _block_readers(t, llm),
+          'final_norm': {'scale': _norm(t, 'model.norm.weight', llm.norm_plus_one)}}
+
+
+def load_backbone(params: Any, checkpoint: str | pathlib.Path, num_items: int, shardings: Any, *,
+                  seed: int = 0) -> Any:
+  """``params`` (the item decoder's pure dict) with the checkpoint's blocks (and item rows) placed
+  straight into their shardings, one device block at a time; other parameters (fusion, cross-
+  attention, heads) keep their initial values."""
+  vocab = params['item_embed'].shape[0] if 'item_embed' in params else 1
+  readers = backbone_readers(checkpoint, num_items, vocab, seed=seed)
+  if 'item_embed' not in params:  # item_repr='content': no id table
+    readers.pop('item_embed')
+
+  def graft(p, r, s, where):
+    if callable(r):
+      if not hasattr(p, 'shape'):
+        raise ConfigError('model.backbone', f'{where} is not a parameter of the item decoder')
+      return jax.make_array_from_callback(p.shape, s, lambda idx: _checked(r(idx), idx, p.shape))
+    out = dict(p)
+    for k, sub in r.items():
+      if k not in p:
+        raise ConfigError('model.backbone', f'{where}/{k}: the checkpoint has it, the model not')
+      out[k] = graft(p[k], sub, s[k], f'{where}/{k}')
+    return out
+
+  return graft(params, readers, shardings, 'params')
 
 
 def _flat_keys(x) -> list:

@@ -18,6 +18,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from llm4rec_jax import partitioning
+from llm4rec_jax.model import hf_import
 from llm4rec_jax.model.decoder import DecoderConfig, ItemDecoder
 
 
@@ -83,8 +84,12 @@ def state_shardings(spec: ModelSpec, tx: optax.GradientTransformation) -> tuple[
 
 
 def init_train_state(spec: ModelSpec, tx: optax.GradientTransformation, seed: int,
-                     shardings: Any) -> dict[str, Any]:
+                     shardings: Any, backbone: str = '') -> dict[str, Any]:
+  """A fresh train state; ``backbone`` (a Hugging Face checkpoint) supplies the decoder blocks."""
   params = init_params(spec, seed)
+  if backbone:
+    params = hf_import.load_backbone(params, backbone, spec.cfg.num_items, spec.param_shardings,
+                                     seed=seed)
   opt_state = jax.jit(tx.init, out_shardings=shardings['opt_state'])(params)
   rng = jax.device_put(jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 1)),
                        spec.replicated)

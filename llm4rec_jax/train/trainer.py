@@ -32,6 +32,7 @@ from llm4rec_jax.data.splits import Split
 from llm4rec_jax.debias import objectives as debias_objectives
 from llm4rec_jax.errors import ConfigError, NonFiniteLossError
 from llm4rec_jax.model import decoder as decoder_lib
+from llm4rec_jax.model import hf_import
 from llm4rec_jax.model import semantic_head
 from llm4rec_jax.model.semantic_ids import SemanticIds
 from llm4rec_jax.retrieval import context as context_lib
@@ -132,7 +133,14 @@ def put_content(content: content_lib.ItemContent, mesh: jax.sharding.Mesh, rules
 
 def model_config(config: ml_collections.ConfigDict, num_items: int,
                  mesh: jax.sharding.Mesh) -> decoder_lib.DecoderConfig:
-  """The decoder config; fills ``config.model.vocab_size`` so the saved config records it."""
+  """The decoder config; fills ``config.model.vocab_size`` so the saved config records it.
+
+  With ``config.model.backbone`` the architecture fields come from the checkpoint's config.json
+  (once: the saved config records them, so evaluation needs no checkpoint files).
+  """
+  if config.model.get('backbone') and not config.model.get('backbone_type'):
+    config.model.update(hf_import.backbone_architecture(config.model.backbone,
+                                                        max_len=config.data.max_len))
   shards = math.prod(mesh.shape[a] for a in partitioning.rule_axes(config.mesh.rules, 'vocab')
                      if a in mesh.shape)
   cfg = decoder_lib.from_config(config.model, num_items=num_items, vocab_multiple=128 * shards)
@@ -339,7 +347,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     progress = ckpt.progress(start)
     logging.info('resuming from step %d', start)
   else:
-    state = state_lib.init_train_state(exp.spec, tx, config.seed, shardings)
+    state = state_lib.init_train_state(exp.spec, tx, config.seed, shardings,
+                                       backbone=config.model.get('backbone', ''))
     if exp.spec.cfg.text_encoder is not None:
       state = text_finetune.init_state(state, config, exp.content, shardings)
     progress = {'best': float('-inf'), 'best_step': -1, 'evals_since_best': 0}
