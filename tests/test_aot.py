@@ -2,7 +2,8 @@
 
 The CPU tests compile for this process's 8 fake devices. The TPU test describes a v5e slice through
 libtpu without TPU hardware; it runs where ``TPU_LIBRARY_PATH`` points at a libtpu.so (see
-``llm4rec_jax.aot.LIBTPU_HELP``; libtpu is a 200 MB wheel, so CI does not install it).
+``llm4rec_jax.aot.LIBTPU_HELP``; ``.ci/run`` downloads the libtpu wheel jax pins and points
+``TPU_LIBRARY_PATH`` at it, so CI runs it).
 """
 
 import os
