@@ -33,6 +33,9 @@ _TOP_K = flags.DEFINE_integer('top_k', 10, 'recommend: number of items to return
 _ITEM = flags.DEFINE_string('item', None, 'explain: raw id of the item to explain (default: the '
                             'top recommendation after --history).')
 _INCLUDE_SEEN = flags.DEFINE_bool('include_seen', False, 'recommend: allow items of the history.')
+_SNAPSHOT = flags.DEFINE_string('snapshot', 'auto', "recommend: 'auto' (the latest online snapshot "
+                                 "of `llm4rec adapt` when WORKDIR has one, else --checkpoint), "
+                                 "'none', 'latest' or a stream position.")
 _VERBOSE = flags.DEFINE_bool('verbose', False, 'Log library internals (Orbax, JAX) at INFO.')
 _EVENTS = flags.DEFINE_string('events', None, "adapt: JSON-lines event file, or '-' for stdin.")
 _ONLINE = flags.DEFINE_multi_string('online', [], 'adapt: a config.online override KEY=VALUE '
@@ -100,7 +103,7 @@ def main(argv: list[str]) -> None:
         raise Llm4RecError('--history is required for recommend (comma-separated item ids)')
       history = [h.strip() for h in _HISTORY.value.split(',') if h.strip()]
       result = recommend(_WORKDIR.value, history, _TOP_K.value, checkpoint=_CHECKPOINT.value,
-                         exclude_seen=not _INCLUDE_SEEN.value)
+                         exclude_seen=not _INCLUDE_SEEN.value, snapshot=_SNAPSHOT.value)
   except Llm4RecError as e:
     print(f'llm4rec {command}: error: {e}', file=sys.stderr)
     sys.exit(2)

@@ -166,6 +166,10 @@ def base_config() -> ml_collections.ConfigDict:
       replay_policy='reservoir',  # or 'recent'
       l2_pull=0.0,  # > 0: + l2_pull/2 * ||params - last full-training params||^2
       grow_items=1024,  # rows added (rounded to the vocab multiple) when item capacity runs out
+      # A new item's scoring row: 'imprint' (the model's query direction after the histories that
+      # led to it, scaled to just enter their top max(eval.ks)) or 'zero'. A tied content model
+      # scores new items by their content rows.
+      new_item_init='imprint',
       snapshot_every=0,  # events between Orbax snapshots; 0 = at the end of the stream only
       keep_snapshots=2,
       bootstrap=True,  # user histories and replay from the workdir's training data

@@ -33,8 +33,12 @@ class Recommender:
   """A trained model loaded for serving: ``recommend(history, top_k)`` with raw ids."""
 
   def __init__(self, workdir: str | pathlib.Path, *, checkpoint: str = 'best',
-               use_index: bool = True):
-    """``use_index``: serve through ``WORKDIR/index`` when it exists (see ``llm4rec index``)."""
+               use_index: bool = True, snapshot: str | int | None = 'none'):
+    """``use_index``: serve through ``WORKDIR/index`` when it exists (see ``llm4rec index``).
+    ``snapshot``: serve an online-adapted model from ``WORKDIR/online/snapshots`` ('none': the
+    training checkpoint; 'auto': the latest snapshot if any; 'latest'; or a stream position), with
+    the items registered online; exact scoring (the ScaNN index belongs to the training checkpoint).
+    """
     from llm4rec_jax.train.trainer import model_config  # pylint: disable=import-outside-toplevel
     self.workdir = pathlib.Path(workdir)
     self.config = config_base.load(self.workdir)
@@ -58,6 +62,21 @@ class Recommender:
     encoder_cfg = text_finetune.load_encoder_config(self.workdir)
     if encoder_cfg is not None:  # the text encoder was fine-tuned with the model
       cfg = dataclasses.replace(cfg, text_encoder=encoder_cfg)
+    from llm4rec_jax.online import serving as online_serving  # pylint: disable=import-outside-toplevel
+    self.snapshot_position = online_serving.resolve(self.workdir, snapshot)
+    adapted = None
+    if self.snapshot_position is not None:
+      adapted = online_serving.load(self.workdir, self.snapshot_position, self.config, cfg, mesh,
+                                    self.content)
+      self.raw_ids = self.raw_ids + adapted.new_items
+      if self.titles:
+        self.titles = list(self.titles) + [''] * len(adapted.new_items)
+      self.index = {r: i for i, r in enumerate(self.raw_ids) if i}
+      # The catalog is every registered item (ids 1..num_items); rows past it stay unscorable.
+      cfg = dataclasses.replace(cfg, vocab_size=adapted.vocab_size,
+                                num_items=len(self.raw_ids) - 1)
+      if adapted.content is not None:
+        self.content = jax.tree.map(jnp.asarray, adapted.content)
     self.trie = None
     if cfg.head == 'semantic_id':
       sid = SemanticIds.load(self.workdir / semantic_codes.FILENAME)
@@ -67,6 +86,11 @@ class Recommender:
     tx, _ = optimizer_lib.make_optimizer(self.config.optimizer, 1,
                                          self.config.get('text_finetune'))
     abstract, shardings = state_lib.state_shardings(self.spec, tx)
+    if adapted is not None:
+      self.step, self.params = adapted.trained_step, adapted.params
+      self.ann_index, self.ann_table = None, None
+      self.rag = workdir_index.serving_retriever(self) if self.config.retrieval.rag else None
+      return
     ckpt = Checkpointer(self.workdir / 'checkpoints', async_save=False)
     step = ckpt.best_step() if checkpoint == 'best' else (
         ckpt.latest_step() if checkpoint == 'latest' else int(checkpoint))
@@ -135,12 +159,16 @@ class Recommender:
       if self.titles:
         rec['title'] = self.titles[int(i)]
       recs.append(rec)
-    return {'history': [str(h) for h in history], 'checkpoint_step': self.step,
-            'recommendations': recs}
+    out = {'history': [str(h) for h in history], 'checkpoint_step': self.step,
+           'recommendations': recs}
+    if self.snapshot_position is not None:
+      out['snapshot_position'] = self.snapshot_position  # online-adapted parameters
+    return out
 
 
 def recommend(workdir: str | pathlib.Path, history: Sequence[str], top_k: int = 10, *,
-              checkpoint: str = 'best', exclude_seen: bool = True) -> dict[str, Any]:
+              checkpoint: str = 'best', exclude_seen: bool = True,
+              snapshot: str | int | None = 'none') -> dict[str, Any]:
   """One-shot :meth:`Recommender.recommend` (loads the model each call; keep a Recommender to reuse)."""
-  return Recommender(workdir, checkpoint=checkpoint).recommend(history, top_k,
-                                                                exclude_seen=exclude_seen)
+  return Recommender(workdir, checkpoint=checkpoint, snapshot=snapshot).recommend(
+      history, top_k, exclude_seen=exclude_seen)

@@ -166,6 +166,41 @@ def test_resume_from_a_snapshot_continues_at_the_recorded_position(workdir, tmp_
   resumed.close(), reference.close()
 
 
+def test_recommender_serves_the_adapted_snapshot(workdir):
+  from llm4rec_jax.errors import CheckpointError, UnknownIdError  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.serving import Recommender  # pylint: disable=import-outside-toplevel
+  with pytest.raises(CheckpointError, match='no online snapshot'):
+    Recommender(workdir, snapshot='latest')
+  trained = Recommender(workdir, snapshot='auto')  # no snapshot yet: the training checkpoint
+  assert trained.snapshot_position is None
+  learner = OnlineLearner(workdir, overrides={'batch_size': 8, 'replay_batch': 8,
+                                              'learning_rate': 3e-2})
+  learner.run(_events(40, seed=4, new_every=5))
+  learner.close()
+  history = [learner.catalog.raw_ids[i] for i in learner.histories['u5']]
+  expected = learner.recommend('u5', 5)
+  for which in ('auto', 'latest', 40):
+    adapted = Recommender(workdir, snapshot=which)
+    assert adapted.snapshot_position == 40 and adapted.raw_ids == learner.catalog.raw_ids
+    assert [r['item'] for r in adapted.recommend(history, 5)['recommendations']] == expected
+  # The adapted parameters, not the training ones; new items are known only to the snapshot.
+  none = Recommender(workdir, snapshot='none')
+  assert none.snapshot_position is None
+  assert adapted.recommend(history, 5) != none.recommend(history, 5)
+  assert adapted.recommend(['new0'], 3)['snapshot_position'] == 40
+  with pytest.raises(UnknownIdError):
+    none.recommend(['new0'], 3)
+  with pytest.raises(CheckpointError, match='no online snapshot at stream position 7'):
+    Recommender(workdir, snapshot=7)
+
+
+def test_a_text_finetuned_workdir_is_refused_with_a_clear_error(workdir):
+  from llm4rec_jax.train import text_finetune  # pylint: disable=import-outside-toplevel
+  (workdir / text_finetune.ENCODER_FILE).write_text('{}')  # what a text fine-tuning run leaves
+  with pytest.raises(ConfigError, match='text_finetune.enabled.*trained with text fine-tuning'):
+    OnlineLearner(workdir)
+
+
 def test_replay_buffer_policies_capacity_and_exact_restore():
   windows = np.arange(1, 1001, dtype=np.int32)[:, None].repeat(3, axis=1)
   recent = ReplayBuffer(10, 3, policy='recent')
@@ -259,6 +294,13 @@ def test_event_log_trains_a_model_and_adapt_command_reads_stdin(tmp_path):
                         '--events=-'], input='{"user": "u1"}\n', cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode == 2 and "<stdin>:1, field 'item': missing item id" in bad.stderr
+  # `llm4rec recommend` serves the adapted snapshot by default (the new item is known to it).
+  rec = subprocess.run([sys.executable, '-m', 'llm4rec_jax.cli', 'recommend',
+                        f'--workdir={workdir}', '--history=i3,brand-new', '--top_k=3'],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert rec.returncode == 0, rec.stderr[-3000:]
+  out = json.loads(rec.stdout)
+  assert out['snapshot_position'] == 3 and len(out['recommendations']) == 3
 
 
 def test_new_items_get_content_rows_in_a_content_model(tmp_path):

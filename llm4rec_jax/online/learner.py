@@ -116,6 +116,18 @@ def validate(config: ml_collections.ConfigDict, dp: int) -> None:
                         'sharding of the mesh')
 
 
+def _imprint_target(cfg: Any, mode: str) -> str | None:
+  """The parameter holding new items' scoring rows for ``online.new_item_init='imprint'``; None
+  when new rows stay zero (also for a tied content model: it scores a new item by its content)."""
+  if mode not in ('imprint', 'zero'):
+    raise ConfigError('online.new_item_init', f"{mode!r} is not 'imprint' or 'zero'")
+  if mode == 'zero':
+    return None
+  if not cfg.tie_embeddings:
+    return 'output_embed'
+  return 'item_embed' if cfg.item_repr == 'id' else None
+
+
 def _window(history: Sequence[int], item: int, width: int) -> np.ndarray:
   """int32 [width]: ``history + [item]``, last ``width`` items, left-padded with 0."""
   seq = list(history[-(width - 1):]) + [item]
@@ -170,8 +182,15 @@ class OnlineLearner:
   def __init__(self, workdir: str | pathlib.Path, *, overrides: Mapping[str, Any] | None = None,
                checkpoint: str = 'best', resume: bool = True, index: Any = None):
     from llm4rec_jax.train.trainer import model_config  # pylint: disable=import-outside-toplevel
+    from llm4rec_jax.train import text_finetune  # pylint: disable=import-outside-toplevel
     self.workdir = pathlib.Path(workdir)
     self.config = config_base.load(self.workdir)
+    if (self.workdir / text_finetune.ENCODER_FILE).is_file():
+      raise ConfigError('text_finetune.enabled', f'{self.workdir} was trained with text '
+                        'fine-tuning (its model holds a text encoder); online adaptation does not '
+                        'support that yet (the text of new items would need the fine-tuned '
+                        'encoder, and its weights an online optimizer). Adapt a workdir trained '
+                        'with text_finetune.enabled=False (frozen text embeddings) instead')
     if overrides:
       unknown = sorted(set(overrides) - set(self.config.online))
       if unknown:
@@ -220,6 +239,7 @@ class OnlineLearner:
                          if checkpoint == 'latest' else int(checkpoint))
     trained = ckpt.restore_params(self.trained_step, abstract, shardings)
     ckpt.close()
+    self._imprint_leaf = _imprint_target(self.cfg, oc.new_item_init)
     # The pull target: the full-training weights (host copy; rows of items registered online are 0).
     self._trained_host = jax.device_get(trained) if oc.l2_pull > 0 else None
 
@@ -290,6 +310,17 @@ class OnlineLearner:
       model = nnx.merge(graphdef, params)
       return model.output_table(model.encode_catalog(content))[rows]
     self._table_rows = table_rows
+
+    top_k = max(self.config.eval.ks)
+
+    @jax.jit
+    def query_and_kth(params, content, inputs, catalog):
+      model = nnx.merge(graphdef, params)
+      encoded = model.encode_catalog(content)
+      hidden = model(inputs, encoded)[:, -1]  # [batch, d_model]
+      scores = model.logits(hidden, encoded, catalog)  # [batch, vocab]
+      return hidden, jax.lax.top_k(scores, top_k)[0][:, -1]
+    self._query_and_kth = query_and_kth
 
   def _put_catalog(self) -> None:
     self.catalog_mask = jax.device_put(self.catalog.mask(), self._catalog_sharding)
@@ -369,6 +400,61 @@ class OnlineLearner:
       self._put_catalog()
       self.upsert_index(changed)
     return rows
+
+  def _imprint(self, events: Sequence[Event], new_rows: Iterable[int]) -> None:
+    """Weight imprinting: a new item's scoring row becomes the model's query direction after the
+    histories that led to it in this micro-batch (averaged), scaled so that it just enters the
+    top ``max(eval.ks)`` there (the median over those histories of the k-th best score over the
+    query norm). A zero row starts at score 0 and, at an online learning rate, takes hundreds of
+    steps to compete; a full-norm row would outrank everything for every user."""
+    new_rows = set(new_rows)
+    pairs: list[tuple[int, list[int]]] = []
+    extra: dict[str, list[int]] = {}
+    for e in events:
+      if not e.is_interaction:
+        continue
+      item = self.catalog.get(e.item)
+      h = self.histories.get(e.user, []) + extra.get(e.user, [])
+      if item in new_rows and h:
+        pairs.append((item, h))
+      extra.setdefault(e.user, []).append(item)
+    if not pairs:
+      return
+    # Known items only: the new rows are still zero and must not set their own bar.
+    catalog = jax.device_put(self.catalog.mask() & (np.arange(self.catalog.vocab_size) <=
+                                                    self.catalog.num_trained),
+                             self._catalog_sharding)
+    b = self.oc.batch_size
+    queries, kth = [], []
+    for s in range(0, len(pairs), b):
+      inputs = np.zeros((b, self.width - 1), np.int32)
+      for i, (_, h) in enumerate(pairs[s:s + b]):
+        tail = h[-(self.width - 1):]
+        inputs[i, -len(tail):] = tail
+      q, k = self._query_and_kth(self.state['params'], self.content,
+                                 self._put_batch({'inputs': inputs})['inputs'], catalog)
+      n = len(pairs[s:s + b])
+      queries.append(partitioning.fetch(q)[:n].astype(np.float32))
+      kth.append(partitioning.fetch(k)[:n].astype(np.float32))
+    q, kth = np.concatenate(queries), np.concatenate(kth)
+    norm = np.maximum(np.linalg.norm(q, axis=1), 1e-9)
+    q /= norm[:, None]
+    owner = np.asarray([item for item, _ in pairs])
+    rows = sorted(set(owner.tolist()))
+    values = np.stack([q[owner == r].mean(0) for r in rows])
+    values /= np.maximum(np.linalg.norm(values, axis=1, keepdims=True), 1e-9)
+    scale = np.asarray([np.median(kth[owner == r] / norm[owner == r]) for r in rows])
+    self._set_rows(self._imprint_leaf, rows, values * np.maximum(scale, 0.0)[:, None])
+
+  def _set_rows(self, leaf: str, rows: Sequence[int], values: np.ndarray) -> None:
+    idx = jnp.asarray(rows, jnp.int32)
+    vals = jnp.asarray(values, jnp.float32)
+
+    def put(params):
+      return dict(params, **{leaf: params[leaf].at[idx].set(vals.astype(params[leaf].dtype))})
+    params = jax.jit(put, out_shardings=self.shardings['params'], donate_argnums=(0,))(
+        self.state['params'])
+    self.state = dict(self.state, params=params)
 
   def _zero_rows(self, rows: Sequence[int]) -> None:
     """New items start from a zero id row (with content: their content embedding alone)."""
@@ -473,8 +559,11 @@ class OnlineLearner:
     interactions); returns the last step's metrics (``{}`` if no event had a history)."""
     reg = [e for e in events if not e.is_interaction or e.features is not None
            or self.catalog.get(e.item) == 0]
+    before = self.catalog.num_items
     if reg:
       self.register_items([e.item for e in reg], [e.features for e in reg])
+    if self.catalog.num_items > before and self._imprint_leaf is not None:
+      self._imprint(events, range(before + 1, self.catalog.num_items + 1))
     windows = []
     for e in events:
       if not e.is_interaction:

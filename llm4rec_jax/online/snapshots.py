@@ -34,6 +34,10 @@ class SnapshotManager:
   def latest(self) -> int | None:
     return self._mngr.latest_step()
 
+  def all_steps(self) -> list[int]:
+    """The stream positions of the snapshots on disk."""
+    return list(self._mngr.all_steps())
+
   def save(self, position: int, state: Any, host: dict[str, Any],
            arrays: dict[str, np.ndarray]) -> None:
     self._mngr.save(position, args=ocp.args.Composite(
