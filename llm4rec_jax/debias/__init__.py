@@ -6,13 +6,16 @@ from llm4rec_jax.debias.fairness import (AdversaryHead, activity_terciles, adver
                                          parity_penalty, reverse_gradient, user_groups)
 from llm4rec_jax.debias.objectives import DebiasObjective, build, ips_scale, ips_target_weights
 from llm4rec_jax.debias.propensity import (LogisticPropensity, WindowedPropensity, clip,
-                                           inverse_weights, item_counts, pair_features,
-                                           popularity, popularity_propensity,
+                                           interaction_timestamps, inverse_weights, item_counts,
+                                           learned_item_propensity, naive_bayes_propensity,
+                                           pair_features, popularity, popularity_propensity,
                                            windowed_popularity_propensity)
 
 __all__ = [
     'AdversaryHead', 'DebiasObjective', 'LogisticPropensity', 'WindowedPropensity',
     'activity_terciles', 'adversarial_loss', 'build', 'clip', 'inverse_weights', 'ips_scale',
-    'ips_target_weights', 'item_counts', 'pair_features', 'parity_penalty', 'popularity',
-    'popularity_propensity', 'reverse_gradient', 'user_groups', 'windowed_popularity_propensity',
+    'interaction_timestamps', 'ips_target_weights', 'item_counts', 'learned_item_propensity',
+    'naive_bayes_propensity', 'pair_features',
+    'parity_penalty', 'popularity', 'popularity_propensity', 'reverse_gradient', 'user_groups',
+    'windowed_popularity_propensity',
 ]

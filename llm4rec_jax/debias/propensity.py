@@ -8,7 +8,9 @@ Estimators here:
   * popularity: ``p_i = ((c_i + smoothing) / (max_j c_j + smoothing)) ** power`` from interaction
     counts (Yang et al., RecSys 2018 use ``power = 0.5``), optionally per time window;
   * learned: a logistic model of P(observed | user features, item features) fitted to which pairs
-    were observed (:class:`LogisticPropensity`).
+    were observed (:class:`LogisticPropensity`);
+  * naive Bayes by rating value: ``P(o | r) = P(r | o) P(o) / P(r)`` with ``P(r)`` from a small
+    sample of ratings of randomly exposed items (Schnabel et al., ICML 2016, Sec. 5.2).
 Then :func:`clip` bounds propensities away from 0 (bounded weights, lower variance) and
 :func:`inverse_weights` turns them into weights, optionally self-normalised to mean 1 over the
 observed interactions.
@@ -84,6 +86,23 @@ class WindowedPropensity:
     return self.propensity[self.window_of(timestamps), np.asarray(items)]
 
 
+def naive_bayes_propensity(observed_ratings: np.ndarray, random_ratings: np.ndarray, *,
+                           observed_fraction: float, levels: int = 5,
+                           smoothing: float = 1.0) -> np.ndarray:
+  """float64 [levels + 1]: ``P(observed | rating = v)`` for v = 0..levels (index 0 unused, 1.0).
+
+  ``P(r | o)`` from the observed (self-selected) ratings, ``P(r)`` from ratings of randomly exposed
+  items, ``P(o) = observed_fraction``; both histograms get ``smoothing`` added to every level.
+  """
+  if not 0.0 < observed_fraction <= 1.0:
+    raise ConfigError('debias.observed_fraction', f'must lie in (0, 1], got {observed_fraction}')
+  def hist(r):
+    h = np.bincount(np.asarray(r, np.int64), minlength=levels + 1)[1:levels + 1] + smoothing
+    return h / h.sum()
+  p = hist(observed_ratings) * observed_fraction / hist(random_ratings)
+  return np.concatenate([[1.0], np.minimum(p, 1.0)])
+
+
 def windowed_popularity_propensity(items: np.ndarray, timestamps: np.ndarray, num_items: int, *,
                                    num_windows: int, power: float = 0.5,
                                    smoothing: float = 1.0) -> WindowedPropensity:
@@ -148,16 +167,22 @@ class LogisticPropensity:
 
   @classmethod
   def fit(cls, x: np.ndarray, observed: np.ndarray, *, l2: float = 1e-3, steps: int = 500,
-          learning_rate: float = 0.05) -> LogisticPropensity:
-    """Full-batch Adam on the mean log-loss; ``x`` float [n, f], ``observed`` bool [n]."""
+          learning_rate: float = 0.05,
+          sample_weight: np.ndarray | None = None) -> LogisticPropensity:
+    """Full-batch Adam on the (sample-weighted) mean log-loss; ``x`` float [n, f], ``observed``
+    bool [n], ``sample_weight`` float [n] (default all 1)."""
     x = jnp.asarray(x, jnp.float32)
     y = jnp.asarray(observed, jnp.float32)
-    params = {'w': jnp.zeros(x.shape[1]), 'b': jnp.asarray(float(np.log(y.mean() / (1 - y.mean()))))}
+    sw = jnp.ones_like(y) if sample_weight is None else jnp.asarray(sample_weight, jnp.float32)
+    sw = sw / jnp.sum(sw)
+    rate = float(jnp.clip(jnp.sum(sw * y), 1e-6, 1 - 1e-6))
+    params = {'w': jnp.zeros(x.shape[1]), 'b': jnp.asarray(float(np.log(rate / (1 - rate))))}
     tx = optax.adam(learning_rate)
 
     def loss(p):
       logits = x @ p['w'] + p['b']
-      return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, y)) + l2 * jnp.sum(p['w'] ** 2)
+      return (jnp.sum(sw * optax.sigmoid_binary_cross_entropy(logits, y))
+              + l2 * jnp.sum(p['w'] ** 2))
 
     @jax.jit
     def run(p):
@@ -175,3 +200,44 @@ class LogisticPropensity:
   def predict(self, x: np.ndarray) -> np.ndarray:
     """float64 [n] observation probabilities."""
     return 1.0 / (1.0 + np.exp(-(np.asarray(x, np.float64) @ self.w + self.b)))
+
+
+def learned_item_propensity(item_features: np.ndarray, counts: np.ndarray, num_users: int, *,
+                            l2: float = 1e-3, steps: int = 300) -> np.ndarray:
+  """Item propensities [n] in (0, 1] from item features (index 0, the padding id, gets 1).
+
+  The logistic model of P(a user interacted with item i | x_i) is fitted to every (user, item) pair
+  without enumerating them: item i contributes ``counts[i]`` positives and ``num_users - counts[i]``
+  negatives with features ``item_features[i]`` [n, f]. Items that share features share exposure,
+  so rare items of a popular kind are not up-weighted as much as their own count would say. Scaled
+  so the most exposed item gets 1, like :func:`popularity_propensity`.
+  """
+  x = np.asarray(item_features, np.float32)[1:]
+  c = np.minimum(np.asarray(counts, np.float64)[1:], num_users)
+  model = LogisticPropensity.fit(np.concatenate([x, x]), np.r_[np.ones(len(x)), np.zeros(len(x))],
+                                 l2=l2, steps=steps,
+                                 sample_weight=np.r_[c, num_users - c])
+  p = model.predict(np.asarray(item_features, np.float64))
+  p = p / p[1:].max()
+  p[0] = 1.0
+  return p
+
+
+def interaction_timestamps(sequences: Sequence[np.ndarray], full_items: Sequence[np.ndarray],
+                           full_times: Sequence[np.ndarray]) -> list[np.ndarray]:
+  """The timestamp of every interaction of ``sequences`` (each a subsequence of the user's full,
+  time-ordered ``full_items``, e.g. the training part of a split), matched in order."""
+  out = []
+  for seq, items, times in zip(sequences, full_items, full_times):
+    seq = np.asarray(seq)
+    if np.array_equal(items[:len(seq)], seq):  # a prefix: the usual case
+      out.append(np.asarray(times[:len(seq)], np.int64))
+      continue
+    ts, j = np.zeros(len(seq), np.int64), 0
+    for pos, item in enumerate(items):
+      if j < len(seq) and item == seq[j]:
+        ts[j], j = times[pos], j + 1
+    if j != len(seq):
+      raise ValueError('a training sequence is not a subsequence of its user\'s interactions')
+    out.append(ts)
+  return out
