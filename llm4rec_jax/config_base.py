@@ -180,6 +180,9 @@ def base_config() -> ml_collections.ConfigDict:
   # llm4rec_jax.beyond_accuracy). Off by default: training and ranking are unchanged.
   c.debias = ml_collections.ConfigDict(dict(
       method='none',  # 'none' | 'ips' | 'snips' (inverse popularity propensity) | 'pda'
+      # ips/snips propensity: 'popularity' (item count) | 'windowed' (item count in the time window
+      # of the interaction, num_windows equal-count windows) | 'learned' (logistic, item features)
+      propensity='popularity', num_windows=4,
       power=0.5, smoothing=1.0,  # propensity = ((count + smoothing) / (max + smoothing)) ** power
       clip=0.05,  # propensities below this are raised to it (inverse weights <= 1 / clip)
       pda_gamma=0.1,  # pda: training logits + pda_gamma * log popularity

@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny_config
 from llm4rec_jax import config_base, serving
 from llm4rec_jax.data import pipeline, registry
-from llm4rec_jax.debias import objectives, unbiased_eval
+from llm4rec_jax.debias import mf, objectives, unbiased_eval
 from llm4rec_jax.train import trainer
 
 
@@ -70,10 +70,68 @@ def test_debias_defaults_keep_training_unchanged_and_bad_values_are_named():
   config = tiny_config()
   ds, split = registry.load_split(config.data)
   assert objectives.build(config, ds, split.train, 128) is None  # off: the step is not touched
-  for field, value in (('method', 'ipw'), ('fairness', 'fair'), ('clip', 0.0)):
+  for field, value in (('method', 'ipw'), ('fairness', 'fair'), ('clip', 0.0),
+                       ('propensity', 'counts'), ('num_windows', 0)):
     bad = tiny_config(**{f'debias.{field}': value})
     with pytest.raises(Exception, match=f'debias.{field}'):
       config_base.validate(bad)
   bad = tiny_config(**{'debias.method': 'ips', 'loss.type': 'sampled_softmax'})
   with pytest.raises(Exception, match='debias.method'):
     config_base.validate(bad)
+
+
+def test_windowed_propensity_weights_reach_the_train_step(tmp_path):
+  config = tiny_config(**{'debias.method': 'snips', 'debias.propensity': 'windowed',
+                          'debias.num_windows': 3})
+  ds, split = registry.load_split(config.data)
+  obj = objectives.build(config, ds, split.train, 128)
+  weights = obj.sequence_weights
+  assert [len(w) for w in weights] == [len(s) for s in split.train]
+  flat_w = np.concatenate(weights)
+  assert flat_w.mean() == pytest.approx(1.0, rel=1e-5)
+  # The same item weighs differently in different time windows (its popularity drifts).
+  flat_i = np.concatenate(split.train)
+  spread = [np.ptp(flat_w[flat_i == i]) for i in np.unique(flat_i)[:40]]
+  assert max(spread) > 0.1
+  # The pipeline's target_weights line up with the targets: with one window per user (ending at
+  # the user's last training item), target -j is the user's j-th last interaction.
+  windows, users = pipeline.make_windows(split.train, config.data.max_len)
+  ww = pipeline.window_weights(weights, config.data.max_len)
+  batch = next(iter(pipeline.train_dataset(windows, users, global_batch_size=8, seed=0,
+                                           num_epochs=1, weights=ww)))
+  for row in range(8):
+    u = int(batch['users'][row])
+    n = int(np.sum(batch['targets'][row] > 0))
+    np.testing.assert_array_equal(batch['targets'][row, -n:], split.train[u][-n:])
+    np.testing.assert_allclose(batch['target_weights'][row, -n:], weights[u][-n:])
+    assert (batch['target_weights'][row, :-n] == 0).all()
+  # End to end: the weights change the training loss (same data order and initialisation).
+  losses_by = {}
+  for source in ('windowed', 'popularity'):
+    run = tiny_config(**{'train.max_steps': 2, 'train.eval_every': 2, 'debias.method': 'snips',
+                         'debias.propensity': source, 'debias.num_windows': 3,
+                         'debias.beyond_accuracy': False})
+    trainer.train_and_evaluate(run, tmp_path / source)
+    logs = [json.loads(l) for l in (tmp_path / source / 'train_log.jsonl').read_text().splitlines()]
+    losses_by[source] = [l['loss'] for l in logs if 'loss' in l]
+  assert np.isfinite(losses_by['windowed']).all()
+  assert losses_by['windowed'][0] != pytest.approx(losses_by['popularity'][0], rel=1e-4)
+
+
+def test_learned_propensity_is_shared_by_items_of_a_kind():
+  config = tiny_config(**{'debias.method': 'ips', 'debias.propensity': 'learned'})
+  ds, split = registry.load_split(config.data)
+  obj = objectives.build(config, ds, split.train, 128)
+  w = np.asarray(obj.item_weights)[:ds.num_items + 1]
+  counts = np.bincount(np.concatenate(split.train), minlength=ds.num_items + 1).astype(float)
+  assert np.sum(counts[1:] * w[1:]) / counts[1:].sum() == pytest.approx(1.0, rel=1e-5)
+  # Only the item's features enter (category and tags here): items with the same features get the
+  # same weight whatever their own counts, and items of often-chosen kinds weigh less.
+  features = mf.one_hot_features(ds.items)[1:]
+  _, kind = np.unique(features, axis=0, return_inverse=True)
+  kind = kind.reshape(-1)
+  for k in np.unique(kind):
+    assert np.ptp(w[1:][kind == k]) < 1e-5
+  kind_count = np.asarray([counts[1:][kind == k].mean() for k in kind])
+  assert np.corrcoef(kind_count, w[1:])[0, 1] < -0.3
+

@@ -47,17 +47,32 @@ def make_windows(sequences: Sequence[np.ndarray], max_len: int, *, all_windows: 
   return np.stack(rows), np.asarray(users, np.int32)
 
 
+def window_weights(weights: Sequence[np.ndarray], max_len: int, *, all_windows: bool = False,
+                   min_len: int = 2) -> np.ndarray:
+  """float32 [num_windows, max_len + 1]: per-interaction ``weights`` (one array per sequence) cut
+  into exactly the windows :func:`make_windows` cuts the sequences into (0 on padding)."""
+  flat = np.concatenate([np.zeros(1, np.float32)] + [np.asarray(w, np.float32) for w in weights])
+  starts = np.cumsum([1] + [len(w) for w in weights])[:-1]
+  index = [np.arange(s, s + len(w), dtype=np.int32) for s, w in zip(starts, weights)]
+  rows, _ = make_windows(index, max_len, all_windows=all_windows, min_len=min_len)
+  return flat[rows]
+
+
 @dataclasses.dataclass(frozen=True)
 class _WindowSource:
-  """Random-access source of (window, user) records for Grain."""
+  """Random-access source of (window, user[, weight]) records for Grain."""
   windows: np.ndarray
   users: np.ndarray
+  weights: np.ndarray | None = None  # float32 [num_windows, max_len + 1]
 
   def __len__(self) -> int:
     return len(self.windows)
 
   def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-    return {'window': self.windows[i], 'user': self.users[i]}
+    record = {'window': self.windows[i], 'user': self.users[i]}
+    if self.weights is not None:
+      record['weight'] = self.weights[i]
+    return record
 
 
 def _to_model_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -65,22 +80,26 @@ def _to_model_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   inputs = w[:, :-1]
   # No target where the input is padding: a user's first item has no history to predict it from.
   targets = np.where(inputs > 0, w[:, 1:], 0)
-  return {'inputs': inputs, 'targets': targets, 'users': batch['user']}
+  out = {'inputs': inputs, 'targets': targets, 'users': batch['user']}
+  if 'weight' in batch:  # per-target loss weights (config.debias propensity='windowed')
+    out['target_weights'] = np.where(targets > 0, batch['weight'][:, 1:], 0.0).astype(np.float32)
+  return out
 
 
 def train_dataset(windows: np.ndarray, users: np.ndarray, *, global_batch_size: int, seed: int,
-                  num_epochs: int | None, process_index: int = 0,
-                  process_count: int = 1) -> grain.MapDataset:
+                  num_epochs: int | None, process_index: int = 0, process_count: int = 1,
+                  weights: np.ndarray | None = None) -> grain.MapDataset:
   """The training ``MapDataset``: shuffle (new order each epoch) -> repeat -> per-process slice -> batch.
 
   Process ``p`` of ``P`` reads only block ``p`` of every global batch: its local batch ``i`` is rows
   ``[p * B/P, (p + 1) * B/P)`` of global batch ``i``, the rows its devices hold once
   ``partitioning.to_global`` assembles the processes' blocks (process-major device order). The global
   batches, row order included, are the same for any ``P``, so losses do not depend on it.
+  ``weights`` (from :func:`window_weights`) adds ``target_weights`` [batch, max_len] to each batch.
   """
   if global_batch_size % process_count:
     raise ValueError(f'global batch {global_batch_size} not divisible by {process_count} processes')
-  ds = grain.MapDataset.source(_WindowSource(windows, users)).seed(seed).shuffle()
+  ds = grain.MapDataset.source(_WindowSource(windows, users, weights)).seed(seed).shuffle()
   ds = ds.repeat(num_epochs)
   ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
   if process_count > 1:

@@ -1,7 +1,11 @@
 """Debiasing objectives for the next-item loss, selected by ``config.debias``.
 
-  * ``ips`` / ``snips``: each target item is weighted by its inverse popularity propensity (clipped,
-    globally normalised to mean 1 over the training interactions). SNIPS divides the batch loss by
+  * ``ips`` / ``snips``: each target is weighted by its inverse propensity (clipped, globally
+    normalised to mean 1 over the training interactions). ``propensity`` picks the estimator:
+    ``popularity`` (the item's count), ``windowed`` (the item's count in the time window of the
+    interaction, ``num_windows`` equal-count windows; the weights travel with each batch as
+    ``target_weights``) or ``learned`` (a logistic model of exposure from the item's categorical
+    features). SNIPS divides the batch loss by
     the sum of the weights (``losses.full_softmax_loss`` does this with ``weights=``); IPS divides by
     the number of targets instead, so batches of rare items weigh more.
   * ``pda``: popularity as a confounder (Zhang et al., SIGIR 2021, in softmax form): training logits
@@ -29,6 +33,7 @@ from llm4rec_jax.debias import fairness, propensity
 from llm4rec_jax.errors import ConfigError
 
 METHODS = ('none', 'ips', 'snips', 'pda')
+PROPENSITIES = ('popularity', 'windowed', 'learned')
 FAIRNESS = ('none', 'adversarial', 'parity')
 
 
@@ -72,6 +77,10 @@ def validate(c: Any) -> None:
     raise ConfigError('debias.power', f'must be >= 0, got {d.power}')
   if d.reversal < 0:
     raise ConfigError('debias.reversal', f'must be >= 0, got {d.reversal}')
+  if d.get('propensity', 'popularity') not in PROPENSITIES:
+    raise ConfigError('debias.propensity', f'{d.propensity!r} is not one of {PROPENSITIES}')
+  if d.get('num_windows', 1) < 1:
+    raise ConfigError('debias.num_windows', f'must be >= 1, got {d.num_windows}')
 
 
 @dataclasses.dataclass
@@ -80,6 +89,10 @@ class DebiasObjective:
   method: str
   fairness: str
   item_weights: jax.Array | None = None  # [vocab] inverse propensities (ips / snips)
+  # propensity='windowed': per-interaction weights of the training sequences (host arrays, one per
+  # user), fed through the pipeline as batch['target_weights']; item_weights then holds the latest
+  # window's weights (for batches without them, e.g. online updates).
+  sequence_weights: list[np.ndarray] | None = None
   train_bias: jax.Array | None = None  # [vocab] added to training logits (pda)
   inference_bias: jax.Array | None = None  # [vocab] added to ranking scores
   user_labels: jax.Array | None = None  # int32 [num_users + 1] sensitive group, -1 = unknown
@@ -93,8 +106,12 @@ class DebiasObjective:
   def changes_training(self) -> bool:
     return self.method != 'none' or self.fairness != 'none'
 
-  def target_weights(self, targets: jax.Array) -> jax.Array | None:
-    """Per-target loss weights [batch, seq] (None = unweighted)."""
+  def target_weights(self, targets: jax.Array,
+                     batch_weights: jax.Array | None = None) -> jax.Array | None:
+    """Per-target loss weights [batch, seq] (None = unweighted); ``batch_weights`` [batch, seq]
+    (the pipeline's per-interaction weights) take precedence over the per-item ones."""
+    if batch_weights is not None:
+      return jnp.where(targets > 0, batch_weights, 0.0)
     if self.item_weights is None:
       return None
     return ips_target_weights(targets, self.item_weights)
@@ -136,7 +153,15 @@ def build(config: Any, dataset: Any, train_sequences, vocab_size: int) -> Debias
                         reversal=float(d.reversal),
                         parity_weight=float(d.parity_weight))
   if d.method in ('ips', 'snips'):
-    p = propensity.popularity_propensity(counts, power=d.power, smoothing=d.smoothing)
+    source = d.get('propensity', 'popularity')
+    if source == 'learned':
+      from llm4rec_jax.debias.mf import one_hot_features  # pylint: disable=import-outside-toplevel
+      p = propensity.learned_item_propensity(one_hot_features(dataset.items), counts,
+                                             dataset.num_users)
+    elif source == 'windowed':
+      p = _windowed_weights(obj, d, dataset, train_sequences)
+    else:
+      p = propensity.popularity_propensity(counts, power=d.power, smoothing=d.smoothing)
     # Mean weight 1 over the training interactions, so the loss keeps its scale.
     w = propensity.inverse_weights(p, clip_min=d.clip, self_normalize=True, counts=counts)
     full = np.zeros(vocab_size, np.float32)
@@ -156,3 +181,23 @@ def build(config: Any, dataset: Any, train_sequences, vocab_size: int) -> Debias
   if not obj.changes_training and obj.inference_bias is None:
     return None
   return obj
+
+
+def _windowed_weights(obj: DebiasObjective, d: Any, dataset: Any, train_sequences) -> np.ndarray:
+  """Fills ``obj.sequence_weights`` (inverse per-window propensities of every training interaction,
+  mean 1) and returns the latest window's item propensities (the per-item fallback)."""
+  if not dataset.has_timestamps:
+    raise ConfigError('debias.propensity', f"'windowed' needs timestamps; dataset "
+                      f'{dataset.name!r} has none')
+  times = propensity.interaction_timestamps(train_sequences, dataset.sequences(),
+                                            dataset.timestamp_sequences())
+  flat_items = np.concatenate([np.asarray(s, np.int64) for s in train_sequences])
+  flat_times = np.concatenate(times)
+  wp = propensity.windowed_popularity_propensity(flat_items, flat_times, dataset.num_items,
+                                                 num_windows=int(d.num_windows), power=d.power,
+                                                 smoothing=d.smoothing)
+  w = propensity.inverse_weights(wp.lookup(flat_items, flat_times), clip_min=d.clip,
+                                 self_normalize=True).astype(np.float32)
+  cuts = np.cumsum([len(s) for s in train_sequences])[:-1]
+  obj.sequence_weights = np.split(w, cuts)
+  return wp.propensity[-1]

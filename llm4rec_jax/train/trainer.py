@@ -193,7 +193,7 @@ def make_loss_fn(cfg: decoder_lib.DecoderConfig, graphdef: nnx.GraphDef, lcfg: A
     if debias is None or not debias.changes_training:
       return losses.full_softmax_loss(hidden, table, batch['targets'], catalog=train_catalog,
                                       max_targets=max_targets)
-    weights = debias.target_weights(batch['targets'])
+    weights = debias.target_weights(batch['targets'], batch.get('target_weights'))
     loss, aux = losses.full_softmax_loss(hidden, table, batch['targets'], catalog=train_catalog,
                                          max_targets=max_targets, weights=weights,
                                          logit_bias=debias.train_bias)
@@ -209,6 +209,8 @@ def make_train_step(exp: Experiment, tx: optax.GradientTransformation, schedule,
                          debias=exp.debias)
   batch_sharding = {k: partitioning.batch_sharding(exp.mesh, exp.rules, n)
                     for k, n in (('inputs', 2), ('targets', 2), ('users', 1))}
+  if exp.debias is not None and exp.debias.sequence_weights is not None:
+    batch_sharding['target_weights'] = partitioning.batch_sharding(exp.mesh, exp.rules, 2)
   if exp.config.retrieval.rag:
     batch_sharding['context'] = partitioning.batch_sharding(exp.mesh, exp.rules, 3)
 
@@ -334,10 +336,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   tx, schedule = optimizer_lib.make_optimizer(config.optimizer, total_steps,
                                               config.get('text_finetune'))
   abstract, shardings = state_lib.state_shardings(exp.spec, tx)
+  weights = None
+  if exp.debias is not None and exp.debias.sequence_weights is not None:  # windowed propensities
+    weights = pipeline.window_weights(exp.debias.sequence_weights, config.data.max_len,
+                                      all_windows=config.data.all_windows)
   train_ds = pipeline.train_dataset(windows, users, global_batch_size=tc.batch_size,
                                     seed=config.seed, num_epochs=tc.num_epochs,
                                     process_index=jax.process_index(),
-                                    process_count=jax.process_count())
+                                    process_count=jax.process_count(), weights=weights)
   data_iter = iter(train_ds.to_iter_dataset())
   ckpt = Checkpointer(workdir / 'checkpoints', max_to_keep=tc.keep_checkpoints,
                       async_save=tc.async_checkpoints)
