@@ -33,6 +33,8 @@ _TOP_K = flags.DEFINE_integer('top_k', 10, 'recommend: number of items to return
 _ITEM = flags.DEFINE_string('item', None, 'explain: raw id of the item to explain (default: the '
                             'top recommendation after --history).')
 _INCLUDE_SEEN = flags.DEFINE_bool('include_seen', False, 'recommend: allow items of the history.')
+_ADJUST = flags.DEFINE_float('adjust_strength', None, 'recommend: scores -= STRENGTH * log item '
+                            'popularity (default: the saved config.debias.adjust_strength).')
 _SNAPSHOT = flags.DEFINE_string('snapshot', 'auto', "recommend: 'auto' (the latest online snapshot "
                                  "of `llm4rec adapt` when WORKDIR has one, else --checkpoint), "
                                  "'none', 'latest' or a stream position.")
@@ -103,7 +105,8 @@ def main(argv: list[str]) -> None:
         raise Llm4RecError('--history is required for recommend (comma-separated item ids)')
       history = [h.strip() for h in _HISTORY.value.split(',') if h.strip()]
       result = recommend(_WORKDIR.value, history, _TOP_K.value, checkpoint=_CHECKPOINT.value,
-                         exclude_seen=not _INCLUDE_SEEN.value, snapshot=_SNAPSHOT.value)
+                         exclude_seen=not _INCLUDE_SEEN.value, adjust_strength=_ADJUST.value,
+                         snapshot=_SNAPSHOT.value)
   except Llm4RecError as e:
     print(f'llm4rec {command}: error: {e}', file=sys.stderr)
     sys.exit(2)

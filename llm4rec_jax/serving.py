@@ -33,15 +33,19 @@ class Recommender:
   """A trained model loaded for serving: ``recommend(history, top_k)`` with raw ids."""
 
   def __init__(self, workdir: str | pathlib.Path, *, checkpoint: str = 'best',
-               use_index: bool = True, snapshot: str | int | None = 'none'):
+               use_index: bool = True, adjust_strength: float | None = None,
+               snapshot: str | int | None = 'none'):
     """``use_index``: serve through ``WORKDIR/index`` when it exists (see ``llm4rec index``).
     ``snapshot``: serve an online-adapted model from ``WORKDIR/online/snapshots`` ('none': the
     training checkpoint; 'auto': the latest snapshot if any; 'latest'; or a stream position), with
     the items registered online; exact scoring (the ScaNN index belongs to the training checkpoint).
-    """
+    ``adjust_strength``: scores ``-= adjust_strength * log popularity`` (the training counts saved
+    in ``items.json``); None = the saved ``config.debias.adjust_strength``."""
     from llm4rec_jax.train.trainer import model_config  # pylint: disable=import-outside-toplevel
     self.workdir = pathlib.Path(workdir)
     self.config = config_base.load(self.workdir)
+    if adjust_strength is not None:
+      self.config.debias.adjust_strength = float(adjust_strength)
     catalog_path = self.workdir / 'items.json'
     if not catalog_path.exists():
       raise DataError('item catalog missing; train in this workdir first', path=str(catalog_path))
@@ -83,6 +87,8 @@ class Recommender:
       cfg = dataclasses.replace(cfg, codebook_sizes=sid.codebook_sizes)
       self.trie = jax.device_put(sid.trie())
     self.spec = state_lib.build_model_spec(cfg, mesh, self.config.mesh.rules)
+    self.score_bias = _popularity_adjustment(self.config, catalog, cfg, len(self.raw_ids),
+                                             catalog_path)
     tx, _ = optimizer_lib.make_optimizer(self.config.optimizer, 1,
                                          self.config.get('text_finetune'))
     abstract, shardings = state_lib.state_shardings(self.spec, tx)
@@ -109,7 +115,7 @@ class Recommender:
     self.rag = workdir_index.serving_retriever(self) if self.config.retrieval.rag else None
 
   @functools.partial(jax.jit, static_argnums=(0, 4))
-  def _top(self, params, inputs, seen, k, content=None, trie=None, context=None):
+  def _top(self, params, inputs, seen, k, content=None, trie=None, context=None, score_bias=None):
     model = nnx.merge(self.spec.graphdef, params)
     if trie is not None:
       beam = max(k, self.config.semantic_ids.beam_size)
@@ -117,6 +123,8 @@ class Recommender:
                                               top_k=k)
       return scores, items
     scores = evaluation.scores_for(model, inputs, seen, content, context=context)
+    if score_bias is not None:
+      scores = scores + score_bias  # [1, vocab]; finite, so excluded (-inf) items stay excluded
     return jax.lax.top_k(scores, k)
 
   def item_table(self) -> np.ndarray:
@@ -152,7 +160,8 @@ class Recommender:
       scores, items = workdir_index.top_k_with_index(self, inputs, seen, k, context)
     else:
       scores, items = jax.device_get(self._top(self.params, jnp.asarray(inputs), jnp.asarray(seen),
-                                               k, self.content, self.trie, context))
+                                               k, self.content, self.trie, context,
+                                               self.score_bias))
     recs = []
     for s, i in zip(scores[0], items[0]):
       rec = {'item': self.raw_ids[int(i)], 'score': float(s)}
@@ -168,7 +177,30 @@ class Recommender:
 
 def recommend(workdir: str | pathlib.Path, history: Sequence[str], top_k: int = 10, *,
               checkpoint: str = 'best', exclude_seen: bool = True,
+              adjust_strength: float | None = None,
               snapshot: str | int | None = 'none') -> dict[str, Any]:
-  """One-shot :meth:`Recommender.recommend` (loads the model each call; keep a Recommender to reuse)."""
-  return Recommender(workdir, checkpoint=checkpoint, snapshot=snapshot).recommend(
-      history, top_k, exclude_seen=exclude_seen)
+  """One-shot :meth:`Recommender.recommend` (loads the model each call; keep a Recommender to reuse).
+  ``adjust_strength`` None applies the saved ``config.debias.adjust_strength``."""
+  return Recommender(workdir, checkpoint=checkpoint, adjust_strength=adjust_strength,
+                     snapshot=snapshot).recommend(history, top_k, exclude_seen=exclude_seen)
+
+
+def _popularity_adjustment(config, catalog: dict, cfg, rows: int,
+                           path: pathlib.Path) -> jax.Array | None:
+  """float32 [1, vocab] ``-adjust_strength * log popularity`` of the training counts (None when
+  off), the adjustment evaluation applies (``debias.objectives.build``); catalog rows past the
+  trained ones (registered online) count 0 interactions."""
+  strength = float(config.debias.get('adjust_strength', 0.0))
+  if not strength:
+    return None
+  if cfg.head != 'softmax':
+    raise DataError('the popularity adjustment needs model.head=softmax', field='adjust_strength')
+  counts = catalog.get('train_counts')
+  if counts is None:
+    raise DataError('debias.adjust_strength needs the training item counts, which this workdir '
+                    'predates; train again to write them', path=str(path))
+  from llm4rec_jax.debias import objectives  # pylint: disable=import-outside-toplevel
+  full = np.zeros(max(rows, len(counts)), np.float64)
+  full[:len(counts)] = counts
+  log_pop = objectives.log_popularity(full, cfg.vocab_size, smoothing=config.debias.smoothing)
+  return jnp.asarray(-strength * log_pop)[None]

@@ -2,6 +2,10 @@
 adversary in the train step, beyond-accuracy metrics in metrics.json, defaults unchanged."""
 
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +15,8 @@ from llm4rec_jax import config_base, serving
 from llm4rec_jax.data import pipeline, registry
 from llm4rec_jax.debias import mf, objectives, unbiased_eval
 from llm4rec_jax.train import trainer
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _top10(workdir, ds) -> np.ndarray:
@@ -135,3 +141,37 @@ def test_learned_propensity_is_shared_by_items_of_a_kind():
   kind_count = np.asarray([counts[1:][kind == k].mean() for k in kind])
   assert np.corrcoef(kind_count, w[1:])[0, 1] < -0.3
 
+
+def test_recommend_applies_adjust_strength(tmp_path):
+  config = tiny_config(**{'train.max_steps': 3, 'train.eval_every': 3,
+                          'debias.beyond_accuracy': False})
+  trainer.train_and_evaluate(config, tmp_path)
+  catalog = json.loads((tmp_path / 'items.json').read_text())
+  raw, counts = catalog['raw_ids'], np.asarray(catalog['train_counts'], float)
+  ds, split = registry.load_split(config.data)
+  assert counts.sum() == sum(len(s) for s in split.train)
+  log_pop = objectives.log_popularity(counts, 128, smoothing=1.0)
+  history = raw[1:4]
+  everything = len(raw) - 1 - len(history)
+  plain = serving.Recommender(tmp_path)
+  base = {r['item']: r['score'] for r in plain.recommend(history, everything)['recommendations']}
+  adjusted = serving.recommend(tmp_path, history, everything, adjust_strength=1.5)
+  index = {r: i for i, r in enumerate(raw)}
+  for r in adjusted['recommendations']:  # every score is the model's minus 1.5 log popularity
+    assert r['score'] == pytest.approx(base[r['item']] - 1.5 * log_pop[index[r['item']]],
+                                       abs=1e-4)
+  top = [index[r['item']] for r in adjusted['recommendations'][:10]]
+  top_plain = [index[i] for i in list(base)[:10]]
+  assert counts[top].mean() < counts[top_plain].mean()
+  # The saved config's strength is what serving (Python API and CLI) applies by default.
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  saved['debias']['adjust_strength'] = 1.5
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  from_config = serving.recommend(tmp_path, history, 10)
+  assert [r['item'] for r in from_config['recommendations']] == [raw[i] for i in top]
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')
+  proc = subprocess.run([sys.executable, '-m', 'llm4rec_jax.cli', 'recommend',
+                         f'--workdir={tmp_path}', f'--history={",".join(history)}', '--top_k=10'],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert [r['item'] for r in json.loads(proc.stdout)['recommendations']] == [raw[i] for i in top]

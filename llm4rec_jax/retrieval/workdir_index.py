@@ -108,6 +108,8 @@ def top_k_with_index(rec, inputs: np.ndarray, seen: np.ndarray, k: int,
   if len(cand) < k:  # the history covers the candidates: score the whole catalog instead
     cand = np.asarray([i for i in range(1, len(rec.ann_table)) if i not in exclude], np.int64)
   exact = rec.ann_table[cand] @ hidden[0]  # the model's logits of the candidates
+  if getattr(rec, 'score_bias', None) is not None:  # serving's popularity adjustment
+    exact = exact + np.asarray(rec.score_bias)[0, cand]
   order = np.argsort(-exact, kind='stable')[:k]
   return exact[order][None], cand[order][None]
 

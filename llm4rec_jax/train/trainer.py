@@ -30,6 +30,7 @@ from llm4rec_jax.data import content as content_lib
 from llm4rec_jax.data import pipeline, registry, splits
 from llm4rec_jax.data.splits import Split
 from llm4rec_jax.debias import objectives as debias_objectives
+from llm4rec_jax.debias import propensity
 from llm4rec_jax.errors import ConfigError, NonFiniteLossError
 from llm4rec_jax.model import decoder as decoder_lib
 from llm4rec_jax.model import hf_import
@@ -290,7 +291,10 @@ def _write_catalog(exp: Experiment) -> None:
   titles = items.text.get('title')
   payload = {'raw_ids': [str(r) for r in items.raw_ids],
              'titles': list(titles) if titles is not None else None,
-             'num_items': exp.dataset.num_items}
+             'num_items': exp.dataset.num_items,
+             # Interactions per item, for serving's popularity adjustment (adjust_strength).
+             'train_counts': propensity.item_counts(exp.split.train,
+                                                    exp.dataset.num_items).astype(int).tolist()}
   (exp.workdir / 'items.json').write_text(json.dumps(payload))
   if exp.content_np is not None and exp.content is not None:
     # Serving needs the content arrays too (it never reads the dataset).
