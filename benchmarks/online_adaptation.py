@@ -173,7 +173,8 @@ def run_dataset(name: str, args, tmp: pathlib.Path) -> dict:
                                                      'steps', 'vocab_size')},
       'train_seconds': retrain_s,
       'online_config': {k: config.online[k] for k in ('params', 'learning_rate', 'batch_size',
-                                                       'replay_batch', 'replay_size', 'l2_pull')},
+                                                       'replay_batch', 'replay_size', 'l2_pull',
+                                                       'new_item_init', 'new_item_learning_rate')},
   }
 
 

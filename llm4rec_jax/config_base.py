@@ -170,6 +170,9 @@ def base_config() -> ml_collections.ConfigDict:
       # led to it, scaled to just enter their top max(eval.ks)) or 'zero'. A tied content model
       # scores new items by their content rows.
       new_item_init='imprint',
+      # Learning rate of the catalog rows of items registered online (0 = online.learning_rate):
+      # a new item's row must move far in few steps, every other parameter only a little.
+      new_item_learning_rate=1e-2,
       snapshot_every=0,  # events between Orbax snapshots; 0 = at the end of the stream only
       keep_snapshots=2,
       bootstrap=True,  # user histories and replay from the workdir's training data

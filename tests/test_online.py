@@ -118,6 +118,41 @@ def test_new_items_become_scorable_and_learnable_and_the_tables_grow(workdir):
   learner.close()
 
 
+def test_new_item_rows_learn_at_new_item_learning_rate_and_other_rows_do_not(workdir):
+  """online.new_item_learning_rate applies to the rows of items registered online only."""
+  events = [events_lib.parse_event(e) for e in _events(8, seed=5, new_every=3)]
+
+  def one_step(new_lr):
+    learner = OnlineLearner(workdir, resume=False, overrides={
+        'batch_size': 8, 'replay_batch': 8, 'learning_rate': 1e-3, 'params': 'all',
+        'new_item_init': 'zero', 'new_item_learning_rate': new_lr})
+    start = np.asarray(jax.device_get(learner.state['params']['item_embed']))
+    learner.learn(events)
+    params = jax.device_get(learner.state['params'])
+    new_rows = [learner.catalog.get(f'new{k}') for k in (0, 3, 6)]
+    learner.close()
+    return start, params, new_rows
+
+  start, base, rows = one_step(0.0)  # = online.learning_rate
+  _, fast, rows_fast = one_step(1e-2)
+  assert rows == rows_fast == [121, 122, 123]
+  n = 120
+  emb, emb_fast = np.asarray(base['item_embed']), np.asarray(fast['item_embed'])
+  # Trained items and the padding row: the very same update at either scale (and they did move).
+  np.testing.assert_array_equal(emb_fast[:n + 1], emb[:n + 1])
+  assert not np.array_equal(emb[1:n + 1], start[1:n + 1])
+  # New items start from zero rows: one step moves them 10x as far.
+  assert np.abs(emb[rows]).sum(axis=1).min() > 0  # each new row moved
+  np.testing.assert_allclose(emb_fast[rows], 10.0 * emb[rows], rtol=1e-5, atol=1e-9)
+  # Every other parameter is unaffected by the scale.
+  for (path, a), (_, b) in zip(jax.tree_util.tree_leaves_with_path(base),
+                               jax.tree_util.tree_leaves_with_path(fast)):
+    if jax.tree_util.keystr(path) != "['item_embed']":
+      np.testing.assert_array_equal(a, b)
+  with pytest.raises(ConfigError, match='online.new_item_learning_rate'):
+    OnlineLearner(workdir, overrides={'new_item_learning_rate': -1.0})
+
+
 def test_l2_pull_keeps_the_adapted_weights_near_the_trained_ones(workdir):
   events = [events_lib.parse_event(e) for e in _events(40, seed=3)]
 

@@ -11,7 +11,8 @@ logical-axis shardings as training), then for every micro-batch of events:
    buffer, and applies **one jitted, donated step**: the training loss
    (:func:`llm4rec_jax.train.trainer.make_loss_fn`, over the grown catalog), plus an optional L2 pull
    toward the last full-training weights, with its own AdamW restricted to ``online.params`` (the
-   other parameters get no gradient and a zero update);
+   other parameters get no gradient and a zero update); the catalog rows of items registered online
+   learn at ``online.new_item_learning_rate`` so they catch up in few steps;
 3. upserts the touched items into a ScaNN index, if one is attached;
 4. every ``online.snapshot_every`` events, writes an Orbax snapshot with the stream position.
 
@@ -93,6 +94,23 @@ def make_online_optimizer(oc: Any, mask: Any) -> optax.GradientTransformation:
       keep)
 
 
+def new_item_row_scale(vocab_size: int, num_trained: int, scale: float) -> np.ndarray:
+  """float32 [vocab]: the factor on each catalog row's optimizer update, ``scale`` for the rows of
+  items registered online (ids > ``num_trained``), 1 for the trained items and padding."""
+  out = np.ones(vocab_size, np.float32)
+  out[num_trained + 1:] = scale
+  return out
+
+
+def scale_catalog_rows(updates: Any, vocab_leaves: Any, row_scale: jax.Array) -> Any:
+  """Multiplies row i of every catalog-sharded update (``vocab_leaves``) by ``row_scale[i]``."""
+  def one(u, is_vocab):
+    if not is_vocab:
+      return u
+    return u * row_scale.reshape((-1,) + (1,) * (u.ndim - 1)).astype(u.dtype)
+  return jax.tree.map(one, updates, vocab_leaves)
+
+
 def validate(config: ml_collections.ConfigDict, dp: int) -> None:
   """Checks ``config.online`` (and what online adaptation needs of the model)."""
   oc = config.online
@@ -108,6 +126,9 @@ def validate(config: ml_collections.ConfigDict, dp: int) -> None:
               'window_s', 'grow_items'):
     if oc[key] < 0:
       raise ConfigError(f'online.{key}', f'must be >= 0, got {oc[key]}')
+  if oc.new_item_learning_rate < 0:
+    raise ConfigError('online.new_item_learning_rate',
+                      f'must be >= 0 (0 = online.learning_rate), got {oc.new_item_learning_rate}')
   if oc.keep_snapshots < 1:
     raise ConfigError('online.keep_snapshots', 'must be >= 1')
   for key in ('batch_size', 'replay_batch'):
@@ -324,6 +345,13 @@ class OnlineLearner:
 
   def _put_catalog(self) -> None:
     self.catalog_mask = jax.device_put(self.catalog.mask(), self._catalog_sharding)
+    # New items' rows learn at online.new_item_learning_rate: their updates are scaled by its ratio
+    # to online.learning_rate (AdamW's update is proportional to the rate).
+    ratio = (self.oc.new_item_learning_rate / self.oc.learning_rate
+             if self.oc.new_item_learning_rate > 0 else 1.0)
+    self.row_scale = jax.device_put(new_item_row_scale(self.catalog.vocab_size,
+                                                       self.catalog.num_trained, ratio),
+                                    self._catalog_sharding)
     self.content = None
     if self.content_np is not None:
       from llm4rec_jax.train.trainer import put_content  # pylint: disable=import-outside-toplevel
@@ -345,8 +373,9 @@ class OnlineLearner:
     rows = self.oc.batch_size + self.oc.replay_batch
     loss_fn = make_loss_fn(self.spec.cfg, self.spec.graphdef, self.config.loss, max_targets=rows)
     trainable, tx, pull = self.trainable, self.tx, float(self.oc.l2_pull)
+    vocab_leaves = self.vocab_leaves
 
-    def step_fn(state, batch, content, catalog, anchor):
+    def step_fn(state, batch, content, catalog, anchor, row_scale):
       rng = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), state['step'])
 
       def objective(params):
@@ -361,6 +390,7 @@ class OnlineLearner:
 
       (_, aux), grads = jax.value_and_grad(objective, has_aux=True)(state['params'])
       updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+      updates = scale_catalog_rows(updates, vocab_leaves, row_scale)
       params = optax.apply_updates(state['params'], updates)
       metrics = dict(aux, grad_norm=optax.global_norm(grads))
       return dict(state, step=state['step'] + 1, params=params, opt_state=opt_state), metrics
@@ -369,7 +399,8 @@ class OnlineLearner:
                       'targets': partitioning.batch_sharding(self.mesh, self.rules, 2)}
     anchor_sharding = self.shardings['params'] if self.oc.l2_pull > 0 else None
     return jax.jit(step_fn, in_shardings=(self.shardings, batch_sharding, self._content_sharding,
-                                          self._catalog_sharding, anchor_sharding),
+                                          self._catalog_sharding, anchor_sharding,
+                                          self._catalog_sharding),
                    out_shardings=(self.shardings, self.spec.replicated), donate_argnums=(0,))
 
   # ----------------------------------------------------------------------------------------------
@@ -591,7 +622,7 @@ class OnlineLearner:
     targets[:, -1] = np.where(inputs[:, -1] > 0, rows[:, -1], 0)
     batch = self._put_batch({'inputs': inputs, 'targets': targets})
     self.state, metrics = self._step_fn(self.state, batch, self.content, self.catalog_mask,
-                                        self.anchor)
+                                        self.anchor, self.row_scale)
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if not math.isfinite(metrics['loss']):
       raise NonFiniteLossError(f'non-finite online loss at stream position {self.position}: '
