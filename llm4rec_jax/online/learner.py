@@ -28,7 +28,7 @@ import logging
 import math
 import pathlib
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -477,25 +477,23 @@ class OnlineLearner:
     scale = np.asarray([np.median(kth[owner == r] / norm[owner == r]) for r in rows])
     self._set_rows(self._imprint_leaf, rows, values * np.maximum(scale, 0.0)[:, None])
 
+  def _update_params(self, fn: Callable[[Any], Any]) -> None:
+    """``params = fn(params)`` on device, in the parameters' shardings, the old ones donated."""
+    params = jax.jit(fn, out_shardings=self.shardings['params'], donate_argnums=(0,))(
+        self.state['params'])
+    self.state = dict(self.state, params=params)
+
   def _set_rows(self, leaf: str, rows: Sequence[int], values: np.ndarray) -> None:
     idx = jnp.asarray(rows, jnp.int32)
     vals = jnp.asarray(values, jnp.float32)
-
-    def put(params):
-      return dict(params, **{leaf: params[leaf].at[idx].set(vals.astype(params[leaf].dtype))})
-    params = jax.jit(put, out_shardings=self.shardings['params'], donate_argnums=(0,))(
-        self.state['params'])
-    self.state = dict(self.state, params=params)
+    self._update_params(lambda params: dict(
+        params, **{leaf: params[leaf].at[idx].set(vals.astype(params[leaf].dtype))}))
 
   def _zero_rows(self, rows: Sequence[int]) -> None:
     """New items start from a zero id row (with content: their content embedding alone)."""
     idx = jnp.asarray(rows, jnp.int32)
-
-    def zero(params):
-      return jax.tree.map(lambda p, v: p.at[idx].set(0.0) if v else p, params, self.vocab_leaves)
-    params = jax.jit(zero, out_shardings=self.shardings['params'], donate_argnums=(0,))(
-        self.state['params'])
-    self.state = dict(self.state, params=params)
+    self._update_params(lambda params: jax.tree.map(
+        lambda p, v: p.at[idx].set(0.0) if v else p, params, self.vocab_leaves))
 
   def _grow(self, needed_rows: int) -> None:
     """More catalog rows: pads every catalog-sharded array (parameters, optimizer moments, content,
