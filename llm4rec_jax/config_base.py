@@ -128,6 +128,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.type = 'full_softmax'  # or 'sampled_softmax'
   c.loss.num_negatives = 1024
   c.loss.max_targets_per_batch = 0  # 0 = sized from the data (never drops targets in practice)
+  # True: train the ranking that eval.exclude_seen measures (full softmax only): each target's
+  # softmax leaves out the items already in its history, and repeat targets are skipped.
+  c.loss.exclude_seen = False
 
   c.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=1e-3, warmup_steps=100, schedule='cosine', min_lr_ratio=0.1, weight_decay=0.0,
@@ -280,6 +283,9 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
     debias_objectives.validate(c)
   if c.loss.type not in ('full_softmax', 'sampled_softmax'):
     raise ConfigError('loss.type', f"unknown loss {c.loss.type!r} (full_softmax | sampled_softmax)")
+  if c.loss.get('exclude_seen', False) and (c.loss.type != 'full_softmax'
+                                            or c.model.head != 'softmax'):
+    raise ConfigError('loss.exclude_seen', 'needs loss.type=full_softmax and model.head=softmax')
   if c.data.split not in ('leave_one_out', 'temporal'):
     raise ConfigError('data.split', f'unknown protocol {c.data.split!r} (leave_one_out | temporal)')
   if c.optimizer.learning_rate <= 0:

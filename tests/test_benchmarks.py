@@ -67,6 +67,8 @@ def test_quick_benchmark_prints_one_json_line(script, keys):
   if result.get('benchmark') == 'debias_coat':  # every variant evaluated on the random test set
     assert all(np.isfinite(v['mse']['mean']) and 0 <= v['ndcg@5']['mean'] <= 1
                for v in result['variants'].values())
+    family = result['variants']['debiased_family']  # estimator picked per seed on validation
+    assert {p['variant'] for p in family['points']} <= set(result['variants']) - {'naive'}
   if result.get('benchmark') == 'debias_synthetic':  # NDCG against the generator's true preferences
     assert all(0 <= v['truth_ndcg@10'] <= 1 for v in result['variants'].values())
   if result.get('benchmark') == 'debias_ml100k':

@@ -21,18 +21,34 @@ def gather_targets(hidden: jax.Array, targets: jax.Array, max_targets: int,
   """
   d = hidden.shape[-1]
   flat_t = targets.reshape(-1)  # [batch * seq]
-  valid = flat_t > 0
-  k = min(max_targets, flat_t.shape[0]) if max_targets > 0 else flat_t.shape[0]
-  (idx,) = jnp.nonzero(valid, size=k, fill_value=0)
-  slot_ok = jnp.arange(k) < jnp.sum(valid)
+  idx, slot_ok, dropped = _target_slots(flat_t, max_targets)
   w = jnp.ones_like(flat_t, jnp.float32) if weights is None else weights.reshape(-1)
   h = hidden.reshape(-1, d)[idx]  # [K, d_model]
-  dropped = jnp.maximum(jnp.sum(valid) - k, 0)
   return h, jnp.where(slot_ok, flat_t[idx], 0), jnp.where(slot_ok, w[idx], 0.0), dropped
 
 
+def _target_slots(flat_targets: jax.Array, max_targets: int):
+  """Flat indices of the first ``max_targets`` positions with a target, which slots are used,
+  and how many targets did not fit."""
+  valid = flat_targets > 0
+  k = min(max_targets, flat_targets.shape[0]) if max_targets > 0 else flat_targets.shape[0]
+  (idx,) = jnp.nonzero(valid, size=k, fill_value=0)
+  return idx, jnp.arange(k) < jnp.sum(valid), jnp.maximum(jnp.sum(valid) - k, 0)
+
+
+def seen_items(inputs: jax.Array, targets: jax.Array, max_targets: int) -> jax.Array:
+  """For each gathered target slot (same order as :func:`gather_targets`), the items the user had
+  seen by then: ``inputs`` up to and including the target's position, 0 elsewhere. [K, seq]."""
+  seq = targets.shape[-1]
+  idx, slot_ok, _ = _target_slots(targets.reshape(-1), max_targets)
+  row, pos = idx // seq, idx % seq
+  hist = inputs[row]  # [K, seq]
+  keep = (jnp.arange(seq)[None, :] <= pos[:, None]) & slot_ok[:, None]
+  return jnp.where(keep, hist, 0)
+
+
 def full_softmax_loss(hidden, table, targets, *, catalog: jax.Array, max_targets: int = 0,
-                      weights=None, logit_bias=None):
+                      weights=None, logit_bias=None, exclude_seen_of=None):
   """Cross-entropy of the next item against every catalog item.
 
   Args:
@@ -40,6 +56,9 @@ def full_softmax_loss(hidden, table, targets, *, catalog: jax.Array, max_targets
     catalog: bool [vocab], True for real items (padding ids get no probability mass).
     weights: optional [batch, seq] per-target weights (e.g. inverse propensities).
     logit_bias: optional [vocab] added to every logit (e.g. a popularity confounder term).
+    exclude_seen_of: optional input items [batch, seq]. Trains the ranking that evaluation with
+      seen items excluded measures: each target's softmax leaves out the items already in its
+      history, and targets that repeat a history item (certain misses there) get weight 0.
   Returns: (mean loss over targets, metrics dict).
   """
   h, t, w, dropped = gather_targets(hidden, targets, max_targets, weights)
@@ -47,6 +66,11 @@ def full_softmax_loss(hidden, table, targets, *, catalog: jax.Array, max_targets
   if logit_bias is not None:
     logits = logits + logit_bias
   logits = jnp.where(catalog, logits, -1e30)
+  if exclude_seen_of is not None:
+    seen = seen_items(exclude_seen_of, targets, max_targets)  # [K, seq]
+    w = jnp.where(jnp.any((seen == t[:, None]) & (t[:, None] > 0), axis=1), 0.0, w)
+    # Row 0 (padding) is already masked; seen ids are set to the same floor.
+    logits = logits.at[jnp.arange(seen.shape[0])[:, None], seen].set(-1e30)
   lse = jax.nn.logsumexp(logits, axis=-1)
   target_logit = jnp.take_along_axis(logits, t[:, None], axis=-1)[:, 0]
   nll = lse - target_logit

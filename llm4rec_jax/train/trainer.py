@@ -191,13 +191,14 @@ def make_loss_fn(cfg: decoder_lib.DecoderConfig, graphdef: nnx.GraphDef, lcfg: A
       # Items absent from the training data (held out as cold) do not exist yet at training time:
       # they are not negatives of the training softmax, only candidates at evaluation.
       train_catalog = catalog & content.id_known
+    seen = batch['inputs'] if lcfg.get('exclude_seen', False) else None
     if debias is None or not debias.changes_training:
       return losses.full_softmax_loss(hidden, table, batch['targets'], catalog=train_catalog,
-                                      max_targets=max_targets)
+                                      max_targets=max_targets, exclude_seen_of=seen)
     weights = debias.target_weights(batch['targets'], batch.get('target_weights'))
     loss, aux = losses.full_softmax_loss(hidden, table, batch['targets'], catalog=train_catalog,
                                          max_targets=max_targets, weights=weights,
-                                         logit_bias=debias.train_bias)
+                                         logit_bias=debias.train_bias, exclude_seen_of=seen)
     return debias.finish_loss(loss, aux, model, hidden, batch, table, train_catalog, weights)
 
   return loss_fn
