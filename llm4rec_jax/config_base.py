@@ -309,12 +309,12 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
                           f'sharding of mesh {shape}')
 
 
-def save(c: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
-  (workdir / 'config.json').write_text(c.to_json_best_effort(indent=2, sort_keys=True))
+def save(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> None:
+  (pathlib.Path(workdir) / 'config.json').write_text(c.to_json_best_effort(indent=2, sort_keys=True))
 
 
-def load(workdir: pathlib.Path) -> ml_collections.ConfigDict:
-  path = workdir / 'config.json'
+def load(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+  path = pathlib.Path(workdir) / 'config.json'
   if not path.exists():
     raise ConfigError('workdir', f'{path} not found: train a model in this workdir first')
   # Start from today's defaults so a workdir written before a config field existed still loads.
