@@ -5,7 +5,9 @@ among exposed items by preference, so observed sequences over-represent popular 
 NDCG@10 grades each test list by the generator's unconfounded next-item distribution (every item
 exposed, seen items removed); observed NDCG@10 is the usual leave-one-out hit metric on the
 (confounded) held-out item. Variants: naive; ips / snips (inverse popularity propensity, power 0.5,
-clip 0.05); pda (training logits + pda_gamma * log popularity, ranked without it); and the naive
+clip 0.05); snips_windowed / snips_learned (SNIPS with the item's popularity in the
+interaction's time window, 4 equal-count windows, resp. a logistic exposure model from the item's
+categorical features); pda (training logits + pda_gamma * log popularity, ranked without it); and the naive
 model ranked with popularity removed at inference (scores -= strength * log popularity).
 
   python benchmarks/debias_synthetic.py [--quick] [--pda_gamma 1.0]
@@ -37,8 +39,15 @@ def main():
   t0 = time.perf_counter()
   root = pathlib.Path(args.workdir or tempfile.mkdtemp())
   variants = {'naive': {}, 'ips': {'debias.method': 'ips'}, 'snips': {'debias.method': 'snips'},
-              'pda': {'debias.method': 'pda', 'debias.pda_gamma': args.pda_gamma}}
+              'pda': {'debias.method': 'pda', 'debias.pda_gamma': args.pda_gamma},
+              # the other propensity sources: per time window, and a logistic model of exposure
+              # from the item's categorical features
+              'snips_windowed': {'debias.method': 'snips', 'debias.propensity': 'windowed'},
+              'snips_learned': {'debias.method': 'snips', 'debias.propensity': 'learned'}}
   out, gains = {}, None
+  unknown = set(args.variants.split(',')) - set(variants)
+  if unknown:
+    p.error(f'unknown --variants {sorted(unknown)}; choose from {sorted(variants)}')
   variants = {k: variants[k] for k in args.variants.split(',')}
   for name, overrides in variants.items():
     config = load_config('synthetic')
