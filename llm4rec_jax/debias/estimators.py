@@ -10,7 +10,20 @@ self-selected (missing-not-at-random) observed ratings with inverse-propensity w
     ``mean over all pairs of e_hat + sum w (e - e_hat) / sum w`` (the self-normalised form), where
     ``e_hat = (r_tilde - r_hat)^2`` with the imputed rating ``r_tilde`` held fixed; the imputation
     model (same MF form, own parameters) fits the observed ratings by SNIPS, in the same step. The
-    estimate is unbiased when either the propensities or the imputed errors are right.
+    estimate is unbiased when either the propensities or the imputed errors are right;
+  * ``mnar``: a joint likelihood of the ratings and of which pairs were rated, with ratings missing
+    not at random (in the spirit of Marlin & Zemel, RecSys 2009, and Hernandez-Lobato et al., ICML
+    2014). The rating of every pair, observed or not, is a discretised normal around the MF
+    prediction, ``P(r | u, i) = softmax_r(-(r - r_hat)^2 / 2 sigma^2)`` over the integer levels
+    ``1..L`` (``sigma = cfg.mnar_sigma``); a pair is rated with probability
+    ``sigmoid(c_r + d_u + e_i)``, which depends on the rating value itself (the self-selection,
+    ``c_r = logit(level_propensity[r])``, given: e.g. naive Bayes from a few randomly exposed
+    ratings) and on the user's and item's activity (``d_u``, ``e_i``, learned). Observed pairs
+    contribute ``log P(r | u, i) + log P(rated | r, u, i)``, unobserved ones
+    ``log sum_r P(r | u, i) P(not rated | r, u, i)``: items a user left unrated pull the prediction
+    towards the ratings that tend to go unrated. ``weights`` are unused. Learning ``c_r`` as well
+    is not identified in practice: on Coat the model then explains every unrated pair as a low
+    rating and its predictions drift below the rating scale. Ratings must be integers ``1..L``.
 
 :func:`fit_many` trains ``K`` models at once (``jax.vmap``: own seed, ``l2``, weights and validation
 set each) with full-batch Adam, the whole run in one ``lax.scan``. Model selection uses ratings of
@@ -31,7 +44,7 @@ from flax import nnx
 from llm4rec_jax.debias.mf import MatrixFactorization
 from llm4rec_jax.errors import ConfigError
 
-ESTIMATORS = ('naive', 'snips', 'dr')
+ESTIMATORS = ('naive', 'snips', 'dr', 'mnar')
 CRITERIA = ('mse', 'ndcg')
 
 
@@ -44,6 +57,7 @@ class FitConfig:
   eval_every: int = 25
   k: int = 5  # NDCG@k for model selection
   threshold: float = 4.0  # relevant = rating >= threshold
+  mnar_sigma: float = 1.0  # 'mnar': the spread of the discretised normal rating distribution
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,9 +108,28 @@ def dense_predictions(graphdef: nnx.GraphDef, params) -> jax.Array:
   return m.mean[...] + m.user_bias[...][:, None] + m.item_bias[...][None, :] + dot
 
 
+def _mnar_nll(pred: jax.Array, level_logits: jax.Array, missing: dict, sigma: float,
+              rating_index: jax.Array, rated: jax.Array, unrated: jax.Array) -> jax.Array:
+  """Negative joint log-likelihood (summed) of the ratings and the missingness pattern, ``mnar``.
+
+  pred: [U + 1, I + 1] rating predictions; level_logits: [L] the logit of being rated by rating
+  level; missing: ``user`` [U + 1] and ``item`` [I + 1] terms added to it; rating_index:
+  [U + 1, I + 1] observed level - 1 (anything where unrated); rated / unrated: bool masks of the
+  real pairs.
+  """
+  levels = jnp.arange(1, level_logits.shape[0] + 1, dtype=jnp.float32)
+  log_p_r = jax.nn.log_softmax(-(levels - pred[..., None]) ** 2 / (2.0 * sigma ** 2), axis=-1)
+  logit = level_logits + missing['user'][:, None, None] + missing['item'][None, :, None]
+  observed = jnp.take_along_axis(log_p_r + jax.nn.log_sigmoid(logit), rating_index[..., None],
+                                 axis=-1)[..., 0]
+  unobserved = jax.nn.logsumexp(log_p_r + jax.nn.log_sigmoid(-logit), axis=-1)
+  return -(jnp.sum(jnp.where(rated, observed, 0.0)) + jnp.sum(jnp.where(unrated, unobserved, 0.0)))
+
+
 def fit_many(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, weights: np.ndarray,
              l2: np.ndarray, seeds: np.ndarray, valid: list[RandomRatings], *, num_users: int,
-             num_items: int, cfg: FitConfig) -> tuple[nnx.GraphDef, dict, dict]:
+             num_items: int, cfg: FitConfig, level_propensity: np.ndarray | None = None
+             ) -> tuple[nnx.GraphDef, dict, dict]:
   """Trains ``K = len(l2)`` models on the same observed ratings.
 
   Args:
@@ -105,6 +138,9 @@ def fit_many(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, weights:
     l2: float [K]: ``l2 * sum of squared parameters / n`` is added to each model's loss.
     seeds: int [K] initialisation seeds.
     valid: K validation sets of randomly exposed ratings (same shapes).
+    level_propensity: float [K, L + 1] (``mnar`` only): the probability that a pair with rating
+      ``r`` is rated, at index ``r`` (index 0 unused), e.g. ``propensity.naive_bayes_propensity``;
+      only the ratios between levels matter (the user and item terms absorb the scale).
 
   Returns:
     ``(graphdef, params, info)``: ``params[criterion]`` is the stacked [K, ...] parameters with the
@@ -117,6 +153,15 @@ def fit_many(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, weights:
     raise ValueError('weights, l2, seeds and valid need one entry per model')
   n = float(len(ratings))
   mean = float(np.mean(ratings))
+  if cfg.estimator == 'mnar':
+    if not np.all((ratings >= 1) & (ratings == np.round(ratings))) or np.max(ratings) > 20:
+      raise ValueError("estimator 'mnar' needs integer ratings 1..L (L <= 20), got values "
+                       f'{np.unique(ratings)[:10]}')
+    if level_propensity is None or np.shape(level_propensity) != (k_models, np.max(ratings) + 1):
+      raise ValueError("estimator 'mnar' needs level_propensity [K, L + 1] with L = "
+                       f'{int(np.max(ratings))}, got {np.shape(level_propensity)}')
+    lp = np.clip(np.asarray(level_propensity, np.float64)[:, 1:], 1e-6, 1 - 1e-6)
+    level_logits = jnp.asarray(np.log(lp) - np.log1p(-lp), jnp.float32)  # [K, L]
   graphdef, _ = _init(num_users, num_items, cfg.dim, mean, 0)
   stack = lambda trees: jax.tree.map(lambda *x: jnp.stack(x), *trees)
   params = stack([_init(num_users, num_items, cfg.dim, mean, int(s))[1] for s in seeds])
@@ -124,28 +169,43 @@ def fit_many(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, weights:
     imputation = stack([_init(num_users, num_items, cfg.dim, mean, int(s) + 7919)[1]
                         for s in seeds])
     params = {'pred': params, 'imp': imputation}
+  elif cfg.estimator == 'mnar':
+    missing = {'user': jnp.zeros((k_models, num_users + 1)),
+               'item': jnp.zeros((k_models, num_items + 1))}
+    params = {'pred': params, 'missing': missing}
   else:
     params = {'pred': params}
   u, i = jnp.asarray(users, jnp.int32), jnp.asarray(items, jnp.int32)
   r = jnp.asarray(ratings, jnp.float32)
   w_all = jnp.asarray(weights, jnp.float32) if cfg.estimator != 'naive' else jnp.ones((k_models,
                                                                                      len(r)))
+  if cfg.estimator != 'mnar':
+    level_logits = jnp.zeros((k_models, 1))  # unused
   v = [jnp.asarray(np.stack([getattr(x, f) for x in valid])) for f in
        ('users', 'items', 'ratings', 'mask')]
   real = np.zeros((num_users + 1, num_items + 1), np.float32)
   real[1:, 1:] = 1.0
   real = jnp.asarray(real)
+  if cfg.estimator == 'mnar':
+    rating_index = np.full((num_users + 1, num_items + 1), -1, np.int32)  # -1: not rated
+    rating_index[users, items] = np.asarray(np.round(ratings), np.int32) - 1
+    rated_mask = jnp.asarray(rating_index >= 0)
+    unrated_mask = (~rated_mask) & (real > 0)
+    rating_index = jnp.asarray(np.maximum(rating_index, 0))
   tx = optax.adam(cfg.learning_rate)
 
   def reg(p):
     return sum(jnp.sum(x ** 2) for x in jax.tree.leaves(p) if x.ndim > 0) / n
 
-  def loss_fn(p, w, lam):
+  def loss_fn(p, w, lam, c):
     m = nnx.merge(graphdef, p['pred'])
     pred = m(u, i)  # [n]
     err = (pred - r) ** 2
     if cfg.estimator == 'naive':
       return jnp.mean(err) + lam * reg(p['pred'])
+    if cfg.estimator == 'mnar':
+      return _mnar_nll(dense_predictions(graphdef, p['pred']), c, p['missing'], cfg.mnar_sigma,
+                       rating_index, rated_mask, unrated_mask) / n + lam * reg(p['pred'])
     loss = jnp.sum(w * err) / jnp.sum(w)
     if cfg.estimator == 'dr':
       g = nnx.merge(graphdef, p['imp'])
@@ -162,10 +222,10 @@ def fit_many(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, weights:
     mse = jnp.sum(vm * (pred - vr) ** 2) / jnp.sum(vm)
     return mse, ndcg_at_k(pred, vr >= cfg.threshold, vm, cfg.k)
 
-  def train_one(p, w, lam, vu, vi, vr, vm):
+  def train_one(p, w, lam, c, vu, vi, vr, vm):
     def step(carry, _):
       p, s = carry
-      grads = jax.grad(loss_fn)(p, w, lam)
+      grads = jax.grad(loss_fn)(p, w, lam, c)
       upd, s = tx.update(grads, s, p)
       return (optax.apply_updates(p, upd), s), None
 
@@ -187,7 +247,7 @@ def fit_many(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, weights:
     return best
 
   run = jax.jit(jax.vmap(train_one))
-  best = jax.device_get(run(params, w_all, jnp.asarray(l2, jnp.float32), *v))
+  best = jax.device_get(run(params, w_all, jnp.asarray(l2, jnp.float32), level_logits, *v))
   out_params = {c: best[c][2] for c in CRITERIA}
   info = {c: {'value': np.asarray(best[c][0]), 'step': np.asarray(best[c][1])} for c in CRITERIA}
   return graphdef, out_params, info
