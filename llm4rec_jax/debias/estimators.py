@@ -21,7 +21,8 @@ self-selected (missing-not-at-random) observed ratings with inverse-propensity w
     ratings) and on the user's and item's activity (``d_u``, ``e_i``, learned). Observed pairs
     contribute ``log P(r | u, i) + log P(rated | r, u, i)``, unobserved ones
     ``log sum_r P(r | u, i) P(not rated | r, u, i)``: items a user left unrated pull the prediction
-    towards the ratings that tend to go unrated. ``weights`` are unused. Learning ``c_r`` as well
+    towards the ratings that tend to go unrated. The model's prediction (for MSE and ranking) is
+    the location ``r_hat``. ``weights`` are unused. Learning ``c_r`` as well
     is not identified in practice: on Coat the model then explains every unrated pair as a low
     rating and its predictions drift below the rating scale. Ratings must be integers ``1..L``.
 
@@ -140,7 +141,8 @@ def fit_many(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, weights:
     valid: K validation sets of randomly exposed ratings (same shapes).
     level_propensity: float [K, L + 1] (``mnar`` only): the probability that a pair with rating
       ``r`` is rated, at index ``r`` (index 0 unused), e.g. ``propensity.naive_bayes_propensity``;
-      only the ratios between levels matter (the user and item terms absorb the scale).
+      for small propensities mostly the ratios between levels matter (the learned user and item
+      terms absorb the overall scale).
 
   Returns:
     ``(graphdef, params, info)``: ``params[criterion]`` is the stacked [K, ...] parameters with the
