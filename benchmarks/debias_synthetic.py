@@ -5,9 +5,9 @@ among exposed items by preference, so observed sequences over-represent popular 
 NDCG@10 grades each test list by the generator's unconfounded next-item distribution (every item
 exposed, seen items removed); observed NDCG@10 is the usual leave-one-out hit metric on the
 (confounded) held-out item. Variants: naive; ips / snips (inverse popularity propensity, power 0.5,
-clip 0.05); snips_windowed / snips_learned (SNIPS with the item's popularity in the
-interaction's time window, 4 equal-count windows, resp. a logistic exposure model from the item's
-categorical features); pda (training logits + pda_gamma * log popularity, ranked without it); and the naive
+clip 0.05); snips_windowed / snips_learned (SNIPS with the item's popularity in the interaction's
+time window, 4 equal-count windows, resp. a logistic exposure model from the item's categorical
+features); pda (training logits + pda_gamma * log popularity, ranked without it); and the naive
 model ranked with popularity removed at inference (scores -= strength * log popularity).
 
   python benchmarks/debias_synthetic.py [--quick] [--pda_gamma 1.0]
