@@ -22,8 +22,8 @@ MSE and MAE; mean and std over seeds, and the per-seed paired difference to naiv
       [--primary VARIANT [--primary_criterion ndcg|mse]]
 
 ``--first_seed`` shifts the seeds (the validation split and the initialisations), so a claim formed
-on one set of seeds can be checked on fresh ones; ``--primary`` names the variant declared as the claim
-before the run, and the output reports it against naive (``primary_beats_naive``).
+on one set of seeds can be checked on fresh ones; ``--primary`` names the variant declared as the
+claim before the run, and the output reports it against naive (``primary_beats_naive``).
 
 (about 14 min on a quiet 2-core CPU, 6 of them for mnar_nb; dr_learned is left out by default for
 time)
