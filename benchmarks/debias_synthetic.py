@@ -65,7 +65,7 @@ def main():
       arrays = model.arrays('test')
       n = len(model.exp.split.test)
       gains = unbiased_eval.true_gains(model.exp.dataset.extras['ground_truth'], arrays.users[:n],
-                                       arrays.inputs[:n], arrays.seen[:n])
+                                       arrays.inputs[:n], arrays.dense_seen(slice(0, n)))
     strengths = [0.0] + ([float(s) for s in args.strengths.split(',')] if name == 'naive' else [])
     for s in strengths:
       m, _, tops = model.rank('test', s)

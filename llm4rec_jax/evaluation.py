@@ -25,9 +25,31 @@ from llm4rec_jax.data.pipeline import EvalBatch, iterate_eval
 from llm4rec_jax.model import semantic_head
 
 
-def scores_for(model, inputs: jax.Array, seen: jax.Array | None, content=None,
+Seen = jax.Array | tuple[jax.Array, jax.Array]
+
+
+def exclude(scores: jax.Array, seen: Seen, value) -> jax.Array:
+  """``scores`` [batch, vocab] with ``value`` at the seen items: ``seen`` is either a 0-padded
+  [batch, width] matrix of item ids or a (rows, items) pair of flat arrays (``pipeline.seen_pairs``,
+  padded with (0, 0)); item 0 is the padding column either way."""
+  if isinstance(seen, tuple):
+    rows, cols = seen
+    return scores.at[rows, cols].set(value)
+  rows = jnp.arange(scores.shape[0])[:, None]
+  return scores.at[rows, seen].set(value)
+
+
+def batch_seen(batch: dict) -> Seen | None:
+  """The seen items of an evaluation batch, in whichever form it carries them."""
+  if 'seen_rows' in batch:
+    return batch['seen_rows'], batch['seen_cols']
+  return batch.get('seen')
+
+
+def scores_for(model, inputs: jax.Array, seen: Seen | None, content=None,
                context: jax.Array | None = None, mask: jax.Array | None = None) -> jax.Array:
-  """[batch, vocab] next-item scores after each history; seen items (if given) set to -inf.
+  """[batch, vocab] next-item scores after each history; seen items (if given, see
+  :func:`exclude`) set to -inf.
 
   ``content`` is the ItemContent a multimodal model reads (None for id-only models); ``context``
   [batch, seq, C] are retrieved items for the cross-attention memory (llm4rec_jax.retrieval.context);
@@ -37,23 +59,21 @@ def scores_for(model, inputs: jax.Array, seen: jax.Array | None, content=None,
   hidden = model(inputs, catalog, context=context)[:, -1]  # [batch, d_model]
   scores = model.logits(hidden, catalog, mask)  # [batch, vocab]
   if seen is not None:
-    rows = jnp.arange(scores.shape[0])[:, None]
-    scores = scores.at[rows, seen].set(-jnp.inf)  # seen 0 = pad column, already -inf
+    scores = exclude(scores, seen, -jnp.inf)  # seen 0 = pad column, already -inf
   return scores
 
 
-def generate_top(model, inputs: jax.Array, seen: jax.Array | None, content, trie, *,
+def generate_top(model, inputs: jax.Array, seen: Seen | None, content, trie, *,
                  beam_size: int, top_k: int) -> tuple[jax.Array, jax.Array]:
   """Semantic-ID head: (items [batch, top_k], scores) of a trie-constrained beam search after each
   history; seen items (if given) are excluded."""
   catalog = model.encode_catalog(content)
   hidden = model(inputs, catalog)[:, -1]  # [batch, d_model]
-  exclude = None
+  excluded = None
   if seen is not None:
-    rows = jnp.arange(hidden.shape[0])[:, None]
-    exclude = jnp.zeros((hidden.shape[0], model.cfg.vocab_size), bool).at[rows, seen].set(True)
+    excluded = exclude(jnp.zeros((hidden.shape[0], model.cfg.vocab_size), bool), seen, True)
   return semantic_head.constrained_beam_search(model.sid_head, hidden, trie, beam_size=beam_size,
-                                               top_k=top_k, exclude=exclude)
+                                               top_k=top_k, exclude=excluded)
 
 
 def make_rank_fn(graphdef: nnx.GraphDef, *, exclude_seen: bool, top_k: int, trie=None,
@@ -70,7 +90,7 @@ def make_rank_fn(graphdef: nnx.GraphDef, *, exclude_seen: bool, top_k: int, trie
 
   def generate(params, batch, content, trie_):
     model = nnx.merge(graphdef, params)
-    top, _ = generate_top(model, batch['inputs'], batch['seen'] if exclude_seen else None,
+    top, _ = generate_top(model, batch['inputs'], batch_seen(batch) if exclude_seen else None,
                           content, trie_, beam_size=max(beam_size, top_k), top_k=top_k)
     hit = top == batch['targets'][:, None]  # [batch, top_k]
     r = jnp.where(jnp.any(hit, axis=1), jnp.argmax(hit, axis=1), model.cfg.num_items)
@@ -82,7 +102,7 @@ def make_rank_fn(graphdef: nnx.GraphDef, *, exclude_seen: bool, top_k: int, trie
 
   def rank(params, batch, content=None, mask=None):
     model = nnx.merge(graphdef, params)
-    scores = scores_for(model, batch['inputs'], batch['seen'] if exclude_seen else None, content,
+    scores = scores_for(model, batch['inputs'], batch_seen(batch) if exclude_seen else None, content,
                         context=batch.get('context'), mask=mask)
     if score_bias is not None:
       scores = scores + score_bias  # finite, so excluded (-inf) items stay excluded
@@ -104,7 +124,14 @@ def evaluate_arrays(rank_fn: Callable, params: Any, arrays: EvalBatch, batch_siz
   for batch in iterate_eval(arrays, batch_size):
     valid = batch.pop('valid')
     del batch['users']
-    r, top = rank_fn(params, put(batch), content)
+    pairs = {k: batch.pop(k) for k in ('seen_rows', 'seen_cols')}
+    device_batch = put(batch)
+    # The (row, item) pairs are not batch-aligned: every device gets all of them.
+    replicated = jax.sharding.NamedSharding(device_batch['inputs'].sharding.mesh,
+                                            jax.sharding.PartitionSpec())
+    device_batch.update({k: jax.make_array_from_process_local_data(replicated, v, v.shape)
+                         for k, v in pairs.items()})
+    r, top = rank_fn(params, device_batch, content)
     # fetch: on several processes each holds only its devices' rows.
     ranks.append(partitioning.fetch(r)[valid])
     tops.append(partitioning.fetch(top)[valid])

@@ -33,7 +33,7 @@ def test_naive_training_over_recommends_popular_items_and_pda_adjustment_reduces
   gt = ds.extras['ground_truth']
   arrays = pipeline.eval_arrays(split.test, config.data.max_len, config.eval.batch_size)
   n = len(split.test)
-  gains = unbiased_eval.true_gains(gt, arrays.users[:n], arrays.inputs[:n], arrays.seen[:n])
+  gains = unbiased_eval.true_gains(gt, arrays.users[:n], arrays.inputs[:n], arrays.dense_seen(slice(0, n)))
   truth_top = np.argsort(-gains, axis=1)[:, :10]
   # The exposure confounding is real: the naive model's lists are far more exposure-prone (latent
   # propensity of the generator) than the lists the users' true preferences would give.

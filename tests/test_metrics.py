@@ -10,6 +10,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from llm4rec_jax import evaluation, metrics, partitioning
+from llm4rec_jax.data import pipeline
 from llm4rec_jax.config_base import DEFAULT_RULES
 from llm4rec_jax.model.decoder import DecoderConfig, ItemDecoder
 from llm4rec_jax.train import losses
@@ -94,8 +95,9 @@ def _expected_ranks(scores, seen, targets, exclude_seen):
   return np.array(ranks), s
 
 
+@pytest.mark.parametrize('seen_form', ['matrix', 'pairs'])
 @pytest.mark.parametrize('exclude_seen', [True, False])
-def test_rank_fn_matches_numpy(setup, exclude_seen):
+def test_rank_fn_matches_numpy(setup, exclude_seen, seen_form):
   b = setup['batch']
   scores = setup['scores']
   assert np.all(np.isneginf(scores[:, 0])) and np.all(np.isneginf(scores[:, CFG.num_items + 1:]))
@@ -107,7 +109,13 @@ def test_rank_fn_matches_numpy(setup, exclude_seen):
   else:
     assert want[2] < CFG.num_items and want[5] < CFG.num_items
   rank_fn = evaluation.make_rank_fn(setup['graphdef'], exclude_seen=exclude_seen, top_k=10)
-  ranks, top = rank_fn(setup['params'], {k: jnp.asarray(v) for k, v in b.items()})
+  given = dict(b)
+  if seen_form == 'pairs':  # the evaluation loop's form: (row, item) pairs of the CSR histories
+    hists = [h[h > 0] for h in given.pop('seen')]
+    offsets = np.concatenate([[0], np.cumsum([len(h) for h in hists])])
+    given['seen_rows'], given['seen_cols'] = pipeline.seen_pairs(offsets, np.concatenate(hists),
+                                                                 bucket_min=8)
+  ranks, top = rank_fn(setup['params'], {k: jnp.asarray(v) for k, v in given.items()})
   ranks, top = np.asarray(ranks), np.asarray(top)
   assert ranks.dtype == np.int32 and top.shape == (B, 10) and top.dtype == np.int32
   np.testing.assert_array_equal(ranks, want)

@@ -143,13 +143,22 @@ def test_eval_arrays_exact():
   ex = EvalExamples.from_lists([1, 2, 3], [[1, 2, 3, 4, 5], [6], [7, 8]], [9, 10, 11])
   arr = pipeline.eval_arrays(ex, max_len=3, batch_size=4)
   np.testing.assert_array_equal(arr.inputs, [[3, 4, 5], [0, 0, 6], [0, 7, 8], [0, 0, 0]])
-  np.testing.assert_array_equal(arr.seen, [[1, 2, 3, 4, 5, 0, 0, 0], [6, 0, 0, 0, 0, 0, 0, 0],
-                                           [7, 8, 0, 0, 0, 0, 0, 0], [0] * 8])
+  np.testing.assert_array_equal(arr.dense_seen(), [[1, 2, 3, 4, 5, 0, 0, 0],
+                                                   [6, 0, 0, 0, 0, 0, 0, 0],
+                                                   [7, 8, 0, 0, 0, 0, 0, 0], [0] * 8])
   np.testing.assert_array_equal(arr.targets, [9, 10, 11, 0])
   np.testing.assert_array_equal(arr.users, [1, 2, 3, 0])
   np.testing.assert_array_equal(arr.valid, [True, True, True, False])
-  for a in (arr.inputs, arr.seen, arr.targets, arr.users):
+  for a in (arr.inputs, arr.seen_items, arr.targets, arr.users):
     assert a.dtype == np.int32
+  (batch,) = pipeline.iterate_eval(arr, 4)
+  assert batch['seen_rows'].shape == batch['seen_cols'].shape == (1024,)  # the smallest bucket
+  pairs = set(zip(batch['seen_rows'][:8].tolist(), batch['seen_cols'][:8].tolist()))
+  assert pairs == {(0, 1), (0, 2), (0, 3), (0, 4), (0, 5), (1, 6), (2, 7), (2, 8)}
+  assert not batch['seen_rows'][8:].any() and not batch['seen_cols'][8:].any()  # (0, 0) padding
+  # max_seen keeps the last items of each history.
+  capped = pipeline.eval_arrays(ex, max_len=3, batch_size=4, max_seen=2)
+  assert [h.tolist() for h in capped.histories(slice(0, 3))] == [[4, 5], [6], [7, 8]]
 
 
 def test_eval_arrays_padding_and_batches():
@@ -157,18 +166,23 @@ def test_eval_arrays_padding_and_batches():
   hists = [rng.integers(1, 50, rng.integers(1, 30)) for _ in range(11)]
   ex = EvalExamples.from_lists(np.arange(1, 12), hists, np.arange(1, 12))
   arr = pipeline.eval_arrays(ex, max_len=6, batch_size=4)
-  assert arr.inputs.shape == (12, 6) and arr.seen.shape[0] == 12 and arr.seen.shape[1] % 8 == 0
+  assert arr.inputs.shape == (12, 6) and len(arr.seen_offsets) == 13
   assert arr.valid.sum() == 11 and not arr.valid[11]
   for i, h in enumerate(hists):
     tail = h[-6:]
     np.testing.assert_array_equal(arr.inputs[i, 6 - len(tail):], tail)
     assert np.all(arr.inputs[i, :6 - len(tail)] == 0)
-    np.testing.assert_array_equal(arr.seen[i, :len(h)], h)  # the whole history
-    assert np.all(arr.seen[i, len(h):] == 0)
+    np.testing.assert_array_equal(arr.history(i), h)  # the whole history
+  assert len(arr.history(11)) == 0
   batches = list(pipeline.iterate_eval(arr, 4))
   assert len(batches) == 3
-  assert all(len(b[k]) == 4 for b in batches for k in b)
+  assert all(len(b[k]) == 4 for b in batches for k in b if not k.startswith('seen_'))
   np.testing.assert_array_equal(np.concatenate([b['targets'] for b in batches]), arr.targets)
+  for j, b in enumerate(batches):  # each batch's pairs are exactly its rows' histories
+    got = sorted(zip(b['seen_rows'].tolist(), b['seen_cols'].tolist()))
+    want = sorted([(r, int(v)) for r in range(4) if 4 * j + r < 11 for v in hists[4 * j + r]])
+    pad = len(got) - len(want)
+    assert got == sorted(want + [(0, 0)] * pad)
   # No cases at all still gives one fully padded batch.
   empty = pipeline.eval_arrays(EvalExamples.from_lists([], [], []), max_len=3, batch_size=4)
   assert empty.inputs.shape == (4, 3) and not empty.valid.any()

@@ -81,7 +81,7 @@ def test_eval_context_excludes_only_the_history(experiment):
   assert arrays.context.shape == arrays.inputs.shape + (exp.config.retrieval.num_context,)
   filled = arrays.context[:n, -1]  # the last position always has a cutoff
   assert (filled > 0).sum(axis=1).min() > 0
-  for row, seen in zip(filled, arrays.seen[:n]):
+  for row, seen in zip(filled, arrays.histories(slice(0, n))):
     assert not (set(row.tolist()) - {0}) & (set(seen.tolist()) - {0})
 
 

@@ -266,24 +266,27 @@ def from_raw(name: str, raw_user: Iterable, raw_item: Iterable, timestamp: Itera
   ``keep_all_items`` is set, in which case every item of ``item_features`` is kept (in its key order)
   even without interactions. ``timestamp=None`` uses the interaction order (``has_timestamps=False``).
 
+  ``raw_user``/``raw_item`` may be numpy arrays of any dtype (integer ids stay integers until the
+  distinct ids are turned into the ``raw_ids`` strings): the ids are factorized without a Python
+  loop over interactions, so tens of millions of rows cost seconds.
+
   ``item_fields``/``user_fields`` map kind ('text', 'categorical', 'numeric') to field names of
   ``item_features``/``user_features`` (``features[raw_id][field]``).
   """
-  raw_user = np.asarray([str(u) for u in raw_user], dtype=object)
-  raw_item = np.asarray([str(i) for i in raw_item], dtype=object)
+  raw_user, raw_item = _id_array(raw_user), _id_array(raw_item)
   if len(raw_user) != len(raw_item):
     raise DataError(f'{len(raw_user)} users but {len(raw_item)} items', path=name)
   u_raw, user = _contiguous(raw_user)
+  i_raw, item = _contiguous(raw_item)
   if keep_all_items and item_features:
-    known = list(dict.fromkeys([str(k) for k in item_features] + list(dict.fromkeys(raw_item))))
+    known = list(dict.fromkeys([str(k) for k in item_features] + list(i_raw[1:])))
     index = {r: i + 1 for i, r in enumerate(known)}
-    item = np.asarray([index[r] for r in raw_item], np.int32)
+    remap = np.asarray([0] + [index[r] for r in i_raw[1:]], np.int32)
+    item = remap[item]
     i_raw = np.asarray([''] + known, dtype=object)
-  else:
-    i_raw, item = _contiguous(raw_item)
   has_ts = timestamp is not None
-  ts = (np.asarray(list(timestamp), np.int64) if has_ts else np.arange(len(user), dtype=np.int64))
-  rt = (np.asarray(list(rating), np.float32) if rating is not None
+  ts = (_column(timestamp, np.int64) if has_ts else np.arange(len(user), dtype=np.int64))
+  rt = (_column(rating, np.float32) if rating is not None
         else np.full(len(user), np.nan, np.float32))
 
   def table(raw_ids, feats, fields):
@@ -297,11 +300,48 @@ def from_raw(name: str, raw_user: Iterable, raw_item: Iterable, timestamp: Itera
                     users=table(u_raw, user_features, user_fields), has_timestamps=has_ts).validate()
 
 
-def _contiguous(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Maps raw ids to 1..N in order of first appearance; returns (raw ids with '' at 0, ids)."""
-  index: dict[str, int] = {}
-  ids = np.empty(len(raw), np.int32)
-  for n, r in enumerate(raw):
-    ids[n] = index.setdefault(r, len(index) + 1)
-  return np.asarray([''] + list(index), dtype=object), ids
+def _id_array(raw: Iterable) -> np.ndarray:
+  """Raw ids as a numpy array: integer arrays are kept, anything else becomes strings."""
+  arr = raw if isinstance(raw, np.ndarray) else np.asarray(list(raw), dtype=object)
+  if arr.dtype.kind in 'iu':
+    return arr
+  if arr.dtype.kind == 'U':
+    return arr.astype(object)
+  if arr.dtype != object:
+    arr = arr.astype(object)
+  if not all(isinstance(v, str) for v in arr):
+    arr = np.asarray([str(v) for v in arr], dtype=object)
+  return arr
 
+
+def _column(values: Iterable, dtype) -> np.ndarray:
+  return np.asarray(values if isinstance(values, np.ndarray) else list(values), dtype)
+
+
+def _contiguous(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Maps raw ids to 1..N in order of first appearance; returns (raw ids with '' at 0, ids).
+
+  Vectorized: sort-based ``np.unique`` for integer ids, a dict pass over the rows for strings
+  (both keep first-appearance order). Only the N distinct ids become Python strings.
+  """
+  if raw.dtype.kind in 'iu':
+    lo, hi = (int(raw.min()), int(raw.max())) if len(raw) else (0, -1)
+    if hi - lo < 4 * len(raw) + (1 << 20):
+      # Dense id range (the usual case): a lookup table, no sort.
+      first = np.full(hi - lo + 1, len(raw), np.int64)
+      np.minimum.at(first, raw - lo, np.arange(len(raw), dtype=np.int64))
+      present = np.flatnonzero(first < len(raw))
+      distinct = present[np.argsort(first[present], kind='stable')]  # in first-appearance order
+      lookup = np.zeros(hi - lo + 1, np.int32)
+      lookup[distinct] = np.arange(1, len(distinct) + 1, dtype=np.int32)
+      return (np.asarray([''] + [str(v + lo) for v in distinct.tolist()], dtype=object),
+              lookup[raw - lo])
+    uniq, first, inverse = np.unique(raw, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind='stable')  # distinct ids in order of first appearance
+    rank = np.empty(len(uniq), np.int32)
+    rank[order] = np.arange(1, len(uniq) + 1, dtype=np.int32)
+    ids = rank[inverse.reshape(-1)]
+    return np.asarray([''] + [str(v) for v in uniq[order].tolist()], dtype=object), ids
+  index: dict[str, int] = {}
+  ids = np.fromiter((index.setdefault(r, len(index) + 1) for r in raw), np.int32, len(raw))
+  return np.asarray([''] + list(index), dtype=object), ids

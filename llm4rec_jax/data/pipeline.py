@@ -110,40 +110,97 @@ def train_dataset(windows: np.ndarray, users: np.ndarray, *, global_batch_size: 
 
 @dataclasses.dataclass
 class EvalBatch:
-  """Padded evaluation arrays. ``valid`` is False on the rows that pad the last batch."""
+  """Evaluation cases padded to whole batches. ``valid`` is False on the rows that pad the last batch.
+
+  Histories stay in CSR form (``seen_offsets``/``seen_items``, shared with the ``EvalExamples``):
+  nothing here is sized by cases x longest history, so a release with one user of a million
+  interactions costs what its interactions cost. :func:`iterate_eval` turns each batch's histories
+  into a padded list of (row, item) pairs for the seen-item exclusion.
+  """
   inputs: np.ndarray  # int32 [n, max_len] last max_len history items, left-padded
-  seen: np.ndarray  # int32 [n, max_hist] the whole history, 0-padded (for excluding seen items)
   targets: np.ndarray  # int32 [n]
   users: np.ndarray  # int32 [n]
   valid: np.ndarray  # bool [n]
+  seen_offsets: np.ndarray  # int64 [n + 1] row i's history is seen_items[seen_offsets[i]:...[i+1]]
+  seen_items: np.ndarray  # int32 [nnz] the whole histories (up to max_seen each), concatenated
+
+  def history(self, i: int) -> np.ndarray:
+    return self.seen_items[self.seen_offsets[i]:self.seen_offsets[i + 1]]
+
+  def histories(self, rows: slice) -> list[np.ndarray]:
+    return [self.history(i) for i in range(*rows.indices(len(self.targets)))]
+
+  def dense_seen(self, rows: slice = slice(None)) -> np.ndarray:
+    """int32 [rows, longest history of those rows, rounded up to 8], 0-padded: for small-data tools
+    (unbiased evaluation, tests); evaluation itself never builds it."""
+    hists = self.histories(rows)
+    width = -(-max([len(h) for h in hists] + [1]) // 8) * 8
+    out = np.zeros((len(hists), width), np.int32)
+    for i, h in enumerate(hists):
+      out[i, :len(h)] = h
+    return out
+
+
+_CSR_FIELDS = ('seen_offsets', 'seen_items')
 
 
 def eval_arrays(examples: EvalExamples, max_len: int, batch_size: int,
                 max_seen: int | None = None) -> EvalBatch:
-  """Builds left-padded model inputs and the padded seen-item matrix, rows padded to the batch size."""
+  """Left-padded model inputs (rows padded to the batch size) and the histories in CSR form.
+
+  ``max_seen`` keeps only the last ``max_seen`` items of each history for the seen-item exclusion.
+  Vectorized over cases: O(cases x max_len + interactions) time and memory.
+  """
   n = len(examples)
   padded = -(-max(n, 1) // batch_size) * batch_size
-  lengths = np.diff(examples.offsets)
-  width = int(max(1, lengths.max() if n else 1)) if max_seen is None else max_seen
-  width = -(-width // 8) * 8
+  lengths = np.diff(examples.offsets).astype(np.int64)
+  ends = examples.offsets[1:].astype(np.int64)
   inputs = np.zeros((padded, max_len), np.int32)
-  seen = np.zeros((padded, width), np.int32)
-  for i in range(n):
-    h = examples.history(i)
-    tail = h[-max_len:]
-    if len(tail):
-      inputs[i, -len(tail):] = tail
-    hs = h[-width:]
-    seen[i, :len(hs)] = hs
+  for lo in range(0, n, 1 << 16):  # chunks bound the [rows, max_len] temporaries
+    end = ends[lo:lo + (1 << 16)]
+    # inputs[i, j] = the history item at position len - max_len + j (0 before the start).
+    pos = end[:, None] - max_len + np.arange(max_len, dtype=np.int64)[None, :]
+    inside = pos >= (end - lengths[lo:lo + (1 << 16)])[:, None]
+    if len(examples.items):
+      inputs[lo:lo + len(end)] = np.where(inside, examples.items[np.where(inside, pos, 0)], 0)
+  offsets, items = examples.offsets.astype(np.int64), examples.items
+  if max_seen is not None and n and lengths.max() > max_seen:
+    keep = np.minimum(lengths, max_seen)
+    starts = ends - keep
+    offsets = np.concatenate([[0], np.cumsum(keep)])
+    index = np.repeat(starts - offsets[:-1], keep) + np.arange(offsets[-1])
+    items = examples.items[index]
+  offsets = np.concatenate([offsets, np.full(padded - n, offsets[-1], np.int64)])
   targets = np.zeros(padded, np.int32)
   targets[:n] = examples.targets
   users = np.zeros(padded, np.int32)
   users[:n] = examples.users
   valid = np.arange(padded) < n
-  return EvalBatch(inputs, seen, targets, users, valid)
+  return EvalBatch(inputs, targets, users, valid, offsets, np.asarray(items, np.int32))
+
+
+def seen_pairs(offsets: np.ndarray, items: np.ndarray, bucket_min: int = 1024
+               ) -> tuple[np.ndarray, np.ndarray]:
+  """(rows, items) int32 [nnz bucket] of one batch's histories (``offsets`` [batch + 1] into
+  ``items``), padded with (0, 0) pairs (item 0 is the padding column, never ranked) to a power of
+  two so that a whole evaluation compiles the ranking for a handful of sizes only."""
+  counts = np.diff(offsets)
+  nnz = int(counts.sum())
+  size = max(bucket_min, 1 << max(0, (nnz - 1).bit_length()))
+  rows = np.zeros(size, np.int32)
+  cols = np.zeros(size, np.int32)
+  rows[:nnz] = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
+  cols[:nnz] = items[offsets[0]:offsets[-1]]
+  return rows, cols
 
 
 def iterate_eval(arrays: EvalBatch, batch_size: int):
-  """Yields dict batches of exactly ``batch_size`` rows."""
+  """Yields dict batches of exactly ``batch_size`` rows; the histories come as ``seen_rows`` /
+  ``seen_cols`` pairs (see :func:`seen_pairs`), not batch-aligned."""
+  fields = {f.name: getattr(arrays, f.name) for f in dataclasses.fields(arrays)
+            if f.name not in _CSR_FIELDS}
   for s in range(0, len(arrays.targets), batch_size):
-    yield {k: v[s:s + batch_size] for k, v in dataclasses.asdict(arrays).items()}
+    batch = {k: v[s:s + batch_size] for k, v in fields.items() if v is not None}
+    batch['seen_rows'], batch['seen_cols'] = seen_pairs(arrays.seen_offsets[s:s + batch_size + 1],
+                                                        arrays.seen_items)
+    yield batch

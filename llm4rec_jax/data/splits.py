@@ -57,19 +57,30 @@ class Split:
 
 
 def leave_one_out(ds: RecDataset) -> Split:
-  seqs = ds.sequences()
-  train, v_users, v_hist, v_tgt, t_users, t_hist, t_tgt = [], [], [], [], [], [], []
-  for u, seq in enumerate(seqs):
-    if u == 0 or len(seq) < 3:
-      train.append(seq)
-      continue
-    train.append(seq[:-2])
-    v_users.append(u), v_hist.append(seq[:-2]), v_tgt.append(seq[-2])
-    t_users.append(u), t_hist.append(seq[:-1]), t_tgt.append(seq[-1])
-  if not t_users:
+  order = ds.order()
+  items = ds.item[order]  # [n] every user's items in time order, users in id order
+  bounds = np.searchsorted(ds.user[order], np.arange(ds.num_users + 2))
+  starts, lengths = bounds[:-1], np.diff(bounds)  # per user id 0..num_users
+  held = np.where(lengths >= 3, 2, 0)  # users with >= 3 interactions hold out their last two
+  held[0] = 0
+  train = [items[s:s + n - h] for s, n, h in zip(starts.tolist(), lengths.tolist(), held.tolist())]
+  users = np.flatnonzero(held).astype(np.int32)
+  if not len(users):
     raise DataError(f'dataset {ds.name!r}: no user has the 3 interactions leave-one-out needs')
-  return Split(train, EvalExamples.from_lists(v_users, v_hist, v_tgt),
-               EvalExamples.from_lists(t_users, t_hist, t_tgt), 'leave_one_out')
+  ends = starts[users] + lengths[users]
+  return Split(train, _prefix_examples(items, users, starts[users], ends - 2, items[ends - 2]),
+               _prefix_examples(items, users, starts[users], ends - 1, items[ends - 1]),
+               'leave_one_out')
+
+
+def _prefix_examples(items: np.ndarray, users: np.ndarray, starts: np.ndarray, stops: np.ndarray,
+                     targets: np.ndarray) -> EvalExamples:
+  """Cases whose histories are ``items[starts[i]:stops[i]]``, gathered without a per-user loop."""
+  lengths = (stops - starts).astype(np.int64)
+  offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+  index = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+  return EvalExamples(users.astype(np.int32), offsets, items[index].astype(np.int32),
+                      np.asarray(targets, np.int32))
 
 
 def temporal(ds: RecDataset, valid_fraction: float = 0.1, test_fraction: float = 0.1) -> Split:

@@ -199,7 +199,7 @@ class Retriever:
     step = 1024
     for s in range(0, len(arrays.inputs), step):
       sl = slice(s, s + step)
-      ctx[sl] = self.context(arrays.inputs[sl], list(arrays.seen[sl]), arrays.users[sl])
+      ctx[sl] = self.context(arrays.inputs[sl], arrays.histories(sl), arrays.users[sl])
     fields = {f.name: getattr(arrays, f.name) for f in dataclasses.fields(EvalBatch)}
     return ContextEvalBatch(**fields, context=ctx)
 
