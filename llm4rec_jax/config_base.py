@@ -131,6 +131,10 @@ def base_config() -> ml_collections.ConfigDict:
   # True: train the ranking that eval.exclude_seen measures (full softmax only): each target's
   # softmax leaves out the items already in its history, and repeat targets are skipped.
   c.loss.exclude_seen = False
+  # Full softmax: score the batch's targets this many at a time, recomputing each chunk's logits in
+  # the backward pass (memory [chunk, vocab] instead of [targets, vocab]). -1 = chunks of 256 MiB of
+  # logits when the whole block would be larger (large catalogs), 0 = never chunk.
+  c.loss.chunk_targets = -1
 
   c.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=1e-3, warmup_steps=100, schedule='cosine', min_lr_ratio=0.1, weight_decay=0.0,

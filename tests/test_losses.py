@@ -1,5 +1,6 @@
 """Next-item losses against a numpy reference, including training with seen items excluded."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -45,18 +46,37 @@ def _reference(hidden, table, inputs, targets, catalog, exclude_seen):
   return np.mean(nll), len(nll)
 
 
+@pytest.mark.parametrize('chunk', [0, 4, 5])
 @pytest.mark.parametrize('exclude_seen', [False, True])
 @pytest.mark.parametrize('max_targets', [0, 16])
-def test_full_softmax_matches_reference(exclude_seen, max_targets):
+def test_full_softmax_matches_reference(exclude_seen, max_targets, chunk):
   hidden, table, inputs, targets, catalog = _example()
   loss, aux = losses.full_softmax_loss(hidden, table, targets, catalog=catalog,
-                                       max_targets=max_targets,
+                                       max_targets=max_targets, chunk_targets=chunk,
                                        exclude_seen_of=inputs if exclude_seen else None)
   want, n = _reference(hidden, table, inputs, targets, catalog, exclude_seen)
   assert float(loss) == pytest.approx(want, rel=1e-5)
   assert int(aux['num_targets']) == n
   # Four repeat targets are skipped: item 4 (row 0), item 3 (row 1), items 7 and 2 (row 2).
   assert n == (11 if exclude_seen else 15)
+
+
+def test_chunked_full_softmax_has_the_same_gradient():
+  """Chunks (with the logits recomputed in the backward pass) change memory, not the gradient."""
+  hidden, table, inputs, targets, catalog = _example(seed=1)
+  weights = np.random.default_rng(2).uniform(0.5, 2.0, targets.shape).astype(np.float32)
+  bias = np.linspace(-1, 1, table.shape[0]).astype(np.float32)
+
+  def grads(chunk):
+    fn = lambda h, tb: losses.full_softmax_loss(h, tb, targets, catalog=catalog, weights=weights,
+                                                logit_bias=bias, exclude_seen_of=inputs,
+                                                chunk_targets=chunk)[0]
+    return jax.grad(fn, argnums=(0, 1))(hidden, table)
+
+  for got, want in zip(grads(3), grads(0)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert losses.auto_chunk_targets(12_800, 1_792) == 0  # fits: no chunking on small catalogs
+  assert losses.auto_chunk_targets(12_800, 58_752) == 1_024  # MovieLens-25M: 256 MiB chunks
 
 
 def test_exclude_seen_trains_through_the_trainer(tmp_path):

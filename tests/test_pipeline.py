@@ -186,3 +186,18 @@ def test_eval_arrays_padding_and_batches():
   # No cases at all still gives one fully padded batch.
   empty = pipeline.eval_arrays(EvalExamples.from_lists([], [], []), max_len=3, batch_size=4)
   assert empty.inputs.shape == (4, 3) and not empty.valid.any()
+
+
+def test_eval_arrays_memory_follows_interactions_not_longest_history():
+  """One user with 2M interactions among 5,000 short histories: the evaluation arrays cost the
+  interactions (CSR) plus cases x max_len, never cases x longest history (that would be 40 GB)."""
+  rng = np.random.default_rng(0)
+  hists = [rng.integers(1, 1000, 5) for _ in range(4999)] + [rng.integers(1, 1000, 2_000_000)]
+  ex = EvalExamples.from_lists(np.arange(1, 5001), hists, np.ones(5000, np.int32))
+  arr = pipeline.eval_arrays(ex, max_len=50, batch_size=256)
+  nbytes = sum(getattr(arr, f).nbytes for f in ('inputs', 'targets', 'users', 'valid',
+                                                'seen_offsets', 'seen_items'))
+  assert nbytes < 2 * (4 * 2_025_000 + 5120 * 50 * 4)
+  np.testing.assert_array_equal(arr.inputs[4999], hists[-1][-50:])
+  sizes = [b['seen_rows'].size for b in pipeline.iterate_eval(arr, 256)]
+  assert max(sizes[:-1]) == 2048 and sizes[-1] == 1 << 21  # buckets follow each batch's pairs

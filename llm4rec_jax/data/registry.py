@@ -37,10 +37,15 @@ def _load_tfds(data_cfg: Any) -> RecDataset:
 
 def load_split(data_cfg: Any) -> tuple[RecDataset, splits.Split]:
   ds = load(data_cfg)
+  return ds, split(ds, data_cfg)
+
+
+def split(ds: RecDataset, data_cfg: Any) -> splits.Split:
+  """The train/valid/test split ``data_cfg.split`` of ``ds`` (cold items held out if configured)."""
   kwargs = ({'valid_fraction': data_cfg.valid_fraction, 'test_fraction': data_cfg.test_fraction}
             if data_cfg.split == 'temporal' else {})
-  split = splits.make_split(ds, data_cfg.split, **kwargs)
+  out = splits.make_split(ds, data_cfg.split, **kwargs)
   if data_cfg.get('cold_item_fraction', 0.0) > 0:
-    split = splits.hold_out_items(split, ds.num_items, data_cfg.cold_item_fraction,
-                                  seed=data_cfg.get('cold_item_seed', 0))
-  return ds, split
+    out = splits.hold_out_items(out, ds.num_items, data_cfg.cold_item_fraction,
+                                seed=data_cfg.get('cold_item_seed', 0))
+  return out

@@ -58,6 +58,7 @@ class Experiment:
   semantic_ids: SemanticIds | None = None  # item codes of the semantic-ID head
   debias: debias_objectives.DebiasObjective | None = None  # config.debias (None = off)
   beyond: beyond_accuracy.Context | None = None  # for the beyond-accuracy metrics
+  timings: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds of setup phases
 
   @property
   def rules(self):
@@ -93,7 +94,11 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str | pathlib.P
   """Validates the config, loads and splits the data, builds the mesh and the model spec."""
   config_base.validate(config, jax.device_count())
   workdir = pathlib.Path(workdir)
-  ds, split = registry.load_split(config.data)
+  t0 = time.perf_counter()
+  ds = registry.load(config.data)
+  t1 = time.perf_counter()
+  split = registry.split(ds, config.data)
+  timings = {'load_seconds': t1 - t0, 'split_seconds': time.perf_counter() - t1}
   mesh = partitioning.make_mesh(config.mesh)
   cfg = model_config(config, ds.num_items, mesh)
   debias = debias_objectives.build(config, ds, split.train, cfg.vocab_size)
@@ -119,7 +124,7 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str | pathlib.P
   content = (put_content(content_np, mesh, config.mesh.rules)
              if content_np is not None and (cfg.uses_content or sid is not None) else None)
   return Experiment(config, workdir, ds, split, mesh, spec, content_np, content, sid, debias,
-                    beyond)
+                    beyond, timings)
 
 
 def put_content(content: content_lib.ItemContent, mesh: jax.sharding.Mesh, rules) -> Any:
@@ -169,6 +174,10 @@ def make_loss_fn(cfg: decoder_lib.DecoderConfig, graphdef: nnx.GraphDef, lcfg: A
   1..cfg.num_items); the online learner passes a catalog that grows as items are registered.
   """
 
+  chunk = lcfg.get('chunk_targets', -1)
+  if chunk < 0:
+    chunk = losses.auto_chunk_targets(max_targets, cfg.vocab_size)
+
   def loss_fn(params, batch, content, rng, catalog=None):
     if catalog is None:
       catalog = decoder_lib.catalog_mask(cfg)
@@ -194,11 +203,13 @@ def make_loss_fn(cfg: decoder_lib.DecoderConfig, graphdef: nnx.GraphDef, lcfg: A
     seen = batch['inputs'] if lcfg.get('exclude_seen', False) else None
     if debias is None or not debias.changes_training:
       return losses.full_softmax_loss(hidden, table, batch['targets'], catalog=train_catalog,
-                                      max_targets=max_targets, exclude_seen_of=seen)
+                                      max_targets=max_targets, exclude_seen_of=seen,
+                                      chunk_targets=chunk)
     weights = debias.target_weights(batch['targets'], batch.get('target_weights'))
     loss, aux = losses.full_softmax_loss(hidden, table, batch['targets'], catalog=train_catalog,
                                          max_targets=max_targets, weights=weights,
-                                         logit_bias=debias.train_bias, exclude_seen_of=seen)
+                                         logit_bias=debias.train_bias, exclude_seen_of=seen,
+                                         chunk_targets=chunk)
     return debias.finish_loss(loss, aux, model, hidden, batch, table, train_catalog, weights)
 
   return loss_fn
@@ -375,10 +386,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   logger.info(dict(event='start', step=start, total_steps=total_steps,
                    steps_per_epoch=steps_per_epoch, num_params=exp.spec.num_params(),
                    max_targets_per_batch=max_targets, devices=jax.device_count(),
-                   processes=jax.process_count(),
+                   processes=jax.process_count(), **exp.timings,
                    mesh=dict(exp.mesh.shape), **exp.dataset.summary()))
 
   stop = _StopFlag()
+  last_valid: tuple[int, dict] | None = None  # (step, metrics) of the latest validation
+  warm: tuple[int, float, float] | None = None  # (step, time, eval seconds) after the first log
   pending: list[tuple[int, dict]] = []
   t_start = time.perf_counter()
   t_last, n_last = t_start, start
@@ -415,6 +428,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           now = time.perf_counter()
           _flush(pending, logger, step - n_last, now - t_last, tc.batch_size)
           t_last, n_last = now, step
+          if warm is None:  # after the first interval (compilation): steady-state throughput
+            warm = (step, now, eval_seconds)
         if is_eval:
           t_eval = time.perf_counter()
           eval_content = exp.content
@@ -440,6 +455,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           saved_step = step
           t_last = time.perf_counter()  # evaluation time is not training throughput
           eval_seconds += t_last - t_eval
+          last_valid = (step, ranks_metrics)
           logger.info(dict(event='eval', step=step, epoch=step / steps_per_epoch,
                            elapsed_s=t_last - t_start, eval_s=t_last - t_eval,
                            **{f'valid_{k}': v for k, v in ranks_metrics.items()}))
@@ -464,11 +480,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     ckpt.close()
     return {'stopped': stopped_reason, 'step': step}
 
-  train_seconds = time.perf_counter() - t_start - eval_seconds
+  t_done = time.perf_counter()
+  train_seconds = t_done - t_start - eval_seconds
+  steady = None
+  if warm is not None and step > warm[0]:
+    steady = (step - warm[0]) * tc.batch_size / max(t_done - warm[1] - (eval_seconds - warm[2]),
+                                                    1e-9)
   logger.info(dict(event='train_done', step=step, reason=stopped_reason or 'max_steps',
                    best_step=progress['best_step'], best_valid_ndcg10=progress['best'],
                    steps_run=step - start, train_seconds=train_seconds, eval_seconds=eval_seconds,
-                   examples_per_sec=(step - start) * tc.batch_size / max(train_seconds, 1e-9)))
+                   examples_per_sec=(step - start) * tc.batch_size / max(train_seconds, 1e-9),
+                   steady_examples_per_sec=steady))
   best = ckpt.best_step()
   if best is not None and best != step:
     state = ckpt.restore(best, abstract_with_shardings(abstract, shardings))
@@ -476,7 +498,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     exp.content = text_finetune.checkpoint_content(exp.spec.graphdef, exp.content, state,
                                                    best or step,
                                                    config.text_finetune.encode_batch_size)
-  results = _final_metrics(exp, rank_fn, state['params'], step=best or step)
+  known = {'valid': last_valid[1]} if last_valid and last_valid[0] == (best or step) else {}
+  results = _final_metrics(exp, rank_fn, state['params'], step=best or step, known=known)
   logger.close()
   ckpt.close()
   return results
@@ -504,7 +527,11 @@ def _flush(pending: list, logger: MetricLogger, steps: int, seconds: float, batc
   pending.clear()
 
 
-def _final_metrics(exp: Experiment, rank_fn, params, *, step: int) -> dict[str, Any]:
+def _final_metrics(exp: Experiment, rank_fn, params, *, step: int,
+                   known: dict[str, dict] | None = None) -> dict[str, Any]:
+  """Metrics of ``params`` on valid and test (and cold test cases); ``known`` holds metrics already
+  computed for these parameters (the validation of the best step), reused when nothing more than
+  the ranking metrics is asked of that split."""
   c = exp.config
   results: dict[str, Any] = {'step': int(step), 'dataset': exp.dataset.name,
                              'protocol': exp.split.protocol, 'exclude_seen': c.eval.exclude_seen}
@@ -513,7 +540,13 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int) -> dict[str, 
   if c.retrieval.rag:
     rag = context_lib.for_experiment(exp)
     rag.refresh_from_params(exp.spec.graphdef, params, exp.content, step)
+  reusable = (exp.beyond is None and not c.eval.save_rankings and not c.retrieval.rag
+              and exp.spec.cfg.text_encoder is None)
   for which in cases:
+    if reusable and which in (known or {}):
+      results[which] = known[which]
+      continue
+    t_eval = time.perf_counter()
     arrays = exp.eval_arrays(which)
     if rag is not None:
       arrays = rag.eval_arrays(arrays)
@@ -521,6 +554,7 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int) -> dict[str, 
       continue
     m, ranks, tops = evaluation.evaluate_arrays(rank_fn, params, arrays, c.eval.batch_size,
                                                 exp.put_whole, c.eval.ks, content=exp.content)
+    results.setdefault('eval_seconds', {})[which] = time.perf_counter() - t_eval
     results[which] = m
     if exp.beyond is not None:
       flat, groups = beyond_accuracy.summarize(exp.beyond, tops, ranks, arrays.users[:len(ranks)],

@@ -1,0 +1,102 @@
+"""Generates the cost-curve table and plot in ``docs/`` from ``benchmarks/results/movielens_scale.json``.
+
+  python benchmarks/movielens_scale_report.py        # writes docs/scale_table.md and docs/scale.png
+
+Every figure comes from the result file; nothing is typed in by hand. ``--check`` exits non-zero when
+the committed table differs from what the result file gives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULT = ROOT / 'benchmarks' / 'results' / 'movielens_scale.json'
+TABLE = ROOT / 'docs' / 'scale_table.md'
+PLOT = ROOT / 'docs' / 'scale.png'
+
+
+def rows(record: dict) -> list[dict]:
+  out = []
+  for size in record['sizes']:
+    run, load, rel = size['run'], size['load_only'], size['release']
+    if 'error' in run or 'error' in load:
+      out.append({'interactions': rel['interactions'], 'error': run.get('error') or load['error']})
+      continue
+    out.append({
+        'interactions': rel['interactions'], 'users': rel['users'],
+        'max_per_user': rel['ratings_per_user']['max'],
+        'load_s': load['load_s'], 'split_s': load['split_s'], 'load_rss_gb': load['peak_rss_gb'],
+        'run_rss_gb': run['peak_rss_gb'], 'train_seq_s': run['train_sequences_per_s'],
+        'eval_users_s': run['eval_users_per_s'], 'test_eval_s': run['test_eval_s'],
+        'wall_s': run['wall_s'], 'test_ndcg10': run['test']['ndcg@10']})
+  return out
+
+
+def table(record: dict) -> str:
+  head = ('| interactions | users | most by one user | load (s) | split (s) | load peak RSS (GB) '
+          '| whole-run peak RSS (GB) | train seq/s | eval users/s | test eval (s) | run wall (s) |')
+  lines = [head, '|' + ' --- |' * (head.count('|') - 1)]
+  for r in rows(record):
+    if 'error' in r:
+      lines.append(f"| {r['interactions']:,} | failed: {r['error']} |" + ' |' * 9)
+      continue
+    lines.append(f"| {r['interactions']:,} | {r['users']:,} | {r['max_per_user']:,} | {r['load_s']} "
+                 f"| {r['split_s']} | {r['load_rss_gb']:.2f} | {r['run_rss_gb']:.2f} "
+                 f"| {r['train_seq_s']} | {r['eval_users_s']} | {r['test_eval_s']} "
+                 f"| {r['wall_s']} |")
+  m = record['machine']
+  lines.append('')
+  lines.append(f"From `benchmarks/results/movielens_scale.json`: `{record['command']}`, commit "
+               f"`{record['commit'][:12]}`, {record['date']}, {m['cpu_model']} ({m['cores']} cores, "
+               f"{m['memory_gb']} GB), load average {m['load_avg_start'][0]} at start, "
+               f"{m['load_avg_end'][0]} at end; {record['steps']} training steps per size, "
+               f"seed {record['seeds'][0]}.")
+  return '\n'.join(lines) + '\n'
+
+
+def plot(record: dict, path: pathlib.Path) -> None:
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  rs = [r for r in rows(record) if 'error' not in r]
+  x = [r['interactions'] / 1e6 for r in rs]
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+  axes[0].plot(x, [r['load_s'] for r in rs], 'o-', label='load (s)')
+  axes[0].plot(x, [r['test_eval_s'] for r in rs], 's-', label='full-ranking test evaluation (s)')
+  axes[0].plot(x, [r['wall_s'] for r in rs], '^-', label='whole run (s)')
+  axes[0].set_xlabel('interactions (millions)')
+  axes[0].set_ylabel('seconds')
+  axes[0].legend(fontsize=8)
+  axes[1].plot(x, [r['load_rss_gb'] for r in rs], 'o-', label='load + split')
+  axes[1].plot(x, [r['run_rss_gb'] for r in rs], 's-', label='whole run')
+  axes[1].axhline(6.0, color='grey', ls=':', label='6 GB target')
+  axes[1].set_xlabel('interactions (millions)')
+  axes[1].set_ylabel('peak RSS (GB)')
+  axes[1].legend(fontsize=8)
+  fig.suptitle('MovieLens-25M-shaped releases on one 2-core CPU machine')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--check', action='store_true', help='fail if docs/scale_table.md is stale')
+  args = p.parse_args()
+  record = json.loads(RESULT.read_text())
+  text = table(record)
+  if args.check:
+    if TABLE.read_text() != text:
+      sys.exit(f'{TABLE} differs from {RESULT}: run python benchmarks/movielens_scale_report.py')
+    return
+  TABLE.parent.mkdir(exist_ok=True)
+  TABLE.write_text(text)
+  plot(record, PLOT)
+  print(f'wrote {TABLE} and {PLOT}')
+
+
+if __name__ == '__main__':
+  main()
