@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from llm4rec_jax.data.dataset import RecDataset, from_raw
-from llm4rec_jax.data.readers.jsonl import json_columns, json_number, json_records
+from llm4rec_jax.data.readers.jsonl import json_records, review_columns
 from llm4rec_jax.data.readers.source import Source
 from llm4rec_jax.data.readers.tables import read_table
 from llm4rec_jax.data.readers.values import amount, as_text, flat_labels, sorted_ids
@@ -157,18 +157,9 @@ def read_amazon_reviews(path: str | os.PathLike, category: str | None = None, *,
   with Source(path) as src:
     member, category = _pick_member(src, AMAZON_REVIEWS_FILE, category, 'Amazon reviews',
                                     prefer=lambda m: bool(m['core']))
-    display = src.display(member)
-    user: list[str] = []
-    item: list[str] = []
-    rating: list[float] = []
-    ts: list[int] = []
-    for n, rec in json_records(src, member, ('reviewerID', 'asin', 'overall', 'unixReviewTime')):
-      user.append(str(rec['reviewerID']))
-      item.append(str(rec['asin']))
-      rating.append(json_number(rec, 'overall', display, n))
-      ts.append(json_number(rec, 'unixReviewTime', display, n, int))
-    if not user:
-      raise DataError('file contains no reviews: the dataset is empty', path=display)
+    cols, _ = review_columns(src, member, {'reviewerID': 'str', 'asin': 'str', 'overall': 'float',
+                                           'unixReviewTime': 'int'})
+    user, item, rating, ts = cols.values()
     meta = _meta_member(src, category, ('.json.gz', '.json'))
     items = (_read_amazon_meta(src, meta, set(item), 'asin', literal=True) if meta is not None
              else None)
@@ -188,22 +179,15 @@ def read_amazon_2023(path: str | os.PathLike, category: str | None = None, *,
   """
   with Source(path) as src:
     member, category = _pick_member(src, AMAZON_2023_FILE, category, 'Amazon 2023 interactions')
-    display = src.display(member)
     if '.csv' in member:
       user, item, rating, ts_ms = read_table(
           src, member, ',', (('user_id', 'str'), ('parent_asin', 'str'), ('rating', 'float'),
                              ('timestamp', 'int')),
           encoding='utf-8', skip_header=lambda f: f[0].strip() == 'user_id', what='ratings')
     else:
-      cols: tuple[list, list, list, list] = ([], [], [], [])
-      for n, rec in json_records(src, member, ('user_id', 'parent_asin', 'rating', 'timestamp')):
-        cols[0].append(str(rec['user_id']))
-        cols[1].append(str(rec['parent_asin']))
-        cols[2].append(json_number(rec, 'rating', display, n))
-        cols[3].append(json_number(rec, 'timestamp', display, n, int))
-      if not cols[0]:
-        raise DataError('file contains no reviews: the dataset is empty', path=display)
-      user, item, rating, ts_ms = cols
+      cols, _ = review_columns(src, member, {'user_id': 'str', 'parent_asin': 'str',
+                                             'rating': 'float', 'timestamp': 'int'})
+      user, item, rating, ts_ms = cols.values()
     meta = _meta_member(src, category, ('.jsonl.gz', '.jsonl'))
     items = (_read_amazon_meta(src, meta, set(map(str, item)), 'parent_asin', literal=False)
              if meta is not None else None)

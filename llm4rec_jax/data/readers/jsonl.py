@@ -50,7 +50,9 @@ def json_columns(src: Source, member: str, fields: Mapping[str, str],
       return None
     except (pa.ArrowException, ValueError, EOFError, zlib.error):
       return None
-    if table.num_rows == 0:
+    # pyarrow takes objects across lines and several on one line, the careful reader neither: a
+    # file with one object per line (and no blank lines, which are rare) has as many rows as lines.
+    if table.num_rows == 0 or table.num_rows != src.count_lines(member):
       return None
     out = {}
     for f, kind in fields.items():
@@ -66,6 +68,32 @@ def json_columns(src: Source, member: str, fields: Mapping[str, str],
         if out[f] is None:
           return None
     return out
+
+
+def review_columns(src: Source, member: str, fields: Mapping[str, str], *,
+                   careful: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+  """Required ``fields`` (name -> 'str' | 'float' | 'int') of a JSON-lines file, and line numbers.
+
+  By pyarrow when it can vouch for the result (line numbers None then); else, or with ``careful``,
+  record by record (numbers may be numeric strings; an int field may be a whole float), naming the
+  line and field of a bad record. Raises DataError if the file holds no records.
+  """
+  if not careful:
+    cols = json_columns(src, member, fields)
+    if cols is not None:
+      return cols, None
+  display = src.display(member)
+  values: dict[str, list[Any]] = {f: [] for f in fields}
+  line_of: list[int] = []
+  for n, rec in json_records(src, member, tuple(fields)):
+    line_of.append(n)
+    for f, kind in fields.items():
+      values[f].append(str(rec[f]) if kind == 'str' else
+                       json_number(rec, f, display, n, int if kind == 'int' else float))
+  if not line_of:
+    raise DataError('file contains no reviews: the dataset is empty', path=display)
+  cols = {f: np.asarray(v, dtype=tables.DTYPES[fields[f]]) for f, v in values.items()}
+  return cols, np.asarray(line_of, np.int64)
 
 
 def json_records(src: Source, member: str, required: Sequence[str] = (), *,

@@ -147,6 +147,15 @@ class Source:
     except OSError as e:
       raise DataError(f'cannot read file: {e}', path=self.display(member)) from e
 
+  def count_lines(self, member: str) -> int:
+    """Lines of the member (decompressed), counting a last one without a newline."""
+    lines, last = 0, b'\n'
+    with self.arrow_input(member) as f:
+      while block := f.read(1 << 24):
+        lines += block.count(b'\n')
+        last = block[-1:]
+    return lines + (last != b'\n')
+
   def first_line(self, member: str) -> bytes:
     """The member's first line as bytes (decompressed), with its line ending; b'' if empty."""
     try:

@@ -37,7 +37,7 @@ CHUNK_LINES = 1 << 18
 _BLOCK_BYTES = 1 << 24
 
 _KIND_NAMES = {'int': 'an integer', 'float': 'a number', 'str': 'text'}
-_DTYPES = {'int': np.int64, 'float': np.float64, 'str': object}
+DTYPES = {'int': np.int64, 'float': np.float64, 'str': object}
 ARROW_TYPES = {'int': pa.int64(), 'float': pa.float64(), 'str': pa.string()}
 
 # Everything Python's str.strip() removes, as an RE2 class: a text value with one of these at either
@@ -139,7 +139,7 @@ def arrow_to_numpy(col: pa.ChunkedArray, kind: str) -> np.ndarray | None:
   arr = col.to_numpy()
   if kind == 'float' and not np.isfinite(arr).all():
     return None
-  return arr.astype(_DTYPES[kind], copy=False)
+  return arr.astype(DTYPES[kind], copy=False)
 
 
 @contextlib.contextmanager
@@ -173,7 +173,10 @@ def resource_errors(src: Source, member: str, what: str) -> Iterator[None]:
 
 def _convert(kind: str, value: str) -> Any:
   if kind == 'int':
-    return int(value)
+    v = int(value)
+    if not -2**63 <= v < 2**63:  # the column is int64
+      raise OverflowError(value)
+    return v
   if kind == 'float':
     v = float(value)
     if not math.isfinite(v):
@@ -223,7 +226,7 @@ def _read_lines(src: Source, member: str, sep: str | None, columns: Sequence[Col
         cols = _parse_chunk_slow(chunk, start, sep, columns, display)
       for acc, c in zip(out, cols):
         acc.append(c)
-  return [np.concatenate(acc) if acc else np.zeros(0, _DTYPES[k]) for acc, k in zip(out, kinds)]
+  return [np.concatenate(acc) if acc else np.zeros(0, DTYPES[k]) for acc, k in zip(out, kinds)]
 
 
 @contextlib.contextmanager
@@ -249,7 +252,7 @@ def _parse_chunk_fast(chunk: list[str], sep: str | None, ncols: int,
       if kind == 'str':
         cols.append(np.asarray([v.strip() for v in col], dtype=object))
       else:
-        arr = np.asarray(col, dtype=_DTYPES[kind])
+        arr = np.asarray(col, dtype=DTYPES[kind])
         if kind == 'float' and not np.isfinite(arr).all():
           return None
         cols.append(arr)
@@ -276,7 +279,7 @@ def _parse_chunk_slow(chunk: list[str], start: int, sep: str | None, columns: Se
       except (ValueError, OverflowError):
         raise DataError(f'expected {_KIND_NAMES[kind]}, got {v.strip()!r}', path=display, line=n,
                         field=name) from None
-  return [np.asarray(v, dtype=_DTYPES[k]) for v, (_, k) in zip(vals, columns)]
+  return [np.asarray(v, dtype=DTYPES[k]) for v, (_, k) in zip(vals, columns)]
 
 
 def int_field(value: str, display: str, line: int, field: str) -> int:

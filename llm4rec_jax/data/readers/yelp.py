@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from llm4rec_jax.data.dataset import RecDataset, from_raw
-from llm4rec_jax.data.readers.jsonl import json_columns, json_number, json_records
+from llm4rec_jax.data.readers.jsonl import json_records, review_columns
 from llm4rec_jax.data.readers.source import Source
 from llm4rec_jax.data.readers.values import amount, as_text, flat_labels
 from llm4rec_jax.errors import DataError
@@ -27,26 +27,18 @@ def read_yelp_open(path: str | os.PathLike, *, dataset_name: str | None = None) 
   """
   with Source(path) as src:
     member = src.require('yelp_academic_dataset_review.json')
-    display = src.display(member)
-    user: list[str] = []
-    item: list[str] = []
-    rating: list[float] = []
-    dates: list[str] = []
-    line_of: list[int] = []
-    for n, rec in json_records(src, member, ('user_id', 'business_id', 'stars', 'date')):
-      line_of.append(n)
-      user.append(str(rec['user_id']))
-      item.append(str(rec['business_id']))
-      rating.append(json_number(rec, 'stars', display, n))
-      dates.append(str(rec['date']))
-    if not user:
-      raise DataError('file contains no reviews: the dataset is empty', path=display)
+    fields = {'user_id': 'str', 'business_id': 'str', 'stars': 'float', 'date': 'str'}
+    cols, line_of = review_columns(src, member, fields)
     try:
-      ts = np.asarray(dates, 'datetime64[s]').astype(np.int64)
+      ts = np.asarray(cols['date'], 'datetime64[s]').astype(np.int64)
     except ValueError:
+      if line_of is None:  # read again record by record, for the line numbers
+        cols, line_of = review_columns(src, member, fields, careful=True)
+      dates = cols['date']
       bad = next(k for k, d in enumerate(dates) if not _is_datetime(d))
       raise DataError(f'expected a date like 2018-07-07 22:09:11, got {dates[bad]!r:.40}',
-                      path=display, line=line_of[bad], field='date') from None
+                      path=src.display(member), line=int(line_of[bad]), field='date') from None
+    user, item, rating = cols['user_id'], cols['business_id'], cols['stars']
     items = None
     member = src.find('yelp_academic_dataset_business.json')
     if member is not None:
