@@ -80,7 +80,8 @@ def read_amazon_scientific(path: str | os.PathLike, name: str | None = None, *,
       raise DataError(f'item {iid!r}: expected an object', path=item_display)
     features[iid] = dict(title=as_text(m.get('title')), description=as_text(m.get('description')),
                          brand=as_text(m.get('brand')), categories=_categories(m.get('categories')))
-  return from_raw(dataset_name or name.lower(), raw_user, raw_item, None, None,
+  return from_raw(dataset_name or name.lower(), np.asarray(raw_user, object),
+                  np.asarray(raw_item, object), None, None,
                   item_features=features, keep_all_items=True,
                   item_fields={'text': ['title', 'description', 'brand'],
                                'categorical': ['categories']})

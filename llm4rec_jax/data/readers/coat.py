@@ -47,7 +47,7 @@ def read_coat(path: str | os.PathLike, *, dataset_name: str = 'coat') -> RecData
   ufields = {'categorical': sorted({f for row in (user_feats or {}).values() for f in row})}
   if item_feats is None:
     item_feats = {str(j + 1): {} for j in range(num_items)}
-  ds = from_raw(dataset_name, [str(x + 1) for x in u], [str(x + 1) for x in i], None,
+  ds = from_raw(dataset_name, u.astype(np.int64) + 1, i.astype(np.int64) + 1, None,  # 1-based ids
                 train[u, i].astype(np.float32), item_features=item_feats, user_features=user_feats,
                 item_fields=fields, user_fields=ufields, keep_all_items=True)
   user_index, item_index = ds.users.id_of(), ds.items.id_of()

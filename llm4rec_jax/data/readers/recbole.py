@@ -101,7 +101,8 @@ def read_recbole_features(path: str | os.PathLike, name: str | None = None, *,
     raw_user.extend(itertools.repeat(user_ids[key] if user_ids is not None else key, len(seq)))
     raw_item.extend(item_ids[k] for k in seq)
   features = {iid: {f: values[k] for f, values in text.items()} for k, iid in enumerate(item_ids)}
-  ds = from_raw(dataset_name or name.lower(), raw_user, raw_item, None, None,
+  ds = from_raw(dataset_name or name.lower(), np.asarray(raw_user, object),
+                np.asarray(raw_item, object), None, None,
                 item_features=features, keep_all_items=True, item_fields={'text': list(text)})
   ds.items.dense.update(dense)
   return ds

@@ -8,6 +8,8 @@ import pathlib
 import re
 from typing import Any
 
+import numpy as np
+
 from llm4rec_jax.data.dataset import RecDataset, from_raw
 from llm4rec_jax.data.readers.source import Source, text_lines
 from llm4rec_jax.data.readers.tables import int_field, not_int
@@ -56,7 +58,8 @@ def read_s3rec(path: str | os.PathLike, name: str | None = None, *,
     for field, values in extras.items():
       feat[field] = values.get(iid, '')
     features[iid] = feat
-  return from_raw(dataset_name or name.lower(), raw_user, raw_item, None, None,
+  return from_raw(dataset_name or name.lower(), np.asarray(raw_user, object),
+                  np.asarray(raw_item, object), None, None,
                   item_features=features, keep_all_items=True,
                   item_fields={'text': sorted(extras), 'categorical': ['attributes']})
 
