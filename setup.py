@@ -24,6 +24,7 @@ setup(
         "ml_collections>=1.0",
         "absl-py>=2.0",
         "numpy>=2.0",
+        "pyarrow>=15",
         "tensorflow-datasets>=4.9",
         # TFDS imports it (undeclared) to locate a builder that lives in a package.
         "importlib_resources>=6.0",
