@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -268,6 +269,22 @@ def build(p: beam.Pipeline, opts: PrepareOptions, files: list[str], temp_dir: st
                             n=beam.pvalue.AsSingleton(num_items)))
 
 
+_WHERE = re.compile(r"^(?P<path>.+?)(?::(?P<line>\d+))?(?:, field '(?P<field>[^']*)')?: (?P<msg>.*?)"
+                    r"(?: \[while running .*\])?$", re.S)
+
+
+def _restored(e: DataError) -> DataError:
+  """Beam re-raises a worker's exception as ``type(e)(message + ' [while running ...]')``, which
+  drops the path/line/field attributes: rebuild them from the message."""
+  if e.path is not None:
+    return e
+  m = _WHERE.match(str(e))
+  if m is None:
+    return DataError(str(e).split(' [while running')[0])
+  return DataError(m['msg'], path=m['path'], line=int(m['line']) if m['line'] else None,
+                   field=m['field'])
+
+
 def run(opts: PrepareOptions, pipeline_args: Sequence[str] = ('--runner=DirectRunner',)) -> dict:
   """Runs the preparation to completion; returns the manifest. Extra ``pipeline_args`` are Beam's
   (``--runner``, ``--direct_num_workers``, ``--project``, ...)."""
@@ -279,16 +296,8 @@ def run(opts: PrepareOptions, pipeline_args: Sequence[str] = ('--runner=DirectRu
   try:
     with beam.Pipeline(options=PipelineOptions(list(pipeline_args))) as p:
       build(p, opts, files, temp_dir)
-  except Exception as e:  # Beam wraps errors raised in workers; surface ours as they were
-    cause = e
-    while cause is not None and not isinstance(cause, DataError):
-      cause = cause.__cause__ or cause.__context__
-    if cause is not None:
-      raise cause from None
-    msg = str(e)
-    if 'DataError' in msg:
-      raise DataError(msg.split('DataError: ', 1)[-1].split('\n', 1)[0].split(" [while running")[0]) from None
-    raise
+  except DataError as e:
+    raise _restored(e) from None
   finally:
     if FileSystems.exists(temp_dir):
       FileSystems.delete([temp_dir])
