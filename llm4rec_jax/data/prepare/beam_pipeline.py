@@ -252,17 +252,23 @@ def build(p: beam.Pipeline, opts: PrepareOptions, files: list[str], temp_dir: st
     counts = buckets | 'Count' >> beam.Map(
         lambda b, parts: (b, _count_users(_bucket_rows(b, parts, ['user_id']))),
         parts=beam.pvalue.AsSingleton(parts))
-    rows = buckets | 'Gather' >> beam.Map(lambda b, parts: (b, _bucket_rows(b, sorted(parts))),
-                                          parts=beam.pvalue.AsSingleton(parts))
+    # Gathering and writing a bucket is one step: a PCollection of gathered buckets would be
+    # materialised between stages (the whole release, in memory on the DirectRunner).
+    shards = buckets | 'Write' >> beam.Map(
+        lambda b, parts, vocab, counts: _write_shard(
+            b, _bucket_rows(b, sorted(parts)), vocab=vocab, counts=counts, num_shards=B,
+            output=opts.output),
+        parts=beam.pvalue.AsSingleton(parts), vocab=beam.pvalue.AsSingleton(vocab),
+        counts=beam.pvalue.AsDict(counts))
   else:
     empty = p | 'AllBuckets' >> beam.Create([(b, parse.COLUMNS.empty_table()) for b in range(B)])
     rows = ((parsed.rows, empty) | beam.Flatten() | 'Shuffle' >> beam.GroupByKey()
             | 'Concat' >> beam.MapTuple(lambda b, ts: (b, pa.concat_tables(list(ts)))))
     counts = rows | 'Count' >> beam.MapTuple(lambda b, t: (b, _count_users(t)))
-  shards = rows | 'Write' >> beam.Map(
-      lambda bt, vocab, counts: _write_shard(*bt, vocab=vocab, counts=counts, num_shards=B,
-                                             output=opts.output),
-      vocab=beam.pvalue.AsSingleton(vocab), counts=beam.pvalue.AsDict(counts))
+    shards = rows | 'Write' >> beam.Map(
+        lambda bt, vocab, counts: _write_shard(*bt, vocab=vocab, counts=counts, num_shards=B,
+                                               output=opts.output),
+        vocab=beam.pvalue.AsSingleton(vocab), counts=beam.pvalue.AsDict(counts))
   num_items = vocab | 'Items' >> beam.Map(_write_items, output=opts.output)
   (shards | 'Stats' >> beam.combiners.ToList()
    | 'Manifest' >> beam.Map(lambda s, n: _write_manifest(s, num_items=n, opts=opts, files=files),
