@@ -102,6 +102,19 @@ def test_malformed_line_names_file_line_and_field(tmp_path, line, message, field
   assert f'Toys.jsonl:252' in str(e.value)
 
 
+def test_yelp_open_reviews_equal_the_reader(tmp_path):
+  rng = np.random.default_rng(0)
+  with open(tmp_path / 'yelp_academic_dataset_review.json', 'w', encoding='utf-8') as f:
+    for k in range(300):
+      f.write(json.dumps(dict(review_id=f'r{k}', user_id=f'user{rng.integers(40)}',
+                              business_id=f'biz{rng.integers(25)}', stars=int(rng.integers(1, 6)),
+                              date=f'2019-0{rng.integers(1, 10)}-1{rng.integers(10)} 12:00:0{k % 10}',
+                              text='ok')) + '\n')
+  _prepare(tmp_path, tmp_path / 'out', format='yelp-open', block_bytes=3_000)
+  ref = readers.read_yelp_open(tmp_path)
+  assert _by_raw_user(source.Prepared(tmp_path / 'out')) == _reader_by_raw_user(ref)
+
+
 def test_windows_and_eval_cases_equal_the_in_memory_split(release, prepared):
   root, _ = release
   ref = readers.read_amazon_2023(root / 'raw')

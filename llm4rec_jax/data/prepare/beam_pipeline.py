@@ -108,9 +108,7 @@ class _ParseChunk(beam.DoFn):
                                 path=chunk.path)
       if not len(table):
         continue
-      yield beam.pvalue.TaggedOutput(self.ITEMS, pc.unique(table.column('item_id')).combine_chunks()
-                                     if table.column('item_id').num_chunks > 1
-                                     else pc.unique(table.column('item_id').chunk(0)))
+      yield beam.pvalue.TaggedOutput(self.ITEMS, pc.unique(table.column('item_id')))
       bucket = bucket_of(table.column('user_id').to_pylist(), self.num_buckets)
       by_bucket = np.argsort(bucket, kind='stable')
       table = table.take(pa.array(by_bucket))
