@@ -37,7 +37,9 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.9",
+        # Preparing releases larger than one machine's memory (llm4rec_jax.data.prepare).
+        "beam": ["apache-beam>=2.60"],
+        "test": ["apache-beam>=2.60", "pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.9",
                  "ipykernel>=6.0", "matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["llm4rec=llm4rec_jax.cli:run"]},
