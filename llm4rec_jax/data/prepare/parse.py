@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 from apache_beam.io.filesystems import FileSystems
 
+from llm4rec_jax.data.readers import jsonl
 from llm4rec_jax.errors import DataError
 
 # The columns every parser yields (one row per interaction), and their Arrow types.
@@ -189,21 +190,9 @@ def _parse_slow(data: bytes, fmt: Format, path: str, offset: int) -> pa.Table:
 def _number(v, kind: type, fail):
   """A JSON number (or numeric string) as ``kind``; what ``readers`` accepts, nothing more."""
   try:
-    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-      raise ValueError
-    out = kind(float(v)) if kind is int and not isinstance(v, int) else kind(v)
-    if kind is float and not math.isfinite(out):
-      raise ValueError
-    return out
-  except (ValueError, OverflowError):
-    fail(f'expected {"an integer" if kind is int else "a number"}, got {v!r:.40}')
-
-
-def _date(v, fail) -> int:
-  try:
-    return int(np.datetime64(str(v), 's').astype(np.int64))
-  except ValueError:
-    fail(f'expected a date like 2018-07-07 22:09:11, got {v!r:.40}')
+    return jsonl.number_value(v, kind)
+  except ValueError as e:
+    fail(str(e))
 
 
 def _line_number_at(path: str, offset: int) -> int:

@@ -140,10 +140,9 @@ def _records(src: Source, member: str, required: Sequence[str],
     yield n, rec
 
 
-def json_number(rec: Mapping[str, Any], field: str, display: str, line: int,
-                kind: type = float) -> Any:
-  """A record's number as ``kind`` (numeric strings too), or a DataError naming line and field."""
-  v = rec[field]
+def number_value(v: Any, kind: type = float) -> Any:
+  """A JSON number (or numeric string) as ``kind``; ValueError for anything else (booleans,
+  non-finite floats, text that is not a number)."""
   try:
     if isinstance(v, bool) or not isinstance(v, (int, float, str)):
       raise ValueError
@@ -152,6 +151,15 @@ def json_number(rec: Mapping[str, Any], field: str, display: str, line: int,
       raise ValueError
     return out
   except (ValueError, OverflowError):
-    raise DataError(f'expected {"an integer" if kind is int else "a number"}, got {v!r:.40}',
-                    path=display, line=line, field=field) from None
+    raise ValueError(f'expected {"an integer" if kind is int else "a number"}, '
+                     f'got {v!r:.40}') from None
+
+
+def json_number(rec: Mapping[str, Any], field: str, display: str, line: int,
+                kind: type = float) -> Any:
+  """A record's number as ``kind`` (numeric strings too), or a DataError naming line and field."""
+  try:
+    return number_value(rec[field], kind)
+  except ValueError as e:
+    raise DataError(str(e), path=display, line=line, field=field) from None
 

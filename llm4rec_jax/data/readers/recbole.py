@@ -208,13 +208,6 @@ def _item_indices(text: str, num_items: int, display: str, line: int,
   return values
 
 
-def is_int(token: str) -> bool:
-  try:
-    int(token)
-    return True
-  except ValueError:
-    return False
-
 
 def _recbole_sequence(user: Any, rows: list[_SeqRow], lmax: int, displays: list[str]) -> list[int]:
   """One user's item sequence (item indices) rebuilt from their split-file rows.
