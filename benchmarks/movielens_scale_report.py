@@ -1,9 +1,11 @@
-"""Generates the cost-curve table and plot in ``docs/`` from ``benchmarks/results/movielens_scale.json``.
+"""Generates the cost-curve table and plot of ``docs/scale.md`` from
+``benchmarks/results/movielens_scale.json``.
 
-  python benchmarks/movielens_scale_report.py        # writes docs/scale_table.md and docs/scale.png
+  python benchmarks/movielens_scale_report.py   # rewrites the table in docs/scale.md, docs/scale.png
 
-Every figure comes from the result file; nothing is typed in by hand. ``--check`` exits non-zero when
-the committed table differs from what the result file gives.
+Every figure comes from the result file; nothing is typed in by hand. The table sits between the
+markers ``<!-- movielens_scale:start -->`` and ``<!-- movielens_scale:end -->``; ``--check`` exits
+non-zero when the committed table differs from what the result file gives (tests/test_docs_scale.py).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULT = ROOT / 'benchmarks' / 'results' / 'movielens_scale.json'
-TABLE = ROOT / 'docs' / 'scale_table.md'
+DOC = ROOT / 'docs' / 'scale.md'
 PLOT = ROOT / 'docs' / 'scale.png'
+START, END = '<!-- movielens_scale:start -->', '<!-- movielens_scale:end -->'
 
 
 def rows(record: dict) -> list[dict]:
@@ -82,20 +85,25 @@ def plot(record: dict, path: pathlib.Path) -> None:
   fig.savefig(path, dpi=110)
 
 
+def section(doc: str) -> str:
+  """The generated table as it stands in ``doc`` (between the markers)."""
+  return doc[doc.index(START) + len(START):doc.index(END)].strip('\n') + '\n'
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument('--check', action='store_true', help='fail if docs/scale_table.md is stale')
+  p.add_argument('--check', action='store_true', help='fail if the table in docs/scale.md is stale')
   args = p.parse_args()
   record = json.loads(RESULT.read_text())
   text = table(record)
+  doc = DOC.read_text()
   if args.check:
-    if TABLE.read_text() != text:
-      sys.exit(f'{TABLE} differs from {RESULT}: run python benchmarks/movielens_scale_report.py')
+    if section(doc) != text:
+      sys.exit(f'{DOC} differs from {RESULT}: run python benchmarks/movielens_scale_report.py')
     return
-  TABLE.parent.mkdir(exist_ok=True)
-  TABLE.write_text(text)
+  DOC.write_text(doc[:doc.index(START) + len(START)] + '\n' + text + doc[doc.index(END):])
   plot(record, PLOT)
-  print(f'wrote {TABLE} and {PLOT}')
+  print(f'wrote {DOC} and {PLOT}')
 
 
 if __name__ == '__main__':
