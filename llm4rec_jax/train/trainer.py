@@ -37,7 +37,7 @@ from llm4rec_jax.model import hf_import
 from llm4rec_jax.model import semantic_head
 from llm4rec_jax.model.semantic_ids import SemanticIds
 from llm4rec_jax.retrieval import context as context_lib
-from llm4rec_jax.train import losses, optimizer as optimizer_lib, semantic_codes
+from llm4rec_jax.train import losses, memory, optimizer as optimizer_lib, semantic_codes
 from llm4rec_jax.train import text_finetune
 from llm4rec_jax.train import state as state_lib
 from llm4rec_jax.train.checkpointing import Checkpointer, abstract_with_shardings
@@ -164,6 +164,25 @@ def auto_max_targets(windows: np.ndarray, batch_size: int) -> int:
   budget = counts.mean() * batch_size + 6.0 * counts.std() * math.sqrt(batch_size) + 64
   budget = int(math.ceil(budget / 128) * 128)
   return min(budget, batch_size * (windows.shape[1] - 1))
+
+
+def run_memory(exp: Experiment, max_targets: int) -> dict[str, tuple[int, str]]:
+  """The largest allocations still to come in a run, (bytes, the setting that sizes them), for
+  :func:`memory.check`. Device-side terms count only on the CPU backend, where device memory is
+  host memory (accelerator memory is what ``llm4rec_jax.aot`` checks)."""
+  c, vocab = exp.config, exp.spec.cfg.vocab_size
+  cases = len(exp.split.valid) + len(exp.split.test)
+  terms = {'evaluation inputs': (cases * c.data.max_len * 4, 'data.max_len')}
+  if jax.default_backend() == 'cpu':
+    chunk = c.loss.get('chunk_targets', -1)
+    rows = losses.auto_chunk_targets(max_targets, vocab) if chunk < 0 else chunk
+    # Logits, their gradient and the softmax in between.
+    terms['training logits'] = (3 * 4 * (rows or max_targets) * vocab,
+                                'loss.chunk_targets' if chunk >= 0 else 'train.batch_size')
+    terms['evaluation scores'] = (4 * 4 * c.eval.batch_size * vocab, 'eval.batch_size')
+    # Parameters, gradients and two Adam moments.
+    terms['parameters and optimizer state'] = (4 * 4 * exp.spec.num_params(), 'model.d_model')
+  return terms
 
 
 def make_loss_fn(cfg: decoder_lib.DecoderConfig, graphdef: nnx.GraphDef, lcfg: Any,
@@ -348,6 +367,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     total_steps = min(total_steps, tc.max_steps)
   eval_every = tc.eval_every or steps_per_epoch
   max_targets = config.loss.max_targets_per_batch or auto_max_targets(windows, tc.batch_size)
+  memory.check(run_memory(exp, max_targets))
 
   tx, schedule = optimizer_lib.make_optimizer(config.optimizer, total_steps,
                                               config.get('text_finetune'))
