@@ -158,6 +158,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.exclude_seen = True
   c.eval.ks = (1, 5, 10, 20, 50)
   c.eval.save_rankings = False
+  # > 0: evaluate a seeded sample of this many cases (the same users on valid and test) instead of
+  # every user: full ranking of millions of users over a catalog of millions costs hours on a CPU.
+  c.eval.max_cases = 0
 
   # Online adaptation (llm4rec_jax.online, `llm4rec adapt`): incremental steps on streamed events,
   # read only by the online learner (training ignores this section).

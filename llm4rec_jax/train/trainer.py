@@ -77,6 +77,7 @@ class Experiment:
     examples = self.split.valid if which == 'valid' else self.split.test
     if which == 'test_cold':
       examples = splits.subset(examples, np.isin(examples.targets, self.split.cold_items))
+    examples = splits.sample(examples, self.config.eval.get('max_cases', 0))
     return pipeline.eval_arrays(examples, self.config.data.max_len, self.config.eval.batch_size)
 
   def rank_fn(self, exclude_seen: bool | None = None):
@@ -171,7 +172,8 @@ def run_memory(exp: Experiment, max_targets: int) -> dict[str, tuple[int, str]]:
   :func:`memory.check`. Device-side terms count only on the CPU backend, where device memory is
   host memory (accelerator memory is what ``llm4rec_jax.aot`` checks)."""
   c, vocab = exp.config, exp.spec.cfg.vocab_size
-  cases = len(exp.split.valid) + len(exp.split.test)
+  cases = sum(min(len(e), c.eval.get('max_cases', 0) or len(e))
+              for e in (exp.split.valid, exp.split.test))
   terms = {'evaluation inputs': (cases * c.data.max_len * 4, 'data.max_len')}
   if jax.default_backend() == 'cpu':
     chunk = c.loss.get('chunk_targets', -1)
