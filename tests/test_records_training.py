@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import read_log, tiny_config
-from llm4rec_jax.data import readers, registry
+from llm4rec_jax.data import pipeline, readers, records, registry, splits
 from llm4rec_jax.data.prepare import source
 from llm4rec_jax.errors import ConfigError
+from llm4rec_jax.train import state as state_lib
 from llm4rec_jax.train import trainer
 
 RANKING = ('hr@1', 'hr@10', 'ndcg@10', 'mrr', 'num_cases')
@@ -29,13 +30,13 @@ def records_config(directory, **overrides):
 
 
 def test_records_run_resumes_exactly_and_writes_metrics(synthetic_records, tmp_path):
-  config = records_config(synthetic_records, **{'train.max_steps': 8, 'train.eval_every': 4})
+  config = records_config(synthetic_records, **{'train.max_steps': 6, 'train.eval_every': 3})
   full = trainer.train_and_evaluate(config, tmp_path / 'full')
-  stopped = trainer.train_and_evaluate(config, tmp_path / 'resumed', stop_after_steps=6)
-  assert stopped == {'stopped': 'stop_after_steps', 'step': 6}
+  stopped = trainer.train_and_evaluate(config, tmp_path / 'resumed', stop_after_steps=4)
+  assert stopped == {'stopped': 'stop_after_steps', 'step': 4}
   resumed = trainer.train_and_evaluate(config, tmp_path / 'resumed')
   a, b = read_log(tmp_path / 'full'), read_log(tmp_path / 'resumed')
-  assert sorted(a) == sorted(b) == list(range(1, 9))
+  assert sorted(a) == sorted(b) == list(range(1, 7))
   np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], rtol=1e-6)
   assert resumed['test'] == pytest.approx(full['test'])
   written = json.loads((tmp_path / 'resumed' / 'metrics.json').read_text())
@@ -49,18 +50,28 @@ def test_records_run_resumes_exactly_and_writes_metrics(synthetic_records, tmp_p
 
 
 def test_records_evaluation_equals_the_in_memory_path(data_dir, tmp_path):
-  """A checkpoint trained in memory on ML-100K, evaluated again from its records: same metrics."""
-  overrides = {'data.name': 'ml-100k', 'train.max_steps': 3, 'eval.batch_size': 128,
-               'debias.beyond_accuracy': False}
-  memory = trainer.train_and_evaluate(tiny_config(**overrides), tmp_path / 'run')
-  source.write_dataset(readers.load_dataset('ml-100k'), tmp_path / 'records', num_shards=4)
-  config = tiny_config(**{**overrides, 'data.name': f'records:{tmp_path / "records"}'})
-  again = trainer.evaluate(config, tmp_path / 'run')
-  assert again['step'] == memory['step'] == 3
+  """The same parameters evaluated on ML-100K in memory and from its records: same metrics."""
+  overrides = {'data.name': 'ml-100k', 'eval.batch_size': 128, 'debias.beyond_accuracy': False}
+  ds = readers.load_dataset('ml-100k')
+  source.write_dataset(ds, tmp_path / 'records', num_shards=4)
+  results = []
+  for run, name in (('memory', 'ml-100k'), ('from_records', f'records:{tmp_path / "records"}')):
+    workdir = tmp_path / run
+    workdir.mkdir()
+    exp = trainer.build_experiment(tiny_config(**{**overrides, 'data.name': name}), workdir)
+    params = state_lib.init_params(exp.spec, seed=3)
+    results.append(trainer._final_metrics(exp, exp.rank_fn(), params, step=0))  # pylint: disable=protected-access
+  memory, again = results
   for which in ('valid', 'test'):
     assert again[which]['num_cases'] == 943
     for k in RANKING:
       assert again[which][k] == pytest.approx(memory[which][k], abs=1e-6), (which, k)
+  # The target budget from the lengths alone is the one the in-memory windows give.
+  lengths = source.Prepared(tmp_path / 'records').lengths
+  for all_windows in (False, True):
+    windows, _ = pipeline.make_windows(splits.leave_one_out(ds).train, 100, all_windows=all_windows)
+    assert records.auto_max_targets(lengths, 100, 256, all_windows=all_windows) == (
+        trainer.auto_max_targets(windows, 256))
 
 
 @pytest.mark.parametrize('field, value', [
