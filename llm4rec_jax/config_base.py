@@ -51,7 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = 'synthetic'  # a registered name (see llm4rec_jax.data.readers) or 'format:path'
+  # A registered name (see llm4rec_jax.data.readers), 'format:path', or 'records:DIR' (a directory
+  # written by `python -m llm4rec_jax.data.prepare`, read per process; llm4rec_jax.data.records).
+  c.data.name = 'synthetic'
   c.data.min_rating = 0.0  # 0 = keep every interaction
   c.data.k_core = 0
   c.data.split = 'leave_one_out'  # or 'temporal'
