@@ -76,7 +76,8 @@ def read_throughput(prepared_dir: str, seconds: float, batch: int = 256) -> dict
   return out
 
 
-def run_scale(scale: float, work: pathlib.Path, num_shards: int, read_s: float) -> dict:
+def run_scale(scale: float, work: pathlib.Path, num_shards: int, read_s: float,
+              keep: bool = False) -> dict:
   raw, out = work / f'raw-{scale}', work / f'prepared-{scale}'
   shutil.rmtree(raw, ignore_errors=True)
   shutil.rmtree(out, ignore_errors=True)
@@ -98,7 +99,8 @@ def run_scale(scale: float, work: pathlib.Path, num_shards: int, read_s: float) 
                                          'num_eval_users', 'max_length', 'num_shards')},
       grain_read_process_0_of_2=read_throughput(str(out), read_s))
   shutil.rmtree(raw, ignore_errors=True)
-  shutil.rmtree(out, ignore_errors=True)
+  if not keep:
+    shutil.rmtree(out, ignore_errors=True)
   return result
 
 
@@ -108,6 +110,8 @@ def main() -> None:
   p.add_argument('--num_shards', type=int, default=16)
   p.add_argument('--workdir', default='/tmp/electronics_scale')
   p.add_argument('--read_seconds', type=float, default=20.0)
+  p.add_argument('--keep', action='store_true',
+                 help='keep the prepared shards (WORKDIR/prepared-SCALE), e.g. to train on them')
   args = p.parse_args()
   work = pathlib.Path(args.workdir)
   work.mkdir(parents=True, exist_ok=True)
@@ -117,7 +121,7 @@ def main() -> None:
   for scale in args.scale:
     load0 = os.getloadavg()
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
-    r = run_scale(scale, work, args.num_shards, args.read_seconds)
+    r = run_scale(scale, work, args.num_shards, args.read_seconds, keep=args.keep)
     r.update(command='python benchmarks/electronics_scale.py ' + ' '.join(sys.argv[1:]),
              git_commit=commit, date=started, machine=machine(), load_average_start=load0,
              load_average_end=os.getloadavg(),
