@@ -110,6 +110,12 @@ def main(argv: list[str]) -> None:
   except Llm4RecError as e:
     print(f'llm4rec {command}: error: {e}', file=sys.stderr)
     sys.exit(2)
+  except MemoryError:
+    print(f'llm4rec {command}: error: out of host memory. The sizes that matter most: data.max_len, '
+          'train.batch_size and loss.chunk_targets (training logits), eval.batch_size (scores), '
+          "the model size; a smaller release or data.k_core; loss.type='sampled_softmax' for "
+          'catalogs of millions', file=sys.stderr)
+    sys.exit(2)
   import jax  # pylint: disable=import-outside-toplevel
   if jax.process_index() == 0:  # one result, not one per process
     print(json.dumps(result, indent=2))

@@ -51,7 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = 'synthetic'  # a registered name (see llm4rec_jax.data.readers) or 'format:path'
+  # A registered name (see llm4rec_jax.data.readers), 'format:path', or 'records:DIR' (a directory
+  # written by `python -m llm4rec_jax.data.prepare`, read per process; llm4rec_jax.data.records).
+  c.data.name = 'synthetic'
   c.data.min_rating = 0.0  # 0 = keep every interaction
   c.data.k_core = 0
   c.data.split = 'leave_one_out'  # or 'temporal'
@@ -158,6 +160,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.exclude_seen = True
   c.eval.ks = (1, 5, 10, 20, 50)
   c.eval.save_rankings = False
+  # > 0: evaluate a seeded sample of this many cases (the same users on valid and test) instead of
+  # every user: full ranking of millions of users over a catalog of millions costs hours on a CPU.
+  c.eval.max_cases = 0
 
   # Online adaptation (llm4rec_jax.online, `llm4rec adapt`): incremental steps on streamed events,
   # read only by the online learner (training ignores this section).

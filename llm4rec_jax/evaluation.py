@@ -21,6 +21,7 @@ from flax import nnx
 
 from llm4rec_jax import metrics as metrics_lib
 from llm4rec_jax import partitioning
+from llm4rec_jax.data import pipeline
 from llm4rec_jax.data.pipeline import EvalBatch, iterate_eval
 from llm4rec_jax.model import semantic_head
 
@@ -133,6 +134,55 @@ def evaluate_arrays(rank_fn: Callable, params: Any, arrays: EvalBatch, batch_siz
                          for k, v in pairs.items()})
     r, top = rank_fn(params, device_batch, content)
     # fetch: on several processes each holds only its devices' rows.
+    ranks.append(partitioning.fetch(r)[valid])
+    tops.append(partitioning.fetch(top)[valid])
+  ranks_np, tops_np = np.concatenate(ranks), np.concatenate(tops)
+  return metrics_lib.ranking_metrics(ranks_np, ks), ranks_np, tops_np
+
+
+def _allgather(x: np.ndarray) -> np.ndarray:
+  """``x`` of every process, stacked on a new leading axis (no collective with one process)."""
+  if jax.process_count() == 1:
+    return np.asarray(x)[None]
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return np.asarray(multihost_utils.process_allgather(np.asarray(x)))
+
+
+def evaluate_process_blocks(rank_fn: Callable, params: Any, arrays: EvalBatch, local_batch: int,
+                            put: Callable[[dict], dict],
+                            ks: Sequence[int] = metrics_lib.DEFAULT_KS, content: Any = None
+                            ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+  """:func:`evaluate_arrays` over cases held per process: ``arrays`` are this process's own cases
+  (any number; each process passes its own), ``put`` assembles the processes' blocks of
+  ``local_batch`` rows into a global batch (``partitioning.to_global``, as for training).
+
+  One allgather agrees on the number of global batches (short processes pad with invalid rows) and
+  one on each batch's seen-pair length: every process pads its pairs to the largest, with rows
+  offset to its block (process ``p``'s row ``r`` is row ``p * local_batch + r`` of the global
+  batch), and the global pair array is the processes' blocks concatenated, sharded like the batch.
+  Returns the metrics, ranks and top items of every process's valid cases (each batch: process 0's,
+  then process 1's...); metrics are means, so they do not depend on the number of processes.
+  """
+  p = jax.process_index()
+  counts = _allgather(np.int64(arrays.valid.sum()))  # [P]
+  num_batches = max(1, -(-int(counts.max()) // local_batch))
+  arrays = pipeline.pad_eval(arrays, num_batches * local_batch)
+  nnz = np.diff(arrays.seen_offsets[::local_batch])  # [num_batches] this process's pairs per batch
+  sizes = _allgather(nnz).max(axis=0)
+  ranks, tops = [], []
+  for i in range(num_batches):
+    s = i * local_batch
+    batch = {'inputs': arrays.inputs[s:s + local_batch], 'targets': arrays.targets[s:s + local_batch]}
+    device_batch = put(batch)
+    # The pair block must split evenly over this process's shards of the batch axes.
+    shards = len({str(x.index) for x in device_batch['inputs'].addressable_shards})
+    size = -(-pipeline.pair_bucket(int(sizes[i])) // shards) * shards
+    rows, cols = pipeline.seen_pairs(arrays.seen_offsets[s:s + local_batch + 1], arrays.seen_items,
+                                     size=size)
+    rows[:nnz[i]] += p * local_batch
+    device_batch.update(put({'seen_rows': rows, 'seen_cols': cols}))
+    r, top = rank_fn(params, device_batch, content)
+    valid = (s + np.arange(local_batch)[None, :] < counts[:, None]).reshape(-1)  # [P * local_batch]
     ranks.append(partitioning.fetch(r)[valid])
     tops.append(partitioning.fetch(top)[valid])
   ranks_np, tops_np = np.concatenate(ranks), np.concatenate(tops)

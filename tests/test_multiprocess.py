@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 
 from conftest import read_log
+from llm4rec_jax.data import registry
+from llm4rec_jax.data.prepare import source
 from llm4rec_jax.train import trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -104,6 +106,44 @@ def test_two_processes_train_like_one_process_on_the_same_mesh(tmp_path):
   np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], rtol=2e-5)
   for k in ('hr@10', 'ndcg@10', 'mrr'):
     assert result['test'][k] == pytest.approx(single['test'][k], abs=1e-6)
+
+
+def _synthetic_config(overrides):
+  sys.path.insert(0, str(ROOT / 'configs'))
+  try:
+    import synthetic as synthetic_config  # pylint: disable=import-outside-toplevel
+  finally:
+    sys.path.pop(0)
+  config = synthetic_config.get_config('tiny')
+  config.update_from_flattened_dict(overrides)
+  return config
+
+
+@pytest.mark.slow
+def test_two_processes_on_records_evaluate_like_one_process(tmp_path):
+  """``records:DIR``: each process reads only its shards and ranks only its own evaluation cases
+  (241 users: 121 and 120 cases, so 6 and 5 local batches of 24 before padding); the metrics equal
+  one process evaluating the same checkpoint."""
+  prepared = tmp_path / 'records'
+  source.write_dataset(registry.load(_synthetic_config(
+      {**OVERRIDES, 'data.synthetic.num_users': 241}).data), prepared, num_shards=4)
+  overrides = {**OVERRIDES, 'data.name': f'records:{prepared}', 'eval.batch_size': 48,
+               'debias.beyond_accuracy': False}
+  multi = tmp_path / 'two_processes'
+  _wait(_launch(multi, overrides))
+  result = json.loads((multi / 'metrics.json').read_text())
+  start = [json.loads(l) for l in (multi / 'events.jsonl').read_text().splitlines()][0]
+  assert (start['processes'], start['devices'], start['shards']) == (2, 8, 4)
+  iter_files = sorted(p.name for p in (multi / 'checkpoints' / '4' / 'data_iter').glob('process_*'))
+  assert iter_files == ['process_0-of-2.json', 'process_1-of-2.json']
+
+  assert jax.process_count() == 1 and jax.device_count() == 8
+  single = trainer.evaluate(_synthetic_config(overrides), multi)
+  assert single['step'] == result['step'] == 4
+  for which in ('valid', 'test'):
+    assert result[which]['num_cases'] == single[which]['num_cases'] == 241
+    for k in ('hr@1', 'hr@10', 'ndcg@10', 'mrr'):
+      assert result[which][k] == pytest.approx(single[which][k], abs=1e-6), (which, k)
 
 
 @pytest.mark.slow

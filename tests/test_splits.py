@@ -120,3 +120,18 @@ def test_leave_one_out_ml100k_reconstructs_sequences(ml100k):
     np.testing.assert_array_equal(rebuilt, seqs[u])
     np.testing.assert_array_equal(split.valid.history(n), train)
     np.testing.assert_array_equal(split.test.history(n), seqs[u][:-1])
+
+
+def test_subset_and_sample_gather_the_right_cases():
+  hists = [[1, 2], [3], [4, 5, 6], [7], [8, 9]]
+  ex = splits.EvalExamples.from_lists([10, 11, 12, 13, 14], hists, [20, 21, 22, 23, 24])
+  sub = splits.subset(ex, np.array([False, True, True, False, True]))
+  assert sub.users.tolist() == [11, 12, 14] and sub.targets.tolist() == [21, 22, 24]
+  assert [sub.history(i).tolist() for i in range(3)] == [[3], [4, 5, 6], [8, 9]]
+  assert splits.subset(ex, np.array([4, 0])).users.tolist() == [14, 10]
+  assert splits.sample(ex, 0) is ex and splits.sample(ex, 5) is ex
+  a, b = splits.sample(ex, 3, seed=1), splits.sample(ex, 3, seed=1)
+  assert len(a) == 3 and a.users.tolist() == b.users.tolist()
+  assert a.users.tolist() == sorted(a.users.tolist())  # case order kept
+  for i, u in enumerate(a.users.tolist()):
+    assert a.history(i).tolist() == hists[u - 10]

@@ -179,14 +179,23 @@ def eval_arrays(examples: EvalExamples, max_len: int, batch_size: int,
   return EvalBatch(inputs, targets, users, valid, offsets, np.asarray(items, np.int32))
 
 
-def seen_pairs(offsets: np.ndarray, items: np.ndarray, bucket_min: int = 1024
-               ) -> tuple[np.ndarray, np.ndarray]:
+def pair_bucket(nnz: int, bucket_min: int = 1024) -> int:
+  """The padded length of ``nnz`` seen pairs: a power of two, at least ``bucket_min``."""
+  return max(bucket_min, 1 << max(0, (int(nnz) - 1).bit_length()))
+
+
+def seen_pairs(offsets: np.ndarray, items: np.ndarray, bucket_min: int = 1024,
+               size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
   """(rows, items) int32 [nnz bucket] of one batch's histories (``offsets`` [batch + 1] into
   ``items``), padded with (0, 0) pairs (item 0 is the padding column, never ranked) to a power of
-  two so that a whole evaluation compiles the ranking for a handful of sizes only."""
+  two so that a whole evaluation compiles the ranking for a handful of sizes only (or to ``size``,
+  at least the number of pairs)."""
   counts = np.diff(offsets)
   nnz = int(counts.sum())
-  size = max(bucket_min, 1 << max(0, (nnz - 1).bit_length()))
+  if size is None:
+    size = pair_bucket(nnz, bucket_min)
+  elif size < nnz:
+    raise ValueError(f'{nnz} seen pairs do not fit in {size}')
   rows = np.zeros(size, np.int32)
   cols = np.zeros(size, np.int32)
   rows[:nnz] = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
@@ -204,3 +213,17 @@ def iterate_eval(arrays: EvalBatch, batch_size: int):
     batch['seen_rows'], batch['seen_cols'] = seen_pairs(arrays.seen_offsets[s:s + batch_size + 1],
                                                         arrays.seen_items)
     yield batch
+
+
+def pad_eval(arrays: EvalBatch, rows: int) -> EvalBatch:
+  """``arrays`` with invalid rows (no history, target 0) appended up to ``rows``."""
+  extra = rows - len(arrays.targets)
+  if extra < 0:
+    raise ValueError(f'{len(arrays.targets)} rows do not fit in {rows}')
+  if not extra:
+    return arrays
+  pad = lambda x: np.concatenate([x, np.zeros((extra,) + x.shape[1:], x.dtype)])
+  return EvalBatch(pad(arrays.inputs), pad(arrays.targets), pad(arrays.users), pad(arrays.valid),
+                   np.concatenate([arrays.seen_offsets,
+                                   np.full(extra, arrays.seen_offsets[-1], np.int64)]),
+                   arrays.seen_items)

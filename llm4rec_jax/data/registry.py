@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from llm4rec_jax.data import paths, readers, splits, synthetic
+from llm4rec_jax.data import paths, readers, records, splits, synthetic
 from llm4rec_jax.data.dataset import RecDataset
 
 
-def load(data_cfg: Any) -> RecDataset:
-  """The dataset named by ``data_cfg.name``: 'synthetic', 'tfds:NAME', a registered name, or
-  'format:path'."""
+def load(data_cfg: Any) -> RecDataset | records.RecordsDataset:
+  """The dataset named by ``data_cfg.name``: 'synthetic', 'tfds:NAME', a registered name,
+  'format:path', or 'records:DIR' (a prepared directory: a light ``RecordsDataset``, read per
+  process by the trainer; see :mod:`llm4rec_jax.data.records`)."""
+  if records.is_records(data_cfg.name):
+    return records.load(data_cfg)
   if data_cfg.name == 'synthetic':
     ds = synthetic.generate(**dict(data_cfg.get('synthetic', {})))
     if data_cfg.min_rating > 0 or data_cfg.k_core > 0:

@@ -129,7 +129,18 @@ def hold_out_items(split: Split, num_items: int, fraction: float, seed: int) -> 
 
 
 def subset(examples: EvalExamples, keep: np.ndarray) -> EvalExamples:
-  """The cases where ``keep`` [n] is True."""
-  idx = np.flatnonzero(keep)
-  return EvalExamples.from_lists(examples.users[idx], [examples.history(int(i)) for i in idx],
-                                 examples.targets[idx])
+  """The cases where ``keep`` [n] is True (or the case indices ``keep``, in that order)."""
+  keep = np.asarray(keep)
+  idx = np.flatnonzero(keep) if keep.dtype == bool else keep.astype(np.int64)
+  return _prefix_examples(examples.items, examples.users[idx], examples.offsets[idx],
+                          examples.offsets[idx + 1], examples.targets[idx])
+
+
+def sample(examples: EvalExamples, max_cases: int, seed: int = 0) -> EvalExamples:
+  """At most ``max_cases`` of the cases, a seeded uniform sample kept in case order (the same
+  positions for valid and test, which list the same users under leave-one-out); all when
+  ``max_cases`` <= 0 or there are no more cases than that."""
+  if max_cases <= 0 or len(examples) <= max_cases:
+    return examples
+  rng = np.random.default_rng(seed)
+  return subset(examples, np.sort(rng.choice(len(examples), max_cases, replace=False)))

@@ -8,6 +8,7 @@ leaves the previous checkpoints usable.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pathlib
 from typing import Any
@@ -17,6 +18,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from llm4rec_jax.errors import CheckpointError
+from llm4rec_jax.train import memory
 
 BEST_METRIC = 'valid_ndcg@10'
 
@@ -48,7 +50,23 @@ class Checkpointer:
     items = {'state': ocp.args.StandardSave(state)}
     if data_iter is not None:
       items['data_iter'] = grain.checkpoint.CheckpointSave(data_iter)
-    self._mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    with self._disk_errors(f'checkpoint step {step}'):
+      self._mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+
+  @contextlib.contextmanager
+  def _disk_errors(self, what: str):
+    """A full disk becomes a CheckpointError naming the folder and what to change (async saves
+    surface it in :meth:`wait`); checkpoints written before are intact."""
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      if not memory.is_disk_full(e):
+        raise
+      free = memory.disk_free_gb(self.directory)
+      raise CheckpointError(
+          f'no space left on the device writing {what} to {self.directory}'
+          f'{f" ({free:.2f} GB free)" if free is not None else ""}: free space, put --workdir on a '
+          'larger disk, or keep fewer checkpoints (train.keep_checkpoints)') from None
 
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()
@@ -90,10 +108,11 @@ class Checkpointer:
     return restored['state']
 
   def wait(self) -> None:
-    self._mngr.wait_until_finished()
+    with self._disk_errors('a checkpoint'):
+      self._mngr.wait_until_finished()
 
   def close(self) -> None:
-    self._mngr.wait_until_finished()
+    self.wait()
     self._mngr.close()
 
 

@@ -27,7 +27,8 @@ from flax import nnx
 
 from llm4rec_jax import beyond_accuracy, config_base, evaluation, partitioning
 from llm4rec_jax.data import content as content_lib
-from llm4rec_jax.data import pipeline, registry, splits
+from llm4rec_jax.data import pipeline, records, registry, splits
+from llm4rec_jax.data.prepare import source as records_source
 from llm4rec_jax.data.splits import Split
 from llm4rec_jax.debias import objectives as debias_objectives
 from llm4rec_jax.debias import propensity
@@ -37,7 +38,7 @@ from llm4rec_jax.model import hf_import
 from llm4rec_jax.model import semantic_head
 from llm4rec_jax.model.semantic_ids import SemanticIds
 from llm4rec_jax.retrieval import context as context_lib
-from llm4rec_jax.train import losses, optimizer as optimizer_lib, semantic_codes
+from llm4rec_jax.train import losses, memory, optimizer as optimizer_lib, semantic_codes
 from llm4rec_jax.train import text_finetune
 from llm4rec_jax.train import state as state_lib
 from llm4rec_jax.train.checkpointing import Checkpointer, abstract_with_shardings
@@ -46,11 +47,16 @@ from llm4rec_jax.train.logger import MetricLogger
 
 @dataclasses.dataclass
 class Experiment:
-  """What a config builds: the data split, the mesh, the model spec and the evaluation arrays."""
+  """What a config builds: the data split, the mesh, the model spec and the evaluation arrays.
+
+  With ``config.data.name = 'records:DIR'`` the dataset is a ``records.RecordsDataset`` and there is
+  no in-memory split (``split`` is None): every process reads its own training windows and
+  evaluation cases from the prepared shards (``records`` is then the prepared directory).
+  """
   config: ml_collections.ConfigDict
   workdir: pathlib.Path
   dataset: Any
-  split: Split
+  split: Split | None
   mesh: jax.sharding.Mesh
   spec: state_lib.ModelSpec
   content_np: content_lib.ItemContent | None = None  # host arrays (saved with the workdir)
@@ -64,6 +70,11 @@ class Experiment:
   def rules(self):
     return self.config.mesh.rules
 
+  @property
+  def records(self) -> records_source.Prepared | None:
+    """The prepared directory when training from records, else None."""
+    return self.dataset.prepared if isinstance(self.dataset, records.RecordsDataset) else None
+
   def put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """A training batch: this process's block of rows (see ``pipeline.train_dataset``)."""
     return partitioning.to_global(batch, self.mesh, self.rules)
@@ -73,11 +84,34 @@ class Experiment:
     return partitioning.to_global(batch, self.mesh, self.rules, whole=True)
 
   def eval_arrays(self, which: str) -> pipeline.EvalBatch:
-    """'valid', 'test', or 'test_cold' (test cases whose target was held out of training)."""
+    """'valid', 'test', or 'test_cold' (test cases whose target was held out of training).
+
+    From records: only this process's cases, in batches of ``eval.batch_size / process_count`` rows
+    (its block of every global batch; see :meth:`evaluate_arrays`).
+    """
+    if self.records is not None:
+      examples = records_source.eval_examples(self.records, which,
+                                              process_index=jax.process_index(),
+                                              process_count=jax.process_count(),
+                                              max_cases=self.config.eval.get('max_cases', 0))
+      return pipeline.eval_arrays(examples, self.config.data.max_len,
+                                  self.config.eval.batch_size // jax.process_count())
     examples = self.split.valid if which == 'valid' else self.split.test
     if which == 'test_cold':
       examples = splits.subset(examples, np.isin(examples.targets, self.split.cold_items))
+    examples = splits.sample(examples, self.config.eval.get('max_cases', 0))
     return pipeline.eval_arrays(examples, self.config.data.max_len, self.config.eval.batch_size)
+
+  def evaluate_arrays(self, rank_fn, params, arrays: pipeline.EvalBatch, content=None):
+    """(metrics, ranks, top items) of ``arrays`` (from :meth:`eval_arrays`): whole batches on every
+    process, or, from records, each process's own cases as its block of every global batch."""
+    c = self.config
+    if self.records is not None:
+      return evaluation.evaluate_process_blocks(rank_fn, params, arrays,
+                                                c.eval.batch_size // jax.process_count(), self.put,
+                                                c.eval.ks, content=content)
+    return evaluation.evaluate_arrays(rank_fn, params, arrays, c.eval.batch_size, self.put_whole,
+                                      c.eval.ks, content=content)
 
   def rank_fn(self, exclude_seen: bool | None = None):
     exclude = self.config.eval.exclude_seen if exclude_seen is None else exclude_seen
@@ -94,6 +128,8 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str | pathlib.P
   """Validates the config, loads and splits the data, builds the mesh and the model spec."""
   config_base.validate(config, jax.device_count())
   workdir = pathlib.Path(workdir)
+  if records.is_records(config.data.name):
+    return _records_experiment(config, workdir)
   t0 = time.perf_counter()
   ds = registry.load(config.data)
   t1 = time.perf_counter()
@@ -125,6 +161,25 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str | pathlib.P
              if content_np is not None and (cfg.uses_content or sid is not None) else None)
   return Experiment(config, workdir, ds, split, mesh, spec, content_np, content, sid, debias,
                     beyond, timings)
+
+
+def _records_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Experiment:
+  """The experiment of a prepared directory (``records:DIR``): sizes and item ids only, no split."""
+  records.check_config(config)
+  for field, size in (('train.batch_size', config.train.batch_size),
+                      ('eval.batch_size', config.eval.batch_size)):
+    if size % jax.process_count():
+      raise ConfigError(field, f'{size} is not divisible by the {jax.process_count()} processes')
+  if config.debias.beyond_accuracy:
+    # On by default; it needs every user's training items on one host.
+    logging.warning('debias.beyond_accuracy is skipped when training from %s', config.data.name)
+  t0 = time.perf_counter()
+  ds = registry.load(config.data)
+  timings = {'load_seconds': time.perf_counter() - t0, 'split_seconds': 0.0}
+  mesh = partitioning.make_mesh(config.mesh)
+  cfg = model_config(config, ds.num_items, mesh)
+  spec = state_lib.build_model_spec(cfg, mesh, config.mesh.rules)
+  return Experiment(config, workdir, ds, None, mesh, spec, timings=timings)
 
 
 def put_content(content: content_lib.ItemContent, mesh: jax.sharding.Mesh, rules) -> Any:
@@ -164,6 +219,30 @@ def auto_max_targets(windows: np.ndarray, batch_size: int) -> int:
   budget = counts.mean() * batch_size + 6.0 * counts.std() * math.sqrt(batch_size) + 64
   budget = int(math.ceil(budget / 128) * 128)
   return min(budget, batch_size * (windows.shape[1] - 1))
+
+
+def run_memory(exp: Experiment, max_targets: int) -> dict[str, tuple[int, str]]:
+  """The largest allocations still to come in a run, (bytes, the setting that sizes them), for
+  :func:`memory.check`. Device-side terms count only on the CPU backend, where device memory is
+  host memory (accelerator memory is what ``llm4rec_jax.aot`` checks)."""
+  c, vocab = exp.config, exp.spec.cfg.vocab_size
+  if exp.records is not None:  # this process's share of the cases
+    eligible = int((exp.records.lengths >= 3).sum())
+    cases = 2 * -(-min(eligible, c.eval.get('max_cases', 0) or eligible) // jax.process_count())
+  else:
+    cases = sum(min(len(e), c.eval.get('max_cases', 0) or len(e))
+                for e in (exp.split.valid, exp.split.test))
+  terms = {'evaluation inputs': (cases * c.data.max_len * 4, 'data.max_len')}
+  if jax.default_backend() == 'cpu':
+    chunk = c.loss.get('chunk_targets', -1)
+    rows = losses.auto_chunk_targets(max_targets, vocab) if chunk < 0 else chunk
+    # Logits, their gradient and the softmax in between.
+    terms['training logits'] = (3 * 4 * (rows or max_targets) * vocab,
+                                'loss.chunk_targets' if chunk >= 0 else 'train.batch_size')
+    terms['evaluation scores'] = (4 * 4 * c.eval.batch_size * vocab, 'eval.batch_size')
+    # Parameters, gradients and two Adam moments.
+    terms['parameters and optimizer state'] = (4 * 4 * exp.spec.num_params(), 'model.d_model')
+  return terms
 
 
 def make_loss_fn(cfg: decoder_lib.DecoderConfig, graphdef: nnx.GraphDef, lcfg: Any,
@@ -303,10 +382,11 @@ def _write_catalog(exp: Experiment) -> None:
   titles = items.text.get('title')
   payload = {'raw_ids': [str(r) for r in items.raw_ids],
              'titles': list(titles) if titles is not None else None,
-             'num_items': exp.dataset.num_items,
-             # Interactions per item, for serving's popularity adjustment (adjust_strength).
-             'train_counts': propensity.item_counts(exp.split.train,
-                                                    exp.dataset.num_items).astype(int).tolist()}
+             'num_items': exp.dataset.num_items}
+  if exp.split is not None:  # records: no process holds every training sequence, so none
+    # Interactions per item, for serving's popularity adjustment (adjust_strength).
+    payload['train_counts'] = propensity.item_counts(
+        exp.split.train, exp.dataset.num_items).astype(int).tolist()
   (exp.workdir / 'items.json').write_text(json.dumps(payload))
   if exp.content_np is not None and exp.content is not None:
     # Serving needs the content arrays too (it never reads the dataset).
@@ -337,29 +417,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     _write_catalog(exp)
   tc = config.train
 
-  windows, users = pipeline.make_windows(exp.split.train, config.data.max_len,
-                                         all_windows=config.data.all_windows)
-  steps_per_epoch = len(windows) // tc.batch_size
-  if steps_per_epoch == 0:
-    raise ConfigError('train.batch_size', f'{tc.batch_size} exceeds the {len(windows)} training '
-                      'windows of this dataset')
+  train_ds, steps_per_epoch, max_targets = _train_input(exp)
   total_steps = steps_per_epoch * tc.num_epochs
   if tc.max_steps > 0:
     total_steps = min(total_steps, tc.max_steps)
   eval_every = tc.eval_every or steps_per_epoch
-  max_targets = config.loss.max_targets_per_batch or auto_max_targets(windows, tc.batch_size)
+  memory.check(run_memory(exp, max_targets))
 
   tx, schedule = optimizer_lib.make_optimizer(config.optimizer, total_steps,
                                               config.get('text_finetune'))
   abstract, shardings = state_lib.state_shardings(exp.spec, tx)
-  weights = None
-  if exp.debias is not None and exp.debias.sequence_weights is not None:  # windowed propensities
-    weights = pipeline.window_weights(exp.debias.sequence_weights, config.data.max_len,
-                                      all_windows=config.data.all_windows)
-  train_ds = pipeline.train_dataset(windows, users, global_batch_size=tc.batch_size,
-                                    seed=config.seed, num_epochs=tc.num_epochs,
-                                    process_index=jax.process_index(),
-                                    process_count=jax.process_count(), weights=weights)
   data_iter = iter(train_ds.to_iter_dataset())
   ckpt = Checkpointer(workdir / 'checkpoints', max_to_keep=tc.keep_checkpoints,
                       async_save=tc.async_checkpoints)
@@ -440,11 +507,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             eval_content = text_finetune.content_from_state(exp.content, state)
           if rag is not None:
             rag.refresh_from_params(exp.spec.graphdef, state['params'], eval_content, step)
-          ranks_metrics, _, _ = evaluation.evaluate_arrays(
+          ranks_metrics, _, _ = exp.evaluate_arrays(
               rank_fn, state['params'],
               rag.eval_arrays(valid_arrays) if rag is not None else valid_arrays,
-              config.eval.batch_size, exp.put_whole,
-              config.eval.ks, content=eval_content)
+              content=eval_content)
           score = ranks_metrics['ndcg@10']
           if score > progress['best']:
             progress.update(best=score, best_step=step, evals_since_best=0)
@@ -505,6 +571,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   return results
 
 
+def _train_input(exp: Experiment) -> tuple[Any, int, int]:
+  """This process's training ``MapDataset``, the steps per epoch and the per-batch target budget.
+
+  From records the windows are cut on the fly from this process's shards
+  (``prepare.source.train_dataset``): an epoch is ``(W // P) // (B / P)`` steps of the ``W``
+  windows, the budget is computed from every user's length (the same on every process).
+  """
+  config, tc = exp.config, exp.config.train
+  if exp.records is not None:
+    count = int(records_source.window_counts(exp.records.lengths, config.data.max_len,
+                                             all_windows=config.data.all_windows).sum())
+    local = tc.batch_size // jax.process_count()
+    steps_per_epoch = (count // jax.process_count()) // local
+    max_targets = config.loss.max_targets_per_batch or records.auto_max_targets(
+        exp.records.lengths, config.data.max_len, tc.batch_size,
+        all_windows=config.data.all_windows)
+    train_ds = records_source.train_dataset(
+        exp.records, max_len=config.data.max_len, global_batch_size=tc.batch_size,
+        seed=config.seed, num_epochs=tc.num_epochs, all_windows=config.data.all_windows,
+        process_index=jax.process_index(), process_count=jax.process_count())
+  else:
+    windows, users = pipeline.make_windows(exp.split.train, config.data.max_len,
+                                           all_windows=config.data.all_windows)
+    count, steps_per_epoch = len(windows), len(windows) // tc.batch_size
+    max_targets = config.loss.max_targets_per_batch or auto_max_targets(windows, tc.batch_size)
+    weights = None
+    if exp.debias is not None and exp.debias.sequence_weights is not None:  # windowed propensities
+      weights = pipeline.window_weights(exp.debias.sequence_weights, config.data.max_len,
+                                        all_windows=config.data.all_windows)
+    train_ds = pipeline.train_dataset(windows, users, global_batch_size=tc.batch_size,
+                                      seed=config.seed, num_epochs=tc.num_epochs,
+                                      process_index=jax.process_index(),
+                                      process_count=jax.process_count(), weights=weights)
+  if steps_per_epoch == 0:
+    raise ConfigError('train.batch_size', f'{tc.batch_size} exceeds the {count} training '
+                      'windows of this dataset')
+  return train_ds, steps_per_epoch, max_targets
+
+
 def _flush(pending: list, logger: MetricLogger, steps: int, seconds: float, batch_size: int):
   """Fetches pending step metrics (the only host sync of the loop) and checks they are finite."""
   fetched = jax.device_get([m for _, m in pending])
@@ -533,9 +638,11 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int,
   computed for these parameters (the validation of the best step), reused when nothing more than
   the ranking metrics is asked of that split."""
   c = exp.config
+  protocol = exp.split.protocol if exp.split is not None else 'leave_one_out'  # records
   results: dict[str, Any] = {'step': int(step), 'dataset': exp.dataset.name,
-                             'protocol': exp.split.protocol, 'exclude_seen': c.eval.exclude_seen}
-  cases = ('valid', 'test') + (('test_cold',) if len(exp.split.cold_items) else ())
+                             'protocol': protocol, 'exclude_seen': c.eval.exclude_seen}
+  cold = exp.split is not None and len(exp.split.cold_items)
+  cases = ('valid', 'test') + (('test_cold',) if cold else ())
   rag = None
   if c.retrieval.rag:
     rag = context_lib.for_experiment(exp)
@@ -552,8 +659,7 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int,
       arrays = rag.eval_arrays(arrays)
     if not len(arrays.targets):
       continue
-    m, ranks, tops = evaluation.evaluate_arrays(rank_fn, params, arrays, c.eval.batch_size,
-                                                exp.put_whole, c.eval.ks, content=exp.content)
+    m, ranks, tops = exp.evaluate_arrays(rank_fn, params, arrays, content=exp.content)
     results.setdefault('eval_seconds', {})[which] = time.perf_counter() - t_eval
     results[which] = m
     if exp.beyond is not None:

@@ -137,11 +137,17 @@ def train_dataset(prepared: Prepared, *, max_len: int, global_batch_size: int, s
 
 
 def eval_examples(prepared: Prepared, which: str, *, process_index: int = 0,
-                  process_count: int = 1) -> EvalExamples:
-  """This process's leave-one-out ``valid`` or ``test`` cases (users with >= 3 interactions)."""
+                  process_count: int = 1, max_cases: int = 0, seed: int = 0) -> EvalExamples:
+  """This process's leave-one-out ``valid`` or ``test`` cases (users with >= 3 interactions).
+
+  ``max_cases`` > 0 keeps a seeded sample of that many cases before any record is read, the same
+  positions :func:`llm4rec_jax.data.splits.sample` keeps of the in-memory cases."""
   if which not in ('valid', 'test'):
     raise ValueError(f"which must be 'valid' or 'test', got {which!r}")
   eligible = np.flatnonzero(prepared.lengths >= 3)  # record indices
+  if 0 < max_cases < len(eligible):
+    rng = np.random.default_rng(seed)
+    eligible = eligible[np.sort(rng.choice(len(eligible), max_cases, replace=False))]
   per = -(-len(eligible) // process_count)
   mine = eligible[process_index * per:(process_index + 1) * per]
   users, histories, targets = [], [], []
