@@ -76,8 +76,42 @@ def read_throughput(prepared_dir: str, seconds: float, batch: int = 256) -> dict
   return out
 
 
+TRAIN_OVERRIDES = {  # the Amazon family's config (configs/beauty.py) with a 1.6M-item catalog
+    'loss.type': 'sampled_softmax', 'loss.num_negatives': 2048, 'eval.batch_size': 64,
+    'eval.max_cases': 10_000, 'train.log_every': 10, 'train.progress_bar': False,
+    'debias.beyond_accuracy': False, 'train.keep_checkpoints': 1}
+
+
+def train_on(prepared: pathlib.Path, work: pathlib.Path, steps: int) -> dict:
+  """``llm4rec train`` on ``records:PREPARED`` for ``steps`` steps, then the full-ranking
+  evaluation (over every item) of a seeded sample of users; wall time and peak RSS of the process."""
+  workdir = work / 'train'
+  shutil.rmtree(workdir, ignore_errors=True)
+  overrides = {**TRAIN_OVERRIDES, 'data.name': f'records:{prepared}', 'train.max_steps': steps,
+               'train.eval_every': steps}
+  cmd = [sys.executable, '-m', 'llm4rec_jax.cli', 'train', '--config=configs/beauty.py',
+         f'--workdir={workdir}'] + [f'--config.{k}={v}' for k, v in overrides.items()]
+  wall, peak, _ = run_tree_peak(cmd)
+  events = [json.loads(l) for l in (workdir / 'events.jsonl').read_text().splitlines()]
+  start = next(e for e in events if e['event'] == 'start')
+  done = next(e for e in events if e['event'] == 'train_done')
+  metrics = json.loads((workdir / 'metrics.json').read_text())
+  test_s = metrics['eval_seconds']['test']
+  out = dict(command=' '.join(['llm4rec'] + cmd[3:]), overrides=overrides, wall_s=round(wall, 1),
+             peak_rss_mb=round(peak / 2**20), num_params=start['num_params'],
+             catalog=start['items'], steps=done['steps_run'],
+             train_sequences_per_s=round(done['steady_examples_per_sec'] or 0.0, 1),
+             valid_eval_s=round(next(e for e in events if e['event'] == 'eval')['eval_s'], 1),
+             test_eval_s=round(test_s, 1),
+             eval_users=metrics['test']['num_cases'],
+             eval_users_per_s=round(metrics['test']['num_cases'] / test_s, 1),
+             test={k: round(metrics['test'][k], 5) for k in ('ndcg@10', 'hr@10')})
+  shutil.rmtree(workdir, ignore_errors=True)
+  return out
+
+
 def run_scale(scale: float, work: pathlib.Path, num_shards: int, read_s: float,
-              keep: bool = False) -> dict:
+              keep: bool = False, train_steps: int = 0) -> dict:
   raw, out = work / f'raw-{scale}', work / f'prepared-{scale}'
   shutil.rmtree(raw, ignore_errors=True)
   shutil.rmtree(out, ignore_errors=True)
@@ -99,6 +133,8 @@ def run_scale(scale: float, work: pathlib.Path, num_shards: int, read_s: float,
                                          'num_eval_users', 'max_length', 'num_shards')},
       grain_read_process_0_of_2=read_throughput(str(out), read_s))
   shutil.rmtree(raw, ignore_errors=True)
+  if train_steps:
+    result['train'] = train_on(out, work, train_steps)
   if not keep:
     shutil.rmtree(out, ignore_errors=True)
   return result
@@ -110,6 +146,8 @@ def main() -> None:
   p.add_argument('--num_shards', type=int, default=16)
   p.add_argument('--workdir', default='/tmp/electronics_scale')
   p.add_argument('--read_seconds', type=float, default=20.0)
+  p.add_argument('--train_steps', type=int, default=0,
+                 help='then train this many steps on the shards (sampled softmax) and evaluate')
   p.add_argument('--keep', action='store_true',
                  help='keep the prepared shards (WORKDIR/prepared-SCALE), e.g. to train on them')
   args = p.parse_args()
@@ -121,7 +159,8 @@ def main() -> None:
   for scale in args.scale:
     load0 = os.getloadavg()
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
-    r = run_scale(scale, work, args.num_shards, args.read_seconds, keep=args.keep)
+    r = run_scale(scale, work, args.num_shards, args.read_seconds, keep=args.keep,
+                  train_steps=args.train_steps)
     r.update(command='python benchmarks/electronics_scale.py ' + ' '.join(sys.argv[1:]),
              git_commit=commit, date=started, machine=machine(), load_average_start=load0,
              load_average_end=os.getloadavg(),
