@@ -1,5 +1,6 @@
-"""Generates the cost-curve table and plot of ``docs/scale.md`` from
-``benchmarks/results/movielens_scale.json``.
+"""Generates the tables and plot of ``docs/scale.md`` from ``benchmarks/results/movielens_scale.json``
+(MovieLens-25M cost curve) and ``benchmarks/results/electronics_scale.json`` (Beam preparation and
+training from shards).
 
   python benchmarks/movielens_scale_report.py   # rewrites the table in docs/scale.md, docs/scale.png
 
@@ -20,6 +21,8 @@ RESULT = ROOT / 'benchmarks' / 'results' / 'movielens_scale.json'
 DOC = ROOT / 'docs' / 'scale.md'
 PLOT = ROOT / 'docs' / 'scale.png'
 START, END = '<!-- movielens_scale:start -->', '<!-- movielens_scale:end -->'
+ELECTRONICS = ROOT / 'benchmarks' / 'results' / 'electronics_scale.json'
+E_START, E_END = '<!-- electronics_scale:start -->', '<!-- electronics_scale:end -->'
 
 
 def rows(record: dict) -> list[dict]:
@@ -85,9 +88,36 @@ def plot(record: dict, path: pathlib.Path) -> None:
   fig.savefig(path, dpi=110)
 
 
-def section(doc: str) -> str:
+def electronics_table(record: dict) -> str:
+  head = ('| release scale | ratings | users | items | shards | prepare (s) | prepare peak RSS (MB) '
+          '| shards (MB) | Grain read seq/s | train seq/s | eval users/s | train peak RSS (MB) |')
+  lines = [head, '|' + ' --- |' * (head.count('|') - 1)]
+  notes = []
+  for key, r in sorted(record['runs'].items(),
+                       key=lambda kv: (kv[1]['manifest']['num_interactions'], kv[0])):
+    m, t = r['manifest'], r.get('train', {})
+    lines.append(
+        f"| {key.split(',')[0].split('=')[1]} | {m['num_interactions']:,} | {m['num_users']:,} "
+        f"| {m['num_items']:,} | {m['num_shards']} | {r['prepare_wall_s']} "
+        f"| {r['prepare_peak_rss_mb']} | {r['output_mb']} "
+        f"| {r['grain_read_process_0_of_2']['iter_dataset_sequences_per_s']} "
+        f"| {t.get('train_sequences_per_s', '-')} | {t.get('eval_users_per_s', '-')} "
+        f"| {t.get('peak_rss_mb', '-')} |")
+    notes.append(f"`{r['command']}` (commit `{r['git_commit'][:12]}`, {r['date']}, load average "
+                 f"{r['load_average_start'][0]:.1f} at start, {r['load_average_end'][0]:.1f} at end)")
+  lines.append('')
+  lines.append('From `benchmarks/results/electronics_scale.json`: ' + '; '.join(dict.fromkeys(notes))
+               + '.')
+  return '\n'.join(lines) + '\n'
+
+
+def section(doc: str, start: str = START, end: str = END) -> str:
   """The generated table as it stands in ``doc`` (between the markers)."""
-  return doc[doc.index(START) + len(START):doc.index(END)].strip('\n') + '\n'
+  return doc[doc.index(start) + len(start):doc.index(end)].strip('\n') + '\n'
+
+
+def _replace(doc: str, start: str, end: str, text: str) -> str:
+  return doc[:doc.index(start) + len(start)] + '\n' + text + doc[doc.index(end):]
 
 
 def main() -> None:
@@ -96,12 +126,13 @@ def main() -> None:
   args = p.parse_args()
   record = json.loads(RESULT.read_text())
   text = table(record)
+  e_text = electronics_table(json.loads(ELECTRONICS.read_text()))
   doc = DOC.read_text()
   if args.check:
-    if section(doc) != text:
-      sys.exit(f'{DOC} differs from {RESULT}: run python benchmarks/movielens_scale_report.py')
+    if section(doc) != text or section(doc, E_START, E_END) != e_text:
+      sys.exit(f'{DOC} differs from its result files: run python benchmarks/movielens_scale_report.py')
     return
-  DOC.write_text(doc[:doc.index(START) + len(START)] + '\n' + text + doc[doc.index(END):])
+  DOC.write_text(_replace(_replace(doc, START, END, text), E_START, E_END, e_text))
   plot(record, PLOT)
   print(f'wrote {DOC} and {PLOT}')
 

@@ -20,7 +20,10 @@ def test_scale_table_matches_its_result_file():
   record = json.loads(report.RESULT.read_text())
   for key in ('command', 'commit', 'date', 'machine', 'seeds', 'sizes'):
     assert key in record, key
-  assert report.section(report.DOC.read_text()) == report.table(record)
+  doc = report.DOC.read_text()
+  assert report.section(doc) == report.table(record)
+  electronics = json.loads(report.ELECTRONICS.read_text())
+  assert report.section(doc, report.E_START, report.E_END) == report.electronics_table(electronics)
 
 
 def test_scale_table_changes_when_a_figure_does():
