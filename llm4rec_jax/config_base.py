@@ -163,6 +163,9 @@ def base_config() -> ml_collections.ConfigDict:
   # > 0: evaluate a seeded sample of this many cases (the same users on valid and test) instead of
   # every user: full ranking of millions of users over a catalog of millions costs hours on a CPU.
   c.eval.max_cases = 0
+  # True: every evaluation also ranks the test cases and logs them as `monitor_test/*` (diagnosis
+  # of the validation -> test gap only; selection, early stopping and checkpoints never read them).
+  c.eval.monitor_test = False
 
   # Online adaptation (llm4rec_jax.online, `llm4rec adapt`): incremental steps on streamed events,
   # read only by the online learner (training ignores this section).

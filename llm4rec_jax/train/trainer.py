@@ -448,6 +448,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                                              config.text_finetune.encode_batch_size)
                   if exp.spec.cfg.text_encoder is not None else None)
   valid_arrays = exp.eval_arrays('valid')
+  monitor_arrays = exp.eval_arrays('test') if config.eval.get('monitor_test') else None
   rag = context_lib.for_experiment(exp) if config.retrieval.rag else None
   logger = MetricLogger(workdir, enabled=is_main)
   logger.info(dict(event='start', step=start, total_steps=total_steps,
@@ -517,6 +518,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           else:
             progress['evals_since_best'] += 1
           logger.scalars(step, {f'valid/{k}': v for k, v in ranks_metrics.items()})
+          monitored = {}
+          if monitor_arrays is not None:  # logged only: nothing below reads it
+            monitored, _, _ = exp.evaluate_arrays(
+                rank_fn, state['params'],
+                rag.eval_arrays(monitor_arrays) if rag is not None else monitor_arrays,
+                content=eval_content)
+            logger.scalars(step, {f'monitor_test/{k}': v for k, v in monitored.items()})
           ckpt.save(step, state, data_iter, {'valid_ndcg@10': score, **progress})
           saved_step = step
           t_last = time.perf_counter()  # evaluation time is not training throughput
@@ -524,7 +532,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           last_valid = (step, ranks_metrics)
           logger.info(dict(event='eval', step=step, epoch=step / steps_per_epoch,
                            elapsed_s=t_last - t_start, eval_s=t_last - t_eval,
-                           **{f'valid_{k}': v for k, v in ranks_metrics.items()}))
+                           **{f'valid_{k}': v for k, v in ranks_metrics.items()},
+                           **{f'monitor_test_{k}': v for k, v in monitored.items()}))
           if tc.patience and progress['evals_since_best'] >= tc.patience:
             stopped_reason = 'early_stopping'
             break
@@ -690,15 +699,22 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
     if exclude_seen is not None:
       config.eval.exclude_seen = exclude_seen
   exp = build_experiment(config, workdir)
+  step, params = restore_params(exp, checkpoint)
+  return _final_metrics(exp, exp.rank_fn(), params, step=step)
+
+
+def restore_params(exp: Experiment, checkpoint: str = 'best') -> tuple[int, Any]:
+  """(step, parameters) of a checkpoint of ``exp.workdir`` ('best', 'latest' or a step number);
+  with a fine-tuned text encoder, ``exp.content`` becomes that checkpoint's item text table."""
+  config = exp.config
   tx, _ = optimizer_lib.make_optimizer(config.optimizer, 1, config.get('text_finetune'))
   abstract, shardings = state_lib.state_shardings(exp.spec, tx)
-  ckpt = Checkpointer(workdir / 'checkpoints', async_save=False)
+  ckpt = Checkpointer(exp.workdir / 'checkpoints', async_save=False)
   step = (ckpt.best_step() if checkpoint == 'best' else ckpt.latest_step()
           if checkpoint == 'latest' else int(checkpoint))
   state = ckpt.restore(step, abstract_with_shardings(abstract, shardings))
-  params = state['params']
   if exp.spec.cfg.text_encoder is not None:
     exp.content = text_finetune.checkpoint_content(exp.spec.graphdef, exp.content, state, step,
                                                    config.text_finetune.encode_batch_size)
   ckpt.close()
-  return _final_metrics(exp, exp.rank_fn(), params, step=step)
+  return step, state['params']
