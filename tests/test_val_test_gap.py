@@ -90,3 +90,19 @@ def test_monitor_test_is_logged_and_never_selects(tmp_path):
   last = evals[-1]
   if last['step'] == monitored['step']:  # the final evaluation ranks the same test cases
     assert abs(last['monitor_test_ndcg@10'] - monitored['test']['ndcg@10']) < 1e-6
+
+
+def test_transition_blend_ranks_equal_plain_ranks_at_zero_weight_and_follow_transitions():
+  import transition_blend  # pylint: disable=import-outside-toplevel
+  train = [np.array([1, 2, 3]), np.array([1, 2, 4]), np.array([3, 4])]
+  trans = transition_counts = transition_blend.transition_counts(train, 4)
+  dst, bounds = transition_counts
+  np.testing.assert_array_equal(np.sort(dst[bounds[1]:bounds[2]]), [2, 2])
+  np.testing.assert_array_equal(np.sort(dst[bounds[3]:bounds[4]]), [4])
+  logp = np.log(np.array([[1e-30, .1, .2, .3, .4], [1e-30, .4, .3, .2, .1]]))
+  ranks = transition_blend.blended_ranks(logp, np.array([1, 3]), [np.array([1]), np.array([3])],
+                                         np.array([2, 4]), trans, [0.0, 10.0])
+  # w = 0: the decoder's own ranks (seen item excluded, ties against the target).
+  np.testing.assert_array_equal(ranks[0.0], [2, 2])
+  # a large weight: the transitions 1 -> 2 and 3 -> 4 put the targets first.
+  np.testing.assert_array_equal(ranks[10.0], [0, 0])
