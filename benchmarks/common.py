@@ -81,6 +81,7 @@ def train_and_report(config, args, *, benchmark: str, extra=None,
   line = {
       'benchmark': benchmark, 'dataset': results['dataset'], 'protocol': results['protocol'],
       'full_ranking': True, 'exclude_seen': results['exclude_seen'], 'quick': args.quick,
+      'seed': args.seed,
       'model': {k: config.model[k] for k in ('d_model', 'num_layers', 'num_heads', 'dropout')},
       'num_params': start['num_params'], 'max_len': config.data.max_len,
       'test': {k: round(results['test'][k], 4) for k in

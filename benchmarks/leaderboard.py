@@ -1,0 +1,111 @@
+"""Multi-seed accuracy table: each (dataset, variant) trained on N seeds in fresh processes.
+
+Prints one JSON line per dataset and variant: test NDCG@10 / HR@10 mean and standard error over
+seeds, the per-seed values, best epoch, wall time to the best epoch and peak memory of each seed (the
+per-seed lines come from the single-run benchmark runner, ``common.train_and_report``).
+
+  python benchmarks/leaderboard.py --datasets beauty,lastfm --seeds 3 \
+      [--variant NAME=KEY=VALUE,KEY=VALUE] [--set KEY=VALUE] [--out FILE.jsonl]
+
+``--from_runs`` aggregates per-seed result lines already written (JSON lines, one per seed, each with
+``dataset`` and ``seed``) instead of training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import provenance  # noqa: E402  pylint: disable=wrong-import-position
+
+# dataset -> (config file, benchmark script that trains it)
+CONFIGS = {'beauty': 'beauty', 'yelp': 'yelp', 'lastfm': 'beauty', 'scientific': 'scientific',
+           'ml100k': 'ml100k'}
+METRICS = ('ndcg@10', 'hr@10', 'ndcg@20', 'hr@20', 'mrr')
+
+
+def mean_se(values) -> dict[str, float]:
+  v = np.asarray(values, np.float64)
+  se = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float('nan')
+  return {'mean': round(float(v.mean()), 5), 'se': round(se, 5)}
+
+
+def summarize(dataset: str, variant: str, runs: list[dict]) -> dict:
+  """One table row from per-seed result lines."""
+  runs = sorted(runs, key=lambda r: r['seed'])
+  row = {'benchmark': 'leaderboard', 'dataset': dataset, 'variant': variant,
+         'seeds': [r['seed'] for r in runs], 'protocol': runs[0].get('protocol'),
+         'full_ranking': True, 'exclude_seen': runs[0].get('exclude_seen')}
+  for m in METRICS:
+    row[f'test_{m}'] = {**mean_se([r['test'][m] for r in runs]),
+                        'per_seed': [r['test'][m] for r in runs]}
+  row['valid_ndcg@10'] = {**mean_se([r['valid_ndcg@10'] for r in runs]),
+                          'per_seed': [r['valid_ndcg@10'] for r in runs]}
+  for k in ('best_epoch', 'time_to_best_epoch_s', 'wall_s', 'peak_rss_mb'):
+    row[k] = [r.get(k) for r in runs]
+  row['commands'] = [r.get('command') for r in runs]
+  return row
+
+
+def run_seed(dataset: str, seed: int, overrides: list[str], workdir: pathlib.Path) -> dict:
+  script = 'beauty.py' if CONFIGS[dataset] == 'beauty' else f'{CONFIGS[dataset]}.py'
+  sets = ([f'data.name={dataset}'] if dataset == 'lastfm' else []) + overrides
+  cmd = [sys.executable, str(HERE / script), f'--workdir={workdir}', f'--seed={seed}',
+         '--set=train.progress_bar=False', *[f'--set={s}' for s in sets]]
+  out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  if out.returncode:
+    raise RuntimeError(f'{" ".join(cmd)} failed:\n{out.stderr[-3000:]}')
+  line = json.loads([l for l in out.stdout.splitlines() if l.strip()][-1])
+  line['seed'] = seed
+  return line
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__)
+  p.add_argument('--datasets', default='beauty,yelp,lastfm')
+  p.add_argument('--seeds', type=int, default=3)
+  p.add_argument('--first_seed', type=int, default=0)
+  p.add_argument('--variant', action='append', default=[],
+                 help='NAME=KEY=VALUE,KEY=VALUE (repeatable); default: one variant "default"')
+  p.add_argument('--set', action='append', default=[], help='override for every variant')
+  p.add_argument('--from_runs', default='', help='aggregate these per-seed JSON lines instead')
+  p.add_argument('--workdir', default='', help='keep the per-seed workdirs here')
+  p.add_argument('--out', default='')
+  args = p.parse_args()
+  record = provenance.start()
+  rows = []
+  if args.from_runs:
+    runs = [json.loads(l) for l in pathlib.Path(args.from_runs).read_text().splitlines() if l]
+    for ds in dict.fromkeys(r['dataset'] for r in runs):
+      rows.append(summarize(ds, 'from_runs', [r for r in runs if r['dataset'] == ds]))
+  else:
+    variants = {'default': []}
+    if args.variant:
+      variants = {}
+      for v in args.variant:
+        name, _, sets = v.partition('=')
+        variants[name] = [s for s in sets.split(',') if s]
+    root = pathlib.Path(args.workdir or tempfile.mkdtemp())
+    for ds in args.datasets.split(','):
+      for name, sets in variants.items():
+        runs = [run_seed(ds, s, args.set + sets, root / f'{ds}_{name}_s{s}')
+                for s in range(args.first_seed, args.first_seed + args.seeds)]
+        rows.append(summarize(ds, name, runs))
+  provenance.finish(record)
+  lines = [json.dumps({**row, 'provenance': record}) for row in rows]
+  print('\n'.join(lines))
+  if args.out:
+    pathlib.Path(args.out).write_text('\n'.join(lines) + '\n')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,39 @@
+"""benchmarks/leaderboard.py: the multi-seed table rows (mean, standard error, per-seed values)."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'benchmarks'))
+
+import leaderboard  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def _run(seed, ndcg):
+  return {'seed': seed, 'dataset': 'lastfm', 'protocol': 'leave_one_out', 'exclude_seen': True,
+          'test': {m: ndcg for m in leaderboard.METRICS}, 'valid_ndcg@10': ndcg + 0.01,
+          'best_epoch': 10 + seed, 'time_to_best_epoch_s': 100.0, 'wall_s': 120.0,
+          'peak_rss_mb': 900.0, 'command': f'python benchmarks/beauty.py --seed={seed}'}
+
+
+def test_rows_hold_mean_standard_error_and_every_seed(tmp_path):
+  values = [0.04, 0.05, 0.045]
+  runs = [_run(s, v) for s, v in zip((2, 0, 1), values)]
+  row = leaderboard.summarize('lastfm', 'default', runs)
+  assert row['seeds'] == [0, 1, 2]
+  assert row['test_ndcg@10']['per_seed'] == [0.05, 0.045, 0.04]
+  assert row['test_ndcg@10']['mean'] == round(np.mean(values), 5)
+  assert row['test_ndcg@10']['se'] == round(np.std(values, ddof=1) / np.sqrt(3), 5)
+  assert row['best_epoch'] == [10, 11, 12]
+  # --from_runs: the same row from a file of per-seed lines, with provenance.
+  f = tmp_path / 'runs.jsonl'
+  f.write_text('\n'.join(json.dumps(r) for r in runs) + '\n')
+  out = subprocess.run([sys.executable, 'benchmarks/leaderboard.py', f'--from_runs={f}'], cwd=ROOT,
+                       capture_output=True, text=True, check=True).stdout.splitlines()
+  assert len(out) == 1
+  got = json.loads(out[0])
+  assert got['test_ndcg@10'] == row['test_ndcg@10'] and 'commit' in got['provenance']
