@@ -29,12 +29,7 @@ from llm4rec_jax.data import pipeline  # noqa: E402
 from llm4rec_jax.train import trainer  # noqa: E402
 
 
-def transition_counts(train: list[np.ndarray], num_items: int):
-  """(sorted source items, their next items, bounds): row a is dst[bounds[a]:bounds[a+1]]."""
-  src = np.concatenate([s[:-1] for s in train if len(s) > 1])
-  dst = np.concatenate([s[1:] for s in train if len(s) > 1])
-  order = np.argsort(src, kind='stable')
-  return dst[order], np.searchsorted(src[order], np.arange(num_items + 2))
+transition_counts = val_test_gap.transition_counts
 
 
 def blended_ranks(model_logp: np.ndarray, last: np.ndarray, seen_rows: list[np.ndarray],

@@ -60,16 +60,20 @@ def eval_batch(inputs: splits.EvalExamples, seen: splits.EvalExamples, max_len: 
   return pipeline.EvalBatch(a.inputs, b.targets, a.users, a.valid, b.seen_offsets, b.seen_items)
 
 
+def transition_counts(train: list[np.ndarray], num_items: int) -> tuple[np.ndarray, np.ndarray]:
+  """Training transitions grouped by source item: item a is followed by dst[bounds[a]:bounds[a+1]]."""
+  src = np.concatenate([s[:-1] for s in train if len(s) > 1])
+  dst = np.concatenate([s[1:] for s in train if len(s) > 1])
+  order = np.argsort(src, kind='stable')
+  return dst[order], np.searchsorted(src[order], np.arange(num_items + 2))
+
+
 def reference_ranks(kind: str, inputs: splits.EvalExamples, seen: splits.EvalExamples,
                     train: list[np.ndarray], num_items: int, chunk: int = 2048) -> np.ndarray:
   """0-based ranks of 'popularity' or 'markov' scores (from the training sequences only)."""
   pop = np.bincount(np.concatenate(train), minlength=num_items + 1).astype(np.float64)
   if kind == 'markov':
-    src = np.concatenate([s[:-1] for s in train if len(s) > 1])
-    dst = np.concatenate([s[1:] for s in train if len(s) > 1])
-    order = np.argsort(src, kind='stable')
-    src, dst = src[order], dst[order]
-    bounds = np.searchsorted(src, np.arange(num_items + 2))
+    dst, bounds = transition_counts(train, num_items)
   tie = pop / (pop.max() + 1.0)  # < 1: popularity only orders equal transition counts
   ranks = np.empty(len(seen), np.int64)
   for lo in range(0, len(seen), chunk):
