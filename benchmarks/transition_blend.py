@@ -60,6 +60,9 @@ def main() -> None:
   record = provenance.start()
   config = config_base.load(args.workdir)
   exp = trainer.build_experiment(config, args.workdir)
+  if exp.split is None:
+    raise SystemExit(f'{args.workdir}: trained from prepared records (data.name={config.data.name});'
+                     ' the blend needs the in-memory split')
   step, params = trainer.restore_params(exp, 'best')
   model = nnx.merge(exp.spec.graphdef, params)
   num_items = exp.spec.cfg.num_items
@@ -73,7 +76,7 @@ def main() -> None:
 
   by_split = {}
   for which, examples in (('valid', exp.split.valid), ('test', exp.split.test)):
-    bs = 1024
+    bs = max(1, min(1024, (1 << 28) // (8 * (num_items + 1))))  # <= 256 MiB of scores a batch
     arrays = pipeline.eval_arrays(examples, config.data.max_len, bs)
     ranks = {w: [] for w in weights}
     for lo in range(0, len(examples), bs):

@@ -75,6 +75,7 @@ def reference_ranks(kind: str, inputs: splits.EvalExamples, seen: splits.EvalExa
   if kind == 'markov':
     dst, bounds = transition_counts(train, num_items)
   tie = pop / (pop.max() + 1.0)  # < 1: popularity only orders equal transition counts
+  chunk = max(1, min(chunk, (1 << 28) // (8 * (num_items + 1))))  # <= 256 MiB of scores a chunk
   ranks = np.empty(len(seen), np.int64)
   for lo in range(0, len(seen), chunk):
     hi = min(lo + chunk, len(seen))
@@ -127,6 +128,9 @@ def main() -> None:
   record = provenance.start()
   config = config_base.load(args.workdir)
   exp = trainer.build_experiment(config, args.workdir)
+  if exp.split is None:
+    raise SystemExit(f'{args.workdir}: trained from prepared records (data.name={config.data.name});'
+                     ' this diagnosis needs the in-memory leave-one-out split')
   step, params = trainer.restore_params(exp, args.checkpoint)
   num_items = exp.spec.cfg.num_items
   sets = case_sets(exp.split)
