@@ -73,6 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
       tie_embeddings=True, rope_theta=10_000.0, embed_scale=True, dtype='float32',
       attention_impl='auto',  # 'auto' = cuDNN's fused kernel on GPUs in bf16/fp16, else XLA's
       rms_eps=1e-6,
+      # Causal frequency filter beside attention (model/layers.py CausalFilter): the token mixer
+      # is filter_mix * filter + (1 - filter_mix) * attention; 0 = attention only.
+      filter_mix=0.0, filter_lags=0, filter_window=4.0,
       # A Hugging Face Llama/Mistral checkpoint directory whose decoder blocks start training (the
       # architecture fields above are then taken from its config.json; see model/hf_import.py).
       backbone='', backbone_type='',  # backbone_type is filled in once the architecture is read
@@ -266,6 +269,10 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
     raise ConfigError('model.head_dim', 'must be even for rotary positions')
   if not 0.0 <= m.dropout < 1.0:
     raise ConfigError('model.dropout', f'must be in [0, 1), got {m.dropout}')
+  if not 0 <= m.get('filter_mix', 0.0) <= 1:
+    raise ConfigError('model.filter_mix', f'must be in [0, 1], got {m.filter_mix}')
+  if m.get('filter_lags', 0) < 0 or m.get('filter_window', 4.0) <= 0:
+    raise ConfigError('model.filter_lags', 'filter_lags must be >= 0 and filter_window > 0')
   if m.dtype not in ('float32', 'bfloat16', 'float16'):
     raise ConfigError('model.dtype', f'unknown dtype {m.dtype!r}')
   if m.get('attention_impl', 'auto') not in ('auto', 'xla', 'cudnn'):

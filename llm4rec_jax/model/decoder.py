@@ -14,7 +14,7 @@ from llm4rec_jax.data.content import ContentSpec, ItemContent
 from llm4rec_jax.debias.fairness import AdversaryHead
 from llm4rec_jax.errors import ConfigError
 from llm4rec_jax.model.fusion import CatalogEncoding, CrossModalFusion, GatedCrossAttention
-from llm4rec_jax.model.layers import Attention, RMSNorm, SwiGLU, param
+from llm4rec_jax.model.layers import Attention, CausalFilter, RMSNorm, SwiGLU, param
 from llm4rec_jax.model.semantic_head import SemanticIdHead
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
@@ -39,6 +39,11 @@ class DecoderConfig:
   dtype: str = 'float32'  # compute dtype; parameters stay float32
   attention_impl: str = 'auto'  # 'auto' (cuDNN on GPUs in bf16/fp16, else XLA), 'xla' or 'cudnn'
   rms_eps: float = 1e-6  # RMSNorm epsilon (a Hugging Face backbone's rms_norm_eps)
+  # A causal low/high-pass filter beside self-attention in every block (layers.CausalFilter): the
+  # token mixer is filter_mix * filter + (1 - filter_mix) * attention. 0 = attention only.
+  filter_mix: float = 0.0
+  filter_lags: int = 0  # how many recent items the low-pass part averages (0 = max_len)
+  filter_window: float = 4.0  # initial time constant of its weights, in items
   # Multimodal content (see llm4rec_jax.model.fusion): how items are represented on input and
   # output ('id', 'content' or 'both'), which blocks cross-attend to the history's content tokens
   # (every k-th; 0 = none), and the fusion encoder's size.
@@ -95,7 +100,10 @@ ITEM_REPRS = ('id', 'content', 'both')
 
 
 class Block(nnx.Module):
-  """Pre-norm transformer block: attention and SwiGLU, each with a residual and dropout."""
+  """Pre-norm transformer block: attention and SwiGLU, each with a residual and dropout.
+
+  With ``cfg.filter_mix > 0`` the token mixer is a blend of attention and a causal frequency filter.
+  """
 
   def __init__(self, cfg: DecoderConfig, *, cross_attention: bool = False, rngs: nnx.Rngs):
     dt = DTYPES[cfg.dtype]
@@ -105,13 +113,21 @@ class Block(nnx.Module):
     self.attn = Attention(cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.dim_per_head,
                           rope_theta=cfg.rope_theta, dtype=dt, rngs=rngs,
                           impl=cfg.attention_impl)
+    self.filter = (CausalFilter(cfg.d_model, cfg.filter_lags or cfg.max_len,
+                                window=cfg.filter_window, rngs=rngs) if cfg.filter_mix else None)
+    self.filter_mix = cfg.filter_mix
     self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.rms_eps, rngs=rngs)
     self.mlp = SwiGLU(cfg.d_model, cfg.ffn_dim, dtype=dt, rngs=rngs)
     self.dropout = nnx.Dropout(cfg.dropout)
 
   def __call__(self, x, positions, mask, *, deterministic: bool, rngs: nnx.Rngs | None,
-               memory=None, memory_mask=None):
-    h = self.attn(self.attn_norm(x), positions, mask)
+               memory=None, memory_mask=None, valid=None):
+    xn = self.attn_norm(x)
+    h = self.attn(xn, positions, mask)
+    if self.filter is not None:
+      if valid is None:
+        raise ValueError('the causal filter needs the valid-position mask')
+      h = self.filter_mix * self.filter(xn, valid) + (1.0 - self.filter_mix) * h
     x = x + self.dropout(h, deterministic=deterministic, rngs=rngs)
     if self.cross is not None:
       h = self.cross(x, memory, memory_mask)
@@ -240,7 +256,7 @@ class ItemDecoder(nnx.Module):
     x = self.embed_dropout(x, deterministic=deterministic, rngs=rngs)
     for block in self.blocks:
       x = block(x, positions, mask, deterministic=deterministic, rngs=rngs, memory=memory,
-                memory_mask=memory_mask)
+                memory_mask=memory_mask, valid=valid)
     return self.final_norm(x).astype(jnp.float32)
 
   def output_table(self, catalog: CatalogEncoding | None = None) -> jax.Array:

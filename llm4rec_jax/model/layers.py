@@ -1,12 +1,14 @@
 """Transformer building blocks (Flax NNX). Every parameter carries logical axis names.
 
 Logical axes used: ``vocab`` (item catalog), ``embed`` (model width), ``heads``/``kv_heads`` (attention
-heads), ``head_dim``, ``mlp`` (feed-forward width), ``norm`` (norm scales). One rules table in the
+heads), ``head_dim``, ``mlp`` (feed-forward width), ``norm`` (norm scales and other per-channel
+vectors). One rules table in the
 config maps them to mesh axes (see ``llm4rec_jax.partitioning``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -128,3 +130,37 @@ class SwiGLU(nnx.Module):
     dt = self.dtype
     h = jax.nn.silu(x @ self.w_gate[...].astype(dt)) * (x @ self.w_up[...].astype(dt))
     return h @ self.w_down[...].astype(dt)
+
+
+class CausalFilter(nnx.Module):
+  """A learned causal low-pass filter over the sequence, with its high-pass part re-weighted.
+
+  The frequency-domain idea of BSARec/FMLP-Rec (split a sequence of item vectors into a smooth,
+  low-frequency trend and the high-frequency rest, and weigh the two separately) made causal, so it
+  fits training on every position: channel c's low-pass part at position t is the mean of the valid
+  items at t, t-1, ..., t-lags+1 weighted by ``exp(-lag / tau_c)`` and renormalised over the valid
+  ones (a short history is not diluted by padding); ``tau_c`` (the cut-off) is learned per channel.
+  The output is ``low + gain * (x - low)`` with a learned per-channel ``gain``. An FFT over the whole
+  sequence would let position t see later items, which next-item training on every position cannot
+  allow. Both parameters are vectors, so weight decay (matrices only) leaves them alone.
+  """
+
+  def __init__(self, d_model: int, lags: int, *, window: float, rngs: nnx.Rngs):
+    self.log_tau = param(rngs, nnx.initializers.constant(math.log(window)), (d_model,),
+                         ('norm',))
+    self.gain = param(rngs, nnx.initializers.constant(0.5), (d_model,), ('norm',))
+    self.lags = lags
+
+  def __call__(self, x: jax.Array, valid: jax.Array) -> jax.Array:
+    """x [batch, seq, d], valid bool [batch, seq] -> [batch, seq, d] (zero where not valid)."""
+    seq = x.shape[1]
+    lag = jnp.arange(seq)[:, None] - jnp.arange(seq)[None, :]  # [t, s] = t - s
+    inside = (lag >= 0) & (lag < self.lags)
+    tau = jnp.exp(self.log_tau[...])  # [d]
+    kernel = jnp.where(inside[..., None], jnp.exp(-jnp.maximum(lag, 0)[..., None] / tau), 0.0)
+    v = valid.astype(jnp.float32)
+    num = jnp.einsum('tsd,bsd->btd', kernel, x.astype(jnp.float32) * v[..., None])
+    den = jnp.einsum('tsd,bs->btd', kernel, v)
+    low = num / jnp.maximum(den, 1e-9)
+    out = low + self.gain[...] * (x.astype(jnp.float32) - low)
+    return (out * v[..., None]).astype(x.dtype)
