@@ -88,6 +88,20 @@ def test_non_finite_loss_stops_with_checkpoints_intact(tmp_path, monkeypatch):
   assert 'test' in trainer.train_and_evaluate(config, tmp_path)
 
 
+def test_loss_turning_nan_between_periodic_saves_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+  # Metrics are fetched only every 50 steps, so only the guard before each periodic save can see
+  # the NaN of step 4 before the step-6 save.
+  config = tiny_config(**{'train.checkpoint_every': 3, 'train.log_every': 50})
+  trainer.train_and_evaluate(config, tmp_path, stop_after_steps=3)
+  real = losses.full_softmax_loss
+  monkeypatch.setattr(losses, 'full_softmax_loss',
+                      lambda *a, **k: (lambda l, m: (l * np.nan, m))(*real(*a, **k)))
+  with pytest.raises(NonFiniteLossError, match='non-finite training metrics at step 4'):
+    trainer.train_and_evaluate(config, tmp_path)
+  ckpt = checkpointing.Checkpointer(tmp_path / 'checkpoints', async_save=False)
+  assert ckpt.latest_step() == 3
+
+
 @pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly_then_resumes_exactly(tmp_path):
   overrides = ['--config.train.num_epochs=30', '--config.train.eval_every=50',

@@ -492,7 +492,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           bar.update(1)
         is_eval = step % eval_every == 0 or step == total_steps
         signalled = stop.agreed(step, tc.log_every)
-        if step % tc.log_every == 0 or is_eval or signalled or step == stop_after_steps:
+        periodic_save = bool(tc.checkpoint_every) and step % tc.checkpoint_every == 0
+        # Every path below that saves a checkpoint passes through this flush first: it fetches the
+        # pending step metrics and raises on a non-finite one, so a diverged state is never saved.
+        if (step % tc.log_every == 0 or is_eval or signalled or periodic_save
+            or step == stop_after_steps):
           now = time.perf_counter()
           _flush(pending, logger, step - n_last, now - t_last, tc.batch_size)
           t_last, n_last = now, step
@@ -537,7 +541,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           if tc.patience and progress['evals_since_best'] >= tc.patience:
             stopped_reason = 'early_stopping'
             break
-        elif tc.checkpoint_every and step % tc.checkpoint_every == 0:
+        elif periodic_save:
           ckpt.save(step, state, data_iter, {**progress})
           saved_step = step
         if signalled or step == stop_after_steps:
