@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import tiny_config
+from conftest import read_log, tiny_config
 from llm4rec_jax.data import pipeline
 from llm4rec_jax.errors import ConfigError
 from llm4rec_jax.retrieval import context as context_lib
@@ -117,10 +117,34 @@ def test_rag_config_errors():
     context_lib.validate(rag_config(**{'retrieval.source': 'friends'}))
 
 
-def test_training_with_rag_refreshes_and_evaluates(tmp_path):
-  c = rag_config(**{'retrieval.refresh_every': 2, 'train.max_steps': 4, 'train.eval_every': 4})
+def test_training_with_rag_refreshes_and_evaluates(tmp_path, monkeypatch):
+  built = []
+  real = context_lib.Retriever.refresh
+  monkeypatch.setattr(context_lib.Retriever, 'refresh',
+                      lambda self, table, step=None: (built.append(step), real(self, table, step)))
+  c = rag_config(**{'retrieval.refresh_every': 2, 'train.max_steps': 5, 'train.eval_every': 3})
   results = trainer.train_and_evaluate(c, tmp_path)
+  # Rebuilt before the first step, at every 2nd step, at the evaluations (3, 5) and for the final
+  # evaluation of the best checkpoint; the step-4 rebuild comes from the schedule, not an evaluation.
+  assert built[:5] == [0, 2, 3, 4, 5], built
+  assert len(built) >= 6
   assert 0.0 <= results['test']['ndcg@10'] <= results['test']['hr@10'] <= 1.0
   losses = [json.loads(l)['loss'] for l in (tmp_path / 'train_log.jsonl').read_text().splitlines()
             if 'loss' in l]
-  assert len(losses) == 4 and all(np.isfinite(losses))
+  assert len(losses) == 5 and all(np.isfinite(losses))
+
+
+def test_interrupted_rag_run_resumes_exactly(tmp_path):
+  """The retrieval snapshot is checkpointed: stopping between refreshes and resuming retrieves what
+  the uninterrupted run retrieved, so every logged loss matches."""
+  c = rag_config(**{'retrieval.refresh_every': 12, 'train.num_epochs': 3,
+                    'train.eval_every': 1000, 'optimizer.learning_rate': 1e-2})
+  full = trainer.train_and_evaluate(c, tmp_path / 'full')
+  # Step 11: eleven steps after the step-0 build, before the step-12 one; a resumed run that
+  # rebuilt the index from the step-11 parameters would retrieve different context.
+  assert trainer.train_and_evaluate(c, tmp_path / 'resumed', stop_after_steps=11)['step'] == 11
+  resumed = trainer.train_and_evaluate(c, tmp_path / 'resumed')
+  a, b = read_log(tmp_path / 'full'), read_log(tmp_path / 'resumed')
+  assert sorted(a) == sorted(b) and len(a) > 8
+  np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], rtol=1e-6)
+  assert resumed['test'] == pytest.approx(full['test'])

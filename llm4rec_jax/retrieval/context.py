@@ -120,6 +120,18 @@ class Retriever:
           step=step, embedding='user_profile')
     self.refreshed_at = step
 
+  def snapshot(self) -> dict[str, np.ndarray] | None:
+    """What a checkpoint keeps to resume retrieval exactly: the table and the step it was built at."""
+    if self.table is None:
+      return None
+    return {'table': self.table, 'step': np.asarray(-1 if self.refreshed_at is None
+                                                    else self.refreshed_at, np.int64)}
+
+  def restore(self, snapshot: dict[str, np.ndarray]) -> None:
+    """Rebuilds the index from a :meth:`snapshot` (the same table gives the same index)."""
+    step = int(snapshot['step'])
+    self.refresh(snapshot['table'], None if step < 0 else step)
+
   def refresh_from_params(self, graphdef, params, content=None, step: int | None = None) -> None:
     self.refresh(item_table(graphdef, params, content), step)
 

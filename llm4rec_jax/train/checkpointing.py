@@ -15,6 +15,7 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from llm4rec_jax.errors import CheckpointError
@@ -24,7 +25,9 @@ BEST_METRIC = 'valid_ndcg@10'
 
 
 class Checkpointer:
-  """Saves and restores ``{'state': train-state pytree, 'data_iter': grain iterator}``."""
+  """Saves and restores ``{'state': train-state pytree, 'data_iter': grain iterator}``, and with RAG
+  on ``'rag'``: the item table the retrieval index was last built from and its step, so a resumed
+  run retrieves exactly what the uninterrupted run would have."""
 
   def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int = 2, keep_best: bool = True,
                async_save: bool = True, best_metric: str = BEST_METRIC):
@@ -43,13 +46,16 @@ class Checkpointer:
     self._mngr = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={'state': ocp.StandardCheckpointHandler(),
-                       'data_iter': grain.checkpoint.CheckpointHandler()})
+                       'data_iter': grain.checkpoint.CheckpointHandler(),
+                       'rag': ocp.StandardCheckpointHandler()})
 
   def save(self, step: int, state: Any, data_iter: Any | None = None,
-           metrics: dict[str, float] | None = None) -> None:
+           metrics: dict[str, float] | None = None, rag: dict[str, Any] | None = None) -> None:
     items = {'state': ocp.args.StandardSave(state)}
     if data_iter is not None:
       items['data_iter'] = grain.checkpoint.CheckpointSave(data_iter)
+    if rag is not None:  # host arrays: the retrieval snapshot (see the class docstring)
+      items['rag'] = ocp.args.StandardSave(rag)
     with self._disk_errors(f'checkpoint step {step}'):
       self._mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
@@ -106,6 +112,13 @@ class Checkpointer:
       raise CheckpointError(f'checkpoint step {step} in {self.directory} is incomplete: {e}') from e
     logging.info('restored checkpoint step %d from %s', step, self.directory)
     return restored['state']
+
+  def restore_rag(self, step: int) -> dict[str, Any] | None:
+    """The retrieval snapshot saved with ``step`` (host numpy arrays), or None if it has none."""
+    if not (self.directory / str(step) / 'rag').exists():
+      return None
+    restored = self._mngr.restore(step, args=ocp.args.Composite(rag=ocp.args.StandardRestore()))
+    return {k: np.asarray(v) for k, v in restored['rag'].items()}
 
   def wait(self) -> None:
     with self._disk_errors('a checkpoint'):

@@ -450,6 +450,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   valid_arrays = exp.eval_arrays('valid')
   monitor_arrays = exp.eval_arrays('test') if config.eval.get('monitor_test') else None
   rag = context_lib.for_experiment(exp) if config.retrieval.rag else None
+  if rag is not None and start:
+    snapshot = ckpt.restore_rag(start)  # None for a checkpoint written before snapshots were kept
+    if snapshot is not None:
+      rag.restore(snapshot)
+  rag_snapshot = lambda: rag.snapshot() if rag is not None else None
   logger = MetricLogger(workdir, enabled=is_main)
   logger.info(dict(event='start', step=start, total_steps=total_steps,
                    steps_per_epoch=steps_per_epoch, num_params=exp.spec.num_params(),
@@ -529,7 +534,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 rag.eval_arrays(monitor_arrays) if rag is not None else monitor_arrays,
                 content=eval_content)
             logger.scalars(step, {f'monitor_test/{k}': v for k, v in monitored.items()})
-          ckpt.save(step, state, data_iter, {'valid_ndcg@10': score, **progress})
+          ckpt.save(step, state, data_iter, {'valid_ndcg@10': score, **progress}, rag=rag_snapshot())
           saved_step = step
           t_last = time.perf_counter()  # evaluation time is not training throughput
           eval_seconds += t_last - t_eval
@@ -542,11 +547,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             stopped_reason = 'early_stopping'
             break
         elif periodic_save:
-          ckpt.save(step, state, data_iter, {**progress})
+          ckpt.save(step, state, data_iter, {**progress}, rag=rag_snapshot())
           saved_step = step
         if signalled or step == stop_after_steps:
           if saved_step != step:
-            ckpt.save(step, state, data_iter, {**progress})
+            ckpt.save(step, state, data_iter, {**progress}, rag=rag_snapshot())
           stopped_reason = f'signal {signalled}' if signalled else 'stop_after_steps'
           break
   finally:
