@@ -153,7 +153,11 @@ class Recommender:
     inputs = np.zeros((1, max_len), np.int32)
     tail = ids[-max_len:]
     inputs[0, -len(tail):] = tail
-    seen = ids[None, :] if exclude_seen else np.zeros((1, 1), np.int32)
+    # Seen ids padded (0 = pad, never scorable) to a power-of-two bucket, so a served model
+    # compiles once per bucket, not once per history length.
+    seen = np.zeros((1, seen_bucket(len(ids)) if exclude_seen else 1), np.int32)
+    if exclude_seen:
+      seen[0, :len(ids)] = ids
     k = min(top_k, len(self.index) - (len(set(ids.tolist())) if exclude_seen else 0))
     context = self.rag.context(inputs, [ids]) if self.rag is not None else None  # RAG
     if self.ann_index is not None:
@@ -173,6 +177,11 @@ class Recommender:
     if self.snapshot_position is not None:
       out['snapshot_position'] = self.snapshot_position  # online-adapted parameters
     return out
+
+
+def seen_bucket(n: int, smallest: int = 16) -> int:
+  """The padded width of ``n`` seen ids: ``smallest`` or the next power of two above it."""
+  return max(smallest, 1 << max(0, n - 1).bit_length())
 
 
 def recommend(workdir: str | pathlib.Path, history: Sequence[str], top_k: int = 10, *,

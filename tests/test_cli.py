@@ -70,6 +70,17 @@ def test_recommend_outputs_json_with_raw_ids(trained):
   assert scores == sorted(scores, reverse=True)
 
 
+def test_serving_compiles_once_per_history_bucket_not_per_length(trained):
+  from llm4rec_jax import serving  # pylint: disable=import-outside-toplevel
+  workdir, _ = trained
+  rec = serving.Recommender(workdir, checkpoint='latest', use_index=False)
+  tops = [rec.recommend([f'i{i}' for i in range(1, n + 1)], top_k=5) for n in range(1, 21)]
+  # Lengths 1..16 share one bucket, 17..20 the next: two compilations for twenty lengths.
+  assert rec._top._cache_size() == 2  # pylint: disable=protected-access
+  assert all(not {r['item'] for r in t['recommendations']} & set(t['history']) for t in tops)
+  assert [serving.seen_bucket(n) for n in (0, 1, 16, 17, 33)] == [16, 16, 16, 32, 64]
+
+
 @pytest.mark.parametrize('args,message', [
     (['recommend', '--history=i1,not_an_item'], "unknown item id(s) ['not_an_item']"),
     (['recommend', '--history=i1', '--top_k=0'], 'top_k must be in 1..100'),
