@@ -121,7 +121,10 @@ def test_tpu_creates_copies_installs_trains_on_all_workers_and_deletes(fakes, tm
   assert 'pip install -q -e .' in setup[-1] and 'gcsfuse --implicit-dirs bk ~/gcs' in setup[-1]
   assert train[-1] == ('--command=cd llm4rec_jax && llm4rec train --config=configs/beauty.py:1b '
                        '--workdir=/home/u/gcs/run --config.distributed.initialize=true '
-                       '--config.mesh.shape=(1,-1,1)')
+                       '--config.mesh.shape=\\(1\\,-1\\,1\\)')
+  # ... which the worker's shell reads back as the flag that was given.
+  assert _worker_expands(train[-1].removeprefix('--command='), '/home/u').endswith(
+      '--config.mesh.shape=(1,-1,1)')
   assert '--worker=all' in train
   assert calls[5] == tpu + ['delete', 'rec'] + where + ['--quiet'] and len(calls) == 6
   # Logs are streamed here and kept.
@@ -151,3 +154,73 @@ def test_tpu_dry_run_prints_and_runs_nothing(fakes, tmp_path):
   printed = [shlex.split(l) for l in proc.stdout.splitlines()]
   assert [p[4] if p[0] == 'gcloud' else p[0] for p in printed] == [
       'create', 'tar', 'scp', 'ssh', 'ssh', 'delete']
+
+
+def _readme_tpu_example() -> list[str]:
+  """The README's launch/tpu.sh example line (with its continuation lines), split as bash would."""
+  lines = (ROOT / 'README.md').read_text().splitlines()
+  start = next(i for i, l in enumerate(lines) if l.startswith('launch/tpu.sh TPU_NAME='))
+  text = lines[start]
+  while text.endswith('\\'):
+    start += 1
+    text = text[:-1] + ' ' + lines[start].strip()
+  return shlex.split(text)[1:]
+
+
+def _worker_expands(command: str, home: str) -> str:
+  """What a worker's login shell makes of the remote command's arguments (echoed, not run)."""
+  return subprocess.run(['bash', '-c', 'echo ' + command.split('llm4rec train ', 1)[1]],
+                        capture_output=True, text=True, env={'HOME': home, 'PATH': os.environ['PATH']},
+                        check=True).stdout.strip()
+
+
+def test_tpu_readme_example_puts_checkpoints_in_the_mounted_bucket(fakes, tmp_path):
+  args = _readme_tpu_example()
+  assert any(a.startswith('WORKDIR=~') or a.startswith('WORKDIR=gs://') for a in args), args
+  proc, calls = fakes('tpu.sh', *args, f'LOG_DIR={tmp_path}/logs')
+  assert proc.returncode == 0, proc.stderr
+  train = next(c for c in calls if 'llm4rec train' in c[-1])[-1]
+  expanded = _worker_expands(train.removeprefix('--command='), '/home/w')
+  # Every worker writes under its bucket mount, never a relative folder named "~".
+  assert '--workdir=/home/w/gcs/beauty-1b ' in expanded + ' ', expanded
+  assert 'env LLM4REC_DATA_DIR=$HOME/llm4rec_data llm4rec train' in train
+  setup = next(c for c in calls if 'pip install' in c[-1])[-1]
+  assert 'gcsfuse --implicit-dirs my-bucket ~/gcs' in setup
+  assert 'gcloud storage rsync --recursive gs://my-bucket/llm4rec_data ~/llm4rec_data' in setup
+
+
+def test_tpu_gs_workdir_mounts_its_bucket_and_data_reaches_the_workers(fakes, tmp_path):
+  base = [a for a in TPU_ARGS if not a.startswith(('WORKDIR=', 'BUCKET='))]
+  data = tmp_path / 'data'
+  (data / 'beauty').mkdir(parents=True)
+  (data / 'beauty' / 'Beauty.txt').write_text('1 2 3\n')
+  proc, calls = fakes('tpu.sh', *base, 'WORKDIR=gs://bk/runs/beauty', f'DATA_DIR={data}',
+                      f'LOG_DIR={tmp_path}/logs')
+  assert proc.returncode == 0, proc.stderr
+  scps = [c for c in calls if c[4] == 'scp']
+  assert [c[6] for c in scps] == ['rec:llm4rec_jax.tar.gz', 'rec:llm4rec_data.tar.gz']
+  setup = next(c for c in calls if 'pip install' in c[-1])[-1]
+  assert 'gcsfuse --implicit-dirs bk ~/gcs' in setup
+  assert 'tar xzf ~/llm4rec_data.tar.gz -C ~/llm4rec_data' in setup
+  train = next(c for c in calls if 'llm4rec train' in c[-1])[-1]
+  expanded = _worker_expands(train.removeprefix('--command='), '/home/w')
+  assert '--workdir=/home/w/gcs/runs/beauty ' in expanded + ' '
+  assert 'env LLM4REC_DATA_DIR=$HOME/llm4rec_data llm4rec train' in train
+  # A gs:// dataset is copied by each worker; a workdir in another bucket than BUCKET is refused.
+  proc, calls = fakes('tpu.sh', *base, 'WORKDIR=gs://bk/r', 'DATA_DIR=gs://bk/data',
+                      f'LOG_DIR={tmp_path}/logs')
+  setup = next(c for c in calls if 'pip install' in c[-1])[-1]
+  assert 'gcloud storage rsync --recursive gs://bk/data ~/llm4rec_data' in setup
+  proc, _ = fakes('tpu.sh', *base, 'WORKDIR=gs://other/r', 'BUCKET=bk')
+  assert proc.returncode == 2 and 'bucket other' in proc.stderr
+
+
+def test_tpu_home_relative_workdir_is_the_workers_home(fakes, tmp_path):
+  base = [a for a in TPU_ARGS if not a.startswith(('WORKDIR=', 'EXTRA='))]
+  proc, calls = fakes('tpu.sh', *base, 'WORKDIR=~/gcs/my run', f'LOG_DIR={tmp_path}/logs')
+  assert proc.returncode == 0, proc.stderr
+  train = next(c for c in calls if 'llm4rec train' in c[-1])[-1]
+  out = subprocess.run(['bash', '-c', 'printf "%s\\n" ' + train.split('llm4rec train ', 1)[1]],
+                       capture_output=True, text=True, check=True,
+                       env={'HOME': '/home/w', 'PATH': os.environ['PATH']}).stdout.splitlines()
+  assert '--workdir=/home/w/gcs/my run' in out  # one argument, spaces kept, ~ expanded
