@@ -64,7 +64,9 @@ def read_events(workdir: pathlib.Path) -> list[dict[str, Any]]:
 def train_and_report(config, args, *, benchmark: str, extra=None,
                      valid_target: float | None = None) -> dict[str, Any]:
   """Runs train_and_evaluate in a fresh workdir and summarises events + metrics."""
+  import provenance  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  record = provenance.start()
   config.seed = args.seed
   apply_overrides(config, args.set)
   workdir = pathlib.Path(args.workdir) if args.workdir else pathlib.Path(tempfile.mkdtemp())
@@ -102,6 +104,8 @@ def train_and_report(config, args, *, benchmark: str, extra=None,
     line[f'epoch_valid_ndcg@10>={valid_target}'] = round(reached[0]['epoch'], 2) if reached else None
   if extra:
     line.update(extra(workdir, results))
+  line['config'] = config.to_dict()
+  line['provenance'] = provenance.finish(record)
   if not args.workdir:
     shutil.rmtree(workdir, ignore_errors=True)
   return line

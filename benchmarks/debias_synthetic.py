@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 
+import provenance
 from common import apply_overrides, load_config, make_quick, parser
 from debias_common import TrainedModel
 
@@ -36,6 +37,7 @@ def main():
   from llm4rec_jax.debias import unbiased_eval  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.train import trainer  # pylint: disable=import-outside-toplevel
 
+  record = provenance.start()
   t0 = time.perf_counter()
   root = pathlib.Path(args.workdir or tempfile.mkdtemp())
   variants = {'naive': {}, 'ips': {'debias.method': 'ips'}, 'snips': {'debias.method': 'snips'},
@@ -76,16 +78,19 @@ def main():
                                                   'coverage@10')},
                   'best_step': model.step}
   oracle_top = np.argsort(-gains, axis=1)[:, :10]
-  naive = out['naive']['truth_ndcg@10'] if 'naive' in out else float('nan')
+  # Without naive in this run there is nothing to compare with: None, not a comparison with NaN
+  # (which reads False); compare with a naive run of the same settings instead.
+  naive = out['naive']['truth_ndcg@10'] if 'naive' in out else None
   line = {'benchmark': 'debias_synthetic', 'quick': args.quick, 'epochs': args.epochs,
-          'overrides': args.set,
+          'seed': args.seed, 'overrides': args.set,
           'pda_gamma': args.pda_gamma, 'variants': out,
-          'beats_naive_on_truth_ndcg@10': {k: v['truth_ndcg@10'] > naive for k, v in out.items()
-                                           if k != 'naive'},
+          'beats_naive_on_truth_ndcg@10': {k: None if naive is None else v['truth_ndcg@10'] > naive
+                                           for k, v in out.items() if k != 'naive'},
           'oracle_arp@10': round(float(np.mean(
               model.context.counts[oracle_top])), 2),
           'wall_s': round(time.perf_counter() - t0, 1),
-          'command': 'python ' + ' '.join(['benchmarks/debias_synthetic.py', *sys.argv[1:]])}
+          'command': 'python ' + ' '.join(['benchmarks/debias_synthetic.py', *sys.argv[1:]]),
+          'provenance': provenance.finish(record)}
   if not args.workdir:
     shutil.rmtree(root, ignore_errors=True)
   print(json.dumps(line))

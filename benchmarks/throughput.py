@@ -2,8 +2,10 @@
 
 Times the real train step (full-softmax loss over the catalog) for each preset after compilation,
 excluding data loading and evaluation, and reports examples/s, tokens/s, the step's model FLOPs,
-the FLOPs XLA counts in the compiled step, and MFU against a peak measured on the same device (a
-large matrix product in the preset's compute dtype), not a datasheet number.
+the FLOPs XLA counts in the compiled step, and MFU against the accelerator's datasheet peak (dense
+bf16, per chip, from ``DATASHEET_PEAK_TFLOPS`` by device kind; none for a CPU or an unlisted card).
+``--peak`` also measures a peak on the same device (a chain of large matrix products in the preset's
+compute dtype) and reports MFU against it as the extra field ``mfu_vs_measured_peak``.
 
 Datasets: ``beauty`` (the real Beauty windows, batch 128 x 50 positions) or ``random``: a catalog of
 ``--num_items`` items (the synthetic generator's, so the model, content and loss are the real ones)
@@ -33,7 +35,34 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import provenance
 from common import apply_overrides, load_config, parser
+
+# Dense (no sparsity) bf16 tensor peak per chip in TFLOP/s, from the vendors' datasheets, keyed by
+# the device kind JAX reports (lower-cased substrings, first match wins, so more specific names come
+# first; None = known but not listed). A card not listed (e.g. an H100 PCIe) gets no datasheet MFU
+# rather than a wrong one.
+DATASHEET_PEAK_TFLOPS = (
+    (('h100', 'hbm3'), 989.0, 'NVIDIA H100 SXM'),
+    (('h100', 'sxm'), 989.0, 'NVIDIA H100 SXM'),
+    (('h200',), 989.0, 'NVIDIA H200'),
+    (('a100',), 312.0, 'NVIDIA A100'),
+    (('tpu v5 lite',), 197.0, 'TPU v5e'),
+    (('tpu v5e',), 197.0, 'TPU v5e'),
+    (('tpu v5p',), 459.0, 'TPU v5p'),
+    (('tpu v5',), 459.0, 'TPU v5p'),  # v5p reports itself as "TPU v5"
+    (('tpu v4 lite',), None, None),  # v4i: not listed
+    (('tpu v4',), 275.0, 'TPU v4'),
+)
+
+
+def datasheet_peak(device_kind: str) -> tuple[float, str] | tuple[None, None]:
+  """(dense bf16 TFLOP/s per chip, the part it was read for), or (None, None) when not listed."""
+  kind = device_kind.lower()
+  for needles, tflops, part in DATASHEET_PEAK_TFLOPS:
+    if all(n in kind for n in needles):
+      return tflops, part
+  return None, None
 
 
 def model_flops_per_step(cfg, batch: int, seq: int, targets: float) -> float:
@@ -151,8 +180,11 @@ def run_one(args, preset: str, variant: str, attention: str, batch_size: int) ->
          'achieved_tflops_per_s': round(flops / dt / 1e12, 2)}
   if compiled_flops:
     out['xla_tflops_per_step'] = round(compiled_flops / 1e12, 4)
-  if args.peak_tflops:
-    out['mfu'] = round(flops / dt / 1e12 / args.peak_tflops, 4)
+  achieved = flops / dt / 1e12  # over all devices
+  if args.datasheet_peak_tflops:
+    out['mfu_vs_datasheet'] = round(achieved / (args.datasheet_peak_tflops * jax.device_count()), 4)
+  if args.peak_tflops:  # measured on one device
+    out['mfu_vs_measured_peak'] = round(achieved / (args.peak_tflops * jax.device_count()), 4)
   mem = peak_memory_gb()
   if mem is not None:
     out['peak_memory_gb'] = mem
@@ -170,10 +202,14 @@ if __name__ == '__main__':
   p.add_argument('--variants', default='id,fusion')
   p.add_argument('--attention', default='auto', help="comma list of 'auto', 'xla', 'cudnn'")
   p.add_argument('--peak', action='store_true',
-                 help='measure the peak TFLOP/s (matrix product in the last preset\'s dtype) for MFU')
+                 help='also measure a peak TFLOP/s (matrix products in the last preset\'s dtype) '
+                 'and report mfu_vs_measured_peak beside the datasheet MFU')
   p.add_argument('--keep_going', action='store_true',
                  help='record a failed run under "errors" and go on with the others')
   args = p.parse_args()
+  record = provenance.start()
+  device = jax.devices()[0]
+  args.datasheet_peak_tflops, part = datasheet_peak(device.device_kind)
   presets = args.presets.split(',')
   sizes = [int(s) for s in args.batch_sizes.split(',')] if args.batch_sizes else [0] * len(presets)
   if len(sizes) != len(presets):
@@ -197,11 +233,14 @@ if __name__ == '__main__':
             raise
           errors[name] = f'{type(e).__name__}: {str(e)[:300]}'
         print(json.dumps({name: results.get(name, errors.get(name))}), file=sys.stderr, flush=True)
-  device = jax.devices()[0]
+  record['machine'].update(accelerator=device.device_kind, devices=jax.device_count(),
+                           datasheet_peak_tflops=args.datasheet_peak_tflops)
   out = {'benchmark': 'throughput', 'dataset': args.dataset, 'backend': jax.default_backend(),
          'device_kind': device.device_kind, 'devices': jax.device_count(), 'quick': args.quick,
-         'peak_tflops_measured': args.peak_tflops, 'runs': results,
+         'seed': args.seed, 'datasheet_peak_tflops': args.datasheet_peak_tflops,
+         'datasheet_part': part, 'peak_tflops_measured': args.peak_tflops, 'runs': results,
          'command': ' '.join(['python benchmarks/throughput.py', *sys.argv[1:]])}
   if errors:
     out['errors'] = errors
+  out['provenance'] = provenance.finish(record)
   print(json.dumps(out))

@@ -46,6 +46,11 @@ def test_quick_benchmark_prints_one_json_line(script, keys):
   assert keys <= set(result) and result['quick'] is True
   if 'test' in result:
     assert 0.0 <= result['test']['ndcg@10'] <= result['test']['hr@10'] <= 1.0
+  if script in ('beauty.py', 'yelp.py', 'ml100k.py'):  # the runner records where the number came from
+    assert result['provenance']['commit'] and result['config']['seed'] == result['seed'] == 0
+  if result.get('benchmark') == 'throughput':  # MFU against a datasheet peak: none for a CPU
+    assert result['datasheet_peak_tflops'] is None and result['provenance']['machine']['cores']
+    assert all('mfu_vs_datasheet' not in r for r in result['runs'].values())
   if result.get('benchmark') == 'multimodal':  # cold start: every variant reports cold targets
     cold = {k: v['test_cold'] for k, v in result['variants'].items()}
     assert set(cold) == {'id', 'multimodal', 'content', 'popularity'}
@@ -71,6 +76,9 @@ def test_quick_benchmark_prints_one_json_line(script, keys):
     assert {p['variant'] for p in family['points']} <= set(result['variants']) - {'naive'}
   if result.get('benchmark') == 'debias_synthetic':  # NDCG against the generator's true preferences
     assert all(0 <= v['truth_ndcg@10'] <= 1 for v in result['variants'].values())
+    naive = result['variants']['naive']['truth_ndcg@10']
+    assert all(b == (result['variants'][k]['truth_ndcg@10'] > naive)
+               for k, b in result['beats_naive_on_truth_ndcg@10'].items())
   if result.get('benchmark') == 'debias_ml100k':
     assert all(v['gender_ndcg@10_gap'] >= 0 for v in result['variants'].values())
   if result.get('benchmark') == 'debias_beauty':  # the trade-off plot was written

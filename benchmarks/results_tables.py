@@ -1,0 +1,891 @@
+"""The results tables of the README (and docs/), generated from the files in benchmarks/results/.
+
+Every table the README shows with measured figures sits between ``<!-- table:NAME -->`` and
+``<!-- /table:NAME -->`` and is rendered here from its result files: the protocol it was measured
+under, the rows, and where each file came from (commit and date, recorded by the run or, for older
+files, backfilled from git history). Nothing in a generated table is typed in by hand.
+
+  python benchmarks/results_tables.py           # rewrites every generated table in place
+  python benchmarks/results_tables.py --check   # exit 1 naming each table that differs from its
+                                                # files, and each hand-written table with figures
+
+A table is one ``Table``: a name, the result files it reads, the protocol string it shows, a
+function from the loaded files to rows (dicts) and the columns (header, row key, format). Rows of
+different protocols go in different tables. ``docs/scale.md`` has its own generator
+(``benchmarks/movielens_scale_report.py``); its marked blocks count as generated here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import pathlib
+import re
+import sys
+from typing import Any, Callable
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = ROOT / 'benchmarks' / 'results'
+README = ROOT / 'README.md'
+
+# Markdown files whose generated tables this script rewrites: the README and docs/*.md, except
+# docs/scale.md (its own generator) and the docs listed in NOT_YET_GENERATED.
+OWN_GENERATOR = {'docs/scale.md': 'benchmarks/movielens_scale_report.py'}
+NOT_YET_GENERATED = {
+    'docs/causal_filter.md': 'being written alongside the causal-filter runs; not yet converted',
+    'docs/val_test_gap.md': 'tables printed by benchmarks/val_test_gap.py; not yet converted',
+}
+# Hand-written tables allowed outside generated blocks: no result figures in them (the digits they
+# hold are names, years, feature sizes or metric cut-offs). Keyed by name, matched by header row.
+FIGURE_FREE_TABLES = {
+    'datasets': '| name (`config.data.name`) | source | reader |',
+    'layout': '| path | what it holds |',
+}
+
+START = '<!-- table:{} -->'
+END = '<!-- /table:{} -->'
+_BLOCK = re.compile(r'<!-- table:(?P<name>[\w-]+) -->\n(?P<body>.*?)<!-- /table:(?P=name) -->',
+                    re.S)
+_OTHER_GENERATED = re.compile(r'<!-- (?P<name>[\w-]+):start -->.*?<!-- (?P=name):end -->', re.S)
+
+
+# ----------------------------------------------------------------------------------------------
+# Formatting
+
+
+def fmt(spec: str) -> Callable[[Any], str]:
+  """A cell formatter from a format spec; None (not measured / not applicable) renders blank."""
+  def f(v):
+    if v is None or v == '':
+      return ''
+    if isinstance(v, str):
+      return v
+    return format(v, spec)
+  return f
+
+
+F4, F3, F2, F1, F0 = fmt('.4f'), fmt('.3f'), fmt('.2f'), fmt('.1f'), fmt(',.0f')
+TEXT = fmt('')
+
+
+def ratio(v):
+  return '' if v is None else f'{v:.2f}x'
+
+
+def minutes(seconds):
+  return None if seconds is None else round(seconds / 60, 1)
+
+
+def signed(v, digits=4):
+  return f'{v:+.{digits}f}'
+
+
+def se_of_std(std: float, n: int) -> float:
+  """Standard error of a mean from the population std (numpy's default) of n values."""
+  return std / math.sqrt(n - 1)
+
+
+def short_command(command: str) -> str:
+  """The recorded command without local paths (``--workdir``, ``--naive_workdir`` ...)."""
+  command = re.sub(r'\s--\w*workdir[= ]\S+', '', command)
+  return re.sub(r'\s--(save|load|out)[= ]\S+', '', command)
+
+
+def code(text: str | None) -> str:
+  return '' if not text else f'`{text}`'
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables
+
+
+@dataclasses.dataclass(frozen=True)
+class Col:
+  header: str
+  key: str
+  fmt: Callable[[Any], str] = TEXT
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+  name: str
+  files: tuple[str, ...]
+  protocol: str
+  rows: Callable[[dict[str, Any]], list[dict[str, Any]]]
+  cols: tuple[Col, ...]
+
+
+def load(name: str) -> Any:
+  """A result file: a dict, or a list of dicts for JSON lines."""
+  text = (RESULTS / name).read_text()
+  if name.endswith('.jsonl'):
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+  return json.loads(text)
+
+
+def provenance(record: dict) -> tuple[str, str, bool]:
+  """(commit, date, backfilled) of one result record."""
+  p = record.get('provenance') or record
+  commit = p.get('commit') or p.get('git_commit') or 'unknown'
+  return commit[:7], (p.get('date') or '')[:10], 'backfilled' in p
+
+
+def source_line(table: Table, data: dict[str, Any]) -> str:
+  parts = []
+  for name in table.files:
+    records = data[name] if isinstance(data[name], list) else [data[name]]
+    seen = []
+    for r in records:
+      commit, date, backfilled = provenance(r)
+      text = f"{commit}, {date}" + (", from git history" if backfilled else "")
+      if text not in seen:
+        seen.append(text)
+    parts.append(f'`benchmarks/results/{name}` ({"; ".join(seen)})')
+  return 'Source: ' + ', '.join(parts) + '.'
+
+
+def render(table: Table) -> str:
+  """The text between the table's markers."""
+  data = {name: load(name) for name in table.files}
+  rows = table.rows(data)
+  lines = [f'*Protocol:* {table.protocol}', '',
+           '| ' + ' | '.join(c.header for c in table.cols) + ' |',
+           '|' + ' --- |' * len(table.cols)]
+  for row in rows:
+    cells = [c.fmt(row.get(c.key)).replace('|', '\\|') for c in table.cols]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  lines += ['', source_line(table, data)]
+  return '\n'.join(lines) + '\n'
+
+
+# --- leave-one-out accuracy -------------------------------------------------------------------
+
+LOO = ('leave-one-out (last item = test, second last = validation), full ranking over every item, '
+       'seen items excluded, best checkpoint by validation NDCG@10, test metrics, one run each '
+       '(seed 0), one CPU device on a 2-core machine. Times are wall-clock; "shared" marks runs '
+       'whose file notes other jobs on the same cores (their times are not comparable).')
+
+
+def _shared(rec: dict) -> str:
+  note = rec.get('note', '')
+  return 'shared' if re.search(r'load|shared|parallel jobs', note) else ''
+
+
+def _model(rec: dict) -> str:
+  m = rec['model']
+  text = f"hidden {m['d_model']}, {m['num_layers']} blocks, {m['num_heads']} head(s)"
+  mlp = re.search(r'model\.mlp_dim=(\d+)', rec['command'])
+  if mlp:
+    text += f', MLP {mlp.group(1)}'
+  return text + f", dropout {m['dropout']}"
+
+
+def _loo_row(rec: dict, label: str) -> dict:
+  if 'test_best_checkpoint' in rec:  # a run stopped early and evaluated afterwards
+    best = rec['test_best_checkpoint']
+    test = best['seen_excluded']
+    return {'run': f'{label} (`{short_command(rec["command"])}`)', 'model': _model(rec),
+            'ndcg': test['ndcg@10'], 'hr': test['hr@10'], 'mrr': test['mrr'],
+            'valid': rec['valid_ndcg@10_by_epoch'][str(best['epoch'])],
+            'epochs': f"{best['epoch']} / {max(map(int, rec['valid_ndcg@10_by_epoch']))}",
+            'shared': _shared(rec)}
+  rss = rec.get('peak_rss_mb')
+  return {'run': f'{label} (`{short_command(rec["command"])}`)', 'model': _model(rec),
+          'params': rec['num_params'] / 1e6, 'ndcg': rec['test']['ndcg@10'],
+          'hr': rec['test']['hr@10'], 'mrr': rec['test']['mrr'], 'valid': rec['valid_ndcg@10'],
+          'epochs': f"{rec['best_epoch']:.0f} / {rec['epochs_run']:.0f}",
+          'to_best': minutes(rec['time_to_best_epoch_s']),
+          'seq_s': rec.get('train_examples_per_s'), 'rss': None if rss is None else rss / 1024,
+          'shared': _shared(rec)}
+
+
+LOO_RUNS = (
+    ('beauty.json', 'Beauty'),
+    ('beauty_mlp64.json', 'Beauty'),
+    ('beauty_d128.json', 'Beauty, stopped at epoch 28 of 40'),
+    ('beauty_d128_fast.json', 'Beauty, 18-epoch schedule at lr 3e-3'),
+    ('beauty_d128_12epochs.json', 'Beauty, 12-epoch schedule'),
+    ('yelp.json', 'Yelp'),
+    ('yelp_d128.json', 'Yelp'),
+    ('yelp_d256.json', 'Yelp, 15-epoch schedule'),
+    ('yelp_d128_exclude_seen.json', 'Yelp, seen items out of the training softmax, stopped'),
+    ('ml100k.json', 'MovieLens 100K, max_len 200, all windows'),
+)
+
+LOO_COLS = (
+    Col('run (command)', 'run'), Col('model', 'model'), Col('params (M)', 'params', F2),
+    Col('test NDCG@10', 'ndcg', F4), Col('test HR@10', 'hr', F4), Col('test MRR', 'mrr', F4),
+    Col('valid NDCG@10', 'valid', F4), Col('best / last epoch', 'epochs'),
+    Col('time to best (min)', 'to_best', F1), Col('train seq/s', 'seq_s', F0),
+    Col('peak RSS (GiB)', 'rss', F1), Col('CPU', 'shared'))
+
+
+def _loo_rows(data):
+  return [_loo_row(data[f], label) for f, label in LOO_RUNS]
+
+
+def _seen_ranked_rows(data):
+  rows = []
+  for f, label in LOO_RUNS:
+    if f not in data:
+      continue
+    rec = data[f]
+    if 'test_seen_items_ranked' in rec:
+      t = rec['test_seen_items_ranked']
+    elif 'test_best_checkpoint' in rec:
+      t = rec['test_best_checkpoint']['seen_ranked']
+    else:
+      continue
+    rows.append({'run': f'{label} (`{short_command(rec["command"])}`)', 'model': _model(rec),
+                 'ndcg': t['ndcg@10'], 'hr': t['hr@10'], 'mrr': t['mrr']})
+  return rows
+
+
+# --- throughput ---------------------------------------------------------------------------------
+
+def _cpu_throughput_rows(data):
+  rows = []
+  for f in ('throughput_cpu_tiny_small.json', 'throughput.json'):
+    rec = data[f]
+    runs = rec.get('runs') or {f'{k}/id': v for k, v in rec['presets'].items()}
+    for name, r in runs.items():
+      rows.append({'run': f'`{name}` (`{rec["command"]}`)', 'params': r['num_params'] / 1e6,
+                   'step_ms': r['step_ms'], 'seq_s': r['examples_per_s'],
+                   'tok_s': r['tokens_per_s'], 'targets_s': r['targets_per_s'],
+                   'compile_s': r['compile_s']})
+  return rows
+
+
+def _gpu_throughput_rows(data):
+  rec = data['throughput_gpu_h100.json']
+  rows = []
+  for name, r in rec['runs'].items():
+    rows.append({'card': f"{rec['device_kind']} x {rec['devices']} (jax {rec['jax']})",
+                 'run': f'`{name}` ({r["attention"]} attention, {r["dtype"]})',
+                 'params': r['num_params'] / 1e9, 'shape': f"{r['batch_size']} x {r['max_len']}",
+                 'step_ms': r['step_ms'], 'tok_s': r['tokens_per_s'],
+                 'achieved': r['achieved_tflops_per_s'], 'datasheet': rec['datasheet_peak_tflops'],
+                 'mfu': r['mfu_vs_datasheet'], 'measured': rec['peak_tflops_measured'],
+                 'mfu_measured': r['mfu_vs_measured_peak'], 'mem': r['peak_memory_gb']})
+  return rows
+
+
+# --- multimodal, semantic IDs, cold start, text fine-tuning ------------------------------------
+
+def _content(v: dict) -> str:
+  fields = [f'{k}: {v}' for k, v in v.get('content', {}).items() if v]
+  return '; '.join(fields) or 'none'
+
+
+def _multimodal_rows(data):
+  rows = []
+  for f, dataset in (('multimodal_scientific.json', 'Amazon Scientific'),
+                     ('beauty.json', 'Amazon Beauty'),
+                     ('multimodal_beauty_attributes.json', 'Amazon Beauty')):
+    rec = data[f]
+    variants = rec.get('variants') or {'id': {**rec, 'item_repr': 'id'}}
+    for name, v in variants.items():
+      rows.append({'run': f'{dataset} (`{short_command(rec["command"])}`)', 'variant': name,
+                   'content': _content(v), 'item_repr': v['item_repr'],
+                   'ndcg': v['test']['ndcg@10'], 'hr': v['test']['hr@10'],
+                   'hr20': v['test']['hr@20'], 'valid': v['valid_ndcg@10'],
+                   'epoch': v['best_epoch'], 'params': v['num_params'] / 1e6,
+                   'seq_s': v['train_examples_per_s']})
+  return rows
+
+
+def _semantic_rows(data):
+  rec = data['semantic_ids.json']
+  rows = []
+  for head, ranking in (('softmax', 'full ranking over every item'),
+                        ('semantic_id', f"trie-constrained beam search, beam {rec['beam_size']}")):
+    r = rec[head]
+    rows.append({'head': head, 'ranking': ranking, 'ndcg': r['ndcg@10'], 'hr': r['hr@10'],
+                 'ndcg20': r['ndcg@20'], 'hr20': r['hr@20'], 'ms': r['inference_ms_per_user']})
+  return rows
+
+
+def _cold_rows(data, first_run: bool):
+  rec = data['multimodal_cold_start.json']
+  rows = []
+  for name, v in rec['variants'].items():
+    if ('note' in v) != first_run:
+      continue
+    cold, test = v['test_cold'], v.get('test', {})
+    rows.append({'variant': name, 'item_repr': v.get('item_repr', ''),
+                 'id_dropout': v.get('id_dropout'), 'cold_ndcg': cold['ndcg@10'],
+                 'cold_hr': cold['hr@10'], 'cold_hr50': cold['hr@50'],
+                 'cases': cold.get('num_cases'), 'ndcg': test.get('ndcg@10'),
+                 'hr': test.get('hr@10'), 'epoch': v.get('best_epoch')})
+  return rows
+
+
+def _text_finetune_rows(data):
+  rows = []
+  for f in ('text_finetune.json', 'text_finetune_encoder_lr1e-12.json'):
+    rec = data[f]
+    variants = rec.get('variants') or {'finetune': rec['finetune']}
+    for name, v in variants.items():
+      rows.append({'variant': name, 'command': code(rec['command']),
+                   'lr': None if name == 'frozen' else f"{rec['encoder_lr']:g}",
+                   'ndcg': v['test']['ndcg@10'], 'hr': v['test']['hr@10'],
+                   'valid': v['valid_ndcg@10'], 'step_ms': v['step_ms']})
+  return rows
+
+
+# --- retrieval ----------------------------------------------------------------------------------
+
+def _ann_rows(data):
+  rec = data['retrieval_ann.json']
+  rows = []
+  for key in ('clustered', 'iid'):
+    r = rec[key]
+    p = r['params']
+    rows.append({'data': r['distribution'], 'setting': f"defaults: {p['num_leaves']} leaves, "
+                 f"{p['leaves_to_search']} searched, {p['reorder']} re-ranked",
+                 'recall': r['recall@10'], 'ann': r['ann_qps'], 'exact': r['exact_qps'],
+                 'speedup': r['speedup'], 'build': r['build_s'], 'mb': r['index_bytes'] / 1e6,
+                 'load': r['load_avg_1m']})
+  r = rec['iid_sweep']
+  for s in r['sweep']:
+    rows.append({'data': r['distribution'], 'setting': f"{r['params']['num_leaves']} leaves, "
+                 f"{s['leaves_to_search']} searched, {s['reorder']} re-ranked",
+                 'recall': s['recall@10'], 'ann': s['ann_qps'],
+                 'exact': r['exact_qps'], 'speedup': s['speedup'], 'load': r['load_avg_1m']})
+  return rows
+
+
+def _serving_rows(data):
+  rec = data['retrieval_serving.json']
+  rows = []
+  for key, r in rec.items():
+    if not isinstance(r, dict) or 'with_index' not in r:
+      continue
+    p = r['index_params']
+    index = ('exact (brute force)' if not p['num_leaves'] else
+             f"tree: {p['num_leaves']} leaves, {p['leaves_to_search']} searched")
+    rows.append({'index': index, 'users': r['users_timed'], 'p50': r['with_index']['p50_ms'],
+                 'p99': r['with_index']['p99_ms'], 'p50_no': r['without_index']['p50_ms'],
+                 'p99_no': r['without_index']['p99_ms'], 'same': r['same_top10_fraction'],
+                 'overlap': r['top10_overlap'], 'load': r['load_avg_1m']})
+  return rows
+
+
+def _rag_rows(data):
+  rows = []
+  for f in ('retrieval_rag_beauty.json', 'retrieval_rag_scientific.json'):
+    rec = data[f]
+    off, on = rec['rag_off'], rec['rag_on']
+    rows.append({'scenario': f"{rec['scenario']} ({rec['content']})",
+                 'epochs': off['epochs_at_best'], 'off': off['test']['ndcg@10'],
+                 'on': on['test']['ndcg@10'], 'off_hr': off['test']['hr@10'],
+                 'on_hr': on['test']['hr@10'], 'off_s': minutes(off['train_elapsed_s_at_best']),
+                 'on_s': minutes(on['train_elapsed_s_at_best'])})
+  return rows
+
+
+# --- debiasing ----------------------------------------------------------------------------------
+
+def _synthetic_rows(data):
+  rows = []
+  for line in data['debias_synthetic.jsonl']:
+    beats = line['beats_naive_on_truth_ndcg@10']
+    for name, v in line['variants'].items():
+      b = beats.get(name)
+      rows.append({'variant': name, 'command': code(re.search(r'--variants \S+',
+                                                                line['command']).group(0)),
+                   'truth': v['truth_ndcg@10'], 'observed': v['observed_ndcg@10'],
+                   'arp': v['arp@10'], 'gini': v['gini@10'], 'tail': v['tail_share@10'],
+                   'coverage': v['coverage@10'],
+                   'beats': '' if b is None else ('yes' if b else 'no')})
+  return rows
+
+
+def _debias_beauty_rows(data):
+  rows = []
+  for f, label in (('debias_beauty_d128.json', 'hidden 128 (best checkpoint, epoch 27)'),
+                   ('debias_beauty.json', '`small`, stopped early')):
+    rec = data[f]
+    picked = rec['debiased']['strength']
+    for s in rec['sweep']:
+      t = s['test']
+      rows.append({'model': f"{label}, step {rec['model_step']}", 'strength': s['strength'],
+                   'picked': 'picked' if s['strength'] == picked else '',
+                   'valid': s['valid_ndcg@10'], 'ndcg': t['ndcg@10'], 'hr': t['hr@10'],
+                   'gini': t['gini@10'], 'tail': t['tail_share@10'], 'cov': t['coverage@10'],
+                   'arp': t['arp@10']})
+  return rows
+
+
+COAT_METRICS = ('ndcg@5', 'recall@5', 'auc', 'mse')
+COAT_NAMES = {
+    'naive': 'naive', 'snips_given': 'SNIPS, given propensities',
+    'snips_learned': 'SNIPS, learned propensities', 'snips_nb': 'SNIPS, naive-Bayes propensities',
+    'snips_popularity': 'SNIPS, popularity propensities', 'dr_given': 'DR, given propensities',
+    'dr_nb': 'DR, naive-Bayes propensities', 'mnar_nb': 'MNAR likelihood, naive-Bayes levels',
+    'debiased_family': 'debiased family (estimator, propensity and grid point picked per seed)',
+}
+
+
+def _coat_cell(v: dict, metric: str, n: int) -> str:
+  m = v[metric]
+  cell = f"{m['mean']:.4f} ± {m['std']:.3f}"
+  gain = v.get('gain_over_naive', {}).get(metric)
+  if gain:  # the file's gains are signed so that positive = better; MSE shown as variant - naive
+    diff = -gain['mean'] if metric == 'mse' else gain['mean']
+    cell += (f" ({signed(diff, 3)} ± {se_of_std(gain['std'], n):.3f}, "
+             f"better on {gain['seeds_better']}/{n})")
+  return cell
+
+
+def _coat_rows(rec: dict) -> list[dict]:
+  n = rec['seeds']
+  rows = []
+  for block, criterion in (('variants', 'validation NDCG@5'), ('variants_by_valid_mse',
+                                                             'validation MSE')):
+    for name, v in rec[block].items():
+      rows.append({'selected': criterion, 'variant': COAT_NAMES.get(name, name),
+                   **{m: _coat_cell(v, m, n) for m in COAT_METRICS}})
+  return rows
+
+
+COAT_COLS = (Col('selected on', 'selected'), Col('variant', 'variant'), Col('NDCG@5', 'ndcg@5'),
+             Col('Recall@5', 'recall@5'), Col('AUC', 'auc'), Col('MSE', 'mse'))
+COAT_PROTOCOL = ('Coat, matrix factorisation; per seed, 30% of the 290 randomly-exposed test users '
+                 'are validation and the other 203 are reported; every variant gets the same grid '
+                 '(dim 16/32/64 x l2 0.3/1/3/10, 800 full-batch Adam steps) and early stopping, '
+                 'grid point and step picked on the named validation criterion. Mean ± std over '
+                 'the seeds; in brackets the paired difference variant minus naive on the same '
+                 'split, mean ± standard error (std / sqrt(seeds - 1)), and the seeds on which the '
+                 'variant is better (higher; for MSE lower).')
+
+# --- fairness, explanations, online, AOT --------------------------------------------------------
+
+def _fairness_rows(data):
+  rows = []
+  for line in data['debias_ml100k.jsonl']:
+    weight = re.search(r'adversary_weight=(\S+)', line['command'])
+    for name, v in line['variants'].items():
+      w = ''
+      if name == 'adversarial':
+        w = f'adversary {weight.group(1)}' if weight else 'adversary 1.0 (config default)'
+      elif name == 'parity':
+        w = 'parity 1.0 (config default)'
+      g = v['ndcg@10_by_gender']
+      rows.append({'epochs': line['epochs'], 'variant': name, 'weight': w,
+                   'command': code(short_command(line['command'])),
+                   'ndcg': v['test_ndcg@10'], 'hr': v['test_hr@10'],
+                   'gap': v['gender_ndcg@10_gap'], 'm': g['M'], 'f': g['F'],
+                   'age': v['age_group_ndcg@10_gap'], 'step': v['best_step']})
+  return rows
+
+
+def _faithfulness_rows(data, files):
+  rows = []
+  for f, label in files:
+    rec = data[f]
+    ig, gx = rec['integrated_gradients'], rec['grad_x_input']
+    rows.append({'model': f"{label}, checkpoint step {rec['workdir_checkpoint_step']}",
+                 'cases': rec['num_cases'], 'steps': rec['ig_steps'],
+                 'ig': f"{ig['score_ratio@3']:.2f}x / {ig['rank_ratio@3']:.2f}x",
+                 'gx': f"{gx['score_ratio@3']:.2f}x / {gx['rank_ratio@3']:.2f}x",
+                 'recent': ratio(ig.get('score_ratio_vs_recent@3')),
+                 'gap': ig['completeness_gap_rel_median'],
+                 'gx_gap': gx['completeness_gap_rel_median'], 'hist': rec['mean_history_len']})
+  return rows
+
+
+FAITHFUL_MAIN = (('explain_faithfulness_ml100k.json', 'MovieLens 100K `small`'),
+                 ('explain_faithfulness_beauty_d128.json', 'Beauty hidden 128'),
+                 ('explain_faithfulness_beauty.json', 'Beauty `small`, early checkpoint'))
+FAITHFUL_RECENT = (('explain_faithfulness_ml100k_recent_baseline.json', 'MovieLens 100K `small`'),)
+
+
+def _explain_text_rows(data):
+  rows = []
+  for f, label in (('explain_text.json', 'generator from the 8-epoch run of '
+                    '`explain_text_train_run.json`, loaded and scored'),
+                   ('explain_text_base30.json', '30 epochs'),
+                   ('explain_text_ctx30.json', '30 epochs + context prediction'),
+                   ('explain_text_ctx30_ls.json', '30 epochs + context prediction + label '
+                    'smoothing')):
+    rec = data[f]
+    g, b = rec['greedy'], rec['beam4']
+    cell = lambda k, g=g, b=b: f'{g[k]:.2f} ({b[k]:.2f})'  # noqa: E731
+    trained = data['explain_text_train_run.json'] if rec['epochs'] == 0 else rec
+    losses = trained['valid_loss']
+    rows.append({'generator': label, 'command': code(short_command(rec['command'])),
+                 'device': rec.get('device', 'cpu'), 'valid': min(losses),
+                 'epoch': f'{losses.index(min(losses)) + 1} / {len(losses)}',
+                 **{k: cell(k) for k in ('bleu1', 'bleu4', 'rouge1_f', 'rouge2_f', 'rougel_f',
+                                         'usr', 'fmr')}})
+  t = data['explain_text.json']['template']
+  rows.append({'generator': 'grounded template (no training)',
+               **{k: f'{t[k]:.2f}' for k in ('bleu1', 'bleu4', 'rouge1_f', 'rouge2_f', 'rougel_f',
+                                             'usr', 'fmr')}})
+  return rows
+
+
+def _online_rows(data):
+  rows = []
+  for f in ('online_adaptation_musical_instruments.json',
+            'online_adaptation_musical_instruments_new_item_lr.json',
+            'online_adaptation_ml100k.json', 'online_adaptation_ml100k_new_item_lr.json'):
+    rec = data[f]
+    for dataset, d in rec['by_dataset'].items():
+      oc, w, rw = d['online_config'], d['ndcg@10_by_window'], d['on_retrained_windows']
+      last = len(w['frozen']) - 1
+      rows.append({
+          'run': f"{dataset} (`{short_command(rec['command'])}`)",
+          'stream': f"{d['stream_events']:,} events, {d['new_items_in_stream']} new items",
+          'lr': f"{oc['learning_rate']:g} / {oc.get('new_item_learning_rate', oc['learning_rate']):g}",
+          'frozen': d['overall']['frozen']['ndcg@10'], 'adapted': d['overall']['adapted']['ndcg@10'],
+          'windows': ' / '.join(f'{a:.4f}' for a in w['adapted']) + ' vs ' +
+                     ' / '.join(f'{a:.4f}' for a in w['frozen']),
+          'last': f"{w['frozen'][last]:.4f} / {w['adapted'][last]:.4f} / {w['retrained'][last]:.4f}",
+          'retrained': f"{rw['frozen']['ndcg@10']:.4f} / {rw['adapted']['ndcg@10']:.4f} / "
+                       f"{rw['retrained']['ndcg@10']:.4f}",
+          'p50': d['adapted_throughput']['update_latency_ms_p50'],
+          'p99': d['adapted_throughput']['update_latency_ms_p99'],
+          'events_s': d['adapted_throughput']['events_per_s']})
+  return rows
+
+
+def _aot_rows(data):
+  rec = data['aot_memory.json']
+  rows = []
+  for topology, r in rec['runs'].items():
+    b = r['per_device_bytes']
+    rows.append({'slice': f"TPU {topology} ({r['device_kind']}, {r['num_devices']} devices)",
+                 'params': r['num_params'] / 1e9, 'peak': r['per_device_gib'],
+                 'state': b['argument'] / 2**20, 'temp': b['temp'] / 2**30, 'hbm': r['hbm_gib'],
+                 'fits': 'yes' if r['fits'] else 'no', 'compile': r['compile_s']})
+  return rows
+
+
+TABLES: tuple[Table, ...] = (
+    Table('leave_one_out', tuple(f for f, _ in LOO_RUNS), LOO, _loo_rows, LOO_COLS),
+    Table('leave_one_out_seen_ranked', tuple(f for f, _ in LOO_RUNS if f.startswith('yelp')),
+          'as the table above, same runs and checkpoints, but seen items ranked (a test target '
+          'that repeats a history item can be hit).', _seen_ranked_rows,
+          (Col('run (command)', 'run'), Col('model', 'model'), Col('test NDCG@10', 'ndcg', F4),
+           Col('test HR@10', 'hr', F4), Col('test MRR', 'mrr', F4))),
+    Table('throughput_cpu', ('throughput_cpu_tiny_small.json', 'throughput.json'),
+          'the jitted train step after compilation on the Beauty catalog, batch 128 x 50 '
+          'positions, full softmax, 30 timed steps, one CPU device on the 2-core machine; '
+          'tokens = batch x positions; `fusion` = item attributes fused into every item and '
+          'cross-attention in both blocks.', _cpu_throughput_rows,
+          (Col('preset / variant (command)', 'run'), Col('params (M)', 'params', F2),
+           Col('ms/step', 'step_ms', F1), Col('sequences/s', 'seq_s', F0),
+           Col('tokens/s', 'tok_s', F0), Col('loss targets/s', 'targets_s', F0),
+           Col('compile (s)', 'compile_s', F1))),
+    Table('multimodal', ('multimodal_scientific.json', 'beauty.json',
+                         'multimodal_beauty_attributes.json'),
+          LOO.split(' Times are')[0] + ' Multimodal = content tokens fused into the item '
+          '(`item_repr=both`) with cross-attention in both blocks.', _multimodal_rows,
+          (Col('dataset (command)', 'run'), Col('variant', 'variant'),
+           Col('content', 'content'), Col('item_repr', 'item_repr'),
+           Col('test NDCG@10', 'ndcg', F4), Col('test HR@10', 'hr', F4),
+           Col('test HR@20', 'hr20', F4), Col('valid NDCG@10', 'valid', F4),
+           Col('best epoch', 'epoch', F0), Col('params (M)', 'params', F2),
+           Col('train seq/s', 'seq_s', F0))),
+    Table('semantic_ids', ('semantic_ids.json',),
+          'Beauty, leave-one-out, seen items excluded, one run each (seed 0); both heads on the '
+          'same trained softmax model (`--set model.mlp_dim=64`), whose item table gives the '
+          'RQ-k-means codes. Each head ranks its own way: the softmax head scores every item '
+          '(full ranking); the semantic-ID head returns only the items its trie-constrained beam '
+          'search reaches, so it is **not** a full ranking and metrics past the beam width are '
+          'not defined. Inference time per test user for a 512-user batch after compilation, '
+          'other jobs on the cores.', _semantic_rows,
+          (Col('head', 'head'), Col('ranking', 'ranking'), Col('test NDCG@10', 'ndcg', F4),
+           Col('test HR@10', 'hr', F4), Col('test NDCG@20', 'ndcg20', F4),
+           Col('test HR@20', 'hr20', F4), Col('ms per user', 'ms', F2))),
+    Table('cold_start', ('multimodal_cold_start.json',),
+          'Amazon Scientific with a share of items held out of training entirely (absent from '
+          'training sequences and from the training softmax); leave-one-out, full ranking, seen '
+          'items excluded, best checkpoint by validation NDCG@10, one run each (seed 0); "cold" = '
+          'test cases whose target is a held-out item. Rerun command: `' +
+          'python benchmarks/multimodal.py --scenario cold_start --variants multimodal,content`.',
+          lambda d: _cold_rows(d, first_run=False),
+          (Col('variant', 'variant'), Col('item_repr', 'item_repr'),
+           Col('id dropout', 'id_dropout', F1), Col('cold cases', 'cases', F0),
+           Col('cold NDCG@10', 'cold_ndcg', F4), Col('cold HR@10', 'cold_hr', F4),
+           Col('cold HR@50', 'cold_hr50', F4), Col('all-cases NDCG@10', 'ndcg', F4),
+           Col('all-cases HR@10', 'hr', F4), Col('best epoch', 'epoch', F0))),
+    Table('cold_start_first_run', ('multimodal_cold_start.json',),
+          'the first run of the same scenario, made before held-out items were removed from the '
+          'training softmax (they were negatives there), so not comparable with the table above; '
+          'an id-only model cannot score an item it never trained on either way.',
+          lambda d: _cold_rows(d, first_run=True),
+          (Col('variant', 'variant'), Col('cold NDCG@10', 'cold_ndcg', F4),
+           Col('cold HR@10', 'cold_hr', F4), Col('cold HR@50', 'cold_hr50', F4),
+           Col('all-cases NDCG@10', 'ndcg', F4), Col('all-cases HR@10', 'hr', F4))),
+    Table('text_finetune', ('text_finetune.json', 'text_finetune_encoder_lr1e-12.json'),
+          'the 1,585-item `scientific-features` subset, MiniLM on 32 tokens, `item_repr=both` with '
+          'cross-attention, 44 steps (2 epochs), 64 items re-encoded per step, 4 of 6 encoder '
+          'layers frozen; leave-one-out, full ranking, seen items excluded, last-step test '
+          'metrics, one run each (seed 0); step times under shared load, relative only.',
+          _text_finetune_rows,
+          (Col('variant', 'variant'), Col('command', 'command'), Col('encoder lr', 'lr'),
+           Col('test NDCG@10', 'ndcg', F4), Col('test HR@10', 'hr', F4),
+           Col('valid NDCG@10', 'valid', F4), Col('ms/step', 'step_ms', F0))),
+    Table('retrieval_ann', ('retrieval_ann.json',),
+          '1M x 64 synthetic item vectors (clustered, or i.i.d. Gaussian), 2,000 queries, top 10; '
+          'ScaNN against exact brute force, timed back to back in the same process on the 2-core '
+          'CPU, whose 1-minute load average is shown (other jobs shared it). Commands: ' +
+          '; '.join(code(c) for c in load('retrieval_ann.json')['commands']) + '.', _ann_rows,
+          (Col('vectors', 'data'), Col('index setting', 'setting'),
+           Col('recall@10', 'recall', F3), Col('ANN QPS', 'ann', F0),
+           Col('exact QPS', 'exact', F0), Col('speed-up', 'speedup', ratio),
+           Col('build (s)', 'build', F1), Col('index (MB)', 'mb', F0),
+           Col('load', 'load', F1))),
+    Table('retrieval_serving', ('retrieval_serving.json',),
+          f"`recommend` latency per user, one user per call after warm-up, on "
+          f"{load('retrieval_serving.json')['model']}; with the index, candidates re-scored "
+          "exactly; without it, the full-scoring path (which recompiles per history length, what "
+          "its p99 measures); the 2-core CPU was shared (1-minute load average shown). Command: "
+          f"{code(load('retrieval_serving.json')['command'])}.", _serving_rows,
+          (Col('index', 'index'), Col('users', 'users', F0), Col('p50 ms', 'p50', F1),
+           Col('p99 ms', 'p99', F1), Col('without index: p50 ms', 'p50_no', F1),
+           Col('without index: p99 ms', 'p99_no', F0),
+           Col('same top 10 as full scoring', 'same', F2), Col('top-10 overlap', 'overlap', F2),
+           Col('load', 'load', F1))),
+    Table('retrieval_rag', ('retrieval_rag_beauty.json', 'retrieval_rag_scientific.json'),
+          'RAG on vs off, same model, data and budget, one run each (seed 0): both runs stopped '
+          'after the same number of steps and their best checkpoints (by validation NDCG@10) '
+          'evaluated on test, leave-one-out, full ranking, seen items excluded; training times '
+          'under shared load (other jobs on the 2 cores).', _rag_rows,
+          (Col('scenario (content)', 'scenario'), Col('epochs', 'epochs', F2),
+           Col('test NDCG@10 off', 'off', F4), Col('test NDCG@10 on', 'on', F4),
+           Col('test HR@10 off', 'off_hr', F4), Col('test HR@10 on', 'on_hr', F4),
+           Col('train min to best, off', 'off_s', F1),
+           Col('train min to best, on', 'on_s', F1))),
+    Table('debias_synthetic', ('debias_synthetic.jsonl',),
+          'the embedded synthetic generator with 1,500 users and 500 items (`python '
+          'benchmarks/debias_synthetic.py --epochs 6 --variants V --set '
+          'data.synthetic.num_users=1500 --set data.synthetic.num_items=500`), one run each (seed '
+          '0), leave-one-out; "truth" NDCG@10 grades each test list by the generator\'s '
+          'unconfounded preferences, "observed" is the usual hit metric on the confounded held-out '
+          'item; ARP = average recommended popularity (the true top 10 has ' +
+          f"{load('debias_synthetic.jsonl')[0]['oracle_arp@10']:g}); `naive_adjusted_S` = the "
+          'naive model ranked with S x log popularity removed; "beats naive" compares truth '
+          'NDCG@10 with the naive run of the same settings.', _synthetic_rows,
+          (Col('variant', 'variant'), Col('run', 'command'), Col('truth NDCG@10', 'truth', F4),
+           Col('observed NDCG@10', 'observed', F4), Col('ARP@10', 'arp', F0),
+           Col('Gini@10', 'gini', F3), Col('tail share', 'tail', F3),
+           Col('coverage@10', 'coverage', F3), Col('beats naive (truth)', 'beats'))),
+    Table('debias_beauty', ('debias_beauty_d128.json', 'debias_beauty.json'),
+          'one trained naive Beauty model ranked with S x log popularity subtracted at inference '
+          '(`python benchmarks/debias_beauty.py --naive_workdir=W --strengths '
+          '0,0.05,0.1,0.2,0.3`); leave-one-out, full ranking, seen items excluded, one model each '
+          '(seed 0); the strength is picked on validation NDCG@10 within 2% of strength 0.',
+          _debias_beauty_rows,
+          (Col('naive model', 'model'), Col('strength', 'strength', fmt('g')),
+           Col('', 'picked'), Col('valid NDCG@10', 'valid', F4),
+           Col('test NDCG@10', 'ndcg', F4), Col('test HR@10', 'hr', F4),
+           Col('Gini@10', 'gini', F3), Col('tail share', 'tail', F3),
+           Col('coverage@10', 'cov', F3), Col('ARP@10', 'arp', F1))),
+    Table('coat_mnar_confirm', ('debias_coat_mnar_confirm.json',),
+          COAT_PROTOCOL + ' Seeds 200-219, the declared run: `' +
+          load('debias_coat_mnar_confirm.json')['command'] + '`.',
+          lambda d: _coat_rows(d['debias_coat_mnar_confirm.json']),
+          COAT_COLS),
+    Table('coat_seeds_0_9', ('debias_coat.json',),
+          COAT_PROTOCOL + ' Seeds 0-9, every variant: `' + load('debias_coat.json')['command'] +
+          '`.', lambda d: _coat_rows(d['debias_coat.json']),
+          COAT_COLS),
+    Table('coat_snips_confirm', ('debias_coat_confirm.json',),
+          COAT_PROTOCOL + ' Seeds 100-119, the declared run: `' +
+          load('debias_coat_confirm.json')['command'] + '`.',
+          lambda d: _coat_rows(d['debias_coat_confirm.json']),
+          COAT_COLS),
+    Table('fairness_ml100k', ('debias_ml100k.jsonl',),
+          'MovieLens 100K, `small` preset, leave-one-out, full ranking, seen items excluded, best '
+          'checkpoint by validation NDCG@10, one run each (seed 0); every run in the file. Gender '
+          'gap = |NDCG@10 men - NDCG@10 women| on test; age gap = largest minus smallest age '
+          'group\'s NDCG@10.', _fairness_rows,
+          (Col('epochs', 'epochs', F0), Col('variant', 'variant'), Col('weight', 'weight'),
+           Col('command', 'command'), Col('test NDCG@10', 'ndcg', F4),
+           Col('test HR@10', 'hr', F4), Col('gender gap', 'gap', F4),
+           Col('NDCG@10 men', 'm', F4), Col('NDCG@10 women', 'f', F4),
+           Col('age gap', 'age', F4), Col('best step', 'step', F0))),
+    Table('explain_faithfulness', tuple(f for f, _ in FAITHFUL_MAIN),
+          'each of 512 test users explains its top-1 recommendation; deleting the top-3 '
+          'attributed history items vs 3 random ones (5 draws), ratio of the mean score drop / '
+          'mean rank rise; 32 integrated-gradient steps; "vs 3 most recent" = the same ratio '
+          'against deleting the 3 newest items (blank: not measured in that run); completeness '
+          'gap = median |sum of attributions - score difference| / |score difference|. Command: '
+          '`python benchmarks/explain_faithfulness.py --dataset=D --workdir=W`.',
+          lambda d: _faithfulness_rows(d, FAITHFUL_MAIN),
+          (Col('model', 'model'), Col('integrated gradients: score / rank', 'ig'),
+           Col('gradient x input: score / rank', 'gx'),
+           Col('IG vs 3 most recent (score)', 'recent'),
+           Col('IG completeness gap', 'gap', F3), Col('GxI completeness gap', 'gx_gap', F3),
+           Col('mean history length', 'hist', F1))),
+    Table('explain_faithfulness_recent', tuple(f for f, _ in FAITHFUL_RECENT),
+          'as above but 128 test users and 16 integrated-gradient steps (`--num_cases=128 '
+          '--steps=16`), run to add the 3-most-recent baseline.',
+          lambda d: _faithfulness_rows(d, FAITHFUL_RECENT),
+          (Col('model', 'model'), Col('integrated gradients: score / rank', 'ig'),
+           Col('gradient x input: score / rank', 'gx'),
+           Col('IG vs 3 most recent (score)', 'recent'))),
+    Table('explain_text', ('explain_text.json', 'explain_text_train_run.json',
+                           'explain_text_base30.json', 'explain_text_ctx30.json',
+                           'explain_text_ctx30_ls.json'),
+          'Amazon Musical Instruments review sentences split by time (train < 80%, valid 80-90%, '
+          'test >= 90% of review times: 8,208 / 1,021 / 1,032), the same recommender (checkpoint '
+          'step 228) and inputs for every row, best epoch by validation cross-entropy, one run '
+          'each (seed 0), test values x 100, greedy decoding (beam 4 in brackets); configurations '
+          'compared on the test split.', _explain_text_rows,
+          (Col('generator', 'generator'), Col('command', 'command'), Col('device', 'device'),
+           Col('best / last epoch', 'epoch'), Col('best valid loss', 'valid', F4), Col('BLEU-1', 'bleu1'), Col('BLEU-4', 'bleu4'),
+           Col('ROUGE-1', 'rouge1_f'), Col('ROUGE-2', 'rouge2_f'), Col('ROUGE-L', 'rougel_f'),
+           Col('USR', 'usr'), Col('FMR', 'fmr'))),
+    Table('online_adaptation', ('online_adaptation_musical_instruments.json',
+                                'online_adaptation_musical_instruments_new_item_lr.json',
+                                'online_adaptation_ml100k.json',
+                                'online_adaptation_ml100k_new_item_lr.json'),
+          load('online_adaptation_ml100k.json')['protocol'] + '; the first 70% of interactions '
+          'by time train a `small` model, each later event is ranked before anything learns from '
+          'it, frozen and adapted both see the growing histories; NDCG@10, one run each (seed '
+          '0); update latency per 64-event micro-batch on the shared 2-core CPU. Retraining runs '
+          'on the first and last windows only.', _online_rows,
+          (Col('dataset (command)', 'run'), Col('stream', 'stream'),
+           Col('lr: base / new items', 'lr'), Col('frozen', 'frozen', F4),
+           Col('adapted', 'adapted', F4), Col('by window: adapted vs frozen', 'windows'),
+           Col('last window: frozen / adapted / retrained', 'last'),
+           Col('both retrained windows: frozen / adapted / retrained', 'retrained'),
+           Col('update p50 ms', 'p50', F0), Col('update p99 ms', 'p99', F0),
+           Col('events/s', 'events_s', F0))),
+    Table('aot_memory', ('aot_memory.json',),
+          '`' + load('aot_memory.json')['command'] + '`: the `1b` preset (2048 wide, 18 blocks, '
+          'bf16 compute, float32 parameters and AdamW state), 100,000-item catalog, batch 256 x '
+          '50, FSDP over all chips, compiled for the slice by libtpu on the 2-core CPU (no TPU); '
+          'per-device figures are the compiler\'s estimates.', _aot_rows,
+          (Col('slice', 'slice'), Col('parameters (B)', 'params', F3),
+           Col('per-device peak (GiB)', 'peak', F2), Col('state (MiB)', 'state', F1),
+           Col('temporaries (GiB)', 'temp', F2), Col('HBM (GiB)', 'hbm', F0),
+           Col('fits', 'fits'), Col('compile (s)', 'compile', F0))),
+    Table('throughput_gpu', ('throughput_gpu_h100.json',),
+          '`' + load('throughput_gpu_h100.json')['command'] + '`: the real jitted train step (full '
+          'softmax over the catalog, AdamW, bf16 compute, float32 parameters) on windows of random '
+          'Zipf item ids with every position a target, after compilation. MFU = model FLOPs (6 x '
+          'tokens x block matmul parameters + attention scores/values + the output head over the '
+          'targets) per second over the datasheet peak (dense bf16, per chip); beside it, MFU '
+          'over a peak measured in the same process (a chain of bf16 8192^3 matrix products, '
+          'recovered afterwards from the printed MFU, see the file\'s `peak_note`).',
+          _gpu_throughput_rows,
+          (Col('card', 'card'), Col('preset', 'run'), Col('params (B)', 'params', F2),
+           Col('batch x positions', 'shape'), Col('ms/step', 'step_ms', F0),
+           Col('tokens/s', 'tok_s', F0), Col('achieved TFLOP/s', 'achieved', F0),
+           Col('datasheet peak TFLOP/s', 'datasheet', F0), Col('MFU (datasheet)', 'mfu', F2),
+           Col('measured peak TFLOP/s', 'measured', F0),
+           Col('MFU (measured peak)', 'mfu_measured', F2), Col('peak memory (GiB)', 'mem', F1))),
+)
+BY_NAME = {t.name: t for t in TABLES}
+
+
+# ----------------------------------------------------------------------------------------------
+# Documents
+
+
+def documents() -> list[pathlib.Path]:
+  """The markdown files holding generated tables: README.md and docs/*.md but the excluded."""
+  docs = sorted((ROOT / 'docs').glob('*.md'))
+  skip = set(OWN_GENERATOR) | set(NOT_YET_GENERATED)
+  return [README] + [d for d in docs if str(d.relative_to(ROOT)) not in skip]
+
+
+def blocks(text: str) -> dict[str, str]:
+  """name -> text between the markers, for every generated table in ``text``."""
+  out = {}
+  for m in _BLOCK.finditer(text):
+    if m['name'] in out:
+      raise ValueError(f'table {m["name"]} appears twice')
+    out[m['name']] = m['body']
+  return out
+
+
+def rewrite(text: str) -> str:
+  """``text`` with every generated table re-rendered from its files."""
+  def sub(m):
+    table = BY_NAME.get(m['name'])
+    if table is None:
+      raise KeyError(f'no table named {m["name"]!r} in benchmarks/results_tables.py')
+    return START.format(table.name) + '\n' + render(table) + END.format(table.name)
+  return _BLOCK.sub(sub, text)
+
+
+def stale_tables(text: str) -> list[str]:
+  """Names of the generated tables in ``text`` whose text differs from what the files give."""
+  return [name for name, body in blocks(text).items()
+          if name not in BY_NAME or body != render(BY_NAME[name])]
+
+
+def hand_tables_with_figures(text: str) -> list[str]:
+  """Rows of markdown tables outside generated blocks that show a number (figure-free tables in
+  ``FIGURE_FREE_TABLES`` excepted), as 'line N: row'."""
+  spans = [m.span() for m in _BLOCK.finditer(text)] + [m.span()
+                                                        for m in _OTHER_GENERATED.finditer(text)]
+  allowed = set(FIGURE_FREE_TABLES.values())
+  out, header, fenced, offset = [], None, False, 0
+  for number, line in enumerate(text.splitlines(keepends=True), 1):
+    start, offset = offset, offset + len(line)
+    stripped = line.strip()
+    if stripped.startswith('```'):
+      fenced = not fenced
+    if fenced or not stripped.startswith('|') or any(a <= start < b for a, b in spans):
+      header = None
+      continue
+    if header is None:
+      header = stripped
+      continue
+    if header in allowed or re.fullmatch(r'\|(\s*:?-+:?\s*\|)+', stripped):
+      continue
+    if re.search(r'\d', stripped):
+      out.append(f'line {number}: {stripped[:100]}')
+  return out
+
+
+def check() -> list[str]:
+  """Every problem with the committed tables, one line each (empty = all tables match)."""
+  problems = []
+  placed: dict[str, str] = {}
+  for doc in documents():
+    rel = str(doc.relative_to(ROOT))
+    text = doc.read_text()
+    for name in blocks(text):
+      if name in placed:
+        problems.append(f'{rel}: table {name} also in {placed[name]}')
+      placed[name] = rel
+    problems += [f'{rel}: table {name} differs from its result files (or is unknown)'
+                 for name in stale_tables(text)]
+    problems += [f'{rel}: hand-written table row with figures, {row}'
+                 for row in hand_tables_with_figures(text)]
+  problems += [f'table {t.name} is in no document' for t in TABLES if t.name not in placed]
+  return problems
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  p.add_argument('--check', action='store_true',
+                 help='do not write; exit 1 listing each table that differs from its files')
+  args = p.parse_args(argv)
+  if args.check:
+    problems = check()
+    for line in problems:
+      print(line)
+    return 1 if problems else 0
+  for doc in documents():
+    text = doc.read_text()
+    new = rewrite(text)
+    if new != text:
+      doc.write_text(new)
+      print(f'rewrote {doc.relative_to(ROOT)}: {", ".join(stale_tables(text))}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
