@@ -540,11 +540,13 @@ def _online_rows(data):
       rows.append({
           'run': f"{dataset} (`{short_command(rec['command'])}`)",
           'stream': f"{d['stream_events']:,} events, {d['new_items_in_stream']} new items",
-          'lr': f"{oc['learning_rate']:g} / {oc.get('new_item_learning_rate', oc['learning_rate']):g}",
-          'frozen': d['overall']['frozen']['ndcg@10'], 'adapted': d['overall']['adapted']['ndcg@10'],
+          'lr': f"{oc['learning_rate']:g} / "
+                f"{oc.get('new_item_learning_rate', oc['learning_rate']):g}",
+          'frozen': d['overall']['frozen']['ndcg@10'],
+          'adapted': d['overall']['adapted']['ndcg@10'],
           'windows': ' / '.join(f'{a:.4f}' for a in w['adapted']) + ' vs ' +
                      ' / '.join(f'{a:.4f}' for a in w['frozen']),
-          'last': f"{w['frozen'][last]:.4f} / {w['adapted'][last]:.4f} / {w['retrained'][last]:.4f}",
+          'last': ' / '.join(f'{w[m][last]:.4f}' for m in ('frozen', 'adapted', 'retrained')),
           'retrained': f"{rw['frozen']['ndcg@10']:.4f} / {rw['adapted']['ndcg@10']:.4f} / "
                        f"{rw['retrained']['ndcg@10']:.4f}",
           'p50': d['adapted_throughput']['update_latency_ms_p50'],
@@ -740,7 +742,8 @@ TABLES: tuple[Table, ...] = (
           'each (seed 0), test values x 100, greedy decoding (beam 4 in brackets); configurations '
           'compared on the test split.', _explain_text_rows,
           (Col('generator', 'generator'), Col('command', 'command'), Col('device', 'device'),
-           Col('best / last epoch', 'epoch'), Col('best valid loss', 'valid', F4), Col('BLEU-1', 'bleu1'), Col('BLEU-4', 'bleu4'),
+           Col('best / last epoch', 'epoch'), Col('best valid loss', 'valid', F4),
+           Col('BLEU-1', 'bleu1'), Col('BLEU-4', 'bleu4'),
            Col('ROUGE-1', 'rouge1_f'), Col('ROUGE-2', 'rouge2_f'), Col('ROUGE-L', 'rougel_f'),
            Col('USR', 'usr'), Col('FMR', 'fmr'))),
     Table('online_adaptation', ('online_adaptation_musical_instruments.json',
