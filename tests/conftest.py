@@ -58,3 +58,26 @@ def read_log(workdir) -> dict[int, float]:
       rec = json.loads(line)
       out[rec['step']] = rec['loss']
   return out
+
+
+def popularity_ndcg(config, workdir, which: str = 'test', k: int = 10) -> float:
+  """NDCG@k of ranking by training popularity on ``config``'s data, with the evaluation's protocol
+  (seen items excluded when eval.exclude_seen, ties counted against the target): the bar an
+  end-to-end "it trains" test must clear."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  exp = trainer.build_experiment(config, workdir)
+  num_items = exp.spec.cfg.num_items
+  counts = np.bincount(np.concatenate([np.asarray(s) for s in exp.split.train]),
+                       minlength=num_items + 1)[:num_items + 1].astype(float)
+  arrays = exp.eval_arrays(which)
+  ranks = []
+  for i in np.flatnonzero(arrays.valid):
+    score = counts.copy()
+    score[0] = -np.inf
+    if config.eval.exclude_seen:
+      score[arrays.history(i)] = -np.inf
+    t = arrays.targets[i]
+    ranks.append(int((score > score[t]).sum() + (score == score[t]).sum() - 1))
+  return metrics_lib.ranking_metrics(np.asarray(ranks), (k,))[f'ndcg@{k}']

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import read_log, tiny_config
+from conftest import popularity_ndcg, read_log, tiny_config
 from llm4rec_jax import config_base
 from llm4rec_jax.errors import NonFiniteLossError
 from llm4rec_jax.data import pipeline, registry
@@ -32,6 +32,14 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
   np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], rtol=1e-6)
   assert resumed['test'] == pytest.approx(full['test'])
   assert json.loads((tmp_path / 'resumed' / 'metrics.json').read_text())['test'] == resumed['test']
+
+
+def test_trained_model_beats_popularity(tmp_path):
+  config = tiny_config(**{'train.num_epochs': 10, 'optimizer.learning_rate': 1e-2})
+  results = trainer.train_and_evaluate(config, tmp_path)
+  pop = popularity_ndcg(config, tmp_path)
+  assert 0.1 < pop < results['test']['ndcg@10'] / 1.3, (pop, results['test'])
+  assert results['valid']['ndcg@10'] > 1.3 * popularity_ndcg(config, tmp_path, 'valid')
 
 
 def test_same_losses_on_one_and_eight_devices(tmp_path):
