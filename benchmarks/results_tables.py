@@ -35,7 +35,6 @@ README = ROOT / 'README.md'
 OWN_GENERATOR = {'docs/scale.md': 'benchmarks/movielens_scale_report.py'}
 NOT_YET_GENERATED = {
     'docs/causal_filter.md': 'being written alongside the causal-filter runs; not yet converted',
-    'docs/val_test_gap.md': 'tables printed by benchmarks/val_test_gap.py; not yet converted',
 }
 # Hand-written tables allowed outside generated blocks: no result figures in them (the digits they
 # hold are names, years, feature sizes or metric cut-offs). Keyed by name, matched by header row.
@@ -567,6 +566,66 @@ def _aot_rows(data):
   return rows
 
 
+# --- docs/val_test_gap.md: where validation NDCG is lost at test, and the transition blend -------
+
+GAP = ('leave-one-out, full ranking, seen items excluded, one trained checkpoint (seed 0, best by '
+       'validation NDCG@10) scored on the same users in every case; +- is the paired standard '
+       'error over users. test_skip: the test target predicted from the validation history.')
+SCORERS = (('model', 'our decoder'), ('markov', 'Markov chain (training transitions)'),
+           ('popularity', 'popularity (training counts)'))
+
+
+def _pm(d: dict | None) -> str:
+  if not d:
+    return ''
+  return f"{d['diff']:+.4f} +- {d['se']:.4f}" if d['se'] else f"{d['diff']:+.4f}"
+
+
+def _gap_rows(data):
+  (rec,) = data.values()
+  out = []
+  for key, label in SCORERS:
+    r = rec['results'][key]
+    out.append({'scorer': label, 'valid': r['valid']['ndcg@10'],
+                'test_skip': r['test_skip']['ndcg@10'], 'test': r['test']['ndcg@10'],
+                'ratio': r['test_over_valid'], 'v2s': _pm(r['valid_to_test_skip']),
+                's2t': _pm(r['test_skip_to_test'])})
+  return out
+
+
+GAP_COLS = (Col('scorer', 'scorer'), Col('valid', 'valid', F4), Col('test_skip', 'test_skip', F4),
+            Col('test', 'test', F4), Col('test / valid', 'ratio', F3),
+            Col('valid -> test_skip', 'v2s'), Col('test_skip -> test', 's2t'))
+
+BLEND = ('leave-one-out, full ranking, seen items excluded; one trained checkpoint per row group '
+         '(seed in the row), rescored as log_softmax(decoder) + w * log1p(training transitions of '
+         'the last item). w picked by validation NDCG@10 alone (marked); test +- is the paired '
+         'standard error against w = 0 on the same users. One seed per group: a lead, not a win.')
+BLEND_FILES = ('transition_blend_beauty_d128.json', 'transition_blend_beauty_d128_seed1.json',
+               'transition_blend_lastfm_d128.json')
+
+
+def _blend_rows(data):
+  out = []
+  for name in BLEND_FILES:
+    if name not in data:
+      continue
+    rec = data[name]
+    picked = float(rec['picked_by_valid_ndcg@10'])
+    for w, r in sorted(rec['by_weight'].items(), key=lambda kv: float(kv[0])):
+      out.append({'data': rec['dataset'], 'seed': rec['config'].get('seed'), 'w': float(w),
+                  'picked': 'picked' if float(w) == picked else '',
+                  'valid': r['valid']['ndcg@10'], 'test': r['test']['ndcg@10'],
+                  'hr': r['test']['hr@10'], 'diff': _pm(r['test_vs_w0'])})
+  return out
+
+
+BLEND_COLS = (Col('data', 'data'), Col('seed', 'seed', fmt('d')), Col('w', 'w', fmt('g')),
+              Col('by validation', 'picked'), Col('valid NDCG@10', 'valid', F4),
+              Col('test NDCG@10', 'test', F4), Col('test HR@10', 'hr', F4),
+              Col('test vs w = 0', 'diff'))
+
+
 TABLES: tuple[Table, ...] = (
     Table('leave_one_out', tuple(f for f, _ in LOO_RUNS), LOO, _loo_rows, LOO_COLS),
     Table('leave_one_out_seen_ranked', tuple(f for f, _ in LOO_RUNS if f.startswith('yelp')),
@@ -771,6 +830,10 @@ TABLES: tuple[Table, ...] = (
            Col('per-device peak (GiB)', 'peak', F2), Col('state (MiB)', 'state', F1),
            Col('temporaries (GiB)', 'temp', F2), Col('HBM (GiB)', 'hbm', F0),
            Col('fits', 'fits'), Col('compile (s)', 'compile', F0))),
+    Table('val_test_gap_beauty', ('val_test_gap_beauty_d128.json',), GAP, _gap_rows, GAP_COLS),
+    Table('val_test_gap_lastfm', ('val_test_gap_lastfm_d128.json',), GAP, _gap_rows, GAP_COLS),
+    Table('transition_blend', tuple(f for f in BLEND_FILES if (RESULTS / f).exists()), BLEND,
+          _blend_rows, BLEND_COLS),
     Table('throughput_gpu', ('throughput_gpu_h100.json',),
           '`' + load('throughput_gpu_h100.json')['command'] + '`: the real jitted train step (full '
           'softmax over the catalog, AdamW, bf16 compute, float32 parameters) on windows of random '
