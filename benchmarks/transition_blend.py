@@ -98,8 +98,8 @@ def main() -> None:
     rows[str(w)]['test_vs_w0'] = val_test_gap.paired(by_split['test'][0.0] if 0.0 in by_split['test']
                                                      else by_split['test'][weights[0]],
                                                      by_split['test'][w])
-  record.update({'benchmark': 'transition_blend', 'dataset': exp.dataset.name,
-                 'workdir': args.workdir, 'checkpoint_step': int(step), 'weights': weights,
+  record.update({'seeds': [int(config.seed)], 'benchmark': 'transition_blend',
+                 'dataset': exp.dataset.name, 'workdir': args.workdir, 'checkpoint_step': int(step), 'weights': weights,
                  'picked_by_valid_ndcg@10': pick, 'by_weight': rows, 'config': config.to_dict()})
   provenance.finish(record)
   print(json.dumps(record, default=str))

@@ -162,7 +162,8 @@ def main() -> None:
                       'valid_ndcg@10': round(e['valid_ndcg@10'], 5),
                       'monitor_test_ndcg@10': (round(e['monitor_test_ndcg@10'], 5)
                                                if 'monitor_test_ndcg@10' in e else None)})
-  record.update({'benchmark': 'val_test_gap', 'eval_curve': curve, 'dataset': exp.dataset.name, 'workdir': args.workdir,
+  record.update({'seeds': [int(config.seed)], 'benchmark': 'val_test_gap', 'eval_curve': curve,
+                 'dataset': exp.dataset.name, 'workdir': args.workdir,
                  'checkpoint_step': int(step), 'config': config.to_dict(),
                  'data': data_stats(sets, exp.split.train, num_items), 'results': results})
   provenance.finish(record)
