@@ -82,6 +82,7 @@ def main() -> None:
   p.add_argument('--set', action='append', default=[], help='override for every variant')
   p.add_argument('--from_runs', default='', help='aggregate these per-seed JSON lines instead')
   p.add_argument('--workdir', default='', help='keep the per-seed workdirs here')
+  p.add_argument('--label', default='', help='what the rows\' configuration is, for tables')
   p.add_argument('--out', default='')
   args = p.parse_args()
   record = provenance.start()
@@ -104,7 +105,8 @@ def main() -> None:
                 for s in range(args.first_seed, args.first_seed + args.seeds)]
         rows.append(summarize(ds, name, runs))
   provenance.finish(record)
-  lines = [json.dumps({**row, 'provenance': record}) for row in rows]
+  lines = [json.dumps({**row, **({'label': args.label} if args.label else {}),
+                       'provenance': record}) for row in rows]
   print('\n'.join(lines))
   if args.out:
     pathlib.Path(args.out).write_text('\n'.join(lines) + '\n')

@@ -626,6 +626,39 @@ BLEND_COLS = (Col('data', 'data'), Col('seed', 'seed', fmt('d')), Col('w', 'w', 
               Col('test vs w = 0', 'diff'))
 
 
+# --- leaderboard: multi-seed rows (benchmarks/leaderboard.py) --------------------------------------
+
+BOARD = ('leave-one-out, full ranking over every item, seen items excluded, best checkpoint by '
+         'validation NDCG@10; mean +- standard error over the seeds listed (each seed a fresh '
+         'process on the 2-core CPU); minutes are wall time per seed, load from other jobs included.')
+BOARD_FILES = ('leaderboard_beauty_d128.jsonl', 'leaderboard_beauty_d128_filter.jsonl',
+               'leaderboard_lastfm_d128.jsonl')
+
+
+def _mse(d: dict) -> str:
+  return f"{d['mean']:.4f} +- {d['se']:.4f}"
+
+
+def _board_rows(data):
+  out = []
+  for name in BOARD_FILES:
+    for rec in data.get(name, []):
+      out.append({'data': rec['dataset'], 'variant': rec.get('label') or rec['variant'],
+                  'seeds': ', '.join(str(x) for x in rec['seeds']),
+                  'ndcg': _mse(rec['test_ndcg@10']), 'hr': _mse(rec['test_hr@10']),
+                  'valid': rec['valid_ndcg@10']['mean'],
+                  'per_seed': ', '.join(f'{v:.4f}' for v in rec['test_ndcg@10']['per_seed']),
+                  'epochs': ', '.join(f'{e:g}' for e in rec['best_epoch']),
+                  'minutes': ', '.join(f'{w / 60:.0f}' for w in rec['wall_s'])})
+  return out
+
+
+BOARD_COLS = (Col('data', 'data'), Col('model', 'variant'), Col('seeds', 'seeds'),
+              Col('test NDCG@10', 'ndcg'), Col('test HR@10', 'hr'),
+              Col('valid NDCG@10', 'valid', F4), Col('test NDCG@10 per seed', 'per_seed'),
+              Col('best epoch per seed', 'epochs'), Col('minutes per seed', 'minutes'))
+
+
 TABLES: tuple[Table, ...] = (
     Table('leave_one_out', tuple(f for f, _ in LOO_RUNS), LOO, _loo_rows, LOO_COLS),
     Table('leave_one_out_seen_ranked', tuple(f for f, _ in LOO_RUNS if f.startswith('yelp')),
@@ -830,6 +863,8 @@ TABLES: tuple[Table, ...] = (
            Col('per-device peak (GiB)', 'peak', F2), Col('state (MiB)', 'state', F1),
            Col('temporaries (GiB)', 'temp', F2), Col('HBM (GiB)', 'hbm', F0),
            Col('fits', 'fits'), Col('compile (s)', 'compile', F0))),
+    Table('leaderboard', tuple(f for f in BOARD_FILES if (RESULTS / f).exists()), BOARD,
+          _board_rows, BOARD_COLS),
     Table('val_test_gap_beauty', ('val_test_gap_beauty_d128.json',), GAP, _gap_rows, GAP_COLS),
     Table('val_test_gap_lastfm', ('val_test_gap_lastfm_d128.json',), GAP, _gap_rows, GAP_COLS),
     Table('transition_blend', tuple(f for f in BLEND_FILES if (RESULTS / f).exists()), BLEND,
