@@ -104,6 +104,7 @@ def main() -> None:
         runs = [run_seed(ds, s, args.set + sets, root / f'{ds}_{name}_s{s}')
                 for s in range(args.first_seed, args.first_seed + args.seeds)]
         rows.append(summarize(ds, name, runs))
+  record['seeds'] = sorted({s for row in rows for s in row['seeds']})
   provenance.finish(record)
   lines = [json.dumps({**row, **({'label': args.label} if args.label else {}),
                        'provenance': record}) for row in rows]
