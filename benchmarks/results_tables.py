@@ -659,28 +659,39 @@ BOARD_COLS = (Col('data', 'data'), Col('model', 'variant'), Col('seeds', 'seeds'
 
 
 FILTER = ('leave-one-out, full ranking, seen items excluded, best checkpoint by validation NDCG@10; '
-          'one seed (0) per row, the Beauty hidden-128 settings (18 epochs, lr 3e-3, dropout 0.5); '
-          '+- is the paired standard error over the same test users against the attention-only row.')
-FILTER_FILES = ('beauty_d128_fast.json', 'beauty_d128_filter0.7_seed0.json',
-                'paired_filter0.7_vs_attention_beauty_d128_seed0.json')
+          'the Beauty hidden-128 settings (18 epochs, lr 3e-3, dropout 0.5), one row per model and '
+          'seed; +- is the paired standard error over the same test users against attention alone '
+          'of the same seed.')
+FILTER_RUNS = {  # seed -> (attention-only run, filter run, paired comparison)
+    0: ('beauty_d128_fast.json', 'beauty_d128_filter0.7_seed0.json',
+        'paired_filter0.7_vs_attention_beauty_d128_seed0.json'),
+    1: ('beauty_d128_seed1.json', 'beauty_d128_filter0.7_seed1.json',
+        'paired_filter0.7_vs_attention_beauty_d128_seed1.json'),
+}
+FILTER_FILES = tuple(f for files in FILTER_RUNS.values() if all((RESULTS / x).exists() for x in files)
+                     for f in files)
 
 
 def _filter_rows(data):
-  base, filt, paired = (data[f] for f in FILTER_FILES)
-  res = paired['results']['test']
   rows = []
-  for rec, label, diff in ((base, 'attention only (filter_mix 0)', None),
-                           (filt, 'attention + causal filter (filter_mix 0.7)', res)):
-    rows.append({'model': label, 'valid': rec['valid_ndcg@10'], 'test': rec['test']['ndcg@10'],
-                 'hr': rec['test']['hr@10'], 'epoch': rec['best_epoch'],
-                 'dn': '' if diff is None else
-                 f"{diff['ndcg@10']['b_minus_a']:+.4f} +- {diff['ndcg@10']['paired_se']:.4f}",
-                 'dh': '' if diff is None else
-                 f"{diff['hr@10']['b_minus_a']:+.4f} +- {diff['hr@10']['paired_se']:.4f}"})
+  for seed, (base, filt, paired) in FILTER_RUNS.items():
+    if paired not in data:
+      continue
+    res = data[paired]['results']['test']
+    for rec, label, diff in ((data[base], 'attention only (filter_mix 0)', None),
+                             (data[filt], 'attention + causal filter (filter_mix 0.7)', res)):
+      rows.append({'model': label, 'seed': seed, 'valid': rec['valid_ndcg@10'],
+                   'test': rec['test']['ndcg@10'], 'hr': rec['test']['hr@10'],
+                   'epoch': rec['best_epoch'],
+                   'dn': '' if diff is None else
+                   f"{diff['ndcg@10']['b_minus_a']:+.4f} +- {diff['ndcg@10']['paired_se']:.4f}",
+                   'dh': '' if diff is None else
+                   f"{diff['hr@10']['b_minus_a']:+.4f} +- {diff['hr@10']['paired_se']:.4f}"})
   return rows
 
 
-FILTER_COLS = (Col('model', 'model'), Col('valid NDCG@10', 'valid', F4),
+FILTER_COLS = (Col('model', 'model'), Col('seed', 'seed', fmt('d')),
+               Col('valid NDCG@10', 'valid', F4),
                Col('test NDCG@10', 'test', F4), Col('test HR@10', 'hr', F4),
                Col('best epoch', 'epoch', fmt('g')), Col('test NDCG@10 vs attention', 'dn'),
                Col('test HR@10 vs attention', 'dh'))
