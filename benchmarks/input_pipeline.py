@@ -55,5 +55,6 @@ if __name__ == '__main__':
     line['step_source'] = args.consumption
     line['input_bound'] = line['sequences_per_s'] < used['train_examples_per_s'] * 1.2
   line['seeds'] = [args.seed]
+  line['command'] = record['command']
   line['provenance'] = provenance.finish(record)
   print(json.dumps(line))
