@@ -35,6 +35,9 @@ _ITEM = flags.DEFINE_string('item', None, 'explain: raw id of the item to explai
 _INCLUDE_SEEN = flags.DEFINE_bool('include_seen', False, 'recommend: allow items of the history.')
 _ADJUST = flags.DEFINE_float('adjust_strength', None, 'recommend: scores -= STRENGTH * log item '
                             'popularity (default: the saved config.debias.adjust_strength).')
+_TRANSITION = flags.DEFINE_float('transition_weight', None, 'recommend: scores += WEIGHT * '
+                                'log1p(training count of newest item -> item) (default: the weight '
+                                'chosen on validation by eval.transition_weights; 0 = off).')
 _SNAPSHOT = flags.DEFINE_string('snapshot', 'auto', "recommend: 'auto' (the latest online snapshot "
                                  "of `llm4rec adapt` when WORKDIR has one, else --checkpoint), "
                                  "'none', 'latest' or a stream position.")
@@ -106,6 +109,7 @@ def main(argv: list[str]) -> None:
       history = [h.strip() for h in _HISTORY.value.split(',') if h.strip()]
       result = recommend(_WORKDIR.value, history, _TOP_K.value, checkpoint=_CHECKPOINT.value,
                          exclude_seen=not _INCLUDE_SEEN.value, adjust_strength=_ADJUST.value,
+                         transition_weight=_TRANSITION.value,
                          snapshot=_SNAPSHOT.value)
   except Llm4RecError as e:
     print(f'llm4rec {command}: error: {e}', file=sys.stderr)

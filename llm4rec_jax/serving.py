@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from llm4rec_jax import config_base, evaluation, partitioning
+from llm4rec_jax import transitions as transitions_lib
 from llm4rec_jax.data.content import ContentSpec, ItemContent
 from llm4rec_jax.model.semantic_ids import SemanticIds
 from llm4rec_jax.retrieval import workdir_index
@@ -34,13 +35,16 @@ class Recommender:
 
   def __init__(self, workdir: str | pathlib.Path, *, checkpoint: str = 'best',
                use_index: bool = True, adjust_strength: float | None = None,
-               snapshot: str | int | None = 'none'):
+               snapshot: str | int | None = 'none', transition_weight: float | None = None):
     """``use_index``: serve through ``WORKDIR/index`` when it exists (see ``llm4rec index``).
     ``snapshot``: serve an online-adapted model from ``WORKDIR/online/snapshots`` ('none': the
     training checkpoint; 'auto': the latest snapshot if any; 'latest'; or a stream position), with
     the items registered online; exact scoring (the ScaNN index belongs to the training checkpoint).
     ``adjust_strength``: scores ``-= adjust_strength * log popularity`` (the training counts saved
-    in ``items.json``); None = the saved ``config.debias.adjust_strength``."""
+    in ``items.json``); None = the saved ``config.debias.adjust_strength``.
+    ``transition_weight``: scores ``+= weight * log1p(count(newest history item -> item))`` over
+    the training transitions (``llm4rec_jax.transitions``); None = the weight chosen on validation
+    when the run had ``eval.transition_weights`` (``WORKDIR/transitions.npz``), 0 = off."""
     from llm4rec_jax.train.trainer import model_config  # pylint: disable=import-outside-toplevel
     self.workdir = pathlib.Path(workdir)
     self.config = config_base.load(self.workdir)
@@ -89,6 +93,17 @@ class Recommender:
     self.spec = state_lib.build_model_spec(cfg, mesh, self.config.mesh.rules)
     self.score_bias = _popularity_adjustment(self.config, catalog, cfg, len(self.raw_ids),
                                              catalog_path)
+    saved = transitions_lib.load(self.workdir)
+    self.transition_table = saved[0] if saved else None
+    self.transition_weight = (float(transition_weight) if transition_weight is not None
+                              else saved[1] if saved else 0.0)
+    if self.transition_weight < 0:
+      raise DataError(f'transition_weight must be >= 0, got {transition_weight}',
+                      field='transition_weight')
+    if self.transition_weight and self.transition_table is None:
+      raise DataError('a transition blend needs the successor table that training writes when '
+                      'eval.transition_weights chose a weight', path=str(self.workdir /
+                                                                         transitions_lib.FILENAME))
     tx, _ = optimizer_lib.make_optimizer(self.config.optimizer, 1,
                                          self.config.get('text_finetune'))
     abstract, shardings = state_lib.state_shardings(self.spec, tx)
@@ -160,12 +175,18 @@ class Recommender:
       seen[0, :len(ids)] = ids
     k = min(top_k, len(self.index) - (len(set(ids.tolist())) if exclude_seen else 0))
     context = self.rag.context(inputs, [ids]) if self.rag is not None else None  # RAG
+    bias, successors = self.score_bias, ()
+    if self.transition_weight:  # the newest item's training successors, as evaluation blends them
+      row = transitions_lib.bias_row(self.transition_table, int(ids[-1]), self.spec.cfg.vocab_size)
+      bias = (0.0 if bias is None else np.asarray(bias)) + self.transition_weight * row[None]
+      successors = np.flatnonzero(row)
     if self.ann_index is not None:
-      scores, items = workdir_index.top_k_with_index(self, inputs, seen, k, context)
+      scores, items = workdir_index.top_k_with_index(self, inputs, seen, k, context,
+                                                     score_bias=bias, extra_candidates=successors)
     else:
       scores, items = jax.device_get(self._top(self.params, jnp.asarray(inputs), jnp.asarray(seen),
                                                k, self.content, self.trie, context,
-                                               self.score_bias))
+                                               None if bias is None else jnp.asarray(bias)))
     recs = []
     for s, i in zip(scores[0], items[0]):
       rec = {'item': self.raw_ids[int(i)], 'score': float(s)}
@@ -187,11 +208,14 @@ def seen_bucket(n: int, smallest: int = 16) -> int:
 def recommend(workdir: str | pathlib.Path, history: Sequence[str], top_k: int = 10, *,
               checkpoint: str = 'best', exclude_seen: bool = True,
               adjust_strength: float | None = None,
-              snapshot: str | int | None = 'none') -> dict[str, Any]:
+              snapshot: str | int | None = 'none',
+              transition_weight: float | None = None) -> dict[str, Any]:
   """One-shot :meth:`Recommender.recommend` (loads the model each call; keep a Recommender to reuse).
-  ``adjust_strength`` None applies the saved ``config.debias.adjust_strength``."""
+  ``adjust_strength`` None applies the saved ``config.debias.adjust_strength``;
+  ``transition_weight`` None the blend chosen on validation."""
   return Recommender(workdir, checkpoint=checkpoint, adjust_strength=adjust_strength,
-                     snapshot=snapshot).recommend(history, top_k, exclude_seen=exclude_seen)
+                     snapshot=snapshot, transition_weight=transition_weight).recommend(
+                         history, top_k, exclude_seen=exclude_seen)
 
 
 def _popularity_adjustment(config, catalog: dict, cfg, rows: int,

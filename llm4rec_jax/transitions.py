@@ -66,3 +66,34 @@ def prior(ids: jax.Array, weights: jax.Array, last: jax.Array, vocab_size: int) 
   out = jnp.zeros((last.shape[0], vocab_size), jnp.float32)
   w = jnp.where((last > 0)[:, None], weights[last], 0.0)
   return out.at[rows, ids[last]].add(w)
+
+
+# The blend chosen on validation, saved beside the checkpoints so that serving applies it too.
+FILENAME = 'transitions.npz'
+
+
+def save(workdir, table: SuccessorTable, weight: float) -> None:
+  """Writes ``WORKDIR/transitions.npz``: the successor table and the weight chosen on validation."""
+  import pathlib  # pylint: disable=import-outside-toplevel
+  with open(pathlib.Path(workdir) / FILENAME, 'wb') as f:
+    np.savez(f, ids=table.ids, weights=table.weights, weight=np.float64(weight))
+
+
+def load(workdir) -> tuple[SuccessorTable, float] | None:
+  """(table, chosen weight) from ``WORKDIR/transitions.npz``, or None when the run chose no blend."""
+  import pathlib  # pylint: disable=import-outside-toplevel
+  path = pathlib.Path(workdir) / FILENAME
+  if not path.exists():
+    return None
+  with np.load(path) as f:
+    return SuccessorTable(f['ids'], f['weights']), float(f['weight'])
+
+
+def bias_row(table: SuccessorTable, last: int, vocab_size: int) -> np.ndarray:
+  """float32 [vocab_size]: :func:`prior` for one history's newest item, on the host. Items beyond
+  the table (registered after training) have no successors."""
+  row = np.zeros(vocab_size, np.float32)
+  if 0 < last < len(table.ids):
+    keep = table.ids[last] < vocab_size
+    np.add.at(row, table.ids[last][keep], table.weights[last][keep])
+  return row

@@ -90,3 +90,35 @@ def test_transition_weights_config_is_checked():
   with pytest.raises(ConfigError, match='transition_weights'):
     config_base.validate(tiny_config(**{'eval.transition_weights': (1.0,),
                                         'data.name': 'records:/tmp/x'}))
+
+
+def test_serving_applies_the_chosen_blend(tmp_path):
+  from llm4rec_jax import serving  # pylint: disable=import-outside-toplevel
+  c = tiny_config(**{'train.num_epochs': 1, 'eval.transition_weights': (2.0,)})
+  trainer.train_and_evaluate(c, tmp_path)
+  table, weight = transitions.load(tmp_path)
+  assert weight == 2.0
+  counts = _pair_counts(trainer.build_experiment(c, tmp_path / 'again').split.train)
+  last = max(counts, key=counts.get)[0]  # an item with training successors
+  blended = serving.Recommender(tmp_path, use_index=False)
+  plain = serving.Recommender(tmp_path, use_index=False, transition_weight=0.0)
+  history = [blended.raw_ids[last]]
+  n = len(blended.index) - 1
+  got = {r['item']: r['score'] for r in blended.recommend(history, top_k=n)['recommendations']}
+  base = {r['item']: r['score'] for r in plain.recommend(history, top_k=n)['recommendations']}
+  want = dict(base)
+  for (a, b), count in counts.items():
+    if a == last and b != last:
+      want[blended.raw_ids[b]] += weight * np.log1p(count)
+  assert got == pytest.approx(want, rel=1e-5, abs=1e-5)
+  assert [want[i] for i in got] == pytest.approx(sorted(want.values(), reverse=True))  # ranked
+  assert got != pytest.approx(base)
+  assert table.ids.shape[0] == blended.spec.cfg.vocab_size
+  # Through the ScaNN index: the ANN candidates and the lifted successors, re-scored with the blend.
+  from llm4rec_jax.retrieval import workdir_index  # pylint: disable=import-outside-toplevel
+  workdir_index.build_index(tmp_path)
+  indexed = serving.Recommender(tmp_path)
+  assert indexed.ann_index is not None
+  top = indexed.recommend(history, top_k=5)['recommendations']
+  assert [r['score'] for r in top] == pytest.approx(sorted(want.values(), reverse=True)[:5],
+                                                    rel=1e-4, abs=1e-4)

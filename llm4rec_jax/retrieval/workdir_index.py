@@ -90,11 +90,13 @@ def _hidden_fn(graphdef: nnx.GraphDef):
 
 
 def top_k_with_index(rec, inputs: np.ndarray, seen: np.ndarray, k: int,
-                     context: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     context: np.ndarray | None = None, *, score_bias=None,
+                     extra_candidates=()) -> tuple[np.ndarray, np.ndarray]:
   """(scores [1, k], items [1, k]): ANN candidates after the history, re-scored exactly.
 
   ``seen`` [1, n] are excluded (0 = none); ``context`` is the RAG context of the history (if the
-  model was trained with retrieval).
+  model was trained with retrieval). ``score_bias`` [1, vocab] is added to the exact scores;
+  ``extra_candidates`` (ids) join the ANN's, e.g. the items a transition blend lifts.
   """
   if getattr(rec, 'ann_encoded', None) is None:
     # Parameters are fixed while serving: encode the catalog (fusion of every item's content) once.
@@ -104,12 +106,15 @@ def top_k_with_index(rec, inputs: np.ndarray, seen: np.ndarray, k: int,
   exclude = set(np.asarray(seen).ravel().tolist()) - {0}
   num = max(k, int(rec.config.retrieval.candidates)) + len(exclude)
   ids, _ = rec.ann_index.search_batched(hidden, min(num, len(rec.ann_index)))
-  cand = np.asarray([i for i in ids[0] if i > 0 and i not in exclude], np.int64)
+  found = [i for i in ids[0] if i > 0 and i not in exclude]
+  known = set(found)
+  found += [int(i) for i in extra_candidates if i > 0 and i not in exclude and i not in known]
+  cand = np.asarray(found, np.int64)
   if len(cand) < k:  # the history covers the candidates: score the whole catalog instead
     cand = np.asarray([i for i in range(1, len(rec.ann_table)) if i not in exclude], np.int64)
   exact = rec.ann_table[cand] @ hidden[0]  # the model's logits of the candidates
-  if getattr(rec, 'score_bias', None) is not None:  # serving's popularity adjustment
-    exact = exact + np.asarray(rec.score_bias)[0, cand]
+  if score_bias is not None:  # serving's popularity adjustment and transition blend
+    exact = exact + np.asarray(score_bias)[0, cand]
   order = np.argsort(-exact, kind='stable')[:k]
   return exact[order][None], cand[order][None]
 

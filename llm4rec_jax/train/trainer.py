@@ -67,6 +67,7 @@ class Experiment:
   beyond: beyond_accuracy.Context | None = None  # for the beyond-accuracy metrics
   timings: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds of setup phases
   transitions: tuple[jax.Array, jax.Array] | None = None  # successor table, built on first use
+  transition_table: transitions_lib.SuccessorTable | None = None  # the same, on the host
 
   @property
   def rules(self):
@@ -124,6 +125,7 @@ class Experiment:
       trie = jax.device_put(self.semantic_ids.trie(), self.spec.replicated)
     if transition_weight and self.transitions is None:
       table = transitions_lib.successor_table(self.split.train, self.spec.cfg.vocab_size)
+      self.transition_table = table
       self.transitions = (jax.device_put(table.ids, self.spec.replicated),
                           jax.device_put(table.weights, self.spec.replicated))
     return evaluation.make_rank_fn(self.spec.graphdef, exclude_seen=exclude,
@@ -688,6 +690,12 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int,
                                    'valid_ndcg@10': {str(w): v for w, v in by_weight.items()}}
     if chosen:
       rank_fn, known = exp.rank_fn(transition_weight=chosen), None
+    if jax.process_index() == 0:  # serving applies what was chosen here (``serving.Recommender``)
+      saved = exp.workdir / transitions_lib.FILENAME
+      if chosen:
+        transitions_lib.save(exp.workdir, exp.transition_table, chosen)
+      elif saved.exists():
+        saved.unlink()
   reusable = (exp.beyond is None and not c.eval.save_rankings and not c.retrieval.rag
               and exp.spec.cfg.text_encoder is None)
   for which in cases:
