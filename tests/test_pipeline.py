@@ -201,3 +201,23 @@ def test_eval_arrays_memory_follows_interactions_not_longest_history():
   np.testing.assert_array_equal(arr.inputs[4999], hists[-1][-50:])
   sizes = [b['seen_rows'].size for b in pipeline.iterate_eval(arr, 256)]
   assert max(sizes[:-1]) == 2048 and sizes[-1] == 1 << 21  # buckets follow each batch's pairs
+
+
+def test_train_dataset_batches_are_those_of_shuffling_the_records():
+  """Shuffling indices and gathering rows per batch gives the batches of shuffling the records."""
+  import grain  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(3)
+  windows = rng.integers(0, 50, (37, 6)).astype(np.int32)
+  users = rng.permutation(37).astype(np.int32)
+  weights = rng.random((37, 6)).astype(np.float32)
+  for p in range(2):
+    got = pipeline.train_dataset(windows, users, global_batch_size=8, seed=5, num_epochs=2,
+                                 process_index=p, process_count=2, weights=weights)
+    ref = grain.MapDataset.source(pipeline._WindowSource(windows, users, weights))  # pylint: disable=protected-access
+    ref = ref.seed(5).shuffle().repeat(2).batch(4, drop_remainder=True)[p::2]
+    ref = ref.map(pipeline._to_model_batch)  # pylint: disable=protected-access
+    assert len(got) == len(ref) == 9  # 74 records, batches of 4, every other one
+    for a, b in zip(got, ref):
+      assert sorted(a) == sorted(b) == ['inputs', 'target_weights', 'targets', 'users']
+      for k in a:
+        np.testing.assert_array_equal(a[k], b[k])

@@ -11,6 +11,7 @@ uninterrupted run would have seen.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import grain
@@ -99,13 +100,24 @@ def train_dataset(windows: np.ndarray, users: np.ndarray, *, global_batch_size: 
   """
   if global_batch_size % process_count:
     raise ValueError(f'global batch {global_batch_size} not divisible by {process_count} processes')
-  ds = grain.MapDataset.source(_WindowSource(windows, users, weights)).seed(seed).shuffle()
+  # Grain shuffles and batches window *indices*; each batch's rows are then gathered in one numpy
+  # take. The batches are those of shuffling the records themselves (the same index permutation),
+  # at a fraction of the per-record cost.
+  source = _WindowSource(windows, users, weights)
+  ds = grain.MapDataset.range(len(source)).seed(seed).shuffle()
   ds = ds.repeat(num_epochs)
   ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
   if process_count > 1:
     # Local-size batches b = i * P + p, i = 0, 1, ...: block p of global batch i.
     ds = ds[process_index::process_count]
-  return ds.map(_to_model_batch)
+  return ds.map(functools.partial(_gather_batch, source))
+
+
+def _gather_batch(source: _WindowSource, rows: np.ndarray) -> dict[str, np.ndarray]:
+  batch = {'window': source.windows[rows], 'user': source.users[rows]}
+  if source.weights is not None:
+    batch['weight'] = source.weights[rows]
+  return _to_model_batch(batch)
 
 
 @dataclasses.dataclass
