@@ -230,8 +230,8 @@ def test_recommender_serves_the_adapted_snapshot(workdir):
 
 
 def test_a_text_finetuned_workdir_is_refused_with_a_clear_error(workdir):
-  from llm4rec_jax.train import text_finetune  # pylint: disable=import-outside-toplevel
-  (workdir / text_finetune.ENCODER_FILE).write_text('{}')  # what a text fine-tuning run leaves
+  from llm4rec_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  (workdir / workdir_lib.TEXT_ENCODER).write_text('{}')  # what a text fine-tuning run leaves
   with pytest.raises(ConfigError, match='text_finetune.enabled.*trained with text fine-tuning'):
     OnlineLearner(workdir)
 
