@@ -29,7 +29,7 @@ import logging
 import math
 import pathlib
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -162,6 +162,22 @@ def _window(history: Sequence[int], item: int, width: int) -> np.ndarray:
 def _bucket(n: int) -> int:
   """Seen-item width: a power of two >= n (>= 8), so ranking compiles for few shapes."""
   return max(8, 1 << max(0, int(n) - 1).bit_length())
+
+
+def _padded_rows(rows: Sequence[int], values: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+  """``rows`` (and their ``values`` [n, ...]) padded to :func:`_bucket` length by repeating the
+  first row and its value: writing a row twice with the same value changes nothing, and the row
+  updates compile for a few lengths only."""
+  n = len(rows)
+  idx = np.full(_bucket(n), rows[0], np.int32)
+  idx[:n] = rows
+  if values is None:
+    return idx, None
+  values = np.asarray(values, np.float32)
+  padded = np.repeat(values[:1], len(idx), axis=0)
+  padded[:n] = values
+  return idx, padded
 
 
 @dataclasses.dataclass
@@ -305,6 +321,7 @@ class OnlineLearner:
             ('vocab',) + (None,) * (np.ndim(x) - 1), self.rules, self.mesh,
             (vocab,) + tuple(np.shape(x)[1:]))), self.content_np)
     self._step_fn = self._make_step()
+    self._make_row_updates()
     self._rank_fn = evaluation.make_rank_fn(spec.graphdef, exclude_seen=self.config.eval.exclude_seen,
                                             top_k=max(self.config.eval.ks))
     graphdef = spec.graphdef
@@ -458,23 +475,33 @@ class OnlineLearner:
     scale = np.asarray([np.median(kth[owner == r] / norm[owner == r]) for r in rows])
     self._set_rows(self._imprint_leaf, rows, values * np.maximum(scale, 0.0)[:, None])
 
-  def _update_params(self, fn: Callable[[Any], Any]) -> None:
-    """``params = fn(params)`` on device, in the parameters' shardings, the old ones donated."""
-    params = jax.jit(fn, out_shardings=self.shardings['params'], donate_argnums=(0,))(
-        self.state['params'])
-    self.state = dict(self.state, params=params)
+  def _make_row_updates(self) -> None:
+    """The jitted row updates of item registration, built once per vocabulary size: the rows come
+    padded to a few lengths (:func:`_padded_rows`), so registering items compiles nothing after
+    the first registrations. Parameters stay in their shardings; the old ones are donated."""
+    vocab_leaves = self.vocab_leaves
+
+    def set_rows(params, idx, values, leaf):
+      return dict(params, **{leaf: params[leaf].at[idx].set(values.astype(params[leaf].dtype))})
+
+    def zero_rows(params, idx):
+      return jax.tree.map(lambda p, v: p.at[idx].set(0.0) if v else p, params, vocab_leaves)
+
+    out = self.shardings['params']
+    self._set_rows_fn = jax.jit(set_rows, static_argnums=(3,), out_shardings=out,
+                                donate_argnums=(0,))
+    self._zero_rows_fn = jax.jit(zero_rows, out_shardings=out, donate_argnums=(0,))
 
   def _set_rows(self, leaf: str, rows: Sequence[int], values: np.ndarray) -> None:
-    idx = jnp.asarray(rows, jnp.int32)
-    vals = jnp.asarray(values, jnp.float32)
-    self._update_params(lambda params: dict(
-        params, **{leaf: params[leaf].at[idx].set(vals.astype(params[leaf].dtype))}))
+    idx, vals = _padded_rows(rows, values)
+    params = self._set_rows_fn(self.state['params'], jnp.asarray(idx), jnp.asarray(vals), leaf)
+    self.state = dict(self.state, params=params)
 
   def _zero_rows(self, rows: Sequence[int]) -> None:
     """New items start from a zero id row (with content: their content embedding alone)."""
-    idx = jnp.asarray(rows, jnp.int32)
-    self._update_params(lambda params: jax.tree.map(
-        lambda p, v: p.at[idx].set(0.0) if v else p, params, self.vocab_leaves))
+    idx, _ = _padded_rows(rows)
+    params = self._zero_rows_fn(self.state['params'], jnp.asarray(idx))
+    self.state = dict(self.state, params=params)
 
   def _grow(self, needed_rows: int) -> None:
     """More catalog rows: pads every catalog-sharded array (parameters, optimizer moments, content,
