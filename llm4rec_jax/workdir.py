@@ -29,7 +29,7 @@ import json
 import pathlib
 from typing import Any
 
-from llm4rec_jax.content.text_encoder import BertConfig
+from llm4rec_jax.model.text_encoder import BertConfig
 from llm4rec_jax.data.content import ContentSpec, ItemContent
 from llm4rec_jax.errors import CheckpointError, DataError
 from llm4rec_jax.train.checkpointing import Checkpointer, SnapshotManager

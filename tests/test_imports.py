@@ -163,6 +163,18 @@ def test_no_function_level_imports_of_the_package():
                      'DEFERRED with the heavy dependency they defer):\n' + '\n'.join(found))
 
 
+def test_model_does_not_import_upward():
+  """``model/`` holds the networks (the BERT encoder and the adversary head included): it reads the
+  content arrays' spec (``data.content``) but imports no training, debiasing, text-cache, serving,
+  online, retrieval or explanation module."""
+  upward = [f'{PACKAGE}.{p}' for p in ('content', 'debias', 'train', 'serving', 'online',
+                                       'retrieval', 'explain', 'evaluation', 'workdir')]
+  bad = sorted(f'{m} -> {t}' for m, targets in import_graph().items()
+               if m.startswith(f'{PACKAGE}.model.') for t in targets
+               if any(contains(u, t) for u in upward))
+  assert not bad, bad
+
+
 def test_deferred_imports_still_exist():
   present = {(name, target) for name in MODULES for target, _ in imports(name)[1]}
   stale = sorted(set(DEFERRED) - present)

@@ -14,7 +14,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from llm4rec_jax import config_base, serving
-from llm4rec_jax.content import text_encoder
+from llm4rec_jax.model import text_encoder
 from llm4rec_jax.errors import ConfigError
 from llm4rec_jax.train import optimizer as optimizer_lib
 from llm4rec_jax.train import state as state_lib

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llm4rec_jax import workdir as workdir_lib
-from llm4rec_jax.content import text_encoder
+from llm4rec_jax.model import text_encoder
 from llm4rec_jax.data import registry
 from llm4rec_jax.errors import DataError, Llm4RecError, UnknownIdError
 from llm4rec_jax.explain import attribution, faithfulness, templates

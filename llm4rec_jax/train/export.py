@@ -7,7 +7,7 @@ import shutil
 
 from flax import nnx
 
-from llm4rec_jax.content import text_encoder
+from llm4rec_jax.model import text_encoder
 from llm4rec_jax.errors import ConfigError
 from llm4rec_jax.train import restore
 

@@ -41,7 +41,7 @@ import numpy as np
 from flax import nnx
 
 from llm4rec_jax import partitioning
-from llm4rec_jax.content import text_encoder
+from llm4rec_jax.model import text_encoder
 from llm4rec_jax.data.content import ItemContent
 from llm4rec_jax.errors import ConfigError
 
