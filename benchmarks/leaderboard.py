@@ -54,6 +54,8 @@ def summarize(dataset: str, variant: str, runs: list[dict]) -> dict:
   for k in ('best_epoch', 'time_to_best_epoch_s', 'wall_s', 'peak_rss_mb'):
     row[k] = [r.get(k) for r in runs]
   row['commands'] = [r.get('command') for r in runs]
+  # Each seed's own record (commit, date, machine and load when its run started and ended).
+  row['per_seed_provenance'] = [r.get('provenance') for r in runs]
   return row
 
 

@@ -171,6 +171,11 @@ def base_config() -> ml_collections.ConfigDict:
   # True: every evaluation also ranks the test cases and logs them as `monitor_test/*` (diagnosis
   # of the validation -> test gap only; selection, early stopping and checkpoints never read them).
   c.eval.monitor_test = False
+  # Blend w * log1p(training transitions of the newest history item) into the final evaluation's
+  # scores (llm4rec_jax.transitions), w chosen from these weights by validation NDCG@10 after
+  # training (e.g. (0.0, 0.25, 0.5, 1.0, 2.0)); () = off. Leave-one-out or temporal splits in
+  # memory, softmax head.
+  c.eval.transition_weights = ()
 
   # Online adaptation (llm4rec_jax.online, `llm4rec adapt`): incremental steps on streamed events,
   # read only by the online learner (training ignores this section).
@@ -271,6 +276,13 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
     raise ConfigError('model.head_dim', 'must be even for rotary positions')
   if not 0.0 <= m.dropout < 1.0:
     raise ConfigError('model.dropout', f'must be in [0, 1), got {m.dropout}')
+  weights = tuple(c.eval.get('transition_weights', ()))
+  if weights:
+    if any(not isinstance(w, (int, float)) or w < 0 for w in weights):
+      raise ConfigError('eval.transition_weights', f'must be non-negative numbers, got {weights}')
+    if m.head != 'softmax' or str(c.data.name).startswith('records:'):
+      raise ConfigError('eval.transition_weights', 'needs the softmax head and an in-memory split '
+                        '(not data.name=records:...)')
   if not 0 <= m.get('filter_mix', 0.0) <= 1:
     raise ConfigError('model.filter_mix', f'must be in [0, 1], got {m.filter_mix}')
   if m.get('filter_lags', 0) < 0 or m.get('filter_window', 4.0) <= 0:

@@ -21,6 +21,7 @@ from flax import nnx
 
 from llm4rec_jax import metrics as metrics_lib
 from llm4rec_jax import partitioning
+from llm4rec_jax import transitions as transitions_lib
 from llm4rec_jax.data import pipeline
 from llm4rec_jax.data.pipeline import EvalBatch, iterate_eval
 from llm4rec_jax.model import semantic_head
@@ -78,11 +79,15 @@ def generate_top(model, inputs: jax.Array, seen: Seen | None, content, trie, *,
 
 
 def make_rank_fn(graphdef: nnx.GraphDef, *, exclude_seen: bool, top_k: int, trie=None,
-                 beam_size: int = 0, score_bias: jax.Array | None = None) -> Callable:
+                 beam_size: int = 0, score_bias: jax.Array | None = None,
+                 transitions: tuple[jax.Array, jax.Array] | None = None,
+                 transition_weight: float = 0.0) -> Callable:
   """Jitted ``(params, batch, content) -> (ranks [batch], top_items [batch, top_k])``.
 
   ``score_bias`` [vocab] (softmax head only) is added to every score before ranking, e.g. the
-  popularity adjustment of ``config.debias.adjust_strength``.
+  popularity adjustment of ``config.debias.adjust_strength``. ``transitions`` (the successor ids
+  and weights of ``llm4rec_jax.transitions``) add ``transition_weight`` times the newest history
+  item's training transitions (softmax head only).
 
   For a semantic-ID head (``trie`` given) the ranking is the trie-constrained beam search's top
   ``top_k``: a target outside it gets rank ``num_items``, so HR/NDCG@k are exact for k <= top_k and
@@ -107,6 +112,9 @@ def make_rank_fn(graphdef: nnx.GraphDef, *, exclude_seen: bool, top_k: int, trie
                         context=batch.get('context'), mask=mask)
     if score_bias is not None:
       scores = scores + score_bias  # finite, so excluded (-inf) items stay excluded
+    if transitions is not None and transition_weight:
+      scores = scores + transition_weight * transitions_lib.prior(
+          *transitions, batch['inputs'][:, -1], scores.shape[-1])
     target = jnp.take_along_axis(scores, batch['targets'][:, None], axis=1)  # [batch, 1]
     higher = jnp.sum(scores > target, axis=1)
     ties = jnp.sum(scores == target, axis=1) - 1

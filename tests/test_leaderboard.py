@@ -37,3 +37,21 @@ def test_rows_hold_mean_standard_error_and_every_seed(tmp_path):
   assert len(out) == 1
   got = json.loads(out[0])
   assert got['test_ndcg@10'] == row['test_ndcg@10'] and 'commit' in got['provenance']
+
+
+def test_reevaluated_workdirs_make_leaderboard_rows(tmp_path):
+  import reevaluate  # pylint: disable=import-outside-toplevel
+  from conftest import tiny_config  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  c = tiny_config(**{'seed': 3})
+  trained = trainer.train_and_evaluate(c, tmp_path / 'run')
+  line = reevaluate.reevaluate(str(tmp_path / 'run'), ['eval.transition_weights=(0.0, 1.0)'],
+                               {3: {'seed': 3, 'best_epoch': 2.0, 'command': 'train it'}})
+  assert line['seed'] == 3 and line['best_epoch'] == 2.0
+  assert line['carried_from_training_run'] == 'train it'
+  chosen = line['transition_blend']['chosen_weight']
+  assert chosen in (0.0, 1.0) and line['provenance']['seeds'] == [3]
+  if chosen == 0.0:  # the blend off reproduces the training run's own test figures
+    assert line['test']['ndcg@10'] == round(trained['test']['ndcg@10'], 5)
+  row = leaderboard.summarize('synthetic', 'blend', [line, {**line, 'seed': 4}])
+  assert row['seeds'] == [3, 4] and row['test_ndcg@10']['se'] == 0.0

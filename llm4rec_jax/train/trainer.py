@@ -25,6 +25,7 @@ import optax
 from flax import nnx
 
 from llm4rec_jax import beyond_accuracy, config_base, evaluation, partitioning
+from llm4rec_jax import transitions as transitions_lib
 from llm4rec_jax import workdir as workdir_lib
 from llm4rec_jax.data import content as content_lib
 from llm4rec_jax.data import pipeline, records, registry, splits
@@ -64,6 +65,7 @@ class Experiment:
   debias: debias_objectives.DebiasObjective | None = None  # config.debias (None = off)
   beyond: beyond_accuracy.Context | None = None  # for the beyond-accuracy metrics
   timings: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds of setup phases
+  transitions: tuple[jax.Array, jax.Array] | None = None  # successor table, built on first use
 
   @property
   def rules(self):
@@ -112,15 +114,23 @@ class Experiment:
     return evaluation.evaluate_arrays(rank_fn, params, arrays, c.eval.batch_size, self.put_whole,
                                       c.eval.ks, content=content)
 
-  def rank_fn(self, exclude_seen: bool | None = None):
+  def rank_fn(self, exclude_seen: bool | None = None, transition_weight: float = 0.0):
+    """The jitted ranking of evaluation; ``transition_weight`` > 0 blends in the training
+    transitions of each case's newest item (``llm4rec_jax.transitions``)."""
     exclude = self.config.eval.exclude_seen if exclude_seen is None else exclude_seen
     trie = None
     if self.semantic_ids is not None:
       trie = jax.device_put(self.semantic_ids.trie(), self.spec.replicated)
+    if transition_weight and self.transitions is None:
+      table = transitions_lib.successor_table(self.split.train, self.spec.cfg.vocab_size)
+      self.transitions = (jax.device_put(table.ids, self.spec.replicated),
+                          jax.device_put(table.weights, self.spec.replicated))
     return evaluation.make_rank_fn(self.spec.graphdef, exclude_seen=exclude,
                                    top_k=max(self.config.eval.ks), trie=trie,
                                    beam_size=self.config.semantic_ids.beam_size,
-                                   score_bias=self.debias.inference_bias if self.debias else None)
+                                   score_bias=self.debias.inference_bias if self.debias else None,
+                                   transitions=self.transitions if transition_weight else None,
+                                   transition_weight=float(transition_weight))
 
 
 def build_experiment(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Experiment:
@@ -583,6 +593,19 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int,
   if c.retrieval.rag:
     rag = context_lib.for_experiment(exp)
     rag.refresh_from_params(exp.spec.graphdef, params, exp.content, step)
+  weights = tuple(float(w) for w in c.eval.get('transition_weights', ()))
+  if weights:
+    # The transition blend's weight, chosen on validation alone before test is ranked.
+    arrays = exp.eval_arrays('valid')
+    if rag is not None:
+      arrays = rag.eval_arrays(arrays)
+    by_weight = {w: exp.evaluate_arrays(exp.rank_fn(transition_weight=w), params, arrays,
+                                        content=exp.content)[0]['ndcg@10'] for w in weights}
+    chosen = max(weights, key=lambda w: (by_weight[w], -w))  # a tie keeps the smaller weight
+    results['transition_blend'] = {'chosen_weight': chosen, 'by': 'valid_ndcg@10',
+                                   'valid_ndcg@10': {str(w): v for w, v in by_weight.items()}}
+    if chosen:
+      rank_fn, known = exp.rank_fn(transition_weight=chosen), None
   reusable = (exp.beyond is None and not c.eval.save_rankings and not c.retrieval.rag
               and exp.spec.cfg.text_encoder is None)
   for which in cases:

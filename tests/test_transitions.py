@@ -1,0 +1,92 @@
+"""The transition prior: successor table, on-device bias, blended ranking, choice on validation."""
+
+import collections
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import tiny_config
+from flax import nnx
+
+from llm4rec_jax import config_base, evaluation, transitions
+from llm4rec_jax.errors import ConfigError
+from llm4rec_jax.train import state as state_lib
+from llm4rec_jax.train import trainer
+
+
+def _pair_counts(train):
+  counts = collections.Counter()
+  for s in train:
+    counts.update(zip(np.asarray(s[:-1]).tolist(), np.asarray(s[1:]).tolist()))
+  return counts
+
+
+def test_successor_table_counts_pairs_and_keeps_the_most_frequent():
+  rng = np.random.default_rng(0)
+  train = [rng.integers(1, 9, rng.integers(0, 12)) for _ in range(60)]
+  counts = _pair_counts(train)
+  table = transitions.successor_table(train, vocab_size=10)
+  got = {(a, int(b)): float(w) for a in range(10)
+         for b, w in zip(table.ids[a], table.weights[a]) if w > 0}
+  assert got == pytest.approx({k: np.log1p(v) for k, v in counts.items()})
+  capped = transitions.successor_table(train, vocab_size=10, max_successors=2)
+  assert capped.max_successors == 2
+  for a in range(1, 9):
+    mine = sorted(((v, -b) for (x, b), v in counts.items() if x == a), reverse=True)[:2]
+    assert [int(i) for i in capped.ids[a] if i] == [-b for _, b in mine]
+  empty = transitions.successor_table([np.array([3])], vocab_size=5)
+  assert not empty.weights.any()
+
+
+def test_prior_matches_the_table_rows():
+  train = [np.array([1, 2, 3, 2, 3]), np.array([2, 4])]
+  table = transitions.successor_table(train, vocab_size=6)
+  bias = np.asarray(transitions.prior(jnp.asarray(table.ids), jnp.asarray(table.weights),
+                                      jnp.asarray([2, 0, 4]), 6))
+  want = np.zeros((3, 6))
+  want[0, 3], want[0, 4] = np.log1p(2), np.log1p(1)  # 2 -> 3 twice, 2 -> 4 once
+  np.testing.assert_allclose(bias, want, rtol=1e-6)  # empty history and no successor: zero rows
+
+
+def test_blended_ranks_equal_a_numpy_reference(tmp_path):
+  c = tiny_config()
+  exp = trainer.build_experiment(c, tmp_path)
+  params = state_lib.init_params(exp.spec, 0)
+  arrays = exp.eval_arrays('test')
+  w = 1.5
+  _, ranks, _ = exp.evaluate_arrays(exp.rank_fn(transition_weight=w), params, arrays)
+  _, plain, _ = exp.evaluate_arrays(exp.rank_fn(), params, arrays)
+  model = nnx.merge(exp.spec.graphdef, params)
+  counts = _pair_counts(exp.split.train)
+  want = []
+  for i in np.flatnonzero(arrays.valid):
+    s = np.array(evaluation.scores_for(model, jnp.asarray(arrays.inputs[i:i + 1]), None))[0]
+    s[arrays.history(i)] = -np.inf
+    last = int(arrays.inputs[i, -1])
+    for (a, b), n in counts.items():
+      if a == last:
+        s[b] += w * np.log1p(n)
+    t = s[arrays.targets[i]]
+    want.append(int((s > t).sum() + (s == t).sum() - 1))
+  np.testing.assert_array_equal(ranks, want)
+  assert (ranks != plain).any()
+
+
+def test_weight_is_chosen_on_validation_and_applied_to_test(tmp_path):
+  c = tiny_config(**{'train.num_epochs': 3, 'eval.transition_weights': (0.0, 0.5, 4.0)})
+  results = trainer.train_and_evaluate(c, tmp_path)
+  blend = results['transition_blend']
+  by = {float(k): v for k, v in blend['valid_ndcg@10'].items()}
+  assert set(by) == {0.0, 0.5, 4.0}
+  assert blend['chosen_weight'] == max(by, key=lambda w: (by[w], -w))
+  assert results['valid']['ndcg@10'] == pytest.approx(by[blend['chosen_weight']])
+  again = trainer.evaluate(c, tmp_path)  # the same choice and test figures from the checkpoint
+  assert again['transition_blend'] == blend and again['test'] == pytest.approx(results['test'])
+
+
+def test_transition_weights_config_is_checked():
+  with pytest.raises(ConfigError, match='transition_weights'):
+    config_base.validate(tiny_config(**{'eval.transition_weights': (-1.0,)}))
+  with pytest.raises(ConfigError, match='transition_weights'):
+    config_base.validate(tiny_config(**{'eval.transition_weights': (1.0,),
+                                        'data.name': 'records:/tmp/x'}))
