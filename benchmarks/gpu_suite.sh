@@ -1,25 +1,61 @@
 #!/usr/bin/env bash
-# The accelerator measurements in one go (one GPU): attention kernels agree, then throughput/MFU of
-# the base and 1b presets with cuDNN and XLA attention. Results land in ${OUT:-/tmp}/.
-#   bash benchmarks/gpu_suite.sh
-set -euo pipefail
-out=${OUT:-/tmp}
+# Every accelerator measurement in one go (one GPU), each section under its own time limit so that a
+# slow one costs only itself. Results land in ${OUT:-/tmp}/ (at most 8 files: what the device tool
+# brings back):
+#   env.txt            GPU, driver, jax; cuDNN-vs-XLA attention agreement
+#   input_pipeline.json  the host's training-input rate (benchmarks/input_pipeline.py)
+#   beauty_d128.json   a whole Beauty run, the CPU leaderboard config (attention-only d128, seed 0)
+#   beauty_filter.json the same with model.filter_mix=0.7 (the best CPU config, seed 0)
+#   throughput.json    tokens/s, MFU against the datasheet peak, peak memory: 1b and base presets
+#   events.tar.gz      the Beauty runs' events.jsonl
+#   log.txt            stderr of everything
+#   bash benchmarks/gpu_suite.sh          # on the GPU machine, LLM4REC_DATA_DIR holding amazon/beauty
+#   QUICK=1 PRESETS=tiny,small BATCH_SIZES=8,8 bash benchmarks/gpu_suite.sh  # seconds on a CPU
+set -uo pipefail
+out=${OUT:-/tmp/gpu_suite}
+mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-python3 - <<'PY'
+py=${PYTHON:-python3}
+quick=${QUICK:+--quick}
+limit() { if [ -n "${QUICK:-}" ]; then echo 600; else echo "$1"; fi; }
+log="$out/log.txt"
+D128=(--set model.d_model=128 --set model.num_heads=2 --set model.mlp_dim=256 --set model.dropout=0.5
+      --set train.num_epochs=18 --set optimizer.learning_rate=3e-3 --set train.progress_bar=False)
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+  timeout "$(limit 60)" $py - <<'PY'
 import jax, jax.numpy as jnp
 from llm4rec_jax.model import layers
 print('jax', jax.__version__, jax.devices())
-# cuDNN's fused kernel against XLA's on a left-padded causal mask, as the decoder builds it.
-b, s, h, d = 4, 200, 16, 128
-q, k, v = (jax.random.normal(jax.random.key(i), (b, s, h, d), jnp.bfloat16) for i in range(3))
-valid = jnp.arange(s)[None] >= jnp.array([0, 10, 100, 190])[:, None]
-mask = ((jnp.tril(jnp.ones((s, s), bool))[None] & valid[:, None, :]) | jnp.eye(s, dtype=bool))[:, None]
-x = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation='xla').astype(jnp.float32)
-c = layers.dot_product_attention(q, k, v, mask, 'cudnn').astype(jnp.float32)
-print('attention auto ->', layers.attention_impl('auto', jnp.bfloat16),
-      '| max |cudnn - xla| on valid rows:', float(jnp.max(jnp.abs(c - x) * valid[..., None, None])))
+if jax.default_backend() == 'gpu':
+  # cuDNN's fused kernel against XLA's on a left-padded causal mask, as the decoder builds it.
+  b, s, h, d = 4, 200, 16, 128
+  q, k, v = (jax.random.normal(jax.random.key(i), (b, s, h, d), jnp.bfloat16) for i in range(3))
+  valid = jnp.arange(s)[None] >= jnp.array([0, 10, 100, 190])[:, None]
+  mask = ((jnp.tril(jnp.ones((s, s), bool))[None] & valid[:, None, :]) | jnp.eye(s, dtype=bool))[:, None]
+  x = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation='xla').astype(jnp.float32)
+  c = layers.dot_product_attention(q, k, v, mask, 'cudnn').astype(jnp.float32)
+  print('attention auto ->', layers.attention_impl('auto', jnp.bfloat16),
+        '| max |cudnn - xla| on valid rows:', float(jnp.max(jnp.abs(c - x) * valid[..., None, None])))
 PY
-python3 benchmarks/throughput.py --dataset=random --presets=base,1b --batch_sizes=128,64 \
-  --max_len=200 --num_items=32768 --variants=id --attention=auto,xla --steps=10 --peak \
-  --keep_going "$@" | tee "$out/throughput_gpu.json"
+} > "$out/env.txt" 2>>"$log"
+echo "== env done $(date -u +%T)" >> "$log"
+
+timeout "$(limit 60)" $py benchmarks/input_pipeline.py $quick --batches 1000 "${D128[@]}" \
+  > "$out/input_pipeline.json" 2>>"$log"
+echo "== input_pipeline rc=$? $(date -u +%T)" >> "$log"
+
+timeout "$(limit 170)" $py benchmarks/beauty.py $quick --workdir=/tmp/wd/beauty_d128 --seed 0 "${D128[@]}" \
+  > "$out/beauty_d128.json" 2>>"$log"
+echo "== beauty_d128 rc=$? $(date -u +%T)" >> "$log"
+
+timeout "$(limit 150)" $py benchmarks/beauty.py $quick --workdir=/tmp/wd/beauty_filter --seed 0 "${D128[@]}" \
+  --set model.filter_mix=0.7 > "$out/beauty_filter.json" 2>>"$log"
+echo "== beauty_filter rc=$? $(date -u +%T)" >> "$log"
+(cd /tmp/wd && tar czf "$out/events.tar.gz" */events.jsonl */metrics.json 2>/dev/null)
+
+# Printed line by line (one per run), so a run cut by the limit loses only itself.
+timeout "$(limit 170)" $py benchmarks/throughput.py $quick --dataset=random --presets=${PRESETS:-1b,base} \
+  --batch_sizes=${BATCH_SIZES:-64,128} --max_len=200 --num_items=32768 --variants=id --attention=auto,xla \
+  --steps=10 --peak --keep_going > "$out/throughput.json" 2>>"$log"
+echo "== throughput rc=$? $(date -u +%T)" >> "$log"

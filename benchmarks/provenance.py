@@ -24,6 +24,8 @@ def _cpu_model() -> str:
 
 
 def _commit() -> str:
+  if os.environ.get('LLM4REC_COMMIT'):  # a copy of the tree without .git (an accelerator machine)
+    return os.environ['LLM4REC_COMMIT']
   try:
     sha = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout.strip()
@@ -50,4 +52,9 @@ def start() -> dict[str, Any]:
 def finish(record: dict[str, Any]) -> dict[str, Any]:
   """Adds the load average at the end (a busy machine makes timings relative only)."""
   record['machine']['load_avg_end'] = [round(x, 2) for x in os.getloadavg()]
+  if 'jax' in sys.modules:  # the accelerator the numbers were measured on
+    jax = sys.modules['jax']
+    record['machine']['backend'] = jax.default_backend()
+    record['machine']['device_kind'] = jax.devices()[0].device_kind
+    record['machine']['device_count'] = jax.device_count()
   return record

@@ -65,9 +65,13 @@ def main() -> None:
   runs = {}
   for f in args.runs:
     text = pathlib.Path(f).read_text()
-    lines = [json.loads(text)] if f.endswith('.json') else [json.loads(l) for l in
-                                                            text.splitlines() if l.strip()]
-    for r in lines:
+    chunks = [(1, text)] if f.endswith('.json') else [(n, l) for n, l in
+                                                       enumerate(text.splitlines(), 1) if l.strip()]
+    for n, chunk in chunks:
+      try:
+        r = json.loads(chunk)
+      except ValueError as e:
+        raise SystemExit(f'{f}:{n}: not a JSON result line ({e})') from e
       runs[int(r.get('seed', (r.get('seeds') or [0])[0]))] = r
   out = [reevaluate(w, args.set, runs) for w in args.workdirs.split(',') if w]
   text = ''.join(json.dumps(l, default=str) + '\n' for l in out)

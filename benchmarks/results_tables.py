@@ -34,7 +34,6 @@ README = ROOT / 'README.md'
 # docs/scale.md (its own generator) and the docs listed in NOT_YET_GENERATED.
 OWN_GENERATOR = {'docs/scale.md': 'benchmarks/movielens_scale_report.py'}
 NOT_YET_GENERATED = {
-    'docs/causal_filter.md': 'being written alongside the causal-filter runs; not yet converted',
 }
 # Hand-written tables allowed outside generated blocks: no result figures in them (the digits they
 # hold are names, years, feature sizes or metric cut-offs). Keyed by name, matched by header row.
@@ -257,8 +256,17 @@ def _cpu_throughput_rows(data):
   return rows
 
 
+GPU_THROUGHPUT_FILES = ('throughput_gpu_h100.json', 'throughput_gpu_h200.json')
+
+
 def _gpu_throughput_rows(data):
-  rec = data['throughput_gpu_h100.json']
+  rows = []
+  for f in GPU_THROUGHPUT_FILES:
+    rows += _gpu_throughput_file_rows(data[f])
+  return rows
+
+
+def _gpu_throughput_file_rows(rec):
   rows = []
   for name, r in rec['runs'].items():
     rows.append({'card': f"{rec['device_kind']} x {rec['devices']} (jax {rec['jax']})",
@@ -267,8 +275,41 @@ def _gpu_throughput_rows(data):
                  'step_ms': r['step_ms'], 'tok_s': r['tokens_per_s'],
                  'achieved': r['achieved_tflops_per_s'], 'datasheet': rec['datasheet_peak_tflops'],
                  'mfu': r['mfu_vs_datasheet'], 'measured': rec['peak_tflops_measured'],
-                 'mfu_measured': r['mfu_vs_measured_peak'], 'mem': r['peak_memory_gb']})
+                 'mfu_measured': r.get('mfu_vs_measured_peak'), 'mem': r['peak_memory_gb']})
   return rows
+
+
+# CPU run of the same config and seed as each GPU run: (label, seed) -> file.
+GPU_CPU_TWINS = {
+    ('attention-only d128', 0): 'beauty_d128_fast.json',
+    ('attention-only d128', 1): 'beauty_d128_seed1.json',
+    ('causal filter 0.7, d128', 0): 'beauty_d128_filter0.7_seed0.json',
+    ('causal filter 0.7, d128', 1): 'beauty_d128_filter0.7_seed1.json',
+}
+
+
+def _gpu_recsys_rows(data):
+  rows = []
+  for rec in data['beauty_gpu_h200.jsonl']:
+    cpu = data[GPU_CPU_TWINS[(rec['label'], rec['seed'])]]
+    rows.append({'model': rec['label'], 'seed': rec['seed'],
+                 'card': rec['provenance']['machine']['device_kind'],
+                 'gpu_test': rec['test']['ndcg@10'], 'cpu_test': cpu['test']['ndcg@10'],
+                 'gpu_valid': rec['valid_ndcg@10'], 'cpu_valid': cpu['valid_ndcg@10'],
+                 'epochs': f"{rec['best_epoch']:g} / {cpu['best_epoch']:g}",
+                 'to_best': rec['time_to_best_epoch_s'], 'wall': rec['wall_s'],
+                 'cpu_to_best': cpu['time_to_best_epoch_s'], 'rate': rec['train_examples_per_s']})
+  return rows
+
+
+def _input_rows(data):
+  rec = data['input_pipeline_gpu_h200.json']
+  runs = data['beauty_gpu_h200.jsonl']
+  used = max(r['train_examples_per_s'] for r in runs)
+  return [{'host': f"{rec['provenance']['machine']['cpu_model']}, "
+                   f"{rec['provenance']['machine']['cores']} cores",
+           'shape': f"{rec['batch_size']} x {rec['max_len']}", 'input': rec['sequences_per_s'],
+           'batch_ms': rec['batch_ms'], 'used': used, 'ratio': rec['sequences_per_s'] / used}]
 
 
 # --- multimodal, semantic IDs, cold start, text fine-tuning ------------------------------------
@@ -659,6 +700,45 @@ BOARD_COLS = (Col('data', 'data'), Col('model', 'variant'), Col('seeds', 'seeds'
               Col('best epoch per seed', 'epochs'), Col('minutes per seed', 'minutes'))
 
 
+FILTER = ('leave-one-out, full ranking, seen items excluded, best checkpoint by validation NDCG@10; '
+          'the Beauty hidden-128 settings (18 epochs, lr 3e-3, dropout 0.5), one row per model and '
+          'seed; +- is the paired standard error over the same test users against attention alone '
+          'of the same seed.')
+FILTER_RUNS = {  # seed -> (attention-only run, filter run, paired comparison)
+    0: ('beauty_d128_fast.json', 'beauty_d128_filter0.7_seed0.json',
+        'paired_filter0.7_vs_attention_beauty_d128_seed0.json'),
+    1: ('beauty_d128_seed1.json', 'beauty_d128_filter0.7_seed1.json',
+        'paired_filter0.7_vs_attention_beauty_d128_seed1.json'),
+}
+FILTER_FILES = tuple(f for files in FILTER_RUNS.values() if all((RESULTS / x).exists() for x in files)
+                     for f in files)
+
+
+def _filter_rows(data):
+  rows = []
+  for seed, (base, filt, paired) in FILTER_RUNS.items():
+    if paired not in data:
+      continue
+    res = data[paired]['results']['test']
+    for rec, label, diff in ((data[base], 'attention only (filter_mix 0)', None),
+                             (data[filt], 'attention + causal filter (filter_mix 0.7)', res)):
+      rows.append({'model': label, 'seed': seed, 'valid': rec['valid_ndcg@10'],
+                   'test': rec['test']['ndcg@10'], 'hr': rec['test']['hr@10'],
+                   'epoch': rec['best_epoch'],
+                   'dn': '' if diff is None else
+                   f"{diff['ndcg@10']['b_minus_a']:+.4f} +- {diff['ndcg@10']['paired_se']:.4f}",
+                   'dh': '' if diff is None else
+                   f"{diff['hr@10']['b_minus_a']:+.4f} +- {diff['hr@10']['paired_se']:.4f}"})
+  return rows
+
+
+FILTER_COLS = (Col('model', 'model'), Col('seed', 'seed', fmt('d')),
+               Col('valid NDCG@10', 'valid', F4),
+               Col('test NDCG@10', 'test', F4), Col('test HR@10', 'hr', F4),
+               Col('best epoch', 'epoch', fmt('g')), Col('test NDCG@10 vs attention', 'dn'),
+               Col('test HR@10 vs attention', 'dh'))
+
+
 TABLES: tuple[Table, ...] = (
     Table('leave_one_out', tuple(f for f, _ in LOO_RUNS), LOO, _loo_rows, LOO_COLS),
     Table('leave_one_out_seen_ranked', tuple(f for f, _ in LOO_RUNS if f.startswith('yelp')),
@@ -865,18 +945,21 @@ TABLES: tuple[Table, ...] = (
            Col('fits', 'fits'), Col('compile (s)', 'compile', F0))),
     Table('leaderboard', tuple(f for f in BOARD_FILES if (RESULTS / f).exists()), BOARD,
           _board_rows, BOARD_COLS),
+    Table('causal_filter', FILTER_FILES, FILTER, _filter_rows, FILTER_COLS),
     Table('val_test_gap_beauty', ('val_test_gap_beauty_d128.json',), GAP, _gap_rows, GAP_COLS),
     Table('val_test_gap_lastfm', ('val_test_gap_lastfm_d128.json',), GAP, _gap_rows, GAP_COLS),
     Table('transition_blend', tuple(f for f in BLEND_FILES if (RESULTS / f).exists()), BLEND,
           _blend_rows, BLEND_COLS),
-    Table('throughput_gpu', ('throughput_gpu_h100.json',),
-          '`' + load('throughput_gpu_h100.json')['command'] + '`: the real jitted train step (full '
+    Table('throughput_gpu', GPU_THROUGHPUT_FILES,
+          ' and '.join(f"`{load(f)['command']}` ({load(f)['device_kind']})"
+                       for f in GPU_THROUGHPUT_FILES) + ': the real jitted train step (full '
           'softmax over the catalog, AdamW, bf16 compute, float32 parameters) on windows of random '
           'Zipf item ids with every position a target, after compilation. MFU = model FLOPs (6 x '
           'tokens x block matmul parameters + attention scores/values + the output head over the '
           'targets) per second over the datasheet peak (dense bf16, per chip); beside it, MFU '
           'over a peak measured in the same process (a chain of bf16 8192^3 matrix products, '
-          'recovered afterwards from the printed MFU, see the file\'s `peak_note`).',
+          'on the H100 recovered afterwards from the printed MFU, see its `peak_note`; on the H200 see '
+          'its `recovered`; none for runs without `--peak`).',
           _gpu_throughput_rows,
           (Col('card', 'card'), Col('preset', 'run'), Col('params (B)', 'params', F2),
            Col('batch x positions', 'shape'), Col('ms/step', 'step_ms', F0),
@@ -884,6 +967,30 @@ TABLES: tuple[Table, ...] = (
            Col('datasheet peak TFLOP/s', 'datasheet', F0), Col('MFU (datasheet)', 'mfu', F2),
            Col('measured peak TFLOP/s', 'measured', F0),
            Col('MFU (measured peak)', 'mfu_measured', F2), Col('peak memory (GiB)', 'mem', F1))),
+    Table('gpu_recsys', ('beauty_gpu_h200.jsonl',) + tuple(sorted(set(GPU_CPU_TWINS.values()))),
+          'whole Beauty training runs (`python benchmarks/beauty.py --seed S --set '
+          'model.d_model=128 --set model.num_heads=2 --set model.mlp_dim=256 --set '
+          'model.dropout=0.5 --set train.num_epochs=18 --set optimizer.learning_rate=3e-3 '
+          '[--set model.filter_mix=0.7]`), leave-one-out, full ranking, seen items excluded, best '
+          'checkpoint by validation NDCG@10, one GPU, the trainer unchanged (one jitted step per '
+          'batch of 128, an evaluation and a checkpoint every epoch), float32; beside each, the '
+          'CPU run of the same config and seed (2-core machine). Time to best = wall seconds '
+          'from the first step to the end of the best epoch\'s evaluation, compilation included.',
+          _gpu_recsys_rows,
+          (Col('model', 'model'), Col('seed', 'seed', fmt('d')), Col('card', 'card'),
+           Col('test NDCG@10 GPU', 'gpu_test', F4), Col('test NDCG@10 CPU', 'cpu_test', F4),
+           Col('valid NDCG@10 GPU', 'gpu_valid', F4), Col('valid NDCG@10 CPU', 'cpu_valid', F4),
+           Col('best epoch GPU / CPU', 'epochs'),
+           Col('GPU s to best', 'to_best', F1), Col('GPU wall s', 'wall', F1),
+           Col('CPU s to best', 'cpu_to_best', F0), Col('GPU train sequences/s', 'rate', F0))),
+    Table('gpu_input', ('input_pipeline_gpu_h200.json', 'beauty_gpu_h200.jsonl'),
+          '`python benchmarks/input_pipeline.py` on the GPU machine\'s host: the trainer\'s own '
+          'Grain iterator (shuffle, batch, Grain\'s default read threads), 1000 batches after 20 '
+          'warm-up ones, nothing on the GPU; beside it the fastest training consumption of the '
+          'Beauty runs above (sequences/s over the whole run, evaluations excluded).', _input_rows,
+          (Col('host', 'host'), Col('batch x positions', 'shape'),
+           Col('input sequences/s', 'input', F0), Col('ms per batch', 'batch_ms', F2),
+           Col('train step sequences/s', 'used', F0), Col('input / step', 'ratio', F2))),
 )
 BY_NAME = {t.name: t for t in TABLES}
 

@@ -74,8 +74,8 @@ def test_serving_compiles_once_per_history_bucket_not_per_length(trained):
   from llm4rec_jax import serving  # pylint: disable=import-outside-toplevel
   workdir, _ = trained
   rec = serving.Recommender(workdir, checkpoint='latest', use_index=False)
-  # The jit cache of the method is shared by every Recommender of the process (tests before this one
-  # may have filled it), so count this instance's entries.
+  # The jit cache of Recommender._top is shared by every instance in this process (other tests'
+  # recommenders included), so count the entries this one adds.
   before = rec._top._cache_size()  # pylint: disable=protected-access
   tops = [rec.recommend([f'i{i}' for i in range(1, n + 1)], top_k=5) for n in range(1, 21)]
   # Lengths 1..16 share one bucket, 17..20 the next: two compilations for twenty lengths.

@@ -81,16 +81,21 @@ def test_overfits_a_tiny_dataset_to_its_entropy_floor(tmp_path):
   assert floor < last < floor + 0.02, (first, last, floor)
 
 
-def test_non_finite_loss_stops_with_checkpoints_intact(tmp_path, monkeypatch):
-  config = tiny_config()
-  trainer.train_and_evaluate(config, tmp_path, stop_after_steps=3)
+def _diverge_after_step_3(config, workdir, monkeypatch) -> int:
+  """Trains 3 steps, then resumes with a loss that is NaN from step 4 on; asserts the run stops
+  naming step 4 and returns the latest checkpoint step left behind."""
+  trainer.train_and_evaluate(config, workdir, stop_after_steps=3)
   real = losses.full_softmax_loss
   monkeypatch.setattr(losses, 'full_softmax_loss',
                       lambda *a, **k: (lambda l, m: (l * np.nan, m))(*real(*a, **k)))
   with pytest.raises(NonFiniteLossError, match='non-finite training metrics at step 4'):
-    trainer.train_and_evaluate(config, tmp_path)
-  ckpt = checkpointing.Checkpointer(tmp_path / 'checkpoints', async_save=False)
-  assert ckpt.latest_step() == 3
+    trainer.train_and_evaluate(config, workdir)
+  return checkpointing.Checkpointer(workdir / 'checkpoints', async_save=False).latest_step()
+
+
+def test_non_finite_loss_stops_with_checkpoints_intact(tmp_path, monkeypatch):
+  config = tiny_config()
+  assert _diverge_after_step_3(config, tmp_path, monkeypatch) == 3
   monkeypatch.undo()
   # The intact checkpoint resumes and finishes normally.
   assert 'test' in trainer.train_and_evaluate(config, tmp_path)
@@ -100,14 +105,7 @@ def test_loss_turning_nan_between_periodic_saves_keeps_last_good_checkpoint(tmp_
   # Metrics are fetched only every 50 steps, so only the guard before each periodic save can see
   # the NaN of step 4 before the step-6 save.
   config = tiny_config(**{'train.checkpoint_every': 3, 'train.log_every': 50})
-  trainer.train_and_evaluate(config, tmp_path, stop_after_steps=3)
-  real = losses.full_softmax_loss
-  monkeypatch.setattr(losses, 'full_softmax_loss',
-                      lambda *a, **k: (lambda l, m: (l * np.nan, m))(*real(*a, **k)))
-  with pytest.raises(NonFiniteLossError, match='non-finite training metrics at step 4'):
-    trainer.train_and_evaluate(config, tmp_path)
-  ckpt = checkpointing.Checkpointer(tmp_path / 'checkpoints', async_save=False)
-  assert ckpt.latest_step() == 3
+  assert _diverge_after_step_3(config, tmp_path, monkeypatch) == 3
 
 
 @pytest.mark.slow
