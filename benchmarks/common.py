@@ -58,7 +58,8 @@ def make_quick(config) -> None:
 
 
 def read_events(workdir: pathlib.Path) -> list[dict[str, Any]]:
-  return [json.loads(l) for l in (workdir / 'events.jsonl').read_text().splitlines()]
+  from llm4rec_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  return workdir_lib.read_jsonl(workdir_lib.path(workdir, workdir_lib.EVENTS))
 
 
 def train_and_report(config, args, *, benchmark: str, extra=None,

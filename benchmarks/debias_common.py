@@ -11,10 +11,7 @@ import numpy as np
 
 from llm4rec_jax import beyond_accuracy, evaluation
 from llm4rec_jax.debias import objectives, propensity
-from llm4rec_jax.train import optimizer as optimizer_lib
-from llm4rec_jax.train import state as state_lib
 from llm4rec_jax.train import trainer
-from llm4rec_jax.train.checkpointing import Checkpointer
 
 
 class TrainedModel:
@@ -23,12 +20,7 @@ class TrainedModel:
   def __init__(self, config, workdir: str | pathlib.Path):
     self.config = config
     self.exp = trainer.build_experiment(config, pathlib.Path(workdir))
-    tx, _ = optimizer_lib.make_optimizer(config.optimizer, 1)
-    abstract, shardings = state_lib.state_shardings(self.exp.spec, tx)
-    ckpt = Checkpointer(pathlib.Path(workdir) / 'checkpoints', async_save=False)
-    self.step = ckpt.best_step()
-    self.params = ckpt.restore_params(self.step, abstract, shardings)
-    ckpt.close()
+    self.step, self.params = trainer.restore_params(self.exp, 'best')
     counts = propensity.item_counts(self.exp.split.train, self.exp.dataset.num_items)
     self.log_pop = objectives.log_popularity(counts, self.exp.spec.cfg.vocab_size,
                                              smoothing=config.debias.smoothing)

@@ -23,6 +23,7 @@ def main():
   p.add_argument('--epochs', type=int, default=15)
   p.add_argument('--variants', default='naive,adversarial,parity')
   args = p.parse_args()
+  from llm4rec_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.train import trainer  # pylint: disable=import-outside-toplevel
 
   t0 = time.perf_counter()
@@ -51,7 +52,7 @@ def main():
            'gender_ndcg@10_gap': round(results['test']['gender_ndcg@10_gap'], 4),
            'age_group_ndcg@10_gap': round(results['test']['age_group_ndcg@10_gap'], 4),
            'best_step': results['step']}
-    logs = [json.loads(l) for l in (workdir / 'train_log.jsonl').read_text().splitlines()]
+    logs = workdir_lib.read_jsonl(workdir_lib.path(workdir, workdir_lib.TRAIN_LOG))
     last = [l for l in logs if 'adv_accuracy' in l or 'parity_gap' in l][-20:]
     if last and 'adv_accuracy' in last[-1]:
       row['adversary_train_accuracy_last20'] = round(sum(l['adv_accuracy'] for l in last) / len(last), 4)

@@ -26,6 +26,7 @@ import psutil
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from llm4rec_jax import workdir as workdir_lib  # noqa: E402  pylint: disable=wrong-import-position
 from llm4rec_jax.data.prepare import generate, source  # noqa: E402  pylint: disable=wrong-import-position
 
 RESULTS = ROOT / 'benchmarks' / 'results' / 'electronics_scale.json'
@@ -92,10 +93,10 @@ def train_on(prepared: pathlib.Path, work: pathlib.Path, steps: int) -> dict:
   cmd = [sys.executable, '-m', 'llm4rec_jax.cli', 'train', '--config=configs/beauty.py',
          f'--workdir={workdir}'] + [f'--config.{k}={v}' for k, v in overrides.items()]
   wall, peak, _ = run_tree_peak(cmd)
-  events = [json.loads(l) for l in (workdir / 'events.jsonl').read_text().splitlines()]
+  events = workdir_lib.read_jsonl(workdir_lib.path(workdir, workdir_lib.EVENTS))
   start = next(e for e in events if e['event'] == 'start')
   done = next(e for e in events if e['event'] == 'train_done')
-  metrics = json.loads((workdir / 'metrics.json').read_text())
+  metrics = json.loads(workdir_lib.path(workdir, workdir_lib.METRICS).read_text())
   test_s = metrics['eval_seconds']['test']
   out = dict(command=' '.join(['llm4rec'] + cmd[3:]), overrides=overrides, wall_s=round(wall, 1),
              peak_rss_mb=round(peak / 2**20), num_params=start['num_params'],

@@ -65,7 +65,7 @@ def main() -> dict:
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
-  from llm4rec_jax.content import text_encoder  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.model import text_encoder  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.data import paths, registry  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.explain import generator as gen  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.explain import reviews, templates, text_metrics  # pylint: disable=import-outside-toplevel

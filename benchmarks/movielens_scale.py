@@ -130,13 +130,14 @@ def run_config(data: str, steps: int, overrides: list[str]):
 
 def child_run(data: str, steps: int, overrides: list[str]) -> dict:
   """The whole job through ``train_and_evaluate`` (a fresh process for its own peak RSS)."""
+  from llm4rec_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.train import trainer  # pylint: disable=import-outside-toplevel
   config = run_config(data, steps, overrides)
   workdir = pathlib.Path(tempfile.mkdtemp(prefix='ml_scale_'))
   t0 = time.perf_counter()
   results = trainer.train_and_evaluate(config, workdir)
   wall = time.perf_counter() - t0
-  events = [json.loads(l) for l in (workdir / 'events.jsonl').read_text().splitlines()]
+  events = workdir_lib.read_jsonl(workdir_lib.path(workdir, workdir_lib.EVENTS))
   start = next(e for e in events if e['event'] == 'start')
   done = next(e for e in events if e['event'] == 'train_done')
   valid_eval = [e for e in events if e['event'] == 'eval'][-1]

@@ -29,6 +29,7 @@ def main():
   p.add_argument('--users', type=int, default=1000, help='test users timed')
   args = p.parse_args()
   from llm4rec_jax import config_base  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.data import registry  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.retrieval import workdir_index  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.serving import Recommender  # pylint: disable=import-outside-toplevel
@@ -36,7 +37,7 @@ def main():
 
   trained_here = False
   workdir = pathlib.Path(args.workdir) if args.workdir else pathlib.Path(tempfile.mkdtemp())
-  if not (workdir / 'checkpoints').exists():
+  if not workdir_lib.path(workdir, workdir_lib.CHECKPOINTS).exists():
     config = load_config('beauty')
     config.train.num_epochs = 5
     config.seed = args.seed

@@ -23,15 +23,9 @@ from common import load_config, make_quick, parser, train_and_report
 def timed_test_pass(config, workdir: pathlib.Path) -> tuple[dict, float]:
   """(test metrics, seconds per test user) for the best checkpoint, after a warm-up pass."""
   from llm4rec_jax import evaluation  # pylint: disable=import-outside-toplevel
-  from llm4rec_jax.train import optimizer as optimizer_lib  # pylint: disable=import-outside-toplevel
-  from llm4rec_jax.train import state as state_lib, trainer  # pylint: disable=import-outside-toplevel
-  from llm4rec_jax.train.checkpointing import Checkpointer  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.train import trainer  # pylint: disable=import-outside-toplevel
   exp = trainer.build_experiment(config, workdir)
-  tx, _ = optimizer_lib.make_optimizer(config.optimizer, 1)
-  abstract, shardings = state_lib.state_shardings(exp.spec, tx)
-  ckpt = Checkpointer(workdir / 'checkpoints', async_save=False)
-  params = ckpt.restore_params(ckpt.best_step(), abstract, shardings)
-  ckpt.close()
+  _, params = trainer.restore_params(exp, 'best')
   rank_fn, arrays = exp.rank_fn(), exp.eval_arrays('test')
   run = lambda: evaluation.evaluate_arrays(rank_fn, params, arrays, config.eval.batch_size,
                                            exp.put, config.eval.ks, content=exp.content)
@@ -78,8 +72,9 @@ def main():
   line = train_and_report(sid_cfg, gargs, benchmark='semantic_ids')
   out['semantic_id_train'] = {k: line[k] for k in ('best_epoch', 'time_to_best_epoch_s', 'wall_s')}
 
+  from llm4rec_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.model.semantic_ids import SemanticIds  # pylint: disable=import-outside-toplevel
-  sid = SemanticIds.load(root / 'semantic_id' / 'semantic_ids.npz')
+  sid = SemanticIds.load(workdir_lib.path(root / 'semantic_id', workdir_lib.SEMANTIC_IDS))
   out['codes'] = {'codebook_sizes': list(sid.codebook_sizes),
                   'collision_rate': round(sid.collision_rate, 4)}
   for name, cfg, workdir in (('softmax', softmax_cfg, softmax_dir),

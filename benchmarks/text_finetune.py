@@ -51,7 +51,7 @@ def variant_config(variant: str, args, model_dir: str | None):
 def tiny_random_model(directory: pathlib.Path) -> str:
   """--quick: a random 2-layer BERT with a character vocabulary (no pretrained weights needed)."""
   from flax import nnx  # pylint: disable=import-outside-toplevel
-  from llm4rec_jax.content import text_encoder  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.model import text_encoder  # pylint: disable=import-outside-toplevel
   chars = string.ascii_lowercase + string.digits
   vocab = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]'] + list(chars) + ['##' + c for c in chars]
   cfg = text_encoder.BertConfig(vocab_size=len(vocab) + 5, hidden_size=16, num_hidden_layers=2,
@@ -66,7 +66,8 @@ def tiny_random_model(directory: pathlib.Path) -> str:
 
 def steady_step_ms(workdir: pathlib.Path) -> float:
   """ms per training step between the two evaluations (compilation and evaluation excluded)."""
-  events = [json.loads(l) for l in (workdir / 'events.jsonl').read_text().splitlines()]
+  from llm4rec_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  events = workdir_lib.read_jsonl(workdir_lib.path(workdir, workdir_lib.EVENTS))
   first, last = [e for e in events if e['event'] == 'eval'][-2:]
   steps = last['step'] - first['step']
   return 1000 * (last['elapsed_s'] - last['eval_s'] - first['elapsed_s']) / steps

@@ -32,6 +32,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import provenance  # noqa: E402  pylint: disable=wrong-import-position
 
 from llm4rec_jax import config_base, metrics as metrics_lib  # noqa: E402
+from llm4rec_jax import workdir as workdir_lib  # noqa: E402
 from llm4rec_jax.data import pipeline, splits  # noqa: E402
 from llm4rec_jax.train import trainer  # noqa: E402
 
@@ -153,7 +154,7 @@ def main() -> None:
     results[scorer] = res
   # The run's evaluations (with eval.monitor_test, the test ranking logged beside validation).
   curve = []
-  events = pathlib.Path(args.workdir) / 'events.jsonl'
+  events = workdir_lib.path(args.workdir, workdir_lib.EVENTS)
   if events.exists():
     for line in events.read_text().splitlines():
       e = json.loads(line)

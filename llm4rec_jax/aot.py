@@ -103,7 +103,7 @@ def compile_train_step(config: ml_collections.ConfigDict, devices: list[Any], *,
   config = ml_collections.ConfigDict(config.to_dict())
   config_base.validate(config, len(devices))
   mesh = make_mesh(config.mesh, devices)
-  cfg = trainer.model_config(config, num_items, mesh)
+  cfg = state_lib.model_config(config, num_items, mesh)
   spec = state_lib.build_model_spec(cfg, mesh, config.mesh.rules)
   tx, schedule = optimizer_lib.make_optimizer(config.optimizer, 1000)
   abstract, shardings = state_lib.state_shardings(spec, tx)

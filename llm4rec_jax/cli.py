@@ -1,15 +1,20 @@
-"""Command line: ``llm4rec {train,evaluate,recommend} --config=configs/X.py[:preset] --workdir=DIR``.
+"""Command line: ``llm4rec COMMAND --workdir=DIR [--config=configs/X.py[:preset]] [flags]``.
 
 Thin by design: parse flags, then call the same functions tests and notebooks use
-(``train_and_evaluate``, ``evaluate``, ``recommend``). Errors about input or config are printed as
-one clear line (exit status 2), not a traceback.
+(``train_and_evaluate``, ``evaluate``, ``recommend``, ...). Errors about input or config are printed
+as one clear line (exit status 2), not a traceback. ``llm4rec --help`` lists the commands,
+``llm4rec COMMAND --help`` shows that command's flags with their defaults and an example.
 """
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import json
 import logging
+import re
 import sys
+import textwrap
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -17,14 +22,56 @@ from ml_collections import config_flags
 
 from llm4rec_jax.errors import Llm4RecError
 
-COMMANDS = ('train', 'evaluate', 'recommend', 'index', 'adapt', 'explain')
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+  summary: str  # one line, for `llm4rec --help`
+  flags: tuple[str, ...]  # its flags, in the order `llm4rec COMMAND --help` lists them
+  example: str
+
+
+# Every command also takes --verbose; --config=FILE also accepts --config.a.b=VALUE overrides.
+HELP = {
+    'train': Command(
+        'Train a model (resuming from the checkpoints in WORKDIR), then evaluate the best one.',
+        ('config', 'workdir'),
+        'llm4rec train --config=configs/beauty.py:tiny --workdir=/tmp/beauty '
+        '--config.train.num_epochs=5'),
+    'evaluate': Command(
+        'Evaluate a checkpoint of WORKDIR on the validation and test cases.',
+        ('config', 'workdir', 'checkpoint', 'save_rankings'),
+        'llm4rec evaluate --config=configs/beauty.py:tiny --workdir=/tmp/beauty '
+        '--checkpoint=latest --save_rankings'),
+    'recommend': Command(
+        'Top-k items to follow a history of raw item ids (needs only WORKDIR).',
+        ('workdir', 'history', 'top_k', 'checkpoint', 'include_seen', 'adjust_strength',
+         'snapshot'),
+        'llm4rec recommend --workdir=/tmp/beauty --history=B0001,B0002 --top_k=5'),
+    'index': Command(
+        "Build the ScaNN item index of a checkpoint in WORKDIR/index (recommend then uses it).",
+        ('workdir', 'checkpoint'),
+        'llm4rec index --workdir=/tmp/beauty --checkpoint=best'),
+    'adapt': Command(
+        'Adapt a trained model online to a stream of JSON-lines events (snapshots in WORKDIR).',
+        ('workdir', 'events', 'online', 'prequential', 'checkpoint'),
+        'llm4rec adapt --workdir=/tmp/beauty --events=events.jsonl --online=learning_rate=3e-4 '
+        '--prequential'),
+    'explain': Command(
+        'Explain why an item (default: the top recommendation) follows a history.',
+        ('workdir', 'history', 'item', 'checkpoint'),
+        'llm4rec explain --workdir=/tmp/beauty --history=B0001,B0002'),
+}
+COMMANDS = tuple(HELP)
+HELP_FLAGS = ('--help', '-h', '--helpshort', '-?')
+REQUIRED = ('config', 'workdir', 'history', 'events')  # by every command that lists them
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, e.g. configs/beauty.py or configs/beauty.py:tiny.',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and metrics.')
-_CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "evaluate/recommend: 'best', 'latest' or a "
-                                  'step number.')
+_CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "evaluate/recommend/index/adapt/explain: "
+                                  "the checkpoint, 'best', 'latest' or a step number.")
 _SAVE_RANKINGS = flags.DEFINE_bool('save_rankings', False, 'evaluate: write per-user top-k lists '
                                    'with the target to WORKDIR/rankings_{valid,test}.jsonl.')
 _HISTORY = flags.DEFINE_string('history', None, 'recommend: comma-separated raw item ids, oldest '
@@ -68,9 +115,43 @@ def _maybe_initialize_distributed(config) -> None:
     jax.distributed.initialize(**kwargs)
 
 
+def usage() -> str:
+  """What ``llm4rec --help`` prints: the commands, a line each."""
+  width = max(map(len, COMMANDS))
+  lines = ['usage: llm4rec COMMAND --workdir=DIR [flags]', '', 'Commands:']
+  lines += [f'  {name:<{width}}  {cmd.summary}' for name, cmd in HELP.items()]
+  lines += ['', "Run `llm4rec COMMAND --help` for a command's flags and an example; "
+            '`llm4rec --helpfull` lists every flag.']
+  return '\n'.join(lines)
+
+
+def _flag_help(name: str) -> str:
+  flag = flags.FLAGS[name]
+  default = 'required' if name in REQUIRED else f'default: {flag.default!r}'
+  # The help strings name their commands ('recommend: ...') for --helpfull; one command's help
+  # needs no such prefix.
+  text = ' '.join(re.sub(r'^[a-z/]+: ', '', flag.help).split())
+  text = re.sub(r';? ?repeat this option to specify a list of values$', '', text)
+  text = textwrap.fill(text, width=96, initial_indent='    ', subsequent_indent='    ')
+  return f'  --{name} ({default})\n{text}'
+
+
+def command_usage(command: str) -> str:
+  """What ``llm4rec COMMAND --help`` prints: the command's flags, their defaults and an example."""
+  cmd = HELP[command]
+  lines = [f'usage: llm4rec {command} ' + ' '.join(f'--{f}=...' for f in cmd.flags[:2]) +
+           ' [flags]', '', cmd.summary, '', 'Flags:']
+  lines += [_flag_help(f) for f in cmd.flags + ('verbose',)]
+  if 'config' in cmd.flags:
+    lines.append('  --config.SECTION.FIELD=VALUE\n    Override one field of the config file, e.g. '
+                 '--config.train.batch_size=64.')
+  lines += ['', 'Example:', f'  {cmd.example}']
+  return '\n'.join(lines)
+
+
 def main(argv: list[str]) -> None:
   if len(argv) != 2 or argv[1] not in COMMANDS:
-    raise app.UsageError(f'usage: llm4rec {{{",".join(COMMANDS)}}} --workdir=DIR [--config=FILE]')
+    raise app.UsageError(f'expected one command of {", ".join(COMMANDS)}\n\n{usage()}')
   command = argv[1]
   absl_logging.set_verbosity(absl_logging.INFO if _VERBOSE.value else absl_logging.WARNING)
   logging.getLogger('llm4rec').setLevel(logging.INFO)
@@ -127,7 +208,6 @@ def main(argv: list[str]) -> None:
 
 def _parse_overrides(items: list[str]) -> dict:
   """``['learning_rate=3e-4', 'params=embeddings']`` -> values parsed as Python literals."""
-  import ast  # pylint: disable=import-outside-toplevel
   out = {}
   for item in items:
     key, sep, value = item.partition('=')
@@ -141,6 +221,15 @@ def _parse_overrides(items: list[str]) -> dict:
 
 
 def run() -> None:
+  """The ``llm4rec`` entry point; answers ``--help`` itself (absl's lists no commands)."""
+  args = sys.argv[1:]
+  if any(a in HELP_FLAGS for a in args):
+    words = [a for a in args if not a.startswith('-')]
+    if words and words[0] not in HELP:
+      print(f'llm4rec: unknown command {words[0]!r}\n\n{usage()}', file=sys.stderr)
+      sys.exit(2)
+    print(command_usage(words[0]) if words else usage())
+    sys.exit(0)
   app.run(main)
 
 

@@ -15,6 +15,8 @@ import pathlib
 
 import ml_collections
 
+from llm4rec_jax import partitioning
+from llm4rec_jax import workdir as workdir_lib
 from llm4rec_jax.data import synthetic
 from llm4rec_jax.debias import objectives as debias_objectives
 from llm4rec_jax.errors import ConfigError
@@ -327,7 +329,6 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
         raise ConfigError('mesh.num_devices', f'{c.mesh.num_devices} requested but only '
                           f'{num_devices} devices are available')
       num_devices = c.mesh.num_devices
-    from llm4rec_jax import partitioning  # pylint: disable=import-outside-toplevel
     shape = dict(zip(c.mesh.axes, partitioning.mesh_shape(c.mesh.axes, c.mesh.shape, num_devices)))
     rules = dict(c.mesh.rules)
     batch_axes = rules.get('batch') or ()
@@ -341,11 +342,12 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
 
 
 def save(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> None:
-  (pathlib.Path(workdir) / 'config.json').write_text(c.to_json_best_effort(indent=2, sort_keys=True))
+  workdir_lib.path(workdir, workdir_lib.CONFIG).write_text(
+      c.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def load(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-  path = pathlib.Path(workdir) / 'config.json'
+  path = workdir_lib.path(workdir, workdir_lib.CONFIG)
   if not path.exists():
     raise ConfigError('workdir', f'{path} not found: train a model in this workdir first')
   # Start from today's defaults so a workdir written before a config field existed still loads.

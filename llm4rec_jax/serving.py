@@ -1,14 +1,14 @@
 """``recommend``: top-k items for a raw-id history, from a trained workdir (no dataset needed).
 
-Training writes ``WORKDIR/config.json`` (the effective config) and ``WORKDIR/items.json`` (raw item
-ids and titles), so serving needs only the workdir. Parameters are restored onto a single device.
+Training writes the effective config and the item catalog (raw item ids and titles) into the
+workdir (:mod:`llm4rec_jax.workdir`), so serving needs only the workdir. Parameters are restored
+onto a single device.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import pathlib
 from collections.abc import Sequence
 from typing import Any
@@ -18,16 +18,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from llm4rec_jax import config_base, evaluation, partitioning
+from llm4rec_jax import config_base, evaluation
 from llm4rec_jax import transitions as transitions_lib
-from llm4rec_jax.data.content import ContentSpec, ItemContent
-from llm4rec_jax.model.semantic_ids import SemanticIds
-from llm4rec_jax.retrieval import workdir_index
-from llm4rec_jax.train import semantic_codes, text_finetune
+from llm4rec_jax import workdir as workdir_lib
+from llm4rec_jax.debias import objectives
 from llm4rec_jax.errors import DataError, UnknownIdError
-from llm4rec_jax.train import optimizer as optimizer_lib
+from llm4rec_jax.online import serving as online_serving
+from llm4rec_jax.retrieval import workdir_index
+from llm4rec_jax.train import restore
 from llm4rec_jax.train import state as state_lib
-from llm4rec_jax.train.checkpointing import Checkpointer, abstract_with_shardings
 
 
 class Recommender:
@@ -45,33 +44,19 @@ class Recommender:
     ``transition_weight``: scores ``+= weight * log1p(count(newest history item -> item))`` over
     the training transitions (``llm4rec_jax.transitions``); None = the weight chosen on validation
     when the run had ``eval.transition_weights`` (``WORKDIR/transitions.npz``), 0 = off."""
-    from llm4rec_jax.train.trainer import model_config  # pylint: disable=import-outside-toplevel
     self.workdir = pathlib.Path(workdir)
     self.config = config_base.load(self.workdir)
     if adjust_strength is not None:
       self.config.debias.adjust_strength = float(adjust_strength)
-    catalog_path = self.workdir / 'items.json'
-    if not catalog_path.exists():
-      raise DataError('item catalog missing; train in this workdir first', path=str(catalog_path))
-    catalog = json.loads(catalog_path.read_text())
+    catalog = workdir_lib.read_catalog(self.workdir)
     self.raw_ids: list[str] = catalog['raw_ids']
     self.titles: list[str] | None = catalog.get('titles')
     self.index = {r: i for i, r in enumerate(self.raw_ids) if i}
-    mesh_cfg = dict(axes=self.config.mesh.axes, shape=(1,) * len(self.config.mesh.axes))
-    mesh = partitioning.make_mesh(mesh_cfg, devices=jax.devices()[:1])
-    cfg = model_config(self.config, catalog['num_items'], mesh)
-    self.content = None
-    spec_path = self.workdir / 'content_spec.json'
-    if spec_path.exists():
-      content_spec = ContentSpec.from_json(json.loads(spec_path.read_text()))
-      cfg = dataclasses.replace(cfg, content=content_spec if content_spec.num_tokens else None)
-      self.content = jax.tree.map(jnp.asarray,
-                                  ItemContent.load(self.workdir / 'content.npz', content_spec))
-    encoder_cfg = text_finetune.load_encoder_config(self.workdir)
-    if encoder_cfg is not None:  # the text encoder was fine-tuned with the model
-      cfg = dataclasses.replace(cfg, text_encoder=encoder_cfg)
-    from llm4rec_jax.online import serving as online_serving  # pylint: disable=import-outside-toplevel
-    self.snapshot_position = online_serving.resolve(self.workdir, snapshot)
+    mesh = restore.single_device_mesh(self.config)
+    cfg, content, sid = restore.saved_model_config(self.workdir, self.config,
+                                                   catalog['num_items'], mesh)
+    self.content = jax.tree.map(jnp.asarray, content) if content is not None else None
+    self.snapshot_position = workdir_lib.snapshot_position(self.workdir, snapshot)
     adapted = None
     if self.snapshot_position is not None:
       adapted = online_serving.load(self.workdir, self.snapshot_position, self.config, cfg, mesh,
@@ -85,14 +70,10 @@ class Recommender:
                                 num_items=len(self.raw_ids) - 1)
       if adapted.content is not None:
         self.content = jax.tree.map(jnp.asarray, adapted.content)
-    self.trie = None
-    if cfg.head == 'semantic_id':
-      sid = SemanticIds.load(self.workdir / semantic_codes.FILENAME)
-      cfg = dataclasses.replace(cfg, codebook_sizes=sid.codebook_sizes)
-      self.trie = jax.device_put(sid.trie())
+    self.trie = jax.device_put(sid.trie()) if sid is not None else None
     self.spec = state_lib.build_model_spec(cfg, mesh, self.config.mesh.rules)
     self.score_bias = _popularity_adjustment(self.config, catalog, cfg, len(self.raw_ids),
-                                             catalog_path)
+                                             workdir_lib.path(self.workdir, workdir_lib.CATALOG))
     saved = transitions_lib.load(self.workdir)
     self.transition_table = saved[0] if saved else None
     self.transition_weight = (float(transition_weight) if transition_weight is not None
@@ -104,26 +85,15 @@ class Recommender:
       raise DataError('a transition blend needs the successor table that training writes when '
                       'eval.transition_weights chose a weight', path=str(self.workdir /
                                                                          transitions_lib.FILENAME))
-    tx, _ = optimizer_lib.make_optimizer(self.config.optimizer, 1,
-                                         self.config.get('text_finetune'))
-    abstract, shardings = state_lib.state_shardings(self.spec, tx)
     if adapted is not None:
       self.step, self.params = adapted.trained_step, adapted.params
       self.ann_index, self.ann_table = None, None
       self.rag = workdir_index.serving_retriever(self) if self.config.retrieval.rag else None
       return
-    ckpt = Checkpointer(self.workdir / 'checkpoints', async_save=False)
-    step = ckpt.best_step() if checkpoint == 'best' else (
-        ckpt.latest_step() if checkpoint == 'latest' else int(checkpoint))
-    self.step = step
-    state = ckpt.restore(step, abstract_with_shardings(abstract, shardings))
-    self.params = state['params']
-    if cfg.text_encoder is not None:
-      # The fine-tuned encoder's catalog text embeddings, saved with the checkpoint.
-      self.content = text_finetune.checkpoint_content(
-          self.spec.graphdef, self.content, state, step,
-          self.config.text_finetune.encode_batch_size)
-    ckpt.close()
+    # With a fine-tuned text encoder, the content's text rows come from the checkpoint.
+    self.step, self.params, self.content = restore.restore_params(
+        self.workdir, self.spec, checkpoint, self.content,
+        self.config.text_finetune.encode_batch_size if cfg.text_encoder is not None else 0)
     # WORKDIR/index: ANN candidates re-scored exactly (refused if built from another checkpoint).
     self.ann_index, self.ann_table = (workdir_index.load_index(self) if use_index
                                       else (None, None))
@@ -144,16 +114,14 @@ class Recommender:
 
   def item_table(self) -> np.ndarray:
     """float32 [rows, d_model]: the model's item representation of every catalog row."""
-    @jax.jit
-    def table(params, content):
-      return nnx.merge(self.spec.graphdef, params).encode_catalog(content).table
-    return np.asarray(jax.device_get(table(self.params, self.content)))[:len(self.raw_ids)]
+    return restore.catalog_table(self.spec.graphdef, self.params,
+                                 self.content)[:len(self.raw_ids)]
 
   def encode(self, history: Sequence[str]) -> np.ndarray:
     unknown = [h for h in history if str(h) not in self.index]
     if unknown:
       raise UnknownIdError(f'unknown item id(s) {unknown[:10]} (not in the {len(self.index)} items '
-                           f'of {self.workdir / "items.json"})')
+                           f'of {workdir_lib.path(self.workdir, workdir_lib.CATALOG)})')
     return np.asarray([self.index[str(h)] for h in history], np.int32)
 
   def recommend(self, history: Sequence[str], top_k: int = 10, *,
@@ -232,7 +200,6 @@ def _popularity_adjustment(config, catalog: dict, cfg, rows: int,
   if counts is None:
     raise DataError('debias.adjust_strength needs the training item counts, which this workdir '
                     'predates; train again to write them', path=str(path))
-  from llm4rec_jax.debias import objectives  # pylint: disable=import-outside-toplevel
   full = np.zeros(max(rows, len(counts)), np.float64)
   full[:len(counts)] = counts
   log_pop = objectives.log_popularity(full, cfg.vocab_size, smoothing=config.debias.smoothing)

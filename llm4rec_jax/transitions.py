@@ -69,7 +69,7 @@ def prior(ids: jax.Array, weights: jax.Array, last: jax.Array, vocab_size: int) 
 
 
 # The blend chosen on validation, saved beside the checkpoints so that serving applies it too.
-FILENAME = 'transitions.npz'
+FILENAME = 'transitions.npz'  # = workdir.TRANSITIONS (transitions.py stays free of training imports)
 
 
 def save(workdir, table: SuccessorTable, weight: float) -> None:

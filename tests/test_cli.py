@@ -103,3 +103,22 @@ def test_missing_dataset_and_workdir_errors(tmp_path):
   assert proc.returncode == 2 and 'nowhere' in proc.stderr and 'Traceback' not in proc.stderr
   proc = llm4rec('recommend', f'--workdir={tmp_path}/empty', '--history=1', check=False)
   assert proc.returncode == 2 and 'config.json not found' in proc.stderr
+
+
+def test_help_lists_the_commands_and_each_command_its_flags_and_an_example():
+  from llm4rec_jax import cli  # pylint: disable=import-outside-toplevel
+  top = llm4rec('--help')
+  lines = top.stdout.splitlines()
+  for command, entry in cli.HELP.items():
+    assert any(line.split()[:1] == [command] and entry.summary in line for line in lines), command
+  assert 'Try --helpfull' not in top.stdout
+  proc = llm4rec('train', '--help')
+  assert '--config (required)' in proc.stdout and '--workdir (required)' in proc.stdout
+  assert '--config.SECTION.FIELD=VALUE' in proc.stdout
+  assert 'Example:\n  llm4rec train --config=configs/' in proc.stdout
+  proc = llm4rec('recommend', '--help')
+  assert "--checkpoint (default: 'best')" in proc.stdout and '--top_k (default: 10)' in proc.stdout
+  assert "--snapshot (default: 'auto')" in proc.stdout and '--config ' not in proc.stdout
+  assert 'Example:\n  llm4rec recommend --workdir=' in proc.stdout
+  bad = llm4rec('nope', '--help', check=False)
+  assert bad.returncode == 2 and "unknown command 'nope'" in bad.stderr

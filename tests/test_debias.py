@@ -11,6 +11,7 @@ from flax import nnx
 
 from llm4rec_jax.debias import estimators, fairness, mf, objectives, propensity, unbiased_eval
 from llm4rec_jax.errors import ConfigError, DataError
+from llm4rec_jax.model.adversary import AdversaryHead
 from llm4rec_jax.train import losses
 
 
@@ -105,7 +106,7 @@ def _train_encoder_with_adversary(reverse: bool, steps: int = 1000) -> float:
     def __init__(self, rngs):
       self.enc = nnx.Linear(5, 8, rngs=rngs)
       self.task = nnx.Linear(8, 1, rngs=rngs)
-      self.adversary = fairness.AdversaryHead(8, 2, rngs=rngs)
+      self.adversary = AdversaryHead(8, 2, rngs=rngs)
 
   model = Model(nnx.Rngs(0))
   graphdef, params = nnx.split(model, nnx.Param)

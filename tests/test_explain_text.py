@@ -182,7 +182,7 @@ def test_context_prediction_and_label_smoothing_hand_computed():
 
 
 def test_text_codec_round_trip_with_the_wordpiece_tokenizer():
-  from llm4rec_jax.content import text_encoder  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.model import text_encoder  # pylint: disable=import-outside-toplevel
   tok = text_encoder.load_tokenizer(text_encoder.default_model_dir())
   texts = ["I've been using these strings, they sound great.", 'A solid tuner!']
   codec = gen.TextCodec.fit(tok, texts)

@@ -187,7 +187,7 @@ def test_fusion_and_cross_attention_shardings_on_2x4_mesh(synthetic_items):
   assert fusion['layers'][0]['attn']['wqkv'].spec == jax.sharding.PartitionSpec(
       None, None, 'tensor', None)
   assert sh['item_embed'].spec == jax.sharding.PartitionSpec('tensor', None)
-  from llm4rec_jax.train.trainer import put_content  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.train.state import put_content  # pylint: disable=import-outside-toplevel
   dev = put_content(content, mesh, c.mesh.rules)
   assert dev.categorical[0].sharding.spec == jax.sharding.PartitionSpec('tensor', None)
   params = state_lib.init_params(spec, 0)

@@ -230,8 +230,8 @@ def test_recommender_serves_the_adapted_snapshot(workdir):
 
 
 def test_a_text_finetuned_workdir_is_refused_with_a_clear_error(workdir):
-  from llm4rec_jax.train import text_finetune  # pylint: disable=import-outside-toplevel
-  (workdir / text_finetune.ENCODER_FILE).write_text('{}')  # what a text fine-tuning run leaves
+  from llm4rec_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  (workdir / workdir_lib.TEXT_ENCODER).write_text('{}')  # what a text fine-tuning run leaves
   with pytest.raises(ConfigError, match='text_finetune.enabled.*trained with text fine-tuning'):
     OnlineLearner(workdir)
 
@@ -381,4 +381,35 @@ def test_new_and_changed_items_are_upserted_into_the_scann_index(workdir):
   queries = np.random.default_rng(0).normal(size=(4, vectors.shape[1])).astype(np.float32)
   ids, _ = learner.index.search_batched(queries, 5)
   np.testing.assert_array_equal(ids, rows[np.argsort(-(queries @ vectors.T), axis=1)[:, :5]])
+  learner.close()
+
+
+def test_registering_items_compiles_nothing_after_warm_up(workdir):
+  """Item registration (zero rows, imprinted rows, the step after it) reuses compiled programs."""
+  learner = OnlineLearner(workdir, overrides={'batch_size': 8, 'replay_batch': 8})
+  assert learner.oc.new_item_init == 'imprint'
+  rng = np.random.default_rng(0)
+
+  def learn_with(new_items):
+    items = list(new_items) + [f'i{k}' for k in rng.integers(1, 121, 8 - len(new_items))]
+    learner.learn([events_lib.Event(user=f'u{u}', item=it) for u, it in zip(range(10, 18), items)])
+
+  learn_with(['warm0'])  # compiles the step, the row updates and the imprint query
+  learner.register_items(['warm1'])
+  compiles = []
+
+  def listener(event, duration, **kwargs):
+    del duration, kwargs
+    if event == '/jax/core/compile/backend_compile_duration':
+      compiles.append(event)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    learn_with(['new0'])
+    learner.register_items(['new1', 'new2'])
+    learn_with(['new3', 'new4'])
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert learner.catalog.num_items == 127 and learner.catalog.vocab_size == 128  # no growth
+  assert not compiles, f'{len(compiles)} compilations after warm-up'
+  assert learner._zero_rows_fn._cache_size() == 1  # pylint: disable=protected-access
   learner.close()

@@ -215,10 +215,11 @@ def test_semantic_id_head_trains_evaluates_and_serves(tmp_path):
   """model.head='semantic_id' end to end: codes saved with the workdir, beam-search ranking, serving."""
   from conftest import tiny_config  # pylint: disable=import-outside-toplevel
   from llm4rec_jax import serving  # pylint: disable=import-outside-toplevel
-  from llm4rec_jax.train import semantic_codes, trainer  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.train import trainer  # pylint: disable=import-outside-toplevel
   c = tiny_config(**{'model.head': 'semantic_id', 'semantic_ids.codebook_size': 8})
   r = trainer.train_and_evaluate(c, tmp_path)
-  sid = SemanticIds.load(tmp_path / semantic_codes.FILENAME)
+  sid = SemanticIds.load(tmp_path / workdir_lib.SEMANTIC_IDS)
   assert sid.num_items == 120 and len(set(map(tuple, sid.codes[1:].tolist()))) == 120
   assert 0.0 <= r['test']['ndcg@10'] <= r['test']['hr@10'] <= 1.0
   again = trainer.evaluate(c, tmp_path)  # reuses the saved codes: same ranking

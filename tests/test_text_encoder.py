@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from llm4rec_jax.content import text_cache, text_encoder
+from llm4rec_jax.content import text_cache
+from llm4rec_jax.model import text_encoder
 from llm4rec_jax.data.dataset import FeatureTable
 from llm4rec_jax.errors import ConfigError, DataError
 

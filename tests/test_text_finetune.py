@@ -14,11 +14,11 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from llm4rec_jax import config_base, serving
-from llm4rec_jax.content import text_encoder
+from llm4rec_jax.model import text_encoder
 from llm4rec_jax.errors import ConfigError
 from llm4rec_jax.train import optimizer as optimizer_lib
 from llm4rec_jax.train import state as state_lib
-from llm4rec_jax.train import text_finetune, trainer
+from llm4rec_jax.train import export, text_finetune, trainer
 
 BERT = dict(model_type='bert', hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
             intermediate_size=32, max_position_embeddings=64, type_vocab_size=2,
@@ -192,7 +192,7 @@ def test_resume_evaluate_and_serve_with_finetuned_encoder(tiny_bert, tmp_path):
   assert len(rec.recommend(['i3', 'i5'], top_k=3)['recommendations']) == 3
 
   # The fine-tuned encoder exported in the HF layout reloads and reproduces the served rows.
-  exported = text_finetune.export_encoder(tmp_path / 'full', tmp_path / 'exported')
+  exported = export.export_encoder(tmp_path / 'full', tmp_path / 'exported')
   reloaded, tokenizer, _ = text_encoder.load_pretrained(exported)
   np.testing.assert_allclose(
       served[rows], text_encoder.embed_token_rows(reloaded, rec.content.text_tokens[rows]),

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from llm4rec_jax.content import text_encoder
+from llm4rec_jax.model import text_encoder
 from llm4rec_jax.data.dataset import PAD_ID, FeatureTable
 from llm4rec_jax.errors import ConfigError
 

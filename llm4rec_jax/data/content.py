@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llm4rec_jax.content import text_cache
 from llm4rec_jax.data.dataset import FeatureTable
 from llm4rec_jax.errors import ConfigError, DataError
 
@@ -245,7 +246,6 @@ def load_item_content(config: Any, table: FeatureTable, vocab_size: int,
     return None, None
   text = tokens = None
   if cc.text:
-    from llm4rec_jax.content import text_cache  # pylint: disable=import-outside-toplevel
     fields = _select(list(table.text), cc.text, 'content.text')
     text = text_cache.table_text_embeddings(
         table, fields=fields, model_dir=cc.text_model or None, cache_dir=cache_dir(cc),

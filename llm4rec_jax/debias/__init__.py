@@ -2,14 +2,15 @@
 demographic-parity fairness terms, a matrix-factorisation path for rating data (Coat), and unbiased
 evaluation against randomly exposed ratings or known true preferences."""
 
-from llm4rec_jax.debias.fairness import (AdversaryHead, activity_terciles, adversarial_loss,
-                                         parity_penalty, reverse_gradient, user_groups)
+from llm4rec_jax.debias.fairness import (activity_terciles, adversarial_loss, parity_penalty,
+                                         reverse_gradient, user_groups)
 from llm4rec_jax.debias.objectives import DebiasObjective, build, ips_scale, ips_target_weights
 from llm4rec_jax.debias.propensity import (LogisticPropensity, WindowedPropensity, clip,
                                            interaction_timestamps, inverse_weights, item_counts,
                                            learned_item_propensity, naive_bayes_propensity,
                                            pair_features, popularity, popularity_propensity,
                                            windowed_popularity_propensity)
+from llm4rec_jax.model.adversary import AdversaryHead
 
 __all__ = [
     'AdversaryHead', 'DebiasObjective', 'LogisticPropensity', 'WindowedPropensity',

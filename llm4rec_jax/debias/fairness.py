@@ -18,10 +18,9 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from llm4rec_jax.errors import ConfigError
-from llm4rec_jax.model.layers import fan_in_init, param
+from llm4rec_jax.model.adversary import AdversaryHead
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -45,21 +44,6 @@ def adversary_input(x: jax.Array, reverse: bool, scale: float = 1.0) -> jax.Arra
   """The representation as the adversary sees it: its gradient reversed (times ``-scale``) or,
   with ``reverse`` off, unchanged."""
   return reverse_gradient(x, float(scale)) if reverse else x
-
-
-class AdversaryHead(nnx.Module):
-  """A one-hidden-layer MLP from a user representation [batch, d_model] to attribute logits."""
-
-  def __init__(self, d_model: int, num_classes: int, *, hidden: int = 0, rngs: nnx.Rngs):
-    hidden = hidden or d_model
-    self.w1 = param(rngs, fan_in_init(d_model), (d_model, hidden), ('embed', 'mlp'))
-    self.b1 = param(rngs, nnx.initializers.zeros, (hidden,), ('mlp',))
-    self.w2 = param(rngs, fan_in_init(hidden), (hidden, num_classes), ('mlp', None))
-    self.b2 = param(rngs, nnx.initializers.zeros, (num_classes,), (None,))
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    h = jax.nn.relu(x.astype(jnp.float32) @ self.w1[...] + self.b1[...])  # [batch, hidden]
-    return h @ self.w2[...] + self.b2[...]  # [batch, classes]
 
 
 def adversarial_loss(head: AdversaryHead, user_repr: jax.Array, labels: jax.Array, *,

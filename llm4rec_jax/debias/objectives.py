@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llm4rec_jax.debias import fairness, propensity
+from llm4rec_jax.debias.mf import one_hot_features
 from llm4rec_jax.errors import ConfigError
 
 METHODS = ('none', 'ips', 'snips', 'pda')
@@ -155,7 +156,6 @@ def build(config: Any, dataset: Any, train_sequences, vocab_size: int) -> Debias
   if d.method in ('ips', 'snips'):
     source = d.get('propensity', 'popularity')
     if source == 'learned':
-      from llm4rec_jax.debias.mf import one_hot_features  # pylint: disable=import-outside-toplevel
       p = propensity.learned_item_propensity(one_hot_features(dataset.items), counts,
                                              dataset.num_users)
     elif source == 'windowed':

@@ -15,9 +15,13 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from llm4rec_jax import workdir as workdir_lib
+from llm4rec_jax.model import text_encoder
+from llm4rec_jax.data import registry
 from llm4rec_jax.errors import DataError, Llm4RecError, UnknownIdError
 from llm4rec_jax.explain import attribution, faithfulness, templates
 from llm4rec_jax.explain import generator as gen
+from llm4rec_jax.serving import Recommender
 
 
 class Explainer:
@@ -25,22 +29,20 @@ class Explainer:
 
   def __init__(self, workdir: str | pathlib.Path, *, checkpoint: str = 'best', steps: int = 32,
                generator_dir: str | pathlib.Path | None = None):
-    from llm4rec_jax.serving import Recommender  # pylint: disable=import-outside-toplevel
     self.workdir = pathlib.Path(workdir)
     self.rec = Recommender(self.workdir, checkpoint=checkpoint)
     self.steps = steps
     self._items = None
     self.generator = None
-    gdir = pathlib.Path(generator_dir) if generator_dir else self.workdir / 'explainer'
+    gdir = (pathlib.Path(generator_dir) if generator_dir
+            else workdir_lib.path(self.workdir, workdir_lib.EXPLAINER))
     if (gdir / 'params.npz').exists():
-      from llm4rec_jax.content import text_encoder  # pylint: disable=import-outside-toplevel
       tokenizer = text_encoder.load_tokenizer(text_encoder.default_model_dir())
       self.generator = gen.load(gdir, tokenizer)
 
   def item_table(self):
     """The dataset's item features (for shared attributes), or None when it cannot be loaded."""
     if self._items is None:
-      from llm4rec_jax.data import registry  # pylint: disable=import-outside-toplevel
       try:
         self._items = registry.load(self.rec.config.data).items
       except (Llm4RecError, OSError):
@@ -67,7 +69,8 @@ class Explainer:
     if item is None:
       item = self.rec.recommend(history, 1)['recommendations'][0]['item']
     if str(item) not in self.rec.index:
-      raise UnknownIdError(f'unknown item id {item!r} (not in {self.workdir / "items.json"})')
+      raise UnknownIdError(f'unknown item id {item!r} (not in '
+                           f'{workdir_lib.path(self.workdir, workdir_lib.CATALOG)})')
     target = self.rec.index[str(item)]
     max_len = self.rec.spec.cfg.max_len
     window = ids[-max_len:]

@@ -9,13 +9,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from llm4rec_jax.content.text_encoder import BertConfig, BertEncoder
 from llm4rec_jax.data.content import ContentSpec, ItemContent
-from llm4rec_jax.debias.fairness import AdversaryHead
 from llm4rec_jax.errors import ConfigError
+from llm4rec_jax.model.adversary import AdversaryHead
 from llm4rec_jax.model.fusion import CatalogEncoding, CrossModalFusion, GatedCrossAttention
 from llm4rec_jax.model.layers import Attention, CausalFilter, RMSNorm, SwiGLU, param
 from llm4rec_jax.model.semantic_head import SemanticIdHead
+from llm4rec_jax.model.text_encoder import BertConfig, BertEncoder
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from llm4rec_jax.content import text_cache
+from llm4rec_jax.data import content as content_lib
 from llm4rec_jax.data.content import ContentSpec, ItemContent
 from llm4rec_jax.data.dataset import FeatureTable
 from llm4rec_jax.errors import DataError
@@ -145,9 +147,6 @@ class ContentRows:
                        text_mask=text_mask, id_known=id_known, codes=c.codes)
 
   def _encode_text(self, features: Sequence[Mapping[str, Any] | None]):
-    # pylint: disable=import-outside-toplevel
-    from llm4rec_jax.content import text_cache
-    from llm4rec_jax.data import content as content_lib
     fields = content_lib._select(list(self.table.text), self.cfg.text, 'content.text')  # pylint: disable=protected-access
     new = FeatureTable(raw_ids=np.asarray([''] + [str(i) for i in range(len(features))], object),
                        text={f: [''] + [str((x or {}).get(f) or '') for x in features]

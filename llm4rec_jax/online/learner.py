@@ -9,10 +9,10 @@ logical-axis shardings as training), then for every micro-batch of events:
 2. builds one example per interaction, the user's history so far followed by the item (only that
    last position is a target), mixes in ``online.replay_batch`` past examples from the replay
    buffer, and applies **one jitted, donated step**: the training loss
-   (:func:`llm4rec_jax.train.trainer.make_loss_fn`, over the grown catalog), plus an optional L2 pull
-   toward the last full-training weights, with its own AdamW restricted to ``online.params`` (the
-   other parameters get no gradient and a zero update); the catalog rows of items registered online
-   learn at ``online.new_item_learning_rate`` so they catch up in few steps;
+   (:func:`llm4rec_jax.train.objective.make_loss_fn`, over the grown catalog), plus an optional L2
+   pull toward the last full-training weights, with its own AdamW restricted to ``online.params``
+   (the other parameters get no gradient and a zero update); the catalog rows of items registered
+   online learn at ``online.new_item_learning_rate`` so they catch up in few steps;
 3. upserts the touched items into a ScaNN index, if one is attached;
 4. every ``online.snapshot_every`` events, writes an Orbax snapshot with the stream position.
 
@@ -23,12 +23,13 @@ keeps every user's history and starts one for a new user.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import math
 import pathlib
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -39,17 +40,18 @@ import optax
 from flax import nnx
 
 from llm4rec_jax import config_base, evaluation, metrics as metrics_lib, partitioning
-from llm4rec_jax.data.content import ContentSpec, ItemContent
+from llm4rec_jax import workdir as workdir_lib
+from llm4rec_jax.data import registry
 from llm4rec_jax.data.events import Event
 from llm4rec_jax.errors import ConfigError, DataError, NonFiniteLossError
-from llm4rec_jax.model.decoder import ItemDecoder
 from llm4rec_jax.online import stream
 from llm4rec_jax.online.catalog import ContentRows, ItemCatalog, grown_vocab, pad_rows
 from llm4rec_jax.online.replay import ReplayBuffer
-from llm4rec_jax.online.snapshots import SnapshotManager
-from llm4rec_jax.train import optimizer as optimizer_lib
+from llm4rec_jax.retrieval import index as index_lib
+from llm4rec_jax.train import restore
 from llm4rec_jax.train import state as state_lib
-from llm4rec_jax.train.checkpointing import Checkpointer, abstract_with_shardings
+from llm4rec_jax.train.checkpointing import abstract_with_shardings
+from llm4rec_jax.train.objective import make_loss_fn
 
 # online.params='embeddings': the item tables and what computes item vectors from content.
 EMBEDDING_PARAMS = ('item_embed', 'output_embed', 'no_content', 'fusion')
@@ -162,6 +164,22 @@ def _bucket(n: int) -> int:
   return max(8, 1 << max(0, int(n) - 1).bit_length())
 
 
+def _padded_rows(rows: Sequence[int], values: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+  """``rows`` (and their ``values`` [n, ...]) padded to :func:`_bucket` length by repeating the
+  first row and its value: writing a row twice with the same value changes nothing, and the row
+  updates compile for a few lengths only."""
+  n = len(rows)
+  idx = np.full(_bucket(n), rows[0], np.int32)
+  idx[:n] = rows
+  if values is None:
+    return idx, None
+  values = np.asarray(values, np.float32)
+  padded = np.repeat(values[:1], len(idx), axis=0)
+  padded[:n] = values
+  return idx, padded
+
+
 @dataclasses.dataclass
 class RunSummary:
   """What :meth:`OnlineLearner.run` did."""
@@ -202,11 +220,9 @@ class OnlineLearner:
 
   def __init__(self, workdir: str | pathlib.Path, *, overrides: Mapping[str, Any] | None = None,
                checkpoint: str = 'best', resume: bool = True, index: Any = None):
-    from llm4rec_jax.train.trainer import model_config  # pylint: disable=import-outside-toplevel
-    from llm4rec_jax.train import text_finetune  # pylint: disable=import-outside-toplevel
     self.workdir = pathlib.Path(workdir)
     self.config = config_base.load(self.workdir)
-    if (self.workdir / text_finetune.ENCODER_FILE).is_file():
+    if workdir_lib.has_text_encoder(self.workdir):
       raise ConfigError('text_finetune.enabled', f'{self.workdir} was trained with text '
                         'fine-tuning (its model holds a text encoder); online adaptation does not '
                         'support that yet (the text of new items would need the fine-tuned '
@@ -223,21 +239,12 @@ class OnlineLearner:
     self.rules = self.config.mesh.rules
     self.dp = partitioning.data_parallel_size(self.mesh, self.rules)
     validate(self.config, self.dp)
-    catalog_path = self.workdir / 'items.json'
-    if not catalog_path.exists():
-      raise DataError('item catalog missing; train in this workdir first', path=str(catalog_path))
-    items = json.loads(catalog_path.read_text())
-    cfg = model_config(self.config, items['num_items'], self.mesh)
+    items = workdir_lib.read_catalog(self.workdir)
+    cfg, self.content_np, _ = restore.saved_model_config(self.workdir, self.config,
+                                                         items['num_items'], self.mesh)
     shards = math.prod(self.mesh.shape[a] for a in partitioning.rule_axes(self.rules, 'vocab')
                        if a in self.mesh.shape)
     self.vocab_multiple = 128 * shards
-    self.content_np: ItemContent | None = None
-    spec_path = self.workdir / 'content_spec.json'
-    if spec_path.exists():
-      cspec = ContentSpec.from_json(json.loads(spec_path.read_text()))
-      if cspec.num_tokens:
-        cfg = dataclasses.replace(cfg, content=cspec)
-        self.content_np = ItemContent.load(self.workdir / 'content.npz', cspec)
     if not cfg.uses_content:
       self.content_np = None
     self.cfg = cfg
@@ -253,19 +260,12 @@ class OnlineLearner:
     spec = state_lib.build_model_spec(cfg, self.mesh, self.rules)
     self.trainable = trainable_mask(spec.abstract_params, oc.params)
     self.tx = make_online_optimizer(oc, self.trainable)
-    train_tx, _ = optimizer_lib.make_optimizer(self.config.optimizer, 1)
-    abstract, shardings = state_lib.state_shardings(spec, train_tx)
-    ckpt = Checkpointer(self.workdir / 'checkpoints', async_save=False)
-    self.trained_step = (ckpt.best_step() if checkpoint == 'best' else ckpt.latest_step()
-                         if checkpoint == 'latest' else int(checkpoint))
-    trained = ckpt.restore_params(self.trained_step, abstract, shardings)
-    ckpt.close()
+    self.trained_step, trained, _ = restore.restore_params(self.workdir, spec, checkpoint)
     self._imprint_leaf = _imprint_target(self.cfg, oc.new_item_init)
     # The pull target: the full-training weights (host copy; rows of items registered online are 0).
     self._trained_host = jax.device_get(trained) if oc.l2_pull > 0 else None
 
-    self.snapshots = SnapshotManager(self.workdir / 'online' / 'snapshots',
-                                     max_to_keep=oc.keep_snapshots)
+    self.snapshots = workdir_lib.snapshots(self.workdir, max_to_keep=oc.keep_snapshots)
     latest = self.snapshots.latest() if resume else None
     if oc.bootstrap or (self.content_np is not None):
       self._bootstrap(bootstrap_histories=oc.bootstrap and latest is None)
@@ -287,13 +287,12 @@ class OnlineLearner:
   def _bootstrap(self, *, bootstrap_histories: bool) -> None:
     """User histories and replay examples from the workdir's training data; the item table for
     content rows of new items."""
-    from llm4rec_jax.data import registry  # pylint: disable=import-outside-toplevel
     ds = registry.load(self.config.data)
     raw = [str(r) for r in ds.items.raw_ids]
     if raw != self.catalog.raw_ids[:len(raw)]:
       raise DataError(f'dataset {self.config.data.name!r} does not match the item catalog of '
-                      f'{self.workdir / "items.json"} (different item ids or order)',
-                      field='data.name')
+                      f'{workdir_lib.path(self.workdir, workdir_lib.CATALOG)} (different item '
+                      'ids or order)', field='data.name')
     if self.content_np is not None:
       self.content_rows = ContentRows(ds.items, self.cfg.content, self.config.content)
     if not bootstrap_histories:
@@ -322,6 +321,7 @@ class OnlineLearner:
             ('vocab',) + (None,) * (np.ndim(x) - 1), self.rules, self.mesh,
             (vocab,) + tuple(np.shape(x)[1:]))), self.content_np)
     self._step_fn = self._make_step()
+    self._make_row_updates()
     self._rank_fn = evaluation.make_rank_fn(spec.graphdef, exclude_seen=self.config.eval.exclude_seen,
                                             top_k=max(self.config.eval.ks))
     graphdef = spec.graphdef
@@ -354,8 +354,7 @@ class OnlineLearner:
                                     self._catalog_sharding)
     self.content = None
     if self.content_np is not None:
-      from llm4rec_jax.train.trainer import put_content  # pylint: disable=import-outside-toplevel
-      self.content = put_content(self.content_np, self.mesh, self.rules)
+      self.content = state_lib.put_content(self.content_np, self.mesh, self.rules)
     self.anchor = None
     if self._trained_host is not None:
       n, vocab = self.catalog.num_trained, self.catalog.vocab_size
@@ -369,7 +368,6 @@ class OnlineLearner:
       self.anchor = jax.device_put(host, self.shardings['params'])
 
   def _make_step(self):
-    from llm4rec_jax.train.trainer import make_loss_fn  # pylint: disable=import-outside-toplevel
     rows = self.oc.batch_size + self.oc.replay_batch
     loss_fn = make_loss_fn(self.spec.cfg, self.spec.graphdef, self.config.loss, max_targets=rows)
     trainable, tx, pull = self.trainable, self.tx, float(self.oc.l2_pull)
@@ -477,23 +475,33 @@ class OnlineLearner:
     scale = np.asarray([np.median(kth[owner == r] / norm[owner == r]) for r in rows])
     self._set_rows(self._imprint_leaf, rows, values * np.maximum(scale, 0.0)[:, None])
 
-  def _update_params(self, fn: Callable[[Any], Any]) -> None:
-    """``params = fn(params)`` on device, in the parameters' shardings, the old ones donated."""
-    params = jax.jit(fn, out_shardings=self.shardings['params'], donate_argnums=(0,))(
-        self.state['params'])
-    self.state = dict(self.state, params=params)
+  def _make_row_updates(self) -> None:
+    """The jitted row updates of item registration, built once per vocabulary size: the rows come
+    padded to a few lengths (:func:`_padded_rows`), so registering items compiles nothing after
+    the first registrations. Parameters stay in their shardings; the old ones are donated."""
+    vocab_leaves = self.vocab_leaves
+
+    def set_rows(params, idx, values, leaf):
+      return dict(params, **{leaf: params[leaf].at[idx].set(values.astype(params[leaf].dtype))})
+
+    def zero_rows(params, idx):
+      return jax.tree.map(lambda p, v: p.at[idx].set(0.0) if v else p, params, vocab_leaves)
+
+    out = self.shardings['params']
+    self._set_rows_fn = jax.jit(set_rows, static_argnums=(3,), out_shardings=out,
+                                donate_argnums=(0,))
+    self._zero_rows_fn = jax.jit(zero_rows, out_shardings=out, donate_argnums=(0,))
 
   def _set_rows(self, leaf: str, rows: Sequence[int], values: np.ndarray) -> None:
-    idx = jnp.asarray(rows, jnp.int32)
-    vals = jnp.asarray(values, jnp.float32)
-    self._update_params(lambda params: dict(
-        params, **{leaf: params[leaf].at[idx].set(vals.astype(params[leaf].dtype))}))
+    idx, vals = _padded_rows(rows, values)
+    params = self._set_rows_fn(self.state['params'], jnp.asarray(idx), jnp.asarray(vals), leaf)
+    self.state = dict(self.state, params=params)
 
   def _zero_rows(self, rows: Sequence[int]) -> None:
     """New items start from a zero id row (with content: their content embedding alone)."""
-    idx = jnp.asarray(rows, jnp.int32)
-    self._update_params(lambda params: jax.tree.map(
-        lambda p, v: p.at[idx].set(0.0) if v else p, params, self.vocab_leaves))
+    idx, _ = _padded_rows(rows)
+    params = self._zero_rows_fn(self.state['params'], jnp.asarray(idx))
+    self.state = dict(self.state, params=params)
 
   def _grow(self, needed_rows: int) -> None:
     """More catalog rows: pads every catalog-sharded array (parameters, optimizer moments, content,
@@ -708,7 +716,6 @@ class OnlineLearner:
     oc = self.oc
     events = stream.open_events(source, skip=self.position)
     if max_records is not None:
-      import itertools  # pylint: disable=import-outside-toplevel
       events = itertools.islice(events, max_records)
     summary = RunSummary()
     t0 = time.perf_counter()
@@ -735,7 +742,7 @@ class OnlineLearner:
   def _log(self, summary: RunSummary) -> None:
     if jax.process_index() != 0:
       return
-    path = self.workdir / 'online' / 'log.jsonl'
+    path = workdir_lib.path(self.workdir, workdir_lib.ONLINE_LOG)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, 'a') as f:
       f.write(json.dumps({'event': 'run', **summary.to_json()}) + '\n')
@@ -753,7 +760,7 @@ def adapt(workdir: str | pathlib.Path, events: stream.Source | Iterable[Any], *,
     summary = learner.run(events, evaluate=evaluate)
     if learner.index is not None:
       learner.upsert_index()
-      learner.index.save(pathlib.Path(workdir) / 'online' / 'index')
+      learner.index.save(workdir_lib.path(workdir, workdir_lib.ONLINE_INDEX))
   finally:
     learner.close()
   out = summary.to_json()
@@ -765,8 +772,8 @@ def adapt(workdir: str | pathlib.Path, events: stream.Source | Iterable[Any], *,
 
 def _load_index(workdir: pathlib.Path) -> Any:
   """The ScaNN index of ``workdir`` (the adapted copy if one was saved), or None."""
-  from llm4rec_jax.retrieval import index as index_lib  # pylint: disable=import-outside-toplevel
-  for d in (workdir / 'online' / 'index', workdir / 'index'):
+  for d in (workdir_lib.path(workdir, workdir_lib.ONLINE_INDEX),
+            workdir_lib.path(workdir, workdir_lib.INDEX)):
     if (d / index_lib.META_FILE).exists():
       return index_lib.ItemIndex.load(d)
   return None

@@ -21,28 +21,28 @@ import jax
 import numpy as np
 from flax import nnx
 
+from llm4rec_jax import workdir as workdir_lib
 from llm4rec_jax.errors import ConfigError
 from llm4rec_jax.model.fusion import CatalogEncoding
 from llm4rec_jax.retrieval import context as context_lib
 from llm4rec_jax.retrieval.index import ItemIndex, default_params
-
-INDEX_DIR = 'index'
+from llm4rec_jax.train import restore
 
 
 def index_dir(workdir: str | pathlib.Path) -> pathlib.Path:
-  return pathlib.Path(workdir) / INDEX_DIR
+  return workdir_lib.path(workdir, workdir_lib.INDEX)
 
 
 def _catalog_table(rec) -> np.ndarray:
-  """float32 [num_items + 1, d]: the item vectors the recommender's head scores (row 0 = pad)."""
+  """float32 [num_items + 1, d]: the item vectors the head of ``rec`` (a ``Recommender`` or a
+  ``restore.TrainedModel``) scores (row 0 = pad)."""
   table = context_lib.item_table(rec.spec.graphdef, rec.params, rec.content)
   return table[:len(rec.raw_ids)]
 
 
 def build_index(workdir: str | pathlib.Path, *, checkpoint: str = 'best') -> dict[str, Any]:
   """Builds ``WORKDIR/index`` for a checkpoint ('best', 'latest' or a step); returns a summary."""
-  from llm4rec_jax.serving import Recommender  # pylint: disable=import-outside-toplevel
-  rec = Recommender(workdir, checkpoint=checkpoint, use_index=False)
+  rec = restore.load_model(workdir, checkpoint)
   if rec.spec.cfg.head != 'softmax':
     raise ConfigError('model.head', 'the item index serves the softmax head (item vectors); the '
                       'semantic-ID head generates codes instead')

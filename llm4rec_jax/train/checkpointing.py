@@ -1,9 +1,16 @@
-"""Orbax behind one small interface: async periodic saves, keep the last N plus the best.
+"""Orbax behind one small module: training checkpoints (async periodic saves, keep the last N plus
+the best) and online snapshots; parameters-only restores of either.
 
 A checkpoint holds the train state (params, optimizer state, step, RNG) and the Grain data-iterator
 state, so a resumed run continues with exactly the batches and random numbers it would have used.
 Orbax writes each step to a temporary directory and renames it when complete, so a crash mid-save
 leaves the previous checkpoints usable.
+
+An online snapshot (:class:`SnapshotManager`) holds the adapted device state, the host state as JSON
+(stream position, registered items, vocabulary size) and host arrays (user histories, replay buffer,
+content rows). Its Orbax step *is* the stream position: the number of records applied, so a learner
+restarted after a crash loses at most the records since the last snapshot and skips the ones it
+already applied.
 """
 
 from __future__ import annotations
@@ -95,9 +102,13 @@ class Checkpointer:
     return {'best': float(m.get('best', float('-inf'))), 'best_step': int(m.get('best_step', -1)),
             'evals_since_best': int(m.get('evals_since_best', 0))}
 
-  def restore_params(self, step: int | None, abstract_state: Any, shardings: Any) -> Any:
-    """The parameters of checkpoint ``step`` (restores the state, keeps ``params``)."""
-    return self.restore(step, abstract_with_shardings(abstract_state, shardings))['params']
+  def restore_subtree(self, step: int | None, target: dict[str, Any]) -> dict[str, Any]:
+    """Only the top-level state entries of ``target`` (e.g. ``{'params': ...}``, abstract arrays
+    carrying their shardings) of checkpoint ``step``; the optimizer state is not read."""
+    if step is None:
+      raise CheckpointError(f'no checkpoint found in {self.directory}')
+    return restore_partial(self.directory / str(step) / 'state', target,
+                           f'checkpoint step {step} in {self.directory}')
 
   def restore(self, step: int | None, abstract_state: Any, data_iter: Any | None = None) -> Any:
     """Restores the state (placed per ``abstract_state``'s shardings) and, if given, the iterator."""
@@ -133,3 +144,71 @@ def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
   """ShapeDtypeStructs carrying the target shardings, as Orbax's restore target."""
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                       tree, shardings)
+
+
+def restore_partial(item_dir: pathlib.Path, target: dict[str, Any], what: str) -> dict[str, Any]:
+  """The entries of ``target`` from a state item saved by ``StandardSave`` (the rest of the saved
+  tree is skipped), placed per the shardings of ``target``'s ShapeDtypeStructs."""
+  checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+  try:
+    return checkpointer.restore(item_dir, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True))
+  except FileNotFoundError as e:
+    raise CheckpointError(f'{what} is incomplete: {e}') from e
+  finally:
+    checkpointer.close()
+
+
+class SnapshotManager:
+  """Online snapshots: ``save(position, state, host, arrays)``, restores of the host part, of the
+  state, or of its parameters only; keeps the last ``max_to_keep``."""
+
+  def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int = 2,
+               async_save: bool = True):
+    self.directory = pathlib.Path(directory).absolute()
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=async_save,
+                                           cleanup_tmp_directories=True)
+    self._mngr = ocp.CheckpointManager(self.directory, options=options,
+                                       item_names=('state', 'host', 'arrays'))
+
+  def latest(self) -> int | None:
+    return self._mngr.latest_step()
+
+  def all_steps(self) -> list[int]:
+    """The stream positions of the snapshots on disk."""
+    return list(self._mngr.all_steps())
+
+  def save(self, position: int, state: Any, host: dict[str, Any],
+           arrays: dict[str, np.ndarray]) -> None:
+    self._mngr.save(position, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host),
+        arrays=ocp.args.StandardSave(arrays)), force=True)
+
+  def restore_host(self, position: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The JSON and host arrays of a snapshot (read first: they size the device state)."""
+    r = self._restore(position, host=ocp.args.JsonRestore(), arrays=ocp.args.StandardRestore())
+    return r['host'], {k: np.asarray(v) for k, v in r['arrays'].items()}
+
+  def restore_state(self, position: int, abstract_state: Any) -> Any:
+    """The device state, placed per the ShapeDtypeStructs' shardings in ``abstract_state``."""
+    return self._restore(position, state=ocp.args.StandardRestore(abstract_state))['state']
+
+  def restore_subtree(self, position: int, target: dict[str, Any]) -> dict[str, Any]:
+    """Only the top-level state entries of ``target`` (see :meth:`Checkpointer.restore_subtree`)."""
+    return restore_partial(self.directory / str(position) / 'state', target,
+                           f'snapshot {position} in {self.directory}')
+
+  def _restore(self, position: int, **items) -> Any:
+    try:
+      return self._mngr.restore(position, args=ocp.args.Composite(**items))
+    except FileNotFoundError as e:
+      raise CheckpointError(f'snapshot {position} in {self.directory} is incomplete: {e}') from e
+
+  def wait(self) -> None:
+    self._mngr.wait_until_finished()
+
+  def close(self) -> None:
+    self._mngr.wait_until_finished()
+    self._mngr.close()

@@ -10,6 +10,8 @@ from typing import Any
 
 import tqdm
 
+from llm4rec_jax import workdir as workdir_lib
+
 _LOG = logging.getLogger('llm4rec')
 if not _LOG.handlers:
   _handler = logging.StreamHandler(sys.stderr)
@@ -28,8 +30,8 @@ class MetricLogger:
     if enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
       self._tb = SummaryWriter(str(workdir / 'tensorboard'))
-      self._steps = open(workdir / 'train_log.jsonl', 'a', encoding='utf-8')
-      self._events = open(workdir / 'events.jsonl', 'a', encoding='utf-8')
+      self._steps = open(workdir_lib.path(workdir, workdir_lib.TRAIN_LOG), 'a', encoding='utf-8')
+      self._events = open(workdir_lib.path(workdir, workdir_lib.EVENTS), 'a', encoding='utf-8')
 
   def step(self, step: int, metrics: dict[str, float]) -> None:
     if self.enabled:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import optax
 
 from llm4rec_jax.errors import ConfigError
+
+# The text encoder's embedding parameters (frozen with its lowest layers by freeze_layers > 0).
+_EMBEDDINGS = ('word_embed', 'pos_embed', 'type_embed', 'embed_norm')
 
 
 def learning_rate_schedule(opt_cfg: Any, total_steps: int) -> optax.Schedule:
@@ -41,8 +45,40 @@ def make_optimizer(opt_cfg: Any, total_steps: int, text_finetune: Any = None
                   weight_decay=opt_cfg.weight_decay, mask=decay_mask),
   ]
   if text_finetune is not None and text_finetune.get('enabled', False):
-    from llm4rec_jax.train import text_finetune as ft  # pylint: disable=import-outside-toplevel
     ratio = (text_finetune.learning_rate / opt_cfg.learning_rate
              if text_finetune.learning_rate else 1.0)
-    parts.append(ft.scale_by_part(text_finetune.freeze_layers, ratio))
+    parts.append(scale_by_part(text_finetune.freeze_layers, ratio))
   return optax.chain(*parts), schedule
+
+
+def param_labels(freeze_layers: int) -> Callable[[Any], Any]:
+  """params -> the same tree of labels: 'model', 'text_encoder' or 'frozen' (the encoder's
+  embeddings and lowest ``freeze_layers`` layers, when ``freeze_layers`` > 0)."""
+
+  def text_label(path) -> str:
+    keys = [getattr(k, 'key', getattr(k, 'idx', None)) for k in path]
+    if freeze_layers > 0 and (keys[0] in _EMBEDDINGS
+                              or (keys[0] == 'layers' and int(keys[1]) < freeze_layers)):
+      return 'frozen'
+    return 'text_encoder'
+
+  def labels(params):
+    return {k: (jax.tree_util.tree_map_with_path(lambda p, _: text_label(p), v)
+                if k == 'text_encoder' else jax.tree.map(lambda _: 'model', v))
+            for k, v in params.items()}
+  return labels
+
+
+def scale_by_part(freeze_layers: int, ratio: float) -> optax.GradientTransformation:
+  """Stateless: the text encoder's updates x ``ratio`` (its own learning rate), its frozen
+  parameters' updates x 0. Stateless so optimizer-state shardings can still be derived from the
+  parameters' (``optax.tree_map_params``). Frozen parameters also get no gradient (the encoder
+  stops it below them), so their AdamW moments stay zero."""
+  labels_of = param_labels(freeze_layers)
+  factor = {'model': 1.0, 'text_encoder': ratio, 'frozen': 0.0}
+
+  def update(updates, state, params=None):
+    del params
+    scaled = jax.tree.map(lambda u, label: u * factor[label], updates, labels_of(updates))
+    return scaled, state
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)

@@ -17,12 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from llm4rec_jax import workdir as workdir_lib
+from llm4rec_jax.content import text_cache
 from llm4rec_jax.data import content as content_lib
 from llm4rec_jax.data.dataset import FeatureTable
 from llm4rec_jax.errors import ConfigError, DataError
 from llm4rec_jax.model.semantic_ids import SemanticIds, rq_kmeans
+from llm4rec_jax.train import restore
 
-FILENAME = 'semantic_ids.npz'
 PCA_DIM = 64
 
 
@@ -67,7 +69,6 @@ def feature_matrix(table: FeatureTable, config: Any) -> np.ndarray:
 
 
 def _text_embeddings(table: FeatureTable, config: Any, fields: Any) -> np.ndarray:
-  from llm4rec_jax.content import text_cache  # pylint: disable=import-outside-toplevel
   names = list(table.text) if fields in ('all', True) else [f for f in str(fields).split(',') if f]
   emb, _ = text_cache.table_text_embeddings(
       table, fields=names, model_dir=config.content.text_model or None,
@@ -84,11 +85,10 @@ def source_embeddings(config: Any, table: FeatureTable) -> np.ndarray:
   if source == 'text':
     return _text_embeddings(table, config, 'all')
   path = pathlib.Path(source).expanduser()
-  if not (path / 'config.json').exists():
+  if not workdir_lib.path(path, workdir_lib.CONFIG).exists():
     raise ConfigError('semantic_ids.source', f"{source!r} is not 'features', 'text' or a trained "
                       'workdir (no config.json there)')
-  from llm4rec_jax.serving import Recommender  # pylint: disable=import-outside-toplevel
-  rec = Recommender(path)
+  rec = restore.load_model(path)
   if len(rec.raw_ids) != table.num_rows or any(
       str(a) != str(b) for a, b in zip(rec.raw_ids, table.raw_ids)):
     raise DataError('the workdir was trained on a different item catalog', path=str(path),
@@ -99,7 +99,7 @@ def source_embeddings(config: Any, table: FeatureTable) -> np.ndarray:
 def load_or_build(config: Any, workdir: pathlib.Path, table: FeatureTable,
                   write: bool = True) -> SemanticIds:
   """The workdir's codes if present (checked against the catalog), else computed and saved."""
-  path = pathlib.Path(workdir) / FILENAME
+  path = workdir_lib.path(workdir, workdir_lib.SEMANTIC_IDS)
   if path.exists():
     sid = SemanticIds.load(path)
     if sid.num_items != table.num_rows - 1:

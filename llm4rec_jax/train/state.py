@@ -9,17 +9,52 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from llm4rec_jax import partitioning
+from llm4rec_jax.model import decoder as decoder_lib
 from llm4rec_jax.model import hf_import
 from llm4rec_jax.model.decoder import DecoderConfig, ItemDecoder
+
+
+def model_config(config: ml_collections.ConfigDict, num_items: int,
+                 mesh: jax.sharding.Mesh) -> DecoderConfig:
+  """The decoder config; fills ``config.model.vocab_size`` so the saved config records it.
+
+  With ``config.model.backbone`` the architecture fields come from the checkpoint's config.json
+  (once: the saved config records them, so evaluation needs no checkpoint files).
+  """
+  if config.model.get('backbone') and not config.model.get('backbone_type'):
+    config.model.update(hf_import.backbone_architecture(config.model.backbone,
+                                                        max_len=config.data.max_len))
+  shards = math.prod(mesh.shape[a] for a in partitioning.rule_axes(config.mesh.rules, 'vocab')
+                     if a in mesh.shape)
+  cfg = decoder_lib.from_config(config.model, num_items=num_items, vocab_multiple=128 * shards)
+  if not config.model.get("vocab_size", 0):
+    config.model.vocab_size = cfg.vocab_size
+  d = config.get('debias')
+  if d is not None and d.get('fairness', 'none') == 'adversarial' and d.get('num_groups', 0):
+    cfg = dataclasses.replace(cfg, adversary_classes=d.num_groups)
+  return dataclasses.replace(cfg, max_len=config.data.max_len)
+
+
+def put_content(content: Any, mesh: jax.sharding.Mesh, rules) -> Any:
+  """Item content on device, every array's rows sharded like the catalog ('vocab')."""
+  def put(x):
+    names = ('vocab',) + (None,) * (np.ndim(x) - 1)
+    sharding = jax.sharding.NamedSharding(
+        mesh, partitioning.logical_to_mesh(names, rules, mesh, np.shape(x)))
+    return jax.device_put(x, sharding)
+  return jax.tree.map(put, content)
 
 
 @dataclasses.dataclass
@@ -71,15 +106,24 @@ def state_shardings(spec: ModelSpec, tx: optax.GradientTransformation) -> tuple[
               'opt_state': abstract_opt, 'rng': rng}
   shardings = {'step': spec.replicated, 'params': spec.param_shardings,
                'opt_state': opt_shardings, 'rng': spec.replicated}
-  if spec.cfg.text_encoder is not None:
-    # The catalog's text embeddings from the live encoder, refreshed at each evaluation, and the
-    # step they were computed at (llm4rec_jax.train.text_finetune): checkpointed with the model.
-    shape = (spec.cfg.vocab_size, spec.cfg.text_encoder.hidden_size)
-    abstract['text_table'] = jax.ShapeDtypeStruct(shape, jnp.float32)
-    abstract['text_table_step'] = jax.ShapeDtypeStruct((), jnp.int32)
-    shardings['text_table'] = NamedSharding(spec.mesh, partitioning.logical_to_mesh(
-        ('vocab', None), spec.rules, spec.mesh, shape))
-    shardings['text_table_step'] = spec.replicated
+  text_abstract, text_shardings = text_table_shardings(spec)
+  return {**abstract, **text_abstract}, {**shardings, **text_shardings}
+
+
+def text_table_shardings(spec: ModelSpec) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(abstract, shardings) of the state's text-table entries; empty without a text encoder.
+
+  The catalog's text embeddings from the live encoder, refreshed at each evaluation, and the step
+  they were computed at (llm4rec_jax.train.text_finetune): checkpointed with the model.
+  """
+  if spec.cfg.text_encoder is None:
+    return {}, {}
+  shape = (spec.cfg.vocab_size, spec.cfg.text_encoder.hidden_size)
+  abstract = {'text_table': jax.ShapeDtypeStruct(shape, jnp.float32),
+              'text_table_step': jax.ShapeDtypeStruct((), jnp.int32)}
+  shardings = {'text_table': NamedSharding(spec.mesh, partitioning.logical_to_mesh(
+                   ('vocab', None), spec.rules, spec.mesh, shape)),
+               'text_table_step': spec.replicated}
   return abstract, shardings
 
 

@@ -30,29 +30,24 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import math
-import pathlib
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from llm4rec_jax import partitioning
-from llm4rec_jax.content import text_encoder
+from llm4rec_jax.model import text_encoder
 from llm4rec_jax.data.content import ItemContent
 from llm4rec_jax.errors import ConfigError
 
 # The cache's encoding (text_cache.item_text_embeddings defaults): mean pooling, L2-normalised.
 POOLING = 'mean'
 NORMALIZE = True
-ENCODER_FILE = 'text_encoder.json'  # the encoder's architecture, saved in the workdir for serving
-_EMBEDDINGS = ('word_embed', 'pos_embed', 'type_embed', 'embed_norm')
 
 
 def enabled(config: Any) -> bool:
@@ -71,49 +66,6 @@ def encoder_config(config: Any) -> text_encoder.BertConfig:
     raise ConfigError('text_finetune.freeze_layers', f'{config.text_finetune.freeze_layers} '
                       f'freezes all {cfg.num_hidden_layers} layers of {model_dir}; nothing to tune')
   return cfg
-
-
-def save_encoder_config(cfg: text_encoder.BertConfig, workdir: pathlib.Path) -> None:
-  (workdir / ENCODER_FILE).write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-
-
-def load_encoder_config(workdir: pathlib.Path) -> text_encoder.BertConfig | None:
-  """The saved encoder architecture, or None when the workdir's model has no text encoder."""
-  path = workdir / ENCODER_FILE
-  return text_encoder.BertConfig.from_json(path) if path.is_file() else None
-
-
-def param_labels(freeze_layers: int) -> Callable[[Any], Any]:
-  """params -> the same tree of labels: 'model', 'text_encoder' or 'frozen' (the encoder's
-  embeddings and lowest ``freeze_layers`` layers, when ``freeze_layers`` > 0)."""
-
-  def text_label(path) -> str:
-    keys = [getattr(k, 'key', getattr(k, 'idx', None)) for k in path]
-    if freeze_layers > 0 and (keys[0] in _EMBEDDINGS
-                              or (keys[0] == 'layers' and int(keys[1]) < freeze_layers)):
-      return 'frozen'
-    return 'text_encoder'
-
-  def labels(params):
-    return {k: (jax.tree_util.tree_map_with_path(lambda p, _: text_label(p), v)
-                if k == 'text_encoder' else jax.tree.map(lambda _: 'model', v))
-            for k, v in params.items()}
-  return labels
-
-
-def scale_by_part(freeze_layers: int, ratio: float) -> optax.GradientTransformation:
-  """Stateless: the text encoder's updates x ``ratio`` (its own learning rate), its frozen
-  parameters' updates x 0. Stateless so optimizer-state shardings can still be derived from the
-  parameters' (``optax.tree_map_params``). Frozen parameters also get no gradient (the encoder
-  stops it below them), so their AdamW moments stay zero."""
-  labels_of = param_labels(freeze_layers)
-  factor = {'model': 1.0, 'text_encoder': ratio, 'frozen': 0.0}
-
-  def update(updates, state, params=None):
-    del params
-    scaled = jax.tree.map(lambda u, label: u * factor[label], updates, labels_of(updates))
-    return scaled, state
-  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
 def pretrained_params(config: Any, shardings: Any) -> Any:
@@ -230,28 +182,3 @@ def step_budget(config: Any, batch_size: int, max_len: int, vocab: int) -> int:
   n = min(batch_size * 2 * max_len, vocab)
   b = config.text_finetune.max_items_per_step
   return min(b, n) if b > 0 else n
-
-
-TOKENIZER_FILES = ('vocab.txt', 'tokenizer.json', 'tokenizer_config.json',
-                   'special_tokens_map.json')
-
-
-def export_encoder(workdir: str | pathlib.Path, out_dir: str | pathlib.Path, *,
-                   checkpoint: str = 'best') -> pathlib.Path:
-  """Writes the fine-tuned text encoder of a workdir's checkpoint in the Hugging Face layout
-  (``config.json`` + ``model.safetensors``), with the tokenizer files of the model it started
-  from, so it can be used as ``content.text_model`` (or by ``transformers``) elsewhere."""
-  import shutil  # pylint: disable=import-outside-toplevel
-  from llm4rec_jax import serving  # pylint: disable=import-outside-toplevel
-  rec = serving.Recommender(workdir, checkpoint=checkpoint)
-  if rec.spec.cfg.text_encoder is None:
-    raise ConfigError('text_finetune.enabled', f'{workdir} was trained with a frozen text encoder; '
-                      'there is no fine-tuned encoder to export')
-  encoder = nnx.merge(rec.spec.graphdef, rec.params).text_encoder
-  out = text_encoder.save_pretrained(encoder, out_dir)
-  source = text_encoder.resolve_model_dir(rec.config.content.text_model
-                                          or text_encoder.default_model_dir())
-  for name in TOKENIZER_FILES:
-    if (source / name).is_file():
-      shutil.copy(source / name, out / name)
-  return out

@@ -19,7 +19,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -27,6 +26,7 @@ from flax import nnx
 
 from llm4rec_jax import beyond_accuracy, config_base, evaluation, partitioning
 from llm4rec_jax import transitions as transitions_lib
+from llm4rec_jax import workdir as workdir_lib
 from llm4rec_jax.data import content as content_lib
 from llm4rec_jax.data import pipeline, records, registry, splits
 from llm4rec_jax.data.prepare import source as records_source
@@ -34,15 +34,14 @@ from llm4rec_jax.data.splits import Split
 from llm4rec_jax.debias import objectives as debias_objectives
 from llm4rec_jax.debias import propensity
 from llm4rec_jax.errors import ConfigError, NonFiniteLossError
-from llm4rec_jax.model import decoder as decoder_lib
-from llm4rec_jax.model import hf_import
-from llm4rec_jax.model import semantic_head
 from llm4rec_jax.model.semantic_ids import SemanticIds
 from llm4rec_jax.retrieval import context as context_lib
-from llm4rec_jax.train import losses, memory, optimizer as optimizer_lib, semantic_codes
+from llm4rec_jax.train import losses, memory, optimizer as optimizer_lib, restore, semantic_codes
 from llm4rec_jax.train import text_finetune
 from llm4rec_jax.train import state as state_lib
-from llm4rec_jax.train.checkpointing import Checkpointer, abstract_with_shardings
+from llm4rec_jax.train.objective import make_loss_fn
+from llm4rec_jax.train.state import model_config, put_content
+from llm4rec_jax.train.checkpointing import abstract_with_shardings
 from llm4rec_jax.train.logger import MetricLogger
 
 
@@ -194,37 +193,6 @@ def _records_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path
   return Experiment(config, workdir, ds, None, mesh, spec, timings=timings)
 
 
-def put_content(content: content_lib.ItemContent, mesh: jax.sharding.Mesh, rules) -> Any:
-  """Item content on device, every array's rows sharded like the catalog ('vocab')."""
-  def put(x):
-    names = ('vocab',) + (None,) * (np.ndim(x) - 1)
-    sharding = jax.sharding.NamedSharding(
-        mesh, partitioning.logical_to_mesh(names, rules, mesh, np.shape(x)))
-    return jax.device_put(x, sharding)
-  return jax.tree.map(put, content)
-
-
-def model_config(config: ml_collections.ConfigDict, num_items: int,
-                 mesh: jax.sharding.Mesh) -> decoder_lib.DecoderConfig:
-  """The decoder config; fills ``config.model.vocab_size`` so the saved config records it.
-
-  With ``config.model.backbone`` the architecture fields come from the checkpoint's config.json
-  (once: the saved config records them, so evaluation needs no checkpoint files).
-  """
-  if config.model.get('backbone') and not config.model.get('backbone_type'):
-    config.model.update(hf_import.backbone_architecture(config.model.backbone,
-                                                        max_len=config.data.max_len))
-  shards = math.prod(mesh.shape[a] for a in partitioning.rule_axes(config.mesh.rules, 'vocab')
-                     if a in mesh.shape)
-  cfg = decoder_lib.from_config(config.model, num_items=num_items, vocab_multiple=128 * shards)
-  if not config.model.get("vocab_size", 0):
-    config.model.vocab_size = cfg.vocab_size
-  d = config.get('debias')
-  if d is not None and d.get('fairness', 'none') == 'adversarial' and d.get('num_groups', 0):
-    cfg = dataclasses.replace(cfg, adversary_classes=d.num_groups)
-  return dataclasses.replace(cfg, max_len=config.data.max_len)
-
-
 def auto_max_targets(windows: np.ndarray, batch_size: int) -> int:
   """A static per-batch target budget that a random batch exceeds with negligible probability."""
   counts = ((windows[:, 1:] > 0) & (windows[:, :-1] > 0)).sum(axis=1).astype(np.float64)
@@ -255,55 +223,6 @@ def run_memory(exp: Experiment, max_targets: int) -> dict[str, tuple[int, str]]:
     # Parameters, gradients and two Adam moments.
     terms['parameters and optimizer state'] = (4 * 4 * exp.spec.num_params(), 'model.d_model')
   return terms
-
-
-def make_loss_fn(cfg: decoder_lib.DecoderConfig, graphdef: nnx.GraphDef, lcfg: Any,
-                 max_targets: int, debias: debias_objectives.DebiasObjective | None = None):
-  """The training objective ``(params, batch, content, rng, catalog=None) -> (loss, aux)``.
-
-  ``catalog`` (bool [vocab]) overrides the items the softmax ranges over (default: ids
-  1..cfg.num_items); the online learner passes a catalog that grows as items are registered.
-  """
-
-  chunk = lcfg.get('chunk_targets', -1)
-  if chunk < 0:
-    chunk = losses.auto_chunk_targets(max_targets, cfg.vocab_size)
-
-  def loss_fn(params, batch, content, rng, catalog=None):
-    if catalog is None:
-      catalog = decoder_lib.catalog_mask(cfg)
-    model = nnx.merge(graphdef, params)
-    rngs = nnx.Rngs(dropout=rng)
-    encoded = model.encode_catalog(content, rngs=rngs)
-    hidden = model(batch['inputs'], encoded, deterministic=False, rngs=rngs,
-                   context=batch.get('context'))  # RAG: retrieved items (config.retrieval.rag)
-    table = model.output_table(encoded)
-    if cfg.head == 'semantic_id':
-      h, t, w, dropped = losses.gather_targets(hidden, batch['targets'], max_targets)
-      loss = semantic_head.semantic_id_loss(model.sid_head, h, content.codes[t], w)
-      return loss, {'num_targets': jnp.sum(w > 0), 'dropped_targets': dropped}
-    if lcfg.type == 'sampled_softmax':
-      return losses.sampled_softmax_loss(
-          hidden, table, batch['targets'], rng=jax.random.fold_in(rng, 1),
-          num_items=cfg.num_items, num_negatives=lcfg.num_negatives, max_targets=max_targets)
-    train_catalog = catalog
-    if content is not None and content.id_known is not None:
-      # Items absent from the training data (held out as cold) do not exist yet at training time:
-      # they are not negatives of the training softmax, only candidates at evaluation.
-      train_catalog = catalog & content.id_known
-    seen = batch['inputs'] if lcfg.get('exclude_seen', False) else None
-    if debias is None or not debias.changes_training:
-      return losses.full_softmax_loss(hidden, table, batch['targets'], catalog=train_catalog,
-                                      max_targets=max_targets, exclude_seen_of=seen,
-                                      chunk_targets=chunk)
-    weights = debias.target_weights(batch['targets'], batch.get('target_weights'))
-    loss, aux = losses.full_softmax_loss(hidden, table, batch['targets'], catalog=train_catalog,
-                                         max_targets=max_targets, weights=weights,
-                                         logit_bias=debias.train_bias, exclude_seen_of=seen,
-                                         chunk_targets=chunk)
-    return debias.finish_loss(loss, aux, model, hidden, batch, table, train_catalog, weights)
-
-  return loss_fn
 
 
 def make_train_step(exp: Experiment, tx: optax.GradientTransformation, schedule, shardings,
@@ -399,14 +318,13 @@ def _write_catalog(exp: Experiment) -> None:
     # Interactions per item, for serving's popularity adjustment (adjust_strength).
     payload['train_counts'] = propensity.item_counts(
         exp.split.train, exp.dataset.num_items).astype(int).tolist()
-  (exp.workdir / 'items.json').write_text(json.dumps(payload))
+  workdir_lib.write_catalog(exp.workdir, payload)
   if exp.content_np is not None and exp.content is not None:
     # Serving needs the content arrays too (it never reads the dataset).
-    exp.content_np.save(exp.workdir / 'content.npz')
     if exp.spec.cfg.text_encoder is not None:
-      text_finetune.save_encoder_config(exp.spec.cfg.text_encoder, exp.workdir)
-    spec = exp.spec.cfg.content or content_lib.ContentSpec()
-    (exp.workdir / 'content_spec.json').write_text(json.dumps(spec.to_json()))
+      workdir_lib.write_encoder_config(exp.workdir, exp.spec.cfg.text_encoder)
+    workdir_lib.write_content(exp.workdir, exp.content_np,
+                              exp.spec.cfg.content or content_lib.ContentSpec())
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
@@ -440,8 +358,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                                               config.get('text_finetune'))
   abstract, shardings = state_lib.state_shardings(exp.spec, tx)
   data_iter = iter(train_ds.to_iter_dataset())
-  ckpt = Checkpointer(workdir / 'checkpoints', max_to_keep=tc.keep_checkpoints,
-                      async_save=tc.async_checkpoints)
+  ckpt = workdir_lib.checkpoints(workdir, max_to_keep=tc.keep_checkpoints,
+                                 async_save=tc.async_checkpoints)
   start = ckpt.latest_step()
   if start is not None:
     state = ckpt.restore(start, abstract_with_shardings(abstract, shardings), data_iter)
@@ -719,11 +637,11 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int,
       results['ild_vectors'] = exp.beyond.vector_source
     if c.eval.save_rankings and jax.process_index() == 0:
       n = len(ranks)
-      evaluation.write_rankings(exp.workdir / f'rankings_{which}.jsonl', arrays.users[:n],
+      evaluation.write_rankings(workdir_lib.rankings(exp.workdir, which), arrays.users[:n],
                                 arrays.targets[:n], ranks, tops, exp.dataset.users.raw_ids,
                                 exp.dataset.items.raw_ids)
   if jax.process_index() == 0:
-    (exp.workdir / 'metrics.json').write_text(json.dumps(results, indent=2))
+    workdir_lib.path(exp.workdir, workdir_lib.METRICS).write_text(json.dumps(results, indent=2))
   return results
 
 
@@ -746,15 +664,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
 def restore_params(exp: Experiment, checkpoint: str = 'best') -> tuple[int, Any]:
   """(step, parameters) of a checkpoint of ``exp.workdir`` ('best', 'latest' or a step number);
   with a fine-tuned text encoder, ``exp.content`` becomes that checkpoint's item text table."""
-  config = exp.config
-  tx, _ = optimizer_lib.make_optimizer(config.optimizer, 1, config.get('text_finetune'))
-  abstract, shardings = state_lib.state_shardings(exp.spec, tx)
-  ckpt = Checkpointer(exp.workdir / 'checkpoints', async_save=False)
-  step = (ckpt.best_step() if checkpoint == 'best' else ckpt.latest_step()
-          if checkpoint == 'latest' else int(checkpoint))
-  state = ckpt.restore(step, abstract_with_shardings(abstract, shardings))
-  if exp.spec.cfg.text_encoder is not None:
-    exp.content = text_finetune.checkpoint_content(exp.spec.graphdef, exp.content, state, step,
-                                                   config.text_finetune.encode_batch_size)
-  ckpt.close()
-  return step, state['params']
+  chunk = (exp.config.text_finetune.encode_batch_size if exp.spec.cfg.text_encoder is not None
+           else 0)
+  step, params, content = restore.restore_params(exp.workdir, exp.spec, checkpoint, exp.content,
+                                                 chunk)
+  exp.content = content
+  return step, params

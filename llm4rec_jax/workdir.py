@@ -1,0 +1,171 @@
+"""A trained workdir: the one definition of its layout, and of choosing a checkpoint or snapshot.
+
+``llm4rec train`` writes, and everything that reads a trained model (evaluation, serving, the item
+index, online adaptation, explanations, benchmarks) reads, these files under ``WORKDIR``:
+
+==========================  ======================================================================
+``config.json``             the effective config of the run (``config_base.save``/``load``)
+``items.json``              the item catalog: raw ids, titles, item count, training counts
+``content.npz``             the item content arrays (content models)
+``content_spec.json``       their shapes (``ContentSpec``)
+``text_encoder.json``       the architecture of a fine-tuned text encoder (``text_finetune``)
+``semantic_ids.npz``        the item codes of the semantic-ID head
+``checkpoints/``            Orbax checkpoints (``train.checkpointing.Checkpointer``)
+``metrics.json``            the final metrics of the best checkpoint
+``rankings_{split}.jsonl``  per-user rankings (``eval.save_rankings``)
+``train_log.jsonl``         one line per logged step; ``events.jsonl``: one line per run event
+``index/``                  the ScaNN item index of a checkpoint (``llm4rec index``)
+``online/snapshots/``       online-adapted snapshots by stream position (``llm4rec adapt``)
+``online/index/``           the index as the online learner last updated it
+``online/log.jsonl``        one line per online run
+``explainer/``              a trained explanation generator
+==========================  ======================================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+from llm4rec_jax.model.text_encoder import BertConfig
+from llm4rec_jax.data.content import ContentSpec, ItemContent
+from llm4rec_jax.errors import CheckpointError, DataError
+from llm4rec_jax.train.checkpointing import Checkpointer, SnapshotManager
+
+CONFIG = 'config.json'
+CATALOG = 'items.json'
+CONTENT = 'content.npz'
+CONTENT_SPEC = 'content_spec.json'
+TEXT_ENCODER = 'text_encoder.json'
+SEMANTIC_IDS = 'semantic_ids.npz'
+TRANSITIONS = 'transitions.npz'  # the transition blend chosen on validation (llm4rec_jax.transitions)
+CHECKPOINTS = 'checkpoints'
+METRICS = 'metrics.json'
+TRAIN_LOG = 'train_log.jsonl'
+EVENTS = 'events.jsonl'
+INDEX = 'index'
+ONLINE = 'online'
+SNAPSHOTS = f'{ONLINE}/snapshots'
+ONLINE_INDEX = f'{ONLINE}/index'
+ONLINE_LOG = f'{ONLINE}/log.jsonl'
+EXPLAINER = 'explainer'
+
+CHECKPOINT_CHOICES = "'best', 'latest' or a step number"
+SNAPSHOT_CHOICES = "'auto', 'none', 'latest' or a stream position"
+
+
+def path(workdir: str | pathlib.Path, name: str) -> pathlib.Path:
+  """``WORKDIR/name`` for one of the names above."""
+  return pathlib.Path(workdir) / name
+
+
+def rankings(workdir: str | pathlib.Path, split: str) -> pathlib.Path:
+  """The per-user rankings of ``split`` ('valid', 'test', 'test_cold')."""
+  return pathlib.Path(workdir) / f'rankings_{split}.jsonl'
+
+
+def read_jsonl(file: str | pathlib.Path) -> list[dict[str, Any]]:
+  """The records of a JSON-lines log (``TRAIN_LOG``, ``EVENTS``, ``ONLINE_LOG``)."""
+  return [json.loads(line) for line in pathlib.Path(file).read_text().splitlines() if line.strip()]
+
+
+def write_catalog(workdir: str | pathlib.Path, catalog: dict[str, Any]) -> None:
+  """Writes ``items.json``: ``raw_ids`` (row order, row 0 = pad), ``titles`` (or None),
+  ``num_items`` and, when known, ``train_counts`` (interactions per item in training)."""
+  path(workdir, CATALOG).write_text(json.dumps(catalog))
+
+
+def read_catalog(workdir: str | pathlib.Path) -> dict[str, Any]:
+  """The item catalog of a trained workdir (see :func:`write_catalog`)."""
+  file = path(workdir, CATALOG)
+  if not file.exists():
+    raise DataError('item catalog missing; train in this workdir first', path=str(file))
+  return json.loads(file.read_text())
+
+
+def write_content(workdir: str | pathlib.Path, content: ItemContent, spec: ContentSpec) -> None:
+  """The item content arrays and their spec (serving never reads the dataset)."""
+  content.save(path(workdir, CONTENT))
+  path(workdir, CONTENT_SPEC).write_text(json.dumps(spec.to_json()))
+
+
+def read_content_spec(workdir: str | pathlib.Path) -> ContentSpec | None:
+  """The saved content spec, or None when the model was trained without content arrays."""
+  file = path(workdir, CONTENT_SPEC)
+  return ContentSpec.from_json(json.loads(file.read_text())) if file.exists() else None
+
+
+def read_content(workdir: str | pathlib.Path, spec: ContentSpec) -> ItemContent:
+  """The saved item content arrays (host numpy)."""
+  return ItemContent.load(path(workdir, CONTENT), spec)
+
+
+def write_encoder_config(workdir: str | pathlib.Path, cfg: BertConfig) -> None:
+  path(workdir, TEXT_ENCODER).write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+
+
+def read_encoder_config(workdir: str | pathlib.Path) -> BertConfig | None:
+  """The fine-tuned text encoder's architecture, or None when the model has no text encoder."""
+  file = path(workdir, TEXT_ENCODER)
+  return BertConfig.from_json(file) if file.is_file() else None
+
+
+def has_text_encoder(workdir: str | pathlib.Path) -> bool:
+  return path(workdir, TEXT_ENCODER).is_file()
+
+
+def checkpoints(workdir: str | pathlib.Path, **kwargs) -> Checkpointer:
+  """The workdir's checkpoint manager (``kwargs``: ``Checkpointer`` options)."""
+  return Checkpointer(path(workdir, CHECKPOINTS), **kwargs)
+
+
+def checkpoint_step(ckpt: Checkpointer, which: str | int) -> int | None:
+  """The step ``which`` selects: 'best' (highest validation NDCG@10), 'latest' or a step number;
+  None when the workdir holds no checkpoint."""
+  which = str(which).strip().lower()
+  if which == 'best':
+    return ckpt.best_step()
+  if which == 'latest':
+    return ckpt.latest_step()
+  if not which.isdigit():
+    raise CheckpointError(f'checkpoint {which!r}: expected {CHECKPOINT_CHOICES}')
+  return int(which)
+
+
+def snapshots(workdir: str | pathlib.Path, **kwargs) -> SnapshotManager:
+  """The workdir's online snapshot manager (``kwargs``: ``SnapshotManager`` options)."""
+  return SnapshotManager(path(workdir, SNAPSHOTS), **kwargs)
+
+
+def snapshot_position(workdir: str | pathlib.Path, which: str | int | None) -> int | None:
+  """The stream position of the snapshot ``which`` selects, or None for the training checkpoint.
+
+  ``which``: 'none' (or None): the training checkpoint; 'auto': the latest snapshot when there is
+  one, else the training checkpoint; 'latest': the latest snapshot (an error when there is none);
+  a number: the snapshot at that stream position.
+  """
+  which = 'none' if which is None else str(which).strip().lower()
+  if which == 'none':
+    return None
+  if which not in ('auto', 'latest') and not which.isdigit():
+    raise CheckpointError(f'--snapshot={which!r}: expected {SNAPSHOT_CHOICES}')
+  d = path(workdir, SNAPSHOTS)
+  manager = SnapshotManager(d, async_save=False) if d.is_dir() else None
+  try:
+    positions = sorted(manager.all_steps()) if manager is not None else []
+  finally:
+    if manager is not None:
+      manager.close()
+  if which == 'auto':
+    return positions[-1] if positions else None
+  if not positions:
+    raise CheckpointError(f'no online snapshot in {d} (run `llm4rec adapt` first, or use '
+                          '--snapshot=none for the training checkpoint)')
+  if which == 'latest':
+    return positions[-1]
+  if int(which) not in positions:
+    raise CheckpointError(f'no online snapshot at stream position {which} in {d}; there are '
+                          f'{positions}')
+  return int(which)
