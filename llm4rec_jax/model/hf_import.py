@@ -9,8 +9,8 @@ plus small noise (seeded per row, so any device layout gives the same values).
 
 Every parameter is created straight into its ``NamedSharding`` (logical axes -> mesh rules):
 ``jax.make_array_from_callback`` asks for each device's block and the block is read from the
-safetensors file through ``get_slice``, so no host ever holds a whole tensor of a sharded parameter,
-let alone the whole model. Prompts are tokenized with the checkpoint's ``transformers`` tokenizer and
+memory-mapped safetensors file (float32, float16 or bfloat16), so no host ever holds a whole tensor
+of a sharded parameter, let alone the whole model. Prompts are tokenized with the checkpoint's ``transformers`` tokenizer and
 followed by the history's item tokens (:func:`encode_history`).
 """
 
@@ -25,6 +25,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
@@ -86,9 +87,7 @@ def read_config(checkpoint: str | pathlib.Path, *, num_items: int, dtype: str = 
   if model_type not in MODEL_TYPES:
     raise DataError(f'{path}: field model_type={model_type!r} is not supported; '
                     f'supported: {MODEL_TYPES}')
-  if raw.get('rope_scaling'):
-    raise DataError(f'{path}: field rope_scaling={raw["rope_scaling"]!r} is not supported '
-                    '(plain rotary positions only)')
+  rope_theta = _rope(raw, path)
   gemma = model_type == 'gemma'
   act = field('hidden_act', 'gelu_pytorch_tanh' if gemma else 'silu')
   act = raw.get('hidden_activation') or act if gemma else act
@@ -113,11 +112,30 @@ def read_config(checkpoint: str | pathlib.Path, *, num_items: int, dtype: str = 
       num_kv_heads=int(field('num_key_value_heads', heads)),
       head_dim=int(field('head_dim', d_model // heads)),
       mlp_dim=int(field('intermediate_size')), rms_eps=float(field('rms_norm_eps', 1e-6)),
-      rope_theta=float(field('rope_theta', 10_000.0)),
+      rope_theta=rope_theta,
       tie_embeddings=bool(raw.get('tie_word_embeddings', gemma)),
       attention_bias=bool(raw.get('attention_bias', model_type == 'qwen2')),
       activation=activations[act], norm_plus_one=gemma, embed_scale=gemma, dtype=dtype,
       sliding_window=int(window))
+
+
+def _rope(raw: dict[str, Any], path: pathlib.Path) -> float:
+  """The rotary base from ``rope_theta``/``rope_scaling`` (transformers 4, most published
+  checkpoints) or ``rope_parameters`` (what transformers 5 writes); scaled variants are refused."""
+  params = raw.get('rope_parameters')
+  if params:
+    where, scaling, theta = 'rope_parameters', params, params.get('rope_theta', raw.get('rope_theta'))
+  else:
+    where, scaling, theta = 'rope_scaling', raw.get('rope_scaling') or {}, raw.get('rope_theta')
+  if not all(isinstance(v, (int, float, str, type(None))) for v in scaling.values()):
+    raise DataError(f'{path}: field {where} holds per-layer-type rotary parameters; not supported')
+  kind = scaling.get('rope_type', scaling.get('type', 'default'))
+  if kind != 'default':
+    raise DataError(f'{path}: field {where}.rope_type={kind!r} is not supported (default)')
+  partial = raw.get('partial_rotary_factor', scaling.get('partial_rotary_factor')) or 1.0
+  if partial != 1.0:
+    raise DataError(f'{path}: field partial_rotary_factor={partial!r} is not supported (1.0)')
+  return float(theta or 10_000.0)
 
 
 class _Attention(layers.Attention):
@@ -239,11 +257,49 @@ class LlmRecDecoder(nnx.Module):
 # Loading
 
 
+SAFETENSORS_DTYPES = {'F64': np.float64, 'F32': np.float32, 'F16': np.float16,
+                      'BF16': ml_dtypes.bfloat16}
+
+
+class _SafetensorsFile:
+  """One ``.safetensors`` file, memory-mapped: reading a tensor's block touches only that block.
+
+  The format is parsed here (8-byte little-endian header length, a JSON header of dtype, shape and
+  data offsets, then the raw data) because ``safetensors``' numpy backend cannot return bfloat16,
+  the dtype most published checkpoints are stored in.
+  """
+
+  def __init__(self, path: pathlib.Path):
+    try:
+      with open(path, 'rb') as f:
+        size = int.from_bytes(f.read(8), 'little')
+        header = json.loads(f.read(size))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise DataError(f'{path}: not a safetensors file (unreadable header: {e})') from e
+    header.pop('__metadata__', None)
+    self.path, self.data_start, self.header = path, 8 + size, header
+
+  def keys(self) -> list[str]:
+    return list(self.header)
+
+  def array(self, name: str) -> np.ndarray:
+    """The whole tensor as a read-only memory map (nothing is read until it is indexed)."""
+    info = self.header[name]
+    dtype = SAFETENSORS_DTYPES.get(info['dtype'])
+    if dtype is None:
+      raise DataError(f'{self.path}: tensor {name!r} has dtype {info["dtype"]}; readable: '
+                      f'{sorted(SAFETENSORS_DTYPES)}')
+    begin, end = info['data_offsets']
+    shape = tuple(info['shape'])
+    if end == begin:
+      return np.zeros(shape, dtype)
+    return np.memmap(self.path, dtype=dtype, mode='r', offset=self.data_start + begin, shape=shape)
+
+
 class _Tensors:
   """Lazy access to the checkpoint's tensors (single file or sharded with an index)."""
 
   def __init__(self, checkpoint: pathlib.Path):
-    from safetensors import safe_open  # pylint: disable=import-outside-toplevel
     index = checkpoint / 'model.safetensors.index.json'
     if index.is_file():
       try:
@@ -255,27 +311,28 @@ class _Tensors:
     else:
       raise DataError(f'{checkpoint}: neither model.safetensors nor model.safetensors.index.json')
     files = sorted(set(weight_map.values())) if weight_map else ['model.safetensors']
-    self._handles = {}
+    self._files = {}
     for name in files:
       if not (checkpoint / name).is_file():
         raise DataError(f'{index}: lists {name}, which is missing')
-      self._handles[name] = safe_open(str(checkpoint / name), framework='np')
+      self._files[name] = _SafetensorsFile(checkpoint / name)
     if weight_map is None:
-      weight_map = {k: 'model.safetensors' for k in self._handles['model.safetensors'].keys()}
+      weight_map = {k: 'model.safetensors' for k in self._files['model.safetensors'].keys()}
     self.weight_map = weight_map
     self.checkpoint = checkpoint
     self.reads: list[tuple[str, tuple[int, ...]]] = []  # (tensor, block shape) of every read
 
   def shape(self, name: str) -> tuple[int, ...]:
-    return tuple(self._slice(name).get_shape())
+    return tuple(self._array(name).shape)
 
-  def _slice(self, name: str):
+  def _array(self, name: str) -> np.ndarray:
     if name not in self.weight_map:
       raise DataError(f'{self.checkpoint}: tensor {name!r} not found in the checkpoint')
-    return self._handles[self.weight_map[name]].get_slice(name)
+    return self._files[self.weight_map[name]].array(name)
 
   def read(self, name: str, index: tuple[slice, ...]) -> np.ndarray:
-    block = np.asarray(self._slice(name)[index], np.float32)
+    """A block of a tensor in float32 (from any stored float dtype); only the block is read."""
+    block = np.asarray(self._array(name)[index], np.float32)
     self.reads.append((name, block.shape))
     return block
 
