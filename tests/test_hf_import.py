@@ -227,8 +227,14 @@ def test_bad_checkpoints_fail_naming_file_and_field(tmp_path, mesh):
   cfg_path.write_text(json.dumps({k: v for k, v in good.items() if k != 'hidden_size'}))
   with pytest.raises(DataError, match=r"config.json: field 'hidden_size' missing"):
     load()
-  cfg_path.write_text(json.dumps({**good, 'rope_scaling': {'type': 'llama3'}}))
-  with pytest.raises(DataError, match='rope_scaling'):
+  cfg_path.write_text(json.dumps({**good, 'rope_scaling': {'rope_type': 'yarn', 'factor': 4.0}}))
+  with pytest.raises(DataError, match=r"config.json: field rope_scaling.rope_type='yarn' is not "):
+    load()
+  cfg_path.write_text(json.dumps({**good, 'rope_parameters': {'rope_type': 'dynamic'}}))
+  with pytest.raises(DataError, match=r"field rope_parameters.rope_type='dynamic' is not "):
+    load()
+  cfg_path.write_text(json.dumps({**good, 'rope_scaling': {'type': 'llama3', 'factor': 8.0}}))
+  with pytest.raises(DataError, match=r'field rope_scaling.low_freq_factor missing'):
     load()
   cfg_path.write_text(json.dumps({**good, 'hidden_size': 64}))
   with pytest.raises(DataError, match=r'embed_tokens.weight has shape \(40, 32\)'):

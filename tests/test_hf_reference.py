@@ -8,6 +8,7 @@ A tiny random model of each family is built with its transformers config class a
 item decoder's item rows as ``inputs_embeds``.
 """
 
+import dataclasses
 import json
 
 import jax
@@ -113,9 +114,14 @@ def mesh():
   return partitioning.make_mesh({'axes': ('data', 'fsdp', 'tensor'), 'shape': (2, 2, 2)})
 
 
+def text_tokens(seq: int = 12, seed: int = 1) -> np.ndarray:
+  return np.random.default_rng(seed).integers(0, VOCAB, seq).astype(np.int32)
+
+
 def check_text_logits(path, mesh, model, *, seq: int = 12, seed: int = 1, **tol):
-  """Our logits equal transformers' on random text tokens, unpadded and left-padded."""
-  tokens = np.random.default_rng(seed).integers(0, VOCAB, seq).astype(np.int32)
+  """Our logits equal transformers' on random text tokens, unpadded and left-padded; returns
+  transformers' unpadded logits [1, seq, VOCAB]."""
+  tokens = text_tokens(seq, seed)
   want = hf_logits(model, tokens[None])
   np.testing.assert_allclose(our_logits(path, mesh, tokens[None]), want, **(tol or TOL))
   rows, valid = left_padded(tokens, (0, 3, 5))
@@ -152,7 +158,7 @@ def test_bfloat16_checkpoint_matches_transformers(tmp_path, mesh):
   header = (tmp_path / 'model.safetensors').read_bytes()[:4096]
   assert b'"BF16"' in header and b'"F32"' not in header
   want = check_text_logits(tmp_path, mesh, model)
-  tokens = np.random.default_rng(1).integers(0, VOCAB, 12).astype(np.int32)[None]
+  tokens = text_tokens()[None]
   theirs_bf16 = transformers.AutoModelForCausalLM.from_pretrained(
       str(tmp_path), dtype=torch.bfloat16, attn_implementation='eager').eval()
   with torch.no_grad():
@@ -164,32 +170,40 @@ def test_bfloat16_checkpoint_matches_transformers(tmp_path, mesh):
 
 
 def backbone_hidden(tmp_path, ckpt):
-  """The trainer's item decoder started from ``ckpt`` (config.model.backbone): its item table and
-  a function items [batch, seq] -> final hidden states."""
+  """The trainer's item decoder started from ``ckpt`` (config.model.backbone): its config, as
+  recorded in the saved workdir config, its item table and items [batch, seq] -> hidden states."""
   from conftest import tiny_config  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.train import optimizer as optimizer_lib  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.train import state as state_lib, trainer  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax import config_base  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.model import decoder  # pylint: disable=import-outside-toplevel
   config = tiny_config(**{'model.backbone': str(ckpt), 'model.dropout': 0.0,
                           'mesh.shape': (2, 2, 2)})
   exp = trainer.build_experiment(config, tmp_path / 'wd')
+  (tmp_path / 'wd').mkdir(exist_ok=True)
+  config_base.save(config, tmp_path / 'wd')  # evaluation rebuilds the model from this alone
+  saved = config_base.load(tmp_path / 'wd').model
+  cfg = decoder.from_config(saved, num_items=exp.spec.cfg.num_items, vocab_multiple=1)
+  assert dataclasses.replace(cfg, max_len=exp.spec.cfg.max_len) == exp.spec.cfg
   tx, _ = optimizer_lib.make_optimizer(config.optimizer, 10)
   _, shardings = state_lib.state_shardings(exp.spec, tx)
   state = state_lib.init_train_state(exp.spec, tx, 0, shardings, backbone=str(ckpt))
   model = nnx.merge(exp.spec.graphdef, state['params'])
   table = np.asarray(jax.device_get(state['params']['item_embed']), np.float32)
-  return table, lambda items: np.asarray(model(jax.numpy.asarray(items)))
+  return cfg, table, lambda items: np.asarray(model(jax.numpy.asarray(items)))
 
 
 def check_backbone_hidden(tmp_path, ckpt, model, *, seq: int = 12, seed: int = 2):
   """The item decoder's hidden states equal transformers' fed the same item rows, also when the
-  item sequence is left-padded (item id 0)."""
-  table, ours = backbone_hidden(tmp_path, ckpt)
+  item sequence is left-padded (item id 0); returns the decoder's config."""
+  cfg, table, ours = backbone_hidden(tmp_path, ckpt)
   items = np.random.default_rng(seed).integers(1, 100, seq).astype(np.int32)
   want = hf_hidden(model, table[items][None])[0]
   np.testing.assert_allclose(ours(items[None])[0], want, **TOL)
   rows, _ = left_padded(items, (0, 4))
   got = ours(rows)
   np.testing.assert_allclose(got[1, 4:], want[:seq - 4], **TOL)
+  return cfg
 
 
 @pytest.mark.parametrize('family', ['llama', 'mistral'])
@@ -197,3 +211,29 @@ def test_backbone_hidden_states_match_transformers(tmp_path, family):
   extra = dict(sliding_window=64) if family == 'mistral' else {}  # longer than data.max_len
   model, _ = save_reference(tmp_path / 'llm', family, **extra)
   check_backbone_hidden(tmp_path, tmp_path / 'llm', model)
+
+
+LLAMA3 = dict(rope_type='llama3', factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+              original_max_position_embeddings=16)
+
+
+def test_llama3_rope_scaling_matches_transformers(tmp_path, mesh):
+  """Llama 3.x's rope_scaling over 40 positions (original_max_position_embeddings=16), in
+  transformers 5's layout (rope_parameters) and in transformers 4's (rope_theta + rope_scaling, as
+  published Llama 3.x checkpoints have it); the training backbone takes it too."""
+  ckpt = tmp_path / 'llm'
+  model, _ = save_reference(ckpt, 'llama', rope_scaling=dict(LLAMA3))
+  want = check_text_logits(ckpt, mesh, model, seq=40)
+  path = ckpt / 'config.json'
+  raw = json.loads(path.read_text())
+  params = raw.pop('rope_parameters', None) or raw.pop('rope_scaling')
+  old_layout = dict(raw, rope_theta=params.pop('rope_theta', raw.get('rope_theta')),
+                    rope_scaling=params)
+  path.write_text(json.dumps(old_layout))
+  np.testing.assert_allclose(our_logits(ckpt, mesh, text_tokens(40)[None]), want, **TOL)
+  # The scaling matters here: without it the logits are far off.
+  path.write_text(json.dumps(dict(old_layout, rope_scaling=None)))
+  assert np.abs(our_logits(ckpt, mesh, text_tokens(40)[None]) - want).max() > 1e-2
+  path.write_text(json.dumps(old_layout))
+  cfg = check_backbone_hidden(tmp_path, ckpt, model)
+  assert cfg.rope_scaling == ('llama3', 8.0, 1.0, 4.0, 16.0)

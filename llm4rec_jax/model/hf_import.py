@@ -10,8 +10,8 @@ plus small noise (seeded per row, so any device layout gives the same values).
 Every parameter is created straight into its ``NamedSharding`` (logical axes -> mesh rules):
 ``jax.make_array_from_callback`` asks for each device's block and the block is read from the
 memory-mapped safetensors file (float32, float16 or bfloat16), so no host ever holds a whole tensor
-of a sharded parameter, let alone the whole model. Prompts are tokenized with the checkpoint's ``transformers`` tokenizer and
-followed by the history's item tokens (:func:`encode_history`).
+of a sharded parameter, let alone the whole model. Prompts are tokenized with the checkpoint's
+``transformers`` tokenizer and followed by the history's item tokens (:func:`encode_history`).
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ class LlmConfig:
   embed_scale: bool  # Gemma: embeddings times sqrt(d_model)
   dtype: str = 'float32'  # compute dtype; parameters are float32
   sliding_window: int = 0  # Mistral, Qwen2 with use_sliding_window: attend this far back; 0 = all
+  rope_scaling: tuple = ()  # () or Llama 3's ('llama3', factor, low, high, original_max_len)
 
   def item_token(self, item: int | np.ndarray) -> int | np.ndarray:
     return self.text_vocab + item
@@ -87,7 +88,7 @@ def read_config(checkpoint: str | pathlib.Path, *, num_items: int, dtype: str = 
   if model_type not in MODEL_TYPES:
     raise DataError(f'{path}: field model_type={model_type!r} is not supported; '
                     f'supported: {MODEL_TYPES}')
-  rope_theta = _rope(raw, path)
+  rope_theta, rope_scaling = _rope(raw, path)
   gemma = model_type == 'gemma'
   act = field('hidden_act', 'gelu_pytorch_tanh' if gemma else 'silu')
   act = raw.get('hidden_activation') or act if gemma else act
@@ -112,30 +113,45 @@ def read_config(checkpoint: str | pathlib.Path, *, num_items: int, dtype: str = 
       num_kv_heads=int(field('num_key_value_heads', heads)),
       head_dim=int(field('head_dim', d_model // heads)),
       mlp_dim=int(field('intermediate_size')), rms_eps=float(field('rms_norm_eps', 1e-6)),
-      rope_theta=rope_theta,
+      rope_theta=rope_theta, rope_scaling=rope_scaling,
       tie_embeddings=bool(raw.get('tie_word_embeddings', gemma)),
       attention_bias=bool(raw.get('attention_bias', model_type == 'qwen2')),
       activation=activations[act], norm_plus_one=gemma, embed_scale=gemma, dtype=dtype,
       sliding_window=int(window))
 
 
-def _rope(raw: dict[str, Any], path: pathlib.Path) -> float:
-  """The rotary base from ``rope_theta``/``rope_scaling`` (transformers 4, most published
-  checkpoints) or ``rope_parameters`` (what transformers 5 writes); scaled variants are refused."""
+LLAMA3_ROPE = ('factor', 'low_freq_factor', 'high_freq_factor', 'original_max_position_embeddings')
+
+
+def _rope(raw: dict[str, Any], path: pathlib.Path) -> tuple[float, tuple]:
+  """(rotary base, scaling) from ``rope_theta``/``rope_scaling`` (transformers 4, most published
+  checkpoints) or ``rope_parameters`` (what transformers 5 writes). Scaling is () or Llama 3's
+  ``('llama3', factor, low_freq_factor, high_freq_factor, original_max_position_embeddings)``
+  (:func:`layers.rope_frequencies`); any other ``rope_type`` is refused."""
   params = raw.get('rope_parameters')
   if params:
-    where, scaling, theta = 'rope_parameters', params, params.get('rope_theta', raw.get('rope_theta'))
+    where, scaling = 'rope_parameters', params
+    theta = params.get('rope_theta', raw.get('rope_theta'))
   else:
     where, scaling, theta = 'rope_scaling', raw.get('rope_scaling') or {}, raw.get('rope_theta')
   if not all(isinstance(v, (int, float, str, type(None))) for v in scaling.values()):
     raise DataError(f'{path}: field {where} holds per-layer-type rotary parameters; not supported')
-  kind = scaling.get('rope_type', scaling.get('type', 'default'))
-  if kind != 'default':
-    raise DataError(f'{path}: field {where}.rope_type={kind!r} is not supported (default)')
   partial = raw.get('partial_rotary_factor', scaling.get('partial_rotary_factor')) or 1.0
   if partial != 1.0:
     raise DataError(f'{path}: field partial_rotary_factor={partial!r} is not supported (1.0)')
-  return float(theta or 10_000.0)
+  theta = float(theta or 10_000.0)
+  kind = scaling.get('rope_type', scaling.get('type', 'default'))
+  if kind == 'default':
+    return theta, ()
+  if kind != 'llama3':
+    raise DataError(f'{path}: field {where}.rope_type={kind!r} is not supported (default, llama3)')
+  for name in LLAMA3_ROPE:
+    if not isinstance(scaling.get(name), (int, float)):
+      raise DataError(f'{path}: field {where}.{name} missing (rope_type llama3 needs '
+                      f'{LLAMA3_ROPE})')
+  if scaling['high_freq_factor'] <= scaling['low_freq_factor']:
+    raise DataError(f'{path}: field {where}.high_freq_factor must exceed low_freq_factor')
+  return theta, ('llama3',) + tuple(float(scaling[n]) for n in LLAMA3_ROPE)
 
 
 class _Attention(layers.Attention):
@@ -143,7 +159,8 @@ class _Attention(layers.Attention):
 
   def __init__(self, cfg: LlmConfig, *, rngs: nnx.Rngs):
     super().__init__(cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
-                     rope_theta=cfg.rope_theta, dtype=DTYPES[cfg.dtype], rngs=rngs)
+                     rope_theta=cfg.rope_theta, dtype=DTYPES[cfg.dtype], rngs=rngs,
+                     rope_scaling=cfg.rope_scaling)
     self.use_bias = cfg.attention_bias
     if cfg.attention_bias:
       zeros = nnx.initializers.zeros
@@ -162,8 +179,8 @@ class _Attention(layers.Attention):
     q = proj(self.wq, getattr(self, 'bq', None))  # [batch, seq, heads, head_dim]
     k = proj(self.wk, getattr(self, 'bk', None))  # [batch, seq, kv_heads, head_dim]
     v = proj(self.wv, getattr(self, 'bv', None))
-    q = layers.rotary(q, positions, self.rope_theta)
-    k = layers.rotary(k, positions, self.rope_theta)
+    q = layers.rotary(q, positions, self.rope_theta, self.rope_scaling)
+    k = layers.rotary(k, positions, self.rope_theta, self.rope_scaling)
     out = layers.dot_product_attention(q, k, v, mask, self.impl)  # [batch, seq, heads, head_dim]
     return jnp.einsum('blhk,hkd->bld', out, self.wo[...].astype(dt))
 
@@ -518,7 +535,8 @@ def backbone_architecture(checkpoint: str | pathlib.Path, *, max_len: int) -> di
                       f'than data.max_len={max_len}; the item decoder attends to the whole window')
   return dict(d_model=cfg.d_model, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
               num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, mlp_dim=cfg.mlp_dim,
-              rope_theta=cfg.rope_theta, rms_eps=cfg.rms_eps, embed_scale=False,
+              rope_theta=cfg.rope_theta, rope_scaling=cfg.rope_scaling, rms_eps=cfg.rms_eps,
+              embed_scale=False,
               backbone_type=cfg.model_type)
 
 

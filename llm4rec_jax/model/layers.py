@@ -44,10 +44,31 @@ class RMSNorm(nnx.Module):
     return (y * self.scale[...]).astype(x.dtype)
 
 
-def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-  """Rotary position embedding on the last axis of ``x`` [batch, seq, heads, head_dim]."""
-  half = x.shape[-1] // 2
-  freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [half]
+def rope_frequencies(head_dim: int, theta: float, scaling: tuple = ()) -> jax.Array:
+  """Rotary angular frequencies [head_dim // 2]: ``theta ** (-2i / head_dim)``.
+
+  ``scaling = ('llama3', factor, low_freq_factor, high_freq_factor, original_max_len)`` is Llama
+  3.1's long-context rescaling: wavelengths longer than ``original_max_len / low_freq_factor`` are
+  stretched by ``factor``, those shorter than ``original_max_len / high_freq_factor`` kept, and the
+  band between interpolated linearly in ``original_max_len / wavelength``.
+  """
+  half = head_dim // 2
+  freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  if not scaling:
+    return freq
+  kind, factor, low, high, original = scaling
+  if kind != 'llama3':
+    raise ValueError(f'rotary scaling {kind!r} is not supported (llama3)')
+  keep = jnp.clip((original * freq / (2 * math.pi) - low) / (high - low), 0.0, 1.0)
+  return keep * freq + (1 - keep) * freq / factor
+
+
+def rotary(x: jax.Array, positions: jax.Array, theta: float, scaling: tuple = ()) -> jax.Array:
+  """Rotary position embedding on the last axis of ``x`` [batch, seq, heads, head_dim].
+
+  ``scaling``: see :func:`rope_frequencies`.
+  """
+  freq = rope_frequencies(x.shape[-1], theta, scaling)  # [half]
   angle = positions[..., None].astype(jnp.float32) * freq  # [batch, seq, half]
   sin, cos = jnp.sin(angle)[:, :, None, :], jnp.cos(angle)[:, :, None, :]
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
@@ -88,11 +109,13 @@ class Attention(nnx.Module):
   """Causal self-attention with optional grouped-query attention (``num_kv_heads < num_heads``).
 
   ``impl`` picks the attention kernel (see :func:`dot_product_attention`): ``'auto'`` gives GPUs the
-  fused cuDNN kernel in bf16/fp16 and everything else XLA's.
+  fused cuDNN kernel in bf16/fp16 and everything else XLA's. ``rope_scaling``: see
+  :func:`rope_frequencies`.
   """
 
   def __init__(self, d_model: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
-               rope_theta: float, dtype, rngs: nnx.Rngs, impl: str = 'auto'):
+               rope_theta: float, dtype, rngs: nnx.Rngs, impl: str = 'auto',
+               rope_scaling: tuple = ()):
     if num_heads % num_kv_heads:
       raise ValueError(f'num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}')
     init = fan_in_init(d_model)
@@ -102,6 +125,7 @@ class Attention(nnx.Module):
     self.wo = param(rngs, fan_in_init(num_heads * head_dim), (num_heads, head_dim, d_model),
                     ('heads', 'head_dim', 'embed'))
     self.rope_theta = rope_theta
+    self.rope_scaling = tuple(rope_scaling)
     self.dtype = dtype
     if impl not in ATTENTION_IMPLS:
       raise ValueError(f'attention implementation {impl!r} is not one of {ATTENTION_IMPLS}')
@@ -112,7 +136,8 @@ class Attention(nnx.Module):
     q = jnp.einsum('bld,dhk->blhk', x, self.wq[...].astype(dt))  # [batch, seq, heads, head_dim]
     k = jnp.einsum('bld,dhk->blhk', x, self.wk[...].astype(dt))  # [batch, seq, kv_heads, head_dim]
     v = jnp.einsum('bld,dhk->blhk', x, self.wv[...].astype(dt))
-    q, k = rotary(q, positions, self.rope_theta), rotary(k, positions, self.rope_theta)
+    q = rotary(q, positions, self.rope_theta, self.rope_scaling)
+    k = rotary(k, positions, self.rope_theta, self.rope_scaling)
     out = dot_product_attention(q, k, v, mask, self.impl)  # [batch, seq, heads, head_dim]
     return jnp.einsum('blhk,hkd->bld', out, self.wo[...].astype(dt))
 
