@@ -26,7 +26,7 @@ transformers = pytest.importorskip('transformers')
 
 VOCAB, NUM_ITEMS = 96, 11
 CONFIG_CLASSES = {'llama': 'LlamaConfig', 'mistral': 'MistralConfig', 'qwen2': 'Qwen2Config',
-                  'gemma': 'GemmaConfig'}
+                  'qwen3': 'Qwen3Config', 'gemma': 'GemmaConfig'}
 TOL = dict(rtol=1e-4, atol=1e-4)
 
 
@@ -133,12 +133,17 @@ def check_text_logits(path, mesh, model, *, seq: int = 12, seed: int = 1, **tol)
   return want
 
 
-@pytest.mark.parametrize('family', ['llama', 'mistral', 'qwen2', 'gemma'])
+def check_family_parts(model, family):
+  """The parts that set the family apart are there in transformers' model (and so tested)."""
+  attn = model.model.layers[0].self_attn
+  assert (attn.q_proj.bias is not None) == (family == 'qwen2')
+  assert hasattr(attn, 'q_norm') == (family == 'qwen3')
+
+
+@pytest.mark.parametrize('family', ['llama', 'mistral', 'qwen2', 'qwen3', 'gemma'])
 def test_text_logits_match_transformers(tmp_path, mesh, family):
-  extra = dict(attention_bias=True) if family == 'qwen2' else {}
-  model, _ = save_reference(tmp_path, family, **extra)
-  if family == 'qwen2':
-    assert model.model.layers[0].self_attn.q_proj.bias is not None
+  model, _ = save_reference(tmp_path, family)
+  check_family_parts(model, family)
   check_text_logits(tmp_path, mesh, model)
 
 
@@ -206,11 +211,13 @@ def check_backbone_hidden(tmp_path, ckpt, model, *, seq: int = 12, seed: int = 2
   return cfg
 
 
-@pytest.mark.parametrize('family', ['llama', 'mistral'])
+@pytest.mark.parametrize('family', ['llama', 'mistral', 'qwen2', 'qwen3'])
 def test_backbone_hidden_states_match_transformers(tmp_path, family):
   extra = dict(sliding_window=64) if family == 'mistral' else {}  # longer than data.max_len
   model, _ = save_reference(tmp_path / 'llm', family, **extra)
-  check_backbone_hidden(tmp_path, tmp_path / 'llm', model)
+  check_family_parts(model, family)
+  cfg = check_backbone_hidden(tmp_path, tmp_path / 'llm', model)
+  assert (cfg.attention_bias, cfg.qk_norm) == (family == 'qwen2', family == 'qwen3')
 
 
 LLAMA3 = dict(rope_type='llama3', factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,

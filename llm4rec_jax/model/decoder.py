@@ -42,6 +42,8 @@ class DecoderConfig:
   # () or ('llama3', factor, low_freq_factor, high_freq_factor, original_max_len): a Hugging Face
   # backbone's rotary rescaling (layers.rope_frequencies).
   rope_scaling: tuple = ()
+  attention_bias: bool = False  # q/k/v projection biases (a Qwen2 backbone)
+  qk_norm: bool = False  # RMSNorm over each query/key head before the rotary embedding (Qwen3)
   # A causal low/high-pass filter beside self-attention in every block (layers.CausalFilter): the
   # token mixer is filter_mix * filter + (1 - filter_mix) * attention. 0 = attention only.
   filter_mix: float = 0.0
@@ -116,7 +118,8 @@ class Block(nnx.Module):
     self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.rms_eps, rngs=rngs)
     self.attn = Attention(cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.dim_per_head,
                           rope_theta=cfg.rope_theta, dtype=dt, rngs=rngs,
-                          impl=cfg.attention_impl, rope_scaling=cfg.rope_scaling)
+                          impl=cfg.attention_impl, rope_scaling=cfg.rope_scaling,
+                          bias=cfg.attention_bias, qk_norm=cfg.qk_norm, norm_eps=cfg.rms_eps)
     self.filter = (CausalFilter(cfg.d_model, cfg.filter_lags or cfg.max_len,
                                 window=cfg.filter_window, rngs=rngs) if cfg.filter_mix else None)
     self.filter_mix = cfg.filter_mix

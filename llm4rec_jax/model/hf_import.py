@@ -1,9 +1,9 @@
-"""Hugging Face decoder LLMs (Llama, Mistral, Qwen2, Gemma) as the recommender's backbone.
+"""Hugging Face decoder LLMs (Llama, Mistral, Qwen2, Qwen3, Gemma) as the recommender's backbone.
 
 :func:`load_hf_decoder` reads a checkpoint directory in the Hugging Face layout (``config.json`` and
 ``model.safetensors``, or shards listed in ``model.safetensors.index.json``) into
 :class:`LlmRecDecoder`: the project's blocks (``layers.RMSNorm``, rotary, grouped-query
-``layers.Attention``, gated MLP) with the text vocabulary extended by one token per catalog item.
+``layers.Attention`` with Qwen2's q/k/v biases or Qwen3's q/k norms, gated MLP) with the text vocabulary extended by one token per catalog item.
 Item ``i`` (1..num_items) is token ``text_vocab + i``; item tokens start at the mean text embedding
 plus small noise (seeded per row, so any device layout gives the same values).
 
@@ -35,7 +35,7 @@ from llm4rec_jax.errors import ConfigError, DataError
 from llm4rec_jax.model import layers
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
-MODEL_TYPES = ('llama', 'mistral', 'qwen2', 'gemma')
+MODEL_TYPES = ('llama', 'mistral', 'qwen2', 'qwen3', 'gemma')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,11 +55,12 @@ class LlmConfig:
   rope_theta: float
   tie_embeddings: bool
   attention_bias: bool  # Qwen2: biases on the q/k/v projections
+  qk_norm: bool  # Qwen3: RMSNorm over each query and key head before the rotary embedding
   activation: str  # 'silu' (Llama, Qwen2, Mistral) or 'gelu_tanh' (Gemma)
   norm_plus_one: bool  # Gemma: RMSNorm scales by (1 + weight)
   embed_scale: bool  # Gemma: embeddings times sqrt(d_model)
   dtype: str = 'float32'  # compute dtype; parameters are float32
-  sliding_window: int = 0  # Mistral, Qwen2 with use_sliding_window: attend this far back; 0 = all
+  sliding_window: int = 0  # Mistral: attend this far back; 0 = all
   rope_scaling: tuple = ()  # () or Llama 3's ('llama3', factor, low, high, original_max_len)
 
   def item_token(self, item: int | np.ndarray) -> int | np.ndarray:
@@ -101,11 +102,8 @@ def read_config(checkpoint: str | pathlib.Path, *, num_items: int, dtype: str = 
   if num_items <= 0:
     raise ConfigError('num_items', f'must be positive, got {num_items}')
   needed = text_vocab + num_items + 1
-  window = raw.get('sliding_window') or 0
-  if model_type == 'qwen2' and not raw.get('use_sliding_window', False):
-    window = 0
-  if model_type in ('llama', 'gemma'):
-    window = 0
+  _refuse_unsupported(raw, path, model_type)
+  window = int(raw.get('sliding_window') or 0) if model_type == 'mistral' else 0
   return LlmConfig(
       model_type=model_type, text_vocab=text_vocab, num_items=num_items,
       vocab_size=-(-needed // vocab_multiple) * vocab_multiple, d_model=d_model,
@@ -115,12 +113,29 @@ def read_config(checkpoint: str | pathlib.Path, *, num_items: int, dtype: str = 
       mlp_dim=int(field('intermediate_size')), rms_eps=float(field('rms_norm_eps', 1e-6)),
       rope_theta=rope_theta, rope_scaling=rope_scaling,
       tie_embeddings=bool(raw.get('tie_word_embeddings', gemma)),
-      attention_bias=bool(raw.get('attention_bias', model_type == 'qwen2')),
+      attention_bias=model_type == 'qwen2', qk_norm=model_type == 'qwen3',
       activation=activations[act], norm_plus_one=gemma, embed_scale=gemma, dtype=dtype,
       sliding_window=int(window))
 
 
 LLAMA3_ROPE = ('factor', 'low_freq_factor', 'high_freq_factor', 'original_max_position_embeddings')
+
+
+def _refuse_unsupported(raw: dict[str, Any], path: pathlib.Path, model_type: str):
+  """Config features transformers would apply but these blocks have no place for: a DataError
+  naming the field."""
+  if raw.get('attention_bias') and model_type != 'qwen2':
+    raise DataError(f'{path}: field attention_bias=true is not supported for {model_type} (it also '
+                    'adds an o_proj bias); Qwen2 q/k/v biases are')
+  if raw.get('mlp_bias'):
+    raise DataError(f'{path}: field mlp_bias=true is not supported (bias-free gated MLP only)')
+  if model_type in ('qwen2', 'qwen3') and raw.get('use_sliding_window'):
+    raise DataError(f'{path}: field use_sliding_window=true is not supported for {model_type} '
+                    '(transformers windows only the layers from max_window_layers on)')
+  kinds = set(raw.get('layer_types') or ())
+  if kinds - {'full_attention'}:
+    raise DataError(f'{path}: field layer_types={raw["layer_types"]!r} is not supported '
+                    '(full_attention layers only)')
 
 
 def _rope(raw: dict[str, Any], path: pathlib.Path) -> tuple[float, tuple]:
@@ -154,37 +169,6 @@ def _rope(raw: dict[str, Any], path: pathlib.Path) -> tuple[float, tuple]:
   return theta, ('llama3',) + tuple(float(scaling[n]) for n in LLAMA3_ROPE)
 
 
-class _Attention(layers.Attention):
-  """``layers.Attention`` with optional q/k/v biases (Qwen2)."""
-
-  def __init__(self, cfg: LlmConfig, *, rngs: nnx.Rngs):
-    super().__init__(cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
-                     rope_theta=cfg.rope_theta, dtype=DTYPES[cfg.dtype], rngs=rngs,
-                     rope_scaling=cfg.rope_scaling)
-    self.use_bias = cfg.attention_bias
-    if cfg.attention_bias:
-      zeros = nnx.initializers.zeros
-      self.bq = layers.param(rngs, zeros, (cfg.num_heads, cfg.head_dim), ('heads', 'head_dim'))
-      kv = (cfg.num_kv_heads, cfg.head_dim)
-      self.bk = layers.param(rngs, zeros, kv, ('kv_heads', 'head_dim'))
-      self.bv = layers.param(rngs, zeros, kv, ('kv_heads', 'head_dim'))
-
-  def __call__(self, x, positions, mask):
-    dt = self.dtype
-
-    def proj(w, bias):
-      y = jnp.einsum('bld,dhk->blhk', x, w[...].astype(dt))
-      return y + bias[...].astype(dt) if self.use_bias else y
-
-    q = proj(self.wq, getattr(self, 'bq', None))  # [batch, seq, heads, head_dim]
-    k = proj(self.wk, getattr(self, 'bk', None))  # [batch, seq, kv_heads, head_dim]
-    v = proj(self.wv, getattr(self, 'bv', None))
-    q = layers.rotary(q, positions, self.rope_theta, self.rope_scaling)
-    k = layers.rotary(k, positions, self.rope_theta, self.rope_scaling)
-    out = layers.dot_product_attention(q, k, v, mask, self.impl)  # [batch, seq, heads, head_dim]
-    return jnp.einsum('blhk,hkd->bld', out, self.wo[...].astype(dt))
-
-
 class _GatedMlp(layers.SwiGLU):
   """``down(act(gate(x)) * up(x))`` with SiLU (SwiGLU) or tanh-GELU (Gemma's GeGLU)."""
 
@@ -204,7 +188,10 @@ class LlmBlock(nnx.Module):
 
   def __init__(self, cfg: LlmConfig, *, rngs: nnx.Rngs):
     self.attn_norm = layers.RMSNorm(cfg.d_model, eps=cfg.rms_eps, rngs=rngs)
-    self.attn = _Attention(cfg, rngs=rngs)
+    self.attn = layers.Attention(
+        cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, rope_theta=cfg.rope_theta,
+        dtype=DTYPES[cfg.dtype], rngs=rngs, rope_scaling=cfg.rope_scaling,
+        bias=cfg.attention_bias, qk_norm=cfg.qk_norm, norm_eps=cfg.rms_eps)
     self.mlp_norm = layers.RMSNorm(cfg.d_model, eps=cfg.rms_eps, rngs=rngs)
     self.mlp = _GatedMlp(cfg, rngs=rngs)
 
@@ -454,6 +441,9 @@ def _block_readers(t: _Tensors, cfg: LlmConfig) -> dict[int, Any]:
       attn.update(bq=_bias(t, pre + 'self_attn.q_proj.bias', H, hd),
                   bk=_bias(t, pre + 'self_attn.k_proj.bias', K, hd),
                   bv=_bias(t, pre + 'self_attn.v_proj.bias', K, hd))
+    if cfg.qk_norm:
+      attn.update(q_norm={'scale': _norm(t, pre + 'self_attn.q_norm.weight', p1)},
+                  k_norm={'scale': _norm(t, pre + 'self_attn.k_norm.weight', p1)})
     blocks[i] = {
         'attn_norm': {'scale': _norm(t, pre + 'input_layernorm.weight', p1)},
         'attn': attn,
@@ -477,8 +467,10 @@ def param_readers(t: _Tensors, cfg: LlmConfig, *, seed: int = 0,
   tree: dict[str, Any] = {'embed': _vocab_rows(t, embed_name, cfg, items), 'blocks': {},
                           'final_norm': {'scale': _norm(t, 'model.norm.weight', p1)}}
   if not cfg.tie_embeddings:
-    head = 'lm_head.weight' if t.has('lm_head.weight') else embed_name
-    tree['lm_head'] = _vocab_rows(t, head, cfg, items)
+    if not t.has('lm_head.weight'):
+      raise DataError(f'{t.checkpoint}: config.json field tie_word_embeddings=false, but the '
+                      'checkpoint has no lm_head.weight (transformers would start it at random)')
+    tree['lm_head'] = _vocab_rows(t, 'lm_head.weight', cfg, items)
   tree['blocks'] = _block_readers(t, cfg)
   return tree
 
@@ -518,25 +510,30 @@ def load_hf_decoder(checkpoint: str | pathlib.Path, *, num_items: int, mesh: Mes
 # ---------------------------------------------------------------------------------------------
 # A checkpoint's blocks as the training backbone of the item decoder (config.model.backbone)
 
-BACKBONE_TYPES = ('llama', 'mistral')
+BACKBONE_TYPES = ('llama', 'mistral', 'qwen2', 'qwen3')
 
 
 def backbone_architecture(checkpoint: str | pathlib.Path, *, max_len: int) -> dict[str, Any]:
   """The ``config.model`` fields that give :class:`~llm4rec_jax.model.decoder.ItemDecoder` the blocks
-  of a Hugging Face Llama/Mistral checkpoint (width, depth, heads, MLP, rotary base, norm epsilon)."""
+  of a Hugging Face Llama/Mistral/Qwen2/Qwen3 checkpoint (width, depth, heads, MLP, rotary base and
+  scaling, norm epsilon, Qwen2's q/k/v biases, Qwen3's q/k norms)."""
   path = pathlib.Path(checkpoint) / 'config.json'
   cfg = read_config(checkpoint, num_items=1)
-  if cfg.model_type not in BACKBONE_TYPES or cfg.attention_bias or cfg.activation != 'silu':
+  if cfg.model_type not in BACKBONE_TYPES:
     raise ConfigError('model.backbone', f'{path}: model_type={cfg.model_type!r}: as a training '
-                      f'backbone only {BACKBONE_TYPES} blocks (no attention biases, SiLU MLP) are '
-                      'supported; other families load through hf_import.load_hf_decoder')
+                      f'backbone only {BACKBONE_TYPES} blocks (SiLU MLP, plain RMSNorm, unscaled '
+                      'embeddings) are supported; other families load through '
+                      'hf_import.load_hf_decoder')
+  if cfg.activation != 'silu':
+    raise ConfigError('model.backbone', f'{path}: field hidden_act: the item decoder\'s MLP is '
+                      f'SwiGLU (silu), not {cfg.activation}')
   if cfg.sliding_window and cfg.sliding_window < max_len:
     raise ConfigError('model.backbone', f'{path}: sliding_window={cfg.sliding_window} is shorter '
                       f'than data.max_len={max_len}; the item decoder attends to the whole window')
   return dict(d_model=cfg.d_model, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
               num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, mlp_dim=cfg.mlp_dim,
               rope_theta=cfg.rope_theta, rope_scaling=cfg.rope_scaling, rms_eps=cfg.rms_eps,
-              embed_scale=False,
+              attention_bias=cfg.attention_bias, qk_norm=cfg.qk_norm, embed_scale=False,
               backbone_type=cfg.model_type)
 
 
