@@ -310,7 +310,8 @@ def test_backbone_trains_and_evaluates_without_the_checkpoint(tmp_path):
   assert again['test']['ndcg@10'] == pytest.approx(result['test']['ndcg@10'], abs=1e-6)
 
 
-@pytest.mark.parametrize('model_type,message', [('gemma', 'gemma'), ('mistral', 'sliding_window=3')])
+@pytest.mark.parametrize('model_type,message', [('gemma', 'gemma'),
+                                                ('mistral', 'sliding_window=3')])
 def test_backbone_families_it_cannot_take_fail_naming_the_field(tmp_path, model_type, message):
   from conftest import tiny_config  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel

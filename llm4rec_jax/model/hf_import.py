@@ -3,9 +3,10 @@
 :func:`load_hf_decoder` reads a checkpoint directory in the Hugging Face layout (``config.json`` and
 ``model.safetensors``, or shards listed in ``model.safetensors.index.json``) into
 :class:`LlmRecDecoder`: the project's blocks (``layers.RMSNorm``, rotary, grouped-query
-``layers.Attention`` with Qwen2's q/k/v biases or Qwen3's q/k norms, gated MLP) with the text vocabulary extended by one token per catalog item.
-Item ``i`` (1..num_items) is token ``text_vocab + i``; item tokens start at the mean text embedding
-plus small noise (seeded per row, so any device layout gives the same values).
+``layers.Attention`` with Qwen2's q/k/v biases or Qwen3's q/k norms, gated MLP) with the text
+vocabulary extended by one token per catalog item. Item ``i`` (1..num_items) is token
+``text_vocab + i``; item tokens start at the mean text embedding plus small noise (seeded per row,
+so any device layout gives the same values).
 
 Every parameter is created straight into its ``NamedSharding`` (logical axes -> mesh rules):
 ``jax.make_array_from_callback`` asks for each device's block and the block is read from the
