@@ -39,8 +39,12 @@ setup(
     extras_require={
         # Preparing releases larger than one machine's memory (llm4rec_jax.data.prepare).
         "beam": ["apache-beam>=2.60"],
+        # torch: the reference the Hugging Face import is checked against (tests/test_hf_reference.py).
+        # Pinned to 2.13.0, the release whose CPU-only build (about 190 MB) pip takes from this
+        # project's machines' local wheel directory; an unpinned torch resolves to a CUDA build of
+        # several GB on Linux.
         "test": ["apache-beam>=2.60", "pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.9",
-                 "ipykernel>=6.0", "matplotlib>=3.7"],
+                 "ipykernel>=6.0", "matplotlib>=3.7", "torch==2.13.0"],
     },
     entry_points={"console_scripts": ["llm4rec=llm4rec_jax.cli:run"]},
 )

@@ -75,11 +75,16 @@ def base_config() -> ml_collections.ConfigDict:
       tie_embeddings=True, rope_theta=10_000.0, embed_scale=True, dtype='float32',
       attention_impl='auto',  # 'auto' = cuDNN's fused kernel on GPUs in bf16/fp16, else XLA's
       rms_eps=1e-6,
+      # () or ('llama3', factor, low_freq_factor, high_freq_factor, original_max_len): rotary
+      # rescaling, from a Hugging Face backbone's config.json (model/layers.py rope_frequencies).
+      rope_scaling=(),
+      attention_bias=False, qk_norm=False,  # Qwen2's q/k/v biases, Qwen3's per-head q/k norms
       # Causal frequency filter beside attention (model/layers.py CausalFilter): the token mixer
       # is filter_mix * filter + (1 - filter_mix) * attention; 0 = attention only.
       filter_mix=0.0, filter_lags=0, filter_window=4.0,
-      # A Hugging Face Llama/Mistral checkpoint directory whose decoder blocks start training (the
-      # architecture fields above are then taken from its config.json; see model/hf_import.py).
+      # A Hugging Face Llama/Mistral/Qwen2/Qwen3 checkpoint directory whose decoder blocks start
+      # training (the architecture fields above are then taken from its config.json; see
+      # model/hf_import.py).
       backbone='', backbone_type='',  # backbone_type is filled in once the architecture is read
       # Multimodal items (llm4rec_jax.model.fusion): 'id' | 'content' | 'both' on input and output;
       # every k-th block cross-attends to the history's content tokens (0 = none).

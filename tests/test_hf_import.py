@@ -227,9 +227,23 @@ def test_bad_checkpoints_fail_naming_file_and_field(tmp_path, mesh):
   cfg_path.write_text(json.dumps({k: v for k, v in good.items() if k != 'hidden_size'}))
   with pytest.raises(DataError, match=r"config.json: field 'hidden_size' missing"):
     load()
-  cfg_path.write_text(json.dumps({**good, 'rope_scaling': {'type': 'llama3'}}))
-  with pytest.raises(DataError, match='rope_scaling'):
+  cfg_path.write_text(json.dumps({**good, 'rope_scaling': {'rope_type': 'yarn', 'factor': 4.0}}))
+  with pytest.raises(DataError, match=r"config.json: field rope_scaling.rope_type='yarn' is not "):
     load()
+  cfg_path.write_text(json.dumps({**good, 'rope_parameters': {'rope_type': 'dynamic'}}))
+  with pytest.raises(DataError, match=r"field rope_parameters.rope_type='dynamic' is not "):
+    load()
+  cfg_path.write_text(json.dumps({**good, 'rope_scaling': {'type': 'llama3', 'factor': 8.0}}))
+  with pytest.raises(DataError, match=r'field rope_scaling.low_freq_factor missing'):
+    load()
+  refused = [({'use_sliding_window': True, 'model_type': 'qwen2'}, 'use_sliding_window=true'),
+             ({'layer_types': ['sliding_attention', 'full_attention']}, 'layer_types='),
+             ({'attention_bias': True}, 'attention_bias=true is not supported for llama'),
+             ({'mlp_bias': True}, 'mlp_bias=true')]
+  for change, message in refused:
+    cfg_path.write_text(json.dumps({**good, **change}))
+    with pytest.raises(DataError, match=f'config.json: field {message}'):
+      load()
   cfg_path.write_text(json.dumps({**good, 'hidden_size': 64}))
   with pytest.raises(DataError, match=r'embed_tokens.weight has shape \(40, 32\)'):
     load()
@@ -239,6 +253,12 @@ def test_bad_checkpoints_fail_naming_file_and_field(tmp_path, mesh):
   del wm['weight_map']['model.layers.1.mlp.up_proj.weight']
   index.write_text(json.dumps(wm))
   with pytest.raises(DataError, match=r"tensor 'model.layers.1.mlp.up_proj.weight' not found"):
+    load()
+  del wm['weight_map']['lm_head.weight']
+  wm['weight_map']['model.layers.1.mlp.up_proj.weight'] = 'model-00001-of-00002.safetensors'
+  index.write_text(json.dumps(wm))
+  with pytest.raises(DataError, match='field tie_word_embeddings=false, but the checkpoint has no '
+                     'lm_head.weight'):
     load()
 
 
@@ -290,7 +310,8 @@ def test_backbone_trains_and_evaluates_without_the_checkpoint(tmp_path):
   assert again['test']['ndcg@10'] == pytest.approx(result['test']['ndcg@10'], abs=1e-6)
 
 
-@pytest.mark.parametrize('model_type,message', [('qwen2', 'qwen2'), ('mistral', 'sliding_window=3')])
+@pytest.mark.parametrize('model_type,message', [('gemma', 'gemma'),
+                                                ('mistral', 'sliding_window=3')])
 def test_backbone_families_it_cannot_take_fail_naming_the_field(tmp_path, model_type, message):
   from conftest import tiny_config  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel

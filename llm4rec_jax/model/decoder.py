@@ -39,6 +39,11 @@ class DecoderConfig:
   dtype: str = 'float32'  # compute dtype; parameters stay float32
   attention_impl: str = 'auto'  # 'auto' (cuDNN on GPUs in bf16/fp16, else XLA), 'xla' or 'cudnn'
   rms_eps: float = 1e-6  # RMSNorm epsilon (a Hugging Face backbone's rms_norm_eps)
+  # () or ('llama3', factor, low_freq_factor, high_freq_factor, original_max_len): a Hugging Face
+  # backbone's rotary rescaling (layers.rope_frequencies).
+  rope_scaling: tuple = ()
+  attention_bias: bool = False  # q/k/v projection biases (a Qwen2 backbone)
+  qk_norm: bool = False  # RMSNorm over each query/key head before the rotary embedding (Qwen3)
   # A causal low/high-pass filter beside self-attention in every block (layers.CausalFilter): the
   # token mixer is filter_mix * filter + (1 - filter_mix) * attention. 0 = attention only.
   filter_mix: float = 0.0
@@ -93,6 +98,7 @@ def from_config(model_cfg: Any, *, num_items: int, vocab_multiple: int) -> Decod
     raise ConfigError('model.vocab_size', f'{vocab} must exceed the {num_items} items (id 0 = pad)')
   if kwargs.get('item_repr', 'id') not in ITEM_REPRS:
     raise ConfigError('model.item_repr', f'{kwargs["item_repr"]!r} is not one of {ITEM_REPRS}')
+  kwargs['rope_scaling'] = tuple(kwargs.get('rope_scaling', ()))  # a list once read from JSON
   return DecoderConfig(vocab_size=vocab, num_items=num_items, **kwargs)
 
 
@@ -112,7 +118,8 @@ class Block(nnx.Module):
     self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.rms_eps, rngs=rngs)
     self.attn = Attention(cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.dim_per_head,
                           rope_theta=cfg.rope_theta, dtype=dt, rngs=rngs,
-                          impl=cfg.attention_impl)
+                          impl=cfg.attention_impl, rope_scaling=cfg.rope_scaling,
+                          bias=cfg.attention_bias, qk_norm=cfg.qk_norm, norm_eps=cfg.rms_eps)
     self.filter = (CausalFilter(cfg.d_model, cfg.filter_lags or cfg.max_len,
                                 window=cfg.filter_window, rngs=rngs) if cfg.filter_mix else None)
     self.filter_mix = cfg.filter_mix

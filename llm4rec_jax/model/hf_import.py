@@ -1,17 +1,18 @@
-"""Hugging Face decoder LLMs (Llama, Mistral, Qwen2, Gemma) as the recommender's backbone.
+"""Hugging Face decoder LLMs (Llama, Mistral, Qwen2, Qwen3, Gemma) as the recommender's backbone.
 
 :func:`load_hf_decoder` reads a checkpoint directory in the Hugging Face layout (``config.json`` and
 ``model.safetensors``, or shards listed in ``model.safetensors.index.json``) into
 :class:`LlmRecDecoder`: the project's blocks (``layers.RMSNorm``, rotary, grouped-query
-``layers.Attention``, gated MLP) with the text vocabulary extended by one token per catalog item.
-Item ``i`` (1..num_items) is token ``text_vocab + i``; item tokens start at the mean text embedding
-plus small noise (seeded per row, so any device layout gives the same values).
+``layers.Attention`` with Qwen2's q/k/v biases or Qwen3's q/k norms, gated MLP) with the text
+vocabulary extended by one token per catalog item. Item ``i`` (1..num_items) is token
+``text_vocab + i``; item tokens start at the mean text embedding plus small noise (seeded per row,
+so any device layout gives the same values).
 
 Every parameter is created straight into its ``NamedSharding`` (logical axes -> mesh rules):
 ``jax.make_array_from_callback`` asks for each device's block and the block is read from the
-safetensors file through ``get_slice``, so no host ever holds a whole tensor of a sharded parameter,
-let alone the whole model. Prompts are tokenized with the checkpoint's ``transformers`` tokenizer and
-followed by the history's item tokens (:func:`encode_history`).
+memory-mapped safetensors file (float32, float16 or bfloat16), so no host ever holds a whole tensor
+of a sharded parameter, let alone the whole model. Prompts are tokenized with the checkpoint's
+``transformers`` tokenizer and followed by the history's item tokens (:func:`encode_history`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
@@ -34,7 +36,7 @@ from llm4rec_jax.errors import ConfigError, DataError
 from llm4rec_jax.model import layers
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
-MODEL_TYPES = ('llama', 'mistral', 'qwen2', 'gemma')
+MODEL_TYPES = ('llama', 'mistral', 'qwen2', 'qwen3', 'gemma')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,11 +56,13 @@ class LlmConfig:
   rope_theta: float
   tie_embeddings: bool
   attention_bias: bool  # Qwen2: biases on the q/k/v projections
+  qk_norm: bool  # Qwen3: RMSNorm over each query and key head before the rotary embedding
   activation: str  # 'silu' (Llama, Qwen2, Mistral) or 'gelu_tanh' (Gemma)
   norm_plus_one: bool  # Gemma: RMSNorm scales by (1 + weight)
   embed_scale: bool  # Gemma: embeddings times sqrt(d_model)
   dtype: str = 'float32'  # compute dtype; parameters are float32
-  sliding_window: int = 0  # Mistral, Qwen2 with use_sliding_window: attend this far back; 0 = all
+  sliding_window: int = 0  # Mistral: attend this far back; 0 = all
+  rope_scaling: tuple = ()  # () or Llama 3's ('llama3', factor, low, high, original_max_len)
 
   def item_token(self, item: int | np.ndarray) -> int | np.ndarray:
     return self.text_vocab + item
@@ -86,9 +90,7 @@ def read_config(checkpoint: str | pathlib.Path, *, num_items: int, dtype: str = 
   if model_type not in MODEL_TYPES:
     raise DataError(f'{path}: field model_type={model_type!r} is not supported; '
                     f'supported: {MODEL_TYPES}')
-  if raw.get('rope_scaling'):
-    raise DataError(f'{path}: field rope_scaling={raw["rope_scaling"]!r} is not supported '
-                    '(plain rotary positions only)')
+  rope_theta, rope_scaling = _rope(raw, path)
   gemma = model_type == 'gemma'
   act = field('hidden_act', 'gelu_pytorch_tanh' if gemma else 'silu')
   act = raw.get('hidden_activation') or act if gemma else act
@@ -101,11 +103,8 @@ def read_config(checkpoint: str | pathlib.Path, *, num_items: int, dtype: str = 
   if num_items <= 0:
     raise ConfigError('num_items', f'must be positive, got {num_items}')
   needed = text_vocab + num_items + 1
-  window = raw.get('sliding_window') or 0
-  if model_type == 'qwen2' and not raw.get('use_sliding_window', False):
-    window = 0
-  if model_type in ('llama', 'gemma'):
-    window = 0
+  _refuse_unsupported(raw, path, model_type)
+  window = int(raw.get('sliding_window') or 0) if model_type == 'mistral' else 0
   return LlmConfig(
       model_type=model_type, text_vocab=text_vocab, num_items=num_items,
       vocab_size=-(-needed // vocab_multiple) * vocab_multiple, d_model=d_model,
@@ -113,41 +112,62 @@ def read_config(checkpoint: str | pathlib.Path, *, num_items: int, dtype: str = 
       num_kv_heads=int(field('num_key_value_heads', heads)),
       head_dim=int(field('head_dim', d_model // heads)),
       mlp_dim=int(field('intermediate_size')), rms_eps=float(field('rms_norm_eps', 1e-6)),
-      rope_theta=float(field('rope_theta', 10_000.0)),
+      rope_theta=rope_theta, rope_scaling=rope_scaling,
       tie_embeddings=bool(raw.get('tie_word_embeddings', gemma)),
-      attention_bias=bool(raw.get('attention_bias', model_type == 'qwen2')),
+      attention_bias=model_type == 'qwen2', qk_norm=model_type == 'qwen3',
       activation=activations[act], norm_plus_one=gemma, embed_scale=gemma, dtype=dtype,
       sliding_window=int(window))
 
 
-class _Attention(layers.Attention):
-  """``layers.Attention`` with optional q/k/v biases (Qwen2)."""
+LLAMA3_ROPE = ('factor', 'low_freq_factor', 'high_freq_factor', 'original_max_position_embeddings')
 
-  def __init__(self, cfg: LlmConfig, *, rngs: nnx.Rngs):
-    super().__init__(cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
-                     rope_theta=cfg.rope_theta, dtype=DTYPES[cfg.dtype], rngs=rngs)
-    self.use_bias = cfg.attention_bias
-    if cfg.attention_bias:
-      zeros = nnx.initializers.zeros
-      self.bq = layers.param(rngs, zeros, (cfg.num_heads, cfg.head_dim), ('heads', 'head_dim'))
-      kv = (cfg.num_kv_heads, cfg.head_dim)
-      self.bk = layers.param(rngs, zeros, kv, ('kv_heads', 'head_dim'))
-      self.bv = layers.param(rngs, zeros, kv, ('kv_heads', 'head_dim'))
 
-  def __call__(self, x, positions, mask):
-    dt = self.dtype
+def _refuse_unsupported(raw: dict[str, Any], path: pathlib.Path, model_type: str):
+  """Config features transformers would apply but these blocks have no place for: a DataError
+  naming the field."""
+  if raw.get('attention_bias') and model_type != 'qwen2':
+    raise DataError(f'{path}: field attention_bias=true is not supported for {model_type} (it also '
+                    'adds an o_proj bias); Qwen2 q/k/v biases are')
+  if raw.get('mlp_bias'):
+    raise DataError(f'{path}: field mlp_bias=true is not supported (bias-free gated MLP only)')
+  if model_type in ('qwen2', 'qwen3') and raw.get('use_sliding_window'):
+    raise DataError(f'{path}: field use_sliding_window=true is not supported for {model_type} '
+                    '(transformers windows only the layers from max_window_layers on)')
+  kinds = set(raw.get('layer_types') or ())
+  if kinds - {'full_attention'}:
+    raise DataError(f'{path}: field layer_types={raw["layer_types"]!r} is not supported '
+                    '(full_attention layers only)')
 
-    def proj(w, bias):
-      y = jnp.einsum('bld,dhk->blhk', x, w[...].astype(dt))
-      return y + bias[...].astype(dt) if self.use_bias else y
 
-    q = proj(self.wq, getattr(self, 'bq', None))  # [batch, seq, heads, head_dim]
-    k = proj(self.wk, getattr(self, 'bk', None))  # [batch, seq, kv_heads, head_dim]
-    v = proj(self.wv, getattr(self, 'bv', None))
-    q = layers.rotary(q, positions, self.rope_theta)
-    k = layers.rotary(k, positions, self.rope_theta)
-    out = layers.dot_product_attention(q, k, v, mask, self.impl)  # [batch, seq, heads, head_dim]
-    return jnp.einsum('blhk,hkd->bld', out, self.wo[...].astype(dt))
+def _rope(raw: dict[str, Any], path: pathlib.Path) -> tuple[float, tuple]:
+  """(rotary base, scaling) from ``rope_theta``/``rope_scaling`` (transformers 4, most published
+  checkpoints) or ``rope_parameters`` (what transformers 5 writes). Scaling is () or Llama 3's
+  ``('llama3', factor, low_freq_factor, high_freq_factor, original_max_position_embeddings)``
+  (:func:`layers.rope_frequencies`); any other ``rope_type`` is refused."""
+  params = raw.get('rope_parameters')
+  if params:
+    where, scaling = 'rope_parameters', params
+    theta = params.get('rope_theta', raw.get('rope_theta'))
+  else:
+    where, scaling, theta = 'rope_scaling', raw.get('rope_scaling') or {}, raw.get('rope_theta')
+  if not all(isinstance(v, (int, float, str, type(None))) for v in scaling.values()):
+    raise DataError(f'{path}: field {where} holds per-layer-type rotary parameters; not supported')
+  partial = raw.get('partial_rotary_factor', scaling.get('partial_rotary_factor')) or 1.0
+  if partial != 1.0:
+    raise DataError(f'{path}: field partial_rotary_factor={partial!r} is not supported (1.0)')
+  theta = float(theta or 10_000.0)
+  kind = scaling.get('rope_type', scaling.get('type', 'default'))
+  if kind == 'default':
+    return theta, ()
+  if kind != 'llama3':
+    raise DataError(f'{path}: field {where}.rope_type={kind!r} is not supported (default, llama3)')
+  for name in LLAMA3_ROPE:
+    if not isinstance(scaling.get(name), (int, float)):
+      raise DataError(f'{path}: field {where}.{name} missing (rope_type llama3 needs '
+                      f'{LLAMA3_ROPE})')
+  if scaling['high_freq_factor'] <= scaling['low_freq_factor']:
+    raise DataError(f'{path}: field {where}.high_freq_factor must exceed low_freq_factor')
+  return theta, ('llama3',) + tuple(float(scaling[n]) for n in LLAMA3_ROPE)
 
 
 class _GatedMlp(layers.SwiGLU):
@@ -169,7 +189,10 @@ class LlmBlock(nnx.Module):
 
   def __init__(self, cfg: LlmConfig, *, rngs: nnx.Rngs):
     self.attn_norm = layers.RMSNorm(cfg.d_model, eps=cfg.rms_eps, rngs=rngs)
-    self.attn = _Attention(cfg, rngs=rngs)
+    self.attn = layers.Attention(
+        cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, rope_theta=cfg.rope_theta,
+        dtype=DTYPES[cfg.dtype], rngs=rngs, rope_scaling=cfg.rope_scaling,
+        bias=cfg.attention_bias, qk_norm=cfg.qk_norm, norm_eps=cfg.rms_eps)
     self.mlp_norm = layers.RMSNorm(cfg.d_model, eps=cfg.rms_eps, rngs=rngs)
     self.mlp = _GatedMlp(cfg, rngs=rngs)
 
@@ -239,11 +262,49 @@ class LlmRecDecoder(nnx.Module):
 # Loading
 
 
+SAFETENSORS_DTYPES = {'F64': np.float64, 'F32': np.float32, 'F16': np.float16,
+                      'BF16': ml_dtypes.bfloat16}
+
+
+class _SafetensorsFile:
+  """One ``.safetensors`` file, memory-mapped: reading a tensor's block touches only that block.
+
+  The format is parsed here (8-byte little-endian header length, a JSON header of dtype, shape and
+  data offsets, then the raw data) because ``safetensors``' numpy backend cannot return bfloat16,
+  the dtype most published checkpoints are stored in.
+  """
+
+  def __init__(self, path: pathlib.Path):
+    try:
+      with open(path, 'rb') as f:
+        size = int.from_bytes(f.read(8), 'little')
+        header = json.loads(f.read(size))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise DataError(f'{path}: not a safetensors file (unreadable header: {e})') from e
+    header.pop('__metadata__', None)
+    self.path, self.data_start, self.header = path, 8 + size, header
+
+  def keys(self) -> list[str]:
+    return list(self.header)
+
+  def array(self, name: str) -> np.ndarray:
+    """The whole tensor as a read-only memory map (nothing is read until it is indexed)."""
+    info = self.header[name]
+    dtype = SAFETENSORS_DTYPES.get(info['dtype'])
+    if dtype is None:
+      raise DataError(f'{self.path}: tensor {name!r} has dtype {info["dtype"]}; readable: '
+                      f'{sorted(SAFETENSORS_DTYPES)}')
+    begin, end = info['data_offsets']
+    shape = tuple(info['shape'])
+    if end == begin:
+      return np.zeros(shape, dtype)
+    return np.memmap(self.path, dtype=dtype, mode='r', offset=self.data_start + begin, shape=shape)
+
+
 class _Tensors:
   """Lazy access to the checkpoint's tensors (single file or sharded with an index)."""
 
   def __init__(self, checkpoint: pathlib.Path):
-    from safetensors import safe_open  # pylint: disable=import-outside-toplevel
     index = checkpoint / 'model.safetensors.index.json'
     if index.is_file():
       try:
@@ -255,27 +316,28 @@ class _Tensors:
     else:
       raise DataError(f'{checkpoint}: neither model.safetensors nor model.safetensors.index.json')
     files = sorted(set(weight_map.values())) if weight_map else ['model.safetensors']
-    self._handles = {}
+    self._files = {}
     for name in files:
       if not (checkpoint / name).is_file():
         raise DataError(f'{index}: lists {name}, which is missing')
-      self._handles[name] = safe_open(str(checkpoint / name), framework='np')
+      self._files[name] = _SafetensorsFile(checkpoint / name)
     if weight_map is None:
-      weight_map = {k: 'model.safetensors' for k in self._handles['model.safetensors'].keys()}
+      weight_map = {k: 'model.safetensors' for k in self._files['model.safetensors'].keys()}
     self.weight_map = weight_map
     self.checkpoint = checkpoint
     self.reads: list[tuple[str, tuple[int, ...]]] = []  # (tensor, block shape) of every read
 
   def shape(self, name: str) -> tuple[int, ...]:
-    return tuple(self._slice(name).get_shape())
+    return tuple(self._array(name).shape)
 
-  def _slice(self, name: str):
+  def _array(self, name: str) -> np.ndarray:
     if name not in self.weight_map:
       raise DataError(f'{self.checkpoint}: tensor {name!r} not found in the checkpoint')
-    return self._handles[self.weight_map[name]].get_slice(name)
+    return self._files[self.weight_map[name]].array(name)
 
   def read(self, name: str, index: tuple[slice, ...]) -> np.ndarray:
-    block = np.asarray(self._slice(name)[index], np.float32)
+    """A block of a tensor in float32 (from any stored float dtype); only the block is read."""
+    block = np.asarray(self._array(name)[index], np.float32)
     self.reads.append((name, block.shape))
     return block
 
@@ -380,6 +442,9 @@ def _block_readers(t: _Tensors, cfg: LlmConfig) -> dict[int, Any]:
       attn.update(bq=_bias(t, pre + 'self_attn.q_proj.bias', H, hd),
                   bk=_bias(t, pre + 'self_attn.k_proj.bias', K, hd),
                   bv=_bias(t, pre + 'self_attn.v_proj.bias', K, hd))
+    if cfg.qk_norm:
+      attn.update(q_norm={'scale': _norm(t, pre + 'self_attn.q_norm.weight', p1)},
+                  k_norm={'scale': _norm(t, pre + 'self_attn.k_norm.weight', p1)})
     blocks[i] = {
         'attn_norm': {'scale': _norm(t, pre + 'input_layernorm.weight', p1)},
         'attn': attn,
@@ -403,8 +468,10 @@ def param_readers(t: _Tensors, cfg: LlmConfig, *, seed: int = 0,
   tree: dict[str, Any] = {'embed': _vocab_rows(t, embed_name, cfg, items), 'blocks': {},
                           'final_norm': {'scale': _norm(t, 'model.norm.weight', p1)}}
   if not cfg.tie_embeddings:
-    head = 'lm_head.weight' if t.has('lm_head.weight') else embed_name
-    tree['lm_head'] = _vocab_rows(t, head, cfg, items)
+    if not t.has('lm_head.weight'):
+      raise DataError(f'{t.checkpoint}: config.json field tie_word_embeddings=false, but the '
+                      'checkpoint has no lm_head.weight (transformers would start it at random)')
+    tree['lm_head'] = _vocab_rows(t, 'lm_head.weight', cfg, items)
   tree['blocks'] = _block_readers(t, cfg)
   return tree
 
@@ -444,24 +511,30 @@ def load_hf_decoder(checkpoint: str | pathlib.Path, *, num_items: int, mesh: Mes
 # ---------------------------------------------------------------------------------------------
 # A checkpoint's blocks as the training backbone of the item decoder (config.model.backbone)
 
-BACKBONE_TYPES = ('llama', 'mistral')
+BACKBONE_TYPES = ('llama', 'mistral', 'qwen2', 'qwen3')
 
 
 def backbone_architecture(checkpoint: str | pathlib.Path, *, max_len: int) -> dict[str, Any]:
   """The ``config.model`` fields that give :class:`~llm4rec_jax.model.decoder.ItemDecoder` the blocks
-  of a Hugging Face Llama/Mistral checkpoint (width, depth, heads, MLP, rotary base, norm epsilon)."""
+  of a Hugging Face Llama/Mistral/Qwen2/Qwen3 checkpoint (width, depth, heads, MLP, rotary base and
+  scaling, norm epsilon, Qwen2's q/k/v biases, Qwen3's q/k norms)."""
   path = pathlib.Path(checkpoint) / 'config.json'
   cfg = read_config(checkpoint, num_items=1)
-  if cfg.model_type not in BACKBONE_TYPES or cfg.attention_bias or cfg.activation != 'silu':
+  if cfg.model_type not in BACKBONE_TYPES:
     raise ConfigError('model.backbone', f'{path}: model_type={cfg.model_type!r}: as a training '
-                      f'backbone only {BACKBONE_TYPES} blocks (no attention biases, SiLU MLP) are '
-                      'supported; other families load through hf_import.load_hf_decoder')
+                      f'backbone only {BACKBONE_TYPES} blocks (SiLU MLP, plain RMSNorm, unscaled '
+                      'embeddings) are supported; other families load through '
+                      'hf_import.load_hf_decoder')
+  if cfg.activation != 'silu':
+    raise ConfigError('model.backbone', f'{path}: field hidden_act: the item decoder\'s MLP is '
+                      f'SwiGLU (silu), not {cfg.activation}')
   if cfg.sliding_window and cfg.sliding_window < max_len:
     raise ConfigError('model.backbone', f'{path}: sliding_window={cfg.sliding_window} is shorter '
                       f'than data.max_len={max_len}; the item decoder attends to the whole window')
   return dict(d_model=cfg.d_model, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
               num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, mlp_dim=cfg.mlp_dim,
-              rope_theta=cfg.rope_theta, rms_eps=cfg.rms_eps, embed_scale=False,
+              rope_theta=cfg.rope_theta, rope_scaling=cfg.rope_scaling, rms_eps=cfg.rms_eps,
+              attention_bias=cfg.attention_bias, qk_norm=cfg.qk_norm, embed_scale=False,
               backbone_type=cfg.model_type)
 
 

@@ -44,10 +44,31 @@ class RMSNorm(nnx.Module):
     return (y * self.scale[...]).astype(x.dtype)
 
 
-def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-  """Rotary position embedding on the last axis of ``x`` [batch, seq, heads, head_dim]."""
-  half = x.shape[-1] // 2
-  freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [half]
+def rope_frequencies(head_dim: int, theta: float, scaling: tuple = ()) -> jax.Array:
+  """Rotary angular frequencies [head_dim // 2]: ``theta ** (-2i / head_dim)``.
+
+  ``scaling = ('llama3', factor, low_freq_factor, high_freq_factor, original_max_len)`` is Llama
+  3.1's long-context rescaling: wavelengths longer than ``original_max_len / low_freq_factor`` are
+  stretched by ``factor``, those shorter than ``original_max_len / high_freq_factor`` kept, and the
+  band between interpolated linearly in ``original_max_len / wavelength``.
+  """
+  half = head_dim // 2
+  freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  if not scaling:
+    return freq
+  kind, factor, low, high, original = scaling
+  if kind != 'llama3':
+    raise ValueError(f'rotary scaling {kind!r} is not supported (llama3)')
+  keep = jnp.clip((original * freq / (2 * math.pi) - low) / (high - low), 0.0, 1.0)
+  return keep * freq + (1 - keep) * freq / factor
+
+
+def rotary(x: jax.Array, positions: jax.Array, theta: float, scaling: tuple = ()) -> jax.Array:
+  """Rotary position embedding on the last axis of ``x`` [batch, seq, heads, head_dim].
+
+  ``scaling``: see :func:`rope_frequencies`.
+  """
+  freq = rope_frequencies(x.shape[-1], theta, scaling)  # [half]
   angle = positions[..., None].astype(jnp.float32) * freq  # [batch, seq, half]
   sin, cos = jnp.sin(angle)[:, :, None, :], jnp.cos(angle)[:, :, None, :]
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
@@ -88,11 +109,16 @@ class Attention(nnx.Module):
   """Causal self-attention with optional grouped-query attention (``num_kv_heads < num_heads``).
 
   ``impl`` picks the attention kernel (see :func:`dot_product_attention`): ``'auto'`` gives GPUs the
-  fused cuDNN kernel in bf16/fp16 and everything else XLA's.
+  fused cuDNN kernel in bf16/fp16 and everything else XLA's. ``rope_scaling``: see
+  :func:`rope_frequencies`. Options of pretrained decoders: ``bias`` adds biases to the q/k/v
+  projections (Qwen2), ``qk_norm`` an RMSNorm over each query and key head before the rotary
+  embedding (Qwen3), with epsilon ``norm_eps``.
   """
 
   def __init__(self, d_model: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
-               rope_theta: float, dtype, rngs: nnx.Rngs, impl: str = 'auto'):
+               rope_theta: float, dtype, rngs: nnx.Rngs, impl: str = 'auto',
+               rope_scaling: tuple = (), bias: bool = False, qk_norm: bool = False,
+               norm_eps: float = 1e-6):
     if num_heads % num_kv_heads:
       raise ValueError(f'num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}')
     init = fan_in_init(d_model)
@@ -101,20 +127,37 @@ class Attention(nnx.Module):
     self.wv = param(rngs, init, (d_model, num_kv_heads, head_dim), ('embed', 'kv_heads', 'head_dim'))
     self.wo = param(rngs, fan_in_init(num_heads * head_dim), (num_heads, head_dim, d_model),
                     ('heads', 'head_dim', 'embed'))
+    self.bias = bias
+    if bias:
+      zeros = nnx.initializers.zeros
+      self.bq = param(rngs, zeros, (num_heads, head_dim), ('heads', 'head_dim'))
+      self.bk = param(rngs, zeros, (num_kv_heads, head_dim), ('kv_heads', 'head_dim'))
+      self.bv = param(rngs, zeros, (num_kv_heads, head_dim), ('kv_heads', 'head_dim'))
+    self.q_norm = RMSNorm(head_dim, eps=norm_eps, rngs=rngs) if qk_norm else None
+    self.k_norm = RMSNorm(head_dim, eps=norm_eps, rngs=rngs) if qk_norm else None
     self.rope_theta = rope_theta
+    self.rope_scaling = tuple(rope_scaling)
     self.dtype = dtype
     if impl not in ATTENTION_IMPLS:
       raise ValueError(f'attention implementation {impl!r} is not one of {ATTENTION_IMPLS}')
     self.impl = impl
 
-  def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
+  def _project(self, x: jax.Array, name: str) -> jax.Array:
+    """x [batch, seq, d_model] -> [batch, seq, heads, head_dim] through ``w{name}`` (+ bias)."""
     dt = self.dtype
-    q = jnp.einsum('bld,dhk->blhk', x, self.wq[...].astype(dt))  # [batch, seq, heads, head_dim]
-    k = jnp.einsum('bld,dhk->blhk', x, self.wk[...].astype(dt))  # [batch, seq, kv_heads, head_dim]
-    v = jnp.einsum('bld,dhk->blhk', x, self.wv[...].astype(dt))
-    q, k = rotary(q, positions, self.rope_theta), rotary(k, positions, self.rope_theta)
+    y = jnp.einsum('bld,dhk->blhk', x, getattr(self, 'w' + name)[...].astype(dt))
+    return y + getattr(self, 'b' + name)[...].astype(dt) if self.bias else y
+
+  def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
+    q = self._project(x, 'q')  # [batch, seq, heads, head_dim]
+    k = self._project(x, 'k')  # [batch, seq, kv_heads, head_dim]
+    v = self._project(x, 'v')
+    if self.q_norm is not None:
+      q, k = self.q_norm(q), self.k_norm(k)
+    q = rotary(q, positions, self.rope_theta, self.rope_scaling)
+    k = rotary(k, positions, self.rope_theta, self.rope_scaling)
     out = dot_product_attention(q, k, v, mask, self.impl)  # [batch, seq, heads, head_dim]
-    return jnp.einsum('blhk,hkd->bld', out, self.wo[...].astype(dt))
+    return jnp.einsum('blhk,hkd->bld', out, self.wo[...].astype(self.dtype))
 
 
 class SwiGLU(nnx.Module):

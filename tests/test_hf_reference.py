@@ -1,0 +1,246 @@
+"""Hugging Face import checked against transformers' own PyTorch models.
+
+A tiny random model of each family is built with its transformers config class and
+``AutoModelForCausalLM.from_config`` (CPU, float32, seeded), saved with ``save_pretrained``
+(safetensors) and loaded by ``hf_import`` on the 8-device test mesh. The Python API
+(``load_hf_decoder``) must give transformers' logits on the same text tokens; the training backbone
+(``config.model.backbone``) must give transformers' final hidden states when the model is fed the
+item decoder's item rows as ``inputs_embeds``.
+"""
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from llm4rec_jax import partitioning
+from llm4rec_jax.config_base import DEFAULT_RULES
+from llm4rec_jax.model import hf_import
+
+torch = pytest.importorskip('torch', reason='the transformers reference tests need PyTorch '
+                            '(installed by pip install -e ".[test]")')
+transformers = pytest.importorskip('transformers')
+
+VOCAB, NUM_ITEMS = 96, 11
+CONFIG_CLASSES = {'llama': 'LlamaConfig', 'mistral': 'MistralConfig', 'qwen2': 'Qwen2Config',
+                  'qwen3': 'Qwen3Config', 'gemma': 'GemmaConfig'}
+TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+def hf_config(family: str, **overrides):
+  """A transformers config of ``family``: 2 layers, width 32, 4 query / 2 key-value heads."""
+  fields = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-5,
+                max_position_embeddings=256, rope_theta=500.0, tie_word_embeddings=False)
+  if family == 'mistral':
+    fields['sliding_window'] = 4  # shorter than the test sequences, so the window matters
+  if family == 'gemma':
+    fields.update(tie_word_embeddings=True, hidden_activation='gelu_pytorch_tanh')
+  fields.update(overrides)
+  return getattr(transformers, CONFIG_CLASSES[family])(**fields)
+
+
+def _randomize(model, seed: int):
+  """Seeded weights far from transformers' init (norm scales around 1, biases non-zero), so every
+  parameter, norms included, shows in the logits."""
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      noise = 0.2 * torch.randn(p.shape, generator=gen)
+      p.copy_(1 + noise if name.endswith('norm.weight') else noise)
+
+
+def save_reference(path, family: str, *, seed: int = 0, dtype=None, max_shard_size=None,
+                   **overrides):
+  """Saves a tiny random ``family`` model to ``path`` (in ``dtype``, default float32) and returns
+  the reference: transformers' own load of the saved files, in float32."""
+  config = hf_config(family, **overrides)
+  torch.manual_seed(seed)
+  model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation='eager')
+  _randomize(model, seed)
+  if dtype is not None:
+    model = model.to(dtype)
+  extra = {} if max_shard_size is None else {'max_shard_size': max_shard_size}
+  model.save_pretrained(str(path), **extra)
+  # Reloaded, not cast back: a cast would also round buffers (the rotary frequencies) that the
+  # saved checkpoint does not hold.
+  reference = transformers.AutoModelForCausalLM.from_pretrained(
+      str(path), dtype=torch.float32, attn_implementation='eager')
+  return reference.eval(), config
+
+
+def hf_logits(model, tokens: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+  """transformers' logits [batch, seq, vocab]; left padding gets the positions of real tokens."""
+  ids = torch.as_tensor(tokens, dtype=torch.long)
+  kwargs = {}
+  if valid is not None:
+    mask = torch.as_tensor(valid, dtype=torch.long)
+    kwargs = dict(attention_mask=mask, position_ids=torch.clamp(mask.cumsum(-1) - 1, min=0))
+  with torch.no_grad():
+    return model(input_ids=ids, **kwargs).logits.numpy()
+
+
+def hf_hidden(model, embeds: np.ndarray) -> np.ndarray:
+  """transformers' final (normed) hidden states [batch, seq, d] for input embeddings."""
+  with torch.no_grad():
+    out = model.model(inputs_embeds=torch.as_tensor(embeds, dtype=torch.float32))
+  return out.last_hidden_state.numpy()
+
+
+def our_logits(path, mesh, tokens, valid=None, dtype='float32') -> np.ndarray:
+  """``load_hf_decoder``'s text-token logits [batch, seq, VOCAB]."""
+  model, _ = hf_import.load_hf_decoder(path, num_items=NUM_ITEMS, mesh=mesh, rules=DEFAULT_RULES,
+                                       dtype=dtype)
+  forward = nnx.jit(lambda m, t, v: m.logits(m(t, v)))
+  v = None if valid is None else jax.numpy.asarray(valid)
+  return np.asarray(forward(model, jax.numpy.asarray(tokens), v))[..., :VOCAB]
+
+
+def left_padded(tokens: np.ndarray, pads: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+  """One row per entry of ``pads``: ``tokens`` cut short by that many and left-padded with 0."""
+  seq = len(tokens)
+  rows = np.zeros((len(pads), seq), np.int32)
+  valid = np.zeros((len(pads), seq), bool)
+  for r, pad in enumerate(pads):
+    rows[r, pad:], valid[r, pad:] = tokens[:seq - pad], True
+  return rows, valid
+
+
+@pytest.fixture(scope='module')
+def mesh():
+  return partitioning.make_mesh({'axes': ('data', 'fsdp', 'tensor'), 'shape': (2, 2, 2)})
+
+
+def text_tokens(seq: int = 12, seed: int = 1) -> np.ndarray:
+  return np.random.default_rng(seed).integers(0, VOCAB, seq).astype(np.int32)
+
+
+def check_text_logits(path, mesh, model, *, seq: int = 12, seed: int = 1, **tol):
+  """Our logits equal transformers' on random text tokens, unpadded and left-padded; returns
+  transformers' unpadded logits [1, seq, VOCAB]."""
+  tokens = text_tokens(seq, seed)
+  want = hf_logits(model, tokens[None])
+  np.testing.assert_allclose(our_logits(path, mesh, tokens[None]), want, **(tol or TOL))
+  rows, valid = left_padded(tokens, (0, 3, 5))
+  ours = our_logits(path, mesh, rows, valid)
+  theirs = hf_logits(model, rows, valid)
+  for r, pad in enumerate((0, 3, 5)):
+    np.testing.assert_allclose(ours[r, pad:], theirs[r, pad:], **(tol or TOL))
+    np.testing.assert_allclose(ours[r, pad:], want[0, :seq - pad], **(tol or TOL))
+  return want
+
+
+def check_family_parts(model, family):
+  """The parts that set the family apart are there in transformers' model (and so tested)."""
+  attn = model.model.layers[0].self_attn
+  assert (attn.q_proj.bias is not None) == (family == 'qwen2')
+  assert hasattr(attn, 'q_norm') == (family == 'qwen3')
+
+
+@pytest.mark.parametrize('family', ['llama', 'mistral', 'qwen2', 'qwen3', 'gemma'])
+def test_text_logits_match_transformers(tmp_path, mesh, family):
+  model, _ = save_reference(tmp_path, family)
+  check_family_parts(model, family)
+  check_text_logits(tmp_path, mesh, model)
+
+
+def test_sharded_checkpoint_matches_transformers(tmp_path, mesh):
+  model, _ = save_reference(tmp_path, 'llama', max_shard_size='20KB')
+  index = json.loads((tmp_path / 'model.safetensors.index.json').read_text())
+  assert len(set(index['weight_map'].values())) > 2
+  assert not (tmp_path / 'model.safetensors').exists()
+  check_text_logits(tmp_path, mesh, model)
+
+
+def test_bfloat16_checkpoint_matches_transformers(tmp_path, mesh):
+  """bfloat16 weights (how most checkpoints ship) are read exactly: float32 compute matches the
+  reference run in float32 on the same weights. Computing in bfloat16 errs about as much as
+  transformers itself in bfloat16 (root-mean-square error within twice its own)."""
+  model, _ = save_reference(tmp_path, 'llama', dtype=torch.bfloat16)
+  header = (tmp_path / 'model.safetensors').read_bytes()[:4096]
+  assert b'"BF16"' in header and b'"F32"' not in header
+  want = check_text_logits(tmp_path, mesh, model)
+  tokens = text_tokens()[None]
+  theirs_bf16 = transformers.AutoModelForCausalLM.from_pretrained(
+      str(tmp_path), dtype=torch.bfloat16, attn_implementation='eager').eval()
+  with torch.no_grad():
+    theirs = theirs_bf16(input_ids=torch.as_tensor(tokens, dtype=torch.long)).logits.float().numpy()
+  ours = our_logits(tmp_path, mesh, tokens, dtype='bfloat16')
+  rms = lambda x: float(np.sqrt(np.mean((x - want) ** 2)))
+  assert 0 < rms(ours) <= 2 * rms(theirs), (rms(ours), rms(theirs))
+  assert np.abs(ours - want).max() < 0.1 * np.abs(want).max()
+
+
+def backbone_hidden(tmp_path, ckpt):
+  """The trainer's item decoder started from ``ckpt`` (config.model.backbone): its config, as
+  recorded in the saved workdir config, its item table and items [batch, seq] -> hidden states."""
+  from conftest import tiny_config  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.train import optimizer as optimizer_lib  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.train import state as state_lib, trainer  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax import config_base  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.model import decoder  # pylint: disable=import-outside-toplevel
+  config = tiny_config(**{'model.backbone': str(ckpt), 'model.dropout': 0.0,
+                          'mesh.shape': (2, 2, 2)})
+  exp = trainer.build_experiment(config, tmp_path / 'wd')
+  (tmp_path / 'wd').mkdir(exist_ok=True)
+  config_base.save(config, tmp_path / 'wd')  # evaluation rebuilds the model from this alone
+  saved = config_base.load(tmp_path / 'wd').model
+  cfg = decoder.from_config(saved, num_items=exp.spec.cfg.num_items, vocab_multiple=1)
+  assert dataclasses.replace(cfg, max_len=exp.spec.cfg.max_len) == exp.spec.cfg
+  tx, _ = optimizer_lib.make_optimizer(config.optimizer, 10)
+  _, shardings = state_lib.state_shardings(exp.spec, tx)
+  state = state_lib.init_train_state(exp.spec, tx, 0, shardings, backbone=str(ckpt))
+  model = nnx.merge(exp.spec.graphdef, state['params'])
+  table = np.asarray(jax.device_get(state['params']['item_embed']), np.float32)
+  return cfg, table, lambda items: np.asarray(model(jax.numpy.asarray(items)))
+
+
+def check_backbone_hidden(tmp_path, ckpt, model, *, seq: int = 12, seed: int = 2):
+  """The item decoder's hidden states equal transformers' fed the same item rows, also when the
+  item sequence is left-padded (item id 0); returns the decoder's config."""
+  cfg, table, ours = backbone_hidden(tmp_path, ckpt)
+  items = np.random.default_rng(seed).integers(1, 100, seq).astype(np.int32)
+  want = hf_hidden(model, table[items][None])[0]
+  np.testing.assert_allclose(ours(items[None])[0], want, **TOL)
+  rows, _ = left_padded(items, (0, 4))
+  got = ours(rows)
+  np.testing.assert_allclose(got[1, 4:], want[:seq - 4], **TOL)
+  return cfg
+
+
+@pytest.mark.parametrize('family', ['llama', 'mistral', 'qwen2', 'qwen3'])
+def test_backbone_hidden_states_match_transformers(tmp_path, family):
+  extra = dict(sliding_window=64) if family == 'mistral' else {}  # longer than data.max_len
+  model, _ = save_reference(tmp_path / 'llm', family, **extra)
+  check_family_parts(model, family)
+  cfg = check_backbone_hidden(tmp_path, tmp_path / 'llm', model)
+  assert (cfg.attention_bias, cfg.qk_norm) == (family == 'qwen2', family == 'qwen3')
+
+
+LLAMA3 = dict(rope_type='llama3', factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+              original_max_position_embeddings=16)
+
+
+def test_llama3_rope_scaling_matches_transformers(tmp_path, mesh):
+  """Llama 3.x's rope_scaling over 40 positions (original_max_position_embeddings=16), in
+  transformers 5's layout (rope_parameters) and in transformers 4's (rope_theta + rope_scaling, as
+  published Llama 3.x checkpoints have it); the training backbone takes it too."""
+  ckpt = tmp_path / 'llm'
+  model, _ = save_reference(ckpt, 'llama', rope_scaling=dict(LLAMA3))
+  want = check_text_logits(ckpt, mesh, model, seq=40)
+  path = ckpt / 'config.json'
+  raw = json.loads(path.read_text())
+  params = raw.pop('rope_parameters', None) or raw.pop('rope_scaling')
+  old_layout = dict(raw, rope_theta=params.pop('rope_theta', raw.get('rope_theta')),
+                    rope_scaling=params)
+  path.write_text(json.dumps(old_layout))
+  np.testing.assert_allclose(our_logits(ckpt, mesh, text_tokens(40)[None]), want, **TOL)
+  # The scaling matters here: without it the logits are far off.
+  path.write_text(json.dumps(dict(old_layout, rope_scaling=None)))
+  assert np.abs(our_logits(ckpt, mesh, text_tokens(40)[None]) - want).max() > 1e-2
+  path.write_text(json.dumps(old_layout))
+  cfg = check_backbone_hidden(tmp_path, ckpt, model)
+  assert cfg.rope_scaling == ('llama3', 8.0, 1.0, 4.0, 16.0)
