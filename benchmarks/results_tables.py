@@ -732,6 +732,39 @@ def _filter_rows(data):
   return rows
 
 
+FILTER_BLEND_RUNS = 'beauty_d128_filter0.7_blend_reevaluated.jsonl'
+FILTER_BLEND_PAIRED = {seed: f'paired_filter0.7_blend_vs_filter_beauty_d128_seed{seed}.json'
+                       for seed in (0, 1, 2)}
+FILTER_BLEND_FILES = ((FILTER_BLEND_RUNS,) + tuple(f for f in FILTER_BLEND_PAIRED.values()
+                                                   if (RESULTS / f).exists())
+                      if (RESULTS / FILTER_BLEND_RUNS).exists() else ())
+
+
+def _filter_blend_rows(data):
+  rows = []
+  for rec in data[FILTER_BLEND_RUNS]:
+    paired = data.get(FILTER_BLEND_PAIRED[rec['seed']])
+    diff = paired['results']['test'] if paired else None
+    by = rec['transition_blend']['valid_ndcg@10']
+    rows.append({'seed': rec['seed'], 'w': rec['transition_blend']['chosen_weight'],
+                 'valid_by_w': ', '.join(f'{float(w):g}: {v:.4f}' for w, v in by.items()),
+                 'filter_test': diff['ndcg@10']['a'] if diff else None,
+                 'test': rec['test']['ndcg@10'], 'hr': rec['test']['hr@10'],
+                 'dn': '' if diff is None else
+                 f"{diff['ndcg@10']['b_minus_a']:+.4f} +- {diff['ndcg@10']['paired_se']:.4f}",
+                 'dh': '' if diff is None else
+                 f"{diff['hr@10']['b_minus_a']:+.4f} +- {diff['hr@10']['paired_se']:.4f}"})
+  return rows
+
+
+FILTER_BLEND_COLS = (Col('seed', 'seed', fmt('d')), Col('w chosen', 'w', fmt('g')),
+                     Col('valid NDCG@10 by w', 'valid_by_w'),
+                     Col('filter test NDCG@10', 'filter_test', F4),
+                     Col('filter + blend test NDCG@10', 'test', F4),
+                     Col('filter + blend test HR@10', 'hr', F4),
+                     Col('test NDCG@10 vs filter', 'dn'), Col('test HR@10 vs filter', 'dh'))
+
+
 FILTER_COLS = (Col('model', 'model'), Col('seed', 'seed', fmt('d')),
                Col('valid NDCG@10', 'valid', F4),
                Col('test NDCG@10', 'test', F4), Col('test HR@10', 'hr', F4),
@@ -946,6 +979,12 @@ TABLES: tuple[Table, ...] = (
     Table('leaderboard', tuple(f for f in BOARD_FILES if (RESULTS / f).exists()), BOARD,
           _board_rows, BOARD_COLS),
     Table('causal_filter', FILTER_FILES, FILTER, _filter_rows, FILTER_COLS),
+    Table('causal_filter_blend', FILTER_BLEND_FILES,
+          'the causal-filter checkpoints of the table above (filter_mix 0.7), re-evaluated with '
+          '`python benchmarks/reevaluate.py --set \'eval.transition_weights=(0.0,0.25,0.5,1.0,2.0)\'` '
+          '(no retraining; the weight chosen per seed on validation NDCG@10 alone); differences '
+          'paired per test user (`benchmarks/paired_compare.py`, filter alone = a, filter + blend '
+          '= b).', _filter_blend_rows, FILTER_BLEND_COLS),
     Table('val_test_gap_beauty', ('val_test_gap_beauty_d128.json',), GAP, _gap_rows, GAP_COLS),
     Table('val_test_gap_lastfm', ('val_test_gap_lastfm_d128.json',), GAP, _gap_rows, GAP_COLS),
     Table('transition_blend', tuple(f for f in BLEND_FILES if (RESULTS / f).exists()), BLEND,
