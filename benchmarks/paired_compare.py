@@ -74,6 +74,8 @@ def main() -> None:
     cfg = pathlib.Path(getattr(args, side)) / 'config.json'
     if cfg.exists():
       record[f'config_{side}'] = json.loads(cfg.read_text())
+  record['seeds'] = sorted({record[f'config_{side}'].get('seed', 0)
+                            for side in ('a', 'b') if f'config_{side}' in record})
   provenance.finish(record)
   print(json.dumps(record['results']))
   if args.out:
