@@ -31,7 +31,7 @@ def main():
   from llm4rec_jax import config_base  # pylint: disable=import-outside-toplevel
   from llm4rec_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.data import registry  # pylint: disable=import-outside-toplevel
-  from llm4rec_jax.retrieval import workdir_index  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.serving import index as workdir_index  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.serving import Recommender  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.train import trainer  # pylint: disable=import-outside-toplevel
 

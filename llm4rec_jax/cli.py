@@ -167,7 +167,7 @@ def main(argv: list[str]) -> None:
     if command == 'train':
       result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     elif command == 'index':  # the ScaNN item index of a checkpoint, used by recommend
-      from llm4rec_jax.retrieval.workdir_index import build_index  # pylint: disable=import-outside-toplevel
+      from llm4rec_jax.serving.index import build_index  # pylint: disable=import-outside-toplevel
       result = build_index(_WORKDIR.value, checkpoint=_CHECKPOINT.value)
     elif command == 'adapt':
       if not _EVENTS.value:

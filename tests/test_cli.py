@@ -81,7 +81,7 @@ def test_serving_compiles_once_per_history_bucket_not_per_length(trained):
   # Lengths 1..16 share one bucket, 17..20 the next: two compilations for twenty lengths.
   assert rec._top._cache_size() - before == 2  # pylint: disable=protected-access
   assert all(not {r['item'] for r in t['recommendations']} & set(t['history']) for t in tops)
-  assert [serving.seen_bucket(n) for n in (0, 1, 16, 17, 33)] == [16, 16, 16, 32, 64]
+  assert [serving.recommender.seen_bucket(n) for n in (0, 1, 16, 17, 33)] == [16, 16, 16, 32, 64]
 
 
 @pytest.mark.parametrize('args,message', [

@@ -22,7 +22,7 @@ DEFERRED = {
         'JAX: `llm4rec --help` and flag errors answer without importing it',
     ('llm4rec_jax.cli', 'llm4rec_jax.train.trainer'):
         'JAX: `llm4rec --help` and flag errors answer without importing it',
-    ('llm4rec_jax.cli', 'llm4rec_jax.retrieval.workdir_index'):
+    ('llm4rec_jax.cli', 'llm4rec_jax.serving.index'):
         'JAX and ScaNN: `llm4rec --help` and flag errors answer without importing them',
     ('llm4rec_jax.cli', 'llm4rec_jax.online'):
         'JAX: `llm4rec --help` and flag errors answer without importing it',
@@ -179,3 +179,13 @@ def test_deferred_imports_still_exist():
   present = {(name, target) for name in MODULES for target, _ in imports(name)[1]}
   stale = sorted(set(DEFERRED) - present)
   assert not stale, f'DEFERRED lists imports that are gone: {stale}'
+
+
+def test_retrieval_is_a_library():
+  """``retrieval/`` (the ScaNN index, exact top-k, RAG context) imports no training, serving,
+  online or workdir module: what opens a trained workdir lives in ``serving/``."""
+  upward = [f'{PACKAGE}.{p}' for p in ('train', 'serving', 'online', 'explain', 'workdir', 'model')]
+  bad = sorted(f'{m} -> {t}' for m, targets in import_graph().items()
+               if m.startswith(f'{PACKAGE}.retrieval') for t in targets
+               if any(contains(u, t) for u in upward))
+  assert not bad, bad

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from llm4rec_jax.retrieval import IndexMismatchError, workdir_index
+from llm4rec_jax.retrieval import IndexMismatchError
+from llm4rec_jax.serving import index as workdir_index
 from llm4rec_jax.serving import Recommender
 from llm4rec_jax.train import trainer
 

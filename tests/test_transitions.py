@@ -115,7 +115,7 @@ def test_serving_applies_the_chosen_blend(tmp_path):
   assert got != pytest.approx(base)
   assert table.ids.shape[0] == blended.spec.cfg.vocab_size
   # Through the ScaNN index: the ANN candidates and the lifted successors, re-scored with the blend.
-  from llm4rec_jax.retrieval import workdir_index  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.serving import index as workdir_index  # pylint: disable=import-outside-toplevel
   workdir_index.build_index(tmp_path)
   indexed = serving.Recommender(tmp_path)
   assert indexed.ann_index is not None

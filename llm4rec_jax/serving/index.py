@@ -2,7 +2,7 @@
 
 ``WORKDIR/index/`` holds the index over the item table of one checkpoint (the vectors the softmax
 head scores, so inner-product search ranks exactly as the model would). :func:`build_index` writes
-it; :func:`load_index` opens it for a :class:`~llm4rec_jax.serving.Recommender` and refuses an index
+it; :func:`load_index` opens it for a :class:`~llm4rec_jax.serving.recommender.Recommender` and refuses an index
 built from another checkpoint. :func:`top_k_with_index` is the serving path: the model's hidden state
 after the history is the query, ScaNN returns ``config.retrieval.candidates`` candidates, and those
 are re-scored exactly (hidden . item vector, the model's own logits) before the final top-k. The

@@ -23,8 +23,8 @@ from llm4rec_jax import transitions as transitions_lib
 from llm4rec_jax import workdir as workdir_lib
 from llm4rec_jax.debias import objectives
 from llm4rec_jax.errors import DataError, UnknownIdError
-from llm4rec_jax.online import serving as online_serving
-from llm4rec_jax.retrieval import workdir_index
+from llm4rec_jax.serving import index as index_lib
+from llm4rec_jax.serving import snapshot as snapshot_lib
 from llm4rec_jax.train import restore
 from llm4rec_jax.train import state as state_lib
 
@@ -59,7 +59,7 @@ class Recommender:
     self.snapshot_position = workdir_lib.snapshot_position(self.workdir, snapshot)
     adapted = None
     if self.snapshot_position is not None:
-      adapted = online_serving.load(self.workdir, self.snapshot_position, self.config, cfg, mesh,
+      adapted = snapshot_lib.load(self.workdir, self.snapshot_position, self.config, cfg, mesh,
                                     self.content)
       self.raw_ids = self.raw_ids + adapted.new_items
       if self.titles:
@@ -88,16 +88,16 @@ class Recommender:
     if adapted is not None:
       self.step, self.params = adapted.trained_step, adapted.params
       self.ann_index, self.ann_table = None, None
-      self.rag = workdir_index.serving_retriever(self) if self.config.retrieval.rag else None
+      self.rag = index_lib.serving_retriever(self) if self.config.retrieval.rag else None
       return
     # With a fine-tuned text encoder, the content's text rows come from the checkpoint.
     self.step, self.params, self.content = restore.restore_params(
         self.workdir, self.spec, checkpoint, self.content,
         self.config.text_finetune.encode_batch_size if cfg.text_encoder is not None else 0)
     # WORKDIR/index: ANN candidates re-scored exactly (refused if built from another checkpoint).
-    self.ann_index, self.ann_table = (workdir_index.load_index(self) if use_index
+    self.ann_index, self.ann_table = (index_lib.load_index(self) if use_index
                                       else (None, None))
-    self.rag = workdir_index.serving_retriever(self) if self.config.retrieval.rag else None
+    self.rag = index_lib.serving_retriever(self) if self.config.retrieval.rag else None
 
   @functools.partial(jax.jit, static_argnums=(0, 4))
   def _top(self, params, inputs, seen, k, content=None, trie=None, context=None, score_bias=None):
@@ -149,7 +149,7 @@ class Recommender:
       bias = (0.0 if bias is None else np.asarray(bias)) + self.transition_weight * row[None]
       successors = np.flatnonzero(row)
     if self.ann_index is not None:
-      scores, items = workdir_index.top_k_with_index(self, inputs, seen, k, context,
+      scores, items = index_lib.top_k_with_index(self, inputs, seen, k, context,
                                                      score_bias=bias, extra_candidates=successors)
     else:
       scores, items = jax.device_get(self._top(self.params, jnp.asarray(inputs), jnp.asarray(seen),

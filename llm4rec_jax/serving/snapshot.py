@@ -4,7 +4,7 @@
 ``workdir.snapshot_position`` picks one and :func:`load` restores what a recommender needs from it:
 the adapted parameters at the snapshot's vocabulary size (parameters only: the online optimizer's
 moments are not read), the raw ids of the items registered online and, for a content model, the
-content rows of those items. Used by :class:`llm4rec_jax.serving.Recommender`
+content rows of those items. Used by :class:`llm4rec_jax.serving.recommender.Recommender`
 (``llm4rec recommend --snapshot``).
 """
 
