@@ -3,7 +3,10 @@
 Reference (same data, 2-core CPU): PyTorch SASRec with full cross-entropy, NDCG@10 0.0549 / HR@10
 0.0905, best epoch 8 at about 17 minutes.
 
-  python benchmarks/beauty.py [--quick]
+  python benchmarks/beauty.py [--quick] [--variant=sasrec|d128|filter|filter_blend]
+                              [--config.a.b=VALUE ...]
+
+``--variant`` picks a variant of ``configs/beauty.py`` (its docstring lists them).
 """
 
 import json
@@ -11,8 +14,10 @@ import json
 from common import load_config, make_quick, parser, train_and_report
 
 if __name__ == '__main__':
-  args = parser(__doc__).parse_args()
-  config = load_config('beauty')
+  p = parser(__doc__)
+  p.add_argument('--variant', default='sasrec', help='a variant of configs/beauty.py')
+  args = p.parse_args()
+  config = load_config('beauty', args.variant)
   if args.quick:
     make_quick(config)
   print(json.dumps(train_and_report(config, args, benchmark='beauty', valid_target=0.055)))

@@ -25,14 +25,29 @@ def load_config(name: str, arg: str | None = None):
   return module.get_config(arg)
 
 
+class _Parser(argparse.ArgumentParser):
+  """Takes the CLI's ``--config.a.b=v`` overrides as well as ``--set a.b=v``."""
+
+  def parse_known_args(self, args=None, namespace=None):
+    args = sys.argv[1:] if args is None else list(args)
+    return super().parse_known_args([_as_set(a) for a in args], namespace)
+
+
+def _as_set(arg: str) -> str:
+  if arg.startswith('--config.') and '=' in arg:
+    return '--set=' + arg[len('--config.'):]
+  return arg
+
+
 def parser(description: str) -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(description=description)
+  p = _Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--quick', action='store_true',
                  help='a few steps of a tiny model: checks the benchmark runs, numbers meaningless')
   p.add_argument('--workdir', default=None, help='keep checkpoints/logs here (default: temp dir)')
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
-                 help='config override, e.g. --set model.dropout=0.5 (repeatable)')
+                 help='config override, e.g. --set model.dropout=0.5 or, as with the llm4rec '
+                 'command, --config.model.dropout=0.5 (repeatable)')
   return p
 
 

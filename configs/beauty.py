@@ -1,16 +1,32 @@
 """Amazon Beauty (S3-Rec preprocessing), leave-one-out, full ranking, seen items excluded.
 
-SASRec-sized model (hidden 64, 2 blocks, 1 head, sequences of 50) with full-softmax cross-entropy.
+Variants (``--config=configs/beauty.py:VARIANT``; ``sasrec,preset=NAME`` changes the default's model size,
+the other variants fix theirs):
+  * ``sasrec`` (default): SASRec-sized decoder (hidden 64, 2 blocks, 1 head, sequences of 50),
+    full-softmax cross-entropy, 40 epochs at lr 2e-3, patience 5;
+  * ``d128``: hidden 128, 2 heads, feed-forward 256, dropout 0.5, 18 epochs at peak lr 3e-3
+    (docs/results_accuracy.md);
+  * ``filter``: ``d128`` with the causal frequency filter beside attention (``model.filter_mix=0.7``,
+    docs/causal_filter.md);
+  * ``filter_blend``: ``filter`` plus the training-transition blend, its weight chosen on validation
+    from (0, 0.25, 0.5, 1, 2) (``eval.transition_weights``, docs/val_test_gap.md).
 
-  llm4rec train --config=configs/beauty.py --workdir=workdirs/beauty
+The same settings apply to any Amazon category of the same preprocessing (``data.name``).
+
+  llm4rec train --config=configs/beauty.py:filter_blend --workdir=workdirs/beauty
 """
 
 from llm4rec_jax import config_base
 
+VARIANTS = ('sasrec', 'd128', 'filter', 'filter_blend')
+
 
 def get_config(arg: str | None = None):
-  args = config_base.parse_arg(arg, default_preset='small')
-  c = config_base.apply_preset(config_base.base_config(), args['preset'])
+  words = [w for w in (arg or '').split(',') if w]
+  variant = next((w for w in words if w in VARIANTS), 'sasrec')
+  rest = ','.join(w for w in words if w not in VARIANTS)
+  c = config_base.apply_preset(config_base.base_config(),
+                               config_base.parse_arg(rest, default_preset='small')['preset'])
   c.data.name = 'beauty'
   c.data.split = 'leave_one_out'
   c.data.max_len = 50
@@ -22,4 +38,13 @@ def get_config(arg: str | None = None):
   c.optimizer.learning_rate = 2e-3
   c.optimizer.warmup_steps = 100
   c.eval.batch_size = 512
+  if variant != 'sasrec':
+    c.model.update(dict(d_model=128, num_heads=2, mlp_dim=256, dropout=0.5))
+    c.train.num_epochs = 18
+    c.optimizer.learning_rate = 3e-3
+  if variant in ('filter', 'filter_blend'):
+    c.model.filter_mix = 0.7
+  if variant == 'filter_blend':
+    c.eval.transition_weights = (0.0, 0.25, 0.5, 1.0, 2.0)
+  c.variant = variant
   return c

@@ -14,7 +14,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 @pytest.mark.parametrize('script,keys', [
-    ('beauty.py', {'test', 'best_epoch', 'time_to_best_epoch_s', 'train_examples_per_s'}),
+    # The best Beauty variant, with an override given the way the llm4rec command takes it.
+    ('beauty.py --variant=filter_blend --config.train.log_every=3',
+     {'test', 'best_epoch', 'time_to_best_epoch_s', 'train_examples_per_s'}),
     ('yelp.py', {'test', 'test_seen_items_ranked'}),
     ('ml100k.py', {'test', 'wall_s', 'peak_rss_mb'}),
     ('throughput.py', {'runs'}),
@@ -46,8 +48,11 @@ def test_quick_benchmark_prints_one_json_line(script, keys):
   assert keys <= set(result) and result['quick'] is True
   if 'test' in result:
     assert 0.0 <= result['test']['ndcg@10'] <= result['test']['hr@10'] <= 1.0
-  if script in ('beauty.py', 'yelp.py', 'ml100k.py'):  # the runner records where the number came from
+  if name in ('beauty.py', 'yelp.py', 'ml100k.py'):  # the runner records where the number came from
     assert result['provenance']['commit'] and result['config']['seed'] == result['seed'] == 0
+  if name == 'beauty.py':
+    assert result['config']['model']['filter_mix'] == 0.7 and result['config']['train']['log_every'] == 3
+    assert result['config']['eval']['transition_weights'] == [0.0, 0.25, 0.5, 1.0, 2.0]
   if result.get('benchmark') == 'throughput':  # MFU against a datasheet peak: none for a CPU
     assert result['datasheet_peak_tflops'] is None and result['provenance']['machine']['cores']
     assert all('mfu_vs_datasheet' not in r for r in result['runs'].values())
@@ -99,3 +104,25 @@ def test_quick_benchmark_prints_one_json_line(script, keys):
   if result.get('benchmark') == 'aot_memory':  # compiled train step: a positive per-device estimate
     run = result['runs']['cpu']
     assert run['per_device_bytes']['peak_estimate'] > run['per_device_bytes']['argument'] > 0
+
+
+def test_config_variants_validate_and_overrides_take_the_cli_form():
+  sys.path.insert(0, str(ROOT / 'benchmarks'))
+  try:
+    import common  # pylint: disable=import-outside-toplevel
+  finally:
+    sys.path.remove(str(ROOT / 'benchmarks'))
+  from llm4rec_jax import config_base  # pylint: disable=import-outside-toplevel
+  beauty = ROOT / 'configs' / 'beauty.py'
+  assert 'filter_blend' in beauty.read_text()
+  for variant in ('sasrec', 'd128', 'filter', 'filter_blend'):
+    c = common.load_config('beauty', variant)
+    config_base.validate(c, 1)
+    assert c.variant == variant
+  assert common.load_config('beauty').model.d_model == 64  # the default is unchanged
+  best = common.load_config('beauty', 'filter_blend')
+  assert (best.model.d_model, best.model.filter_mix, best.train.num_epochs) == (128, 0.7, 18)
+  args = common.parser('x').parse_args(['--config.model.dropout=0.4', '--set', 'train.seed=1'])
+  assert args.set == ['model.dropout=0.4', 'train.seed=1']
+  common.apply_overrides(best, ['model.dropout=0.4'])
+  assert best.model.dropout == 0.4
