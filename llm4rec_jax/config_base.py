@@ -151,6 +151,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=1e-3, warmup_steps=100, schedule='cosine', min_lr_ratio=0.1, weight_decay=0.0,
       b1=0.9, b2=0.98, eps=1e-8, grad_clip=1.0))
+  # > 0: keep an exponential moving average of the weights (decay per step, warmed up as
+  # min(decay, (1 + step) / (10 + step))) in the train state; evaluation, checkpoint selection and
+  # every consumer of the workdir (serving, index, online) use the average. 0 = off.
+  c.optimizer.ema_decay = 0.0
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128  # global
@@ -328,6 +332,8 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
     raise ConfigError('data.split', f'unknown protocol {c.data.split!r} (leave_one_out | temporal)')
   if c.optimizer.learning_rate <= 0:
     raise ConfigError('optimizer.learning_rate', 'must be positive')
+  if not 0.0 <= c.optimizer.get('ema_decay', 0.0) < 1.0:
+    raise ConfigError('optimizer.ema_decay', f'must be in [0, 1), got {c.optimizer.ema_decay}')
   if num_devices is not None:
     if c.mesh.get('num_devices', 0):
       if c.mesh.num_devices > num_devices:

@@ -30,23 +30,36 @@ from llm4rec_jax.train import text_finetune
 from llm4rec_jax.train.checkpointing import abstract_with_shardings
 
 
-def params_target(spec: state_lib.ModelSpec) -> dict[str, Any]:
-  """The restore target of a parameters-only restore: ``params`` and, with a fine-tuned text
-  encoder, ``text_table``/``text_table_step`` (abstract arrays carrying their shardings)."""
+def params_target(spec: state_lib.ModelSpec, key: str = 'params') -> dict[str, Any]:
+  """The restore target of a parameters-only restore: ``key`` (``params``, or ``ema_params`` for
+  the weights' moving average) and, with a fine-tuned text encoder, ``text_table``/
+  ``text_table_step`` (abstract arrays carrying their shardings)."""
   text_abstract, text_shardings = state_lib.text_table_shardings(spec)
-  abstract = {'params': spec.abstract_params, **text_abstract}
-  shardings = {'params': spec.param_shardings, **text_shardings}
+  abstract = {key: spec.abstract_params, **text_abstract}
+  shardings = {key: spec.param_shardings, **text_shardings}
   return abstract_with_shardings(abstract, shardings)
+
+
+def params_key(workdir: str | pathlib.Path) -> str:
+  """The state entry that holds a workdir's trained weights: ``ema_params`` when the run kept a
+  moving average of them (``optimizer.ema_decay``; evaluation chose its best checkpoint by it),
+  else ``params``."""
+  config = config_base.load(workdir)
+  return state_lib.EMA_PARAMS if config.optimizer.get('ema_decay', 0.0) > 0 else 'params'
 
 
 def restore_checkpoint(workdir: str | pathlib.Path, spec: state_lib.ModelSpec,
                        checkpoint: str | int = 'best') -> tuple[int, dict[str, Any]]:
   """(step, ``{'params', ['text_table', 'text_table_step']}``) of a checkpoint of ``workdir``
-  ('best', 'latest' or a step number), placed in ``spec``'s shardings."""
+  ('best', 'latest' or a step number), placed in ``spec``'s shardings; ``params`` are the weights'
+  moving average when the run kept one."""
+  key = params_key(workdir)
   ckpt = workdir_lib.checkpoints(workdir, async_save=False)
   try:
     step = workdir_lib.checkpoint_step(ckpt, checkpoint)
-    return step, ckpt.restore_subtree(step, params_target(spec))
+    restored = ckpt.restore_subtree(step, params_target(spec, key))
+    restored['params'] = restored.pop(key)
+    return step, restored
   finally:
     ckpt.close()
 

@@ -1,8 +1,9 @@
 """The model and train state built abstract-first: shapes -> shardings -> jitted, sharded init.
 
 The train state is a plain dict ``{'step', 'params', 'opt_state', 'rng'}`` of arrays, plus
-``'text_table'``/``'text_table_step'`` when the text encoder is fine-tuned. ``params`` is the NNX
-``Param`` state as a pure dict, so the jitted step, Orbax and optax all see ordinary pytrees.
+``'text_table'``/``'text_table_step'`` when the text encoder is fine-tuned and ``'ema_params'`` (the
+weights' moving average) with ``optimizer.ema_decay``. ``params`` is the NNX ``Param`` state as a
+pure dict, so the jitted step, Orbax and optax all see ordinary pytrees.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from llm4rec_jax import partitioning
 from llm4rec_jax.model import decoder as decoder_lib
 from llm4rec_jax.model import hf_import
 from llm4rec_jax.model.decoder import DecoderConfig, ItemDecoder
+
+EMA_PARAMS = 'ema_params'  # the train-state entry of the weights' moving average
 
 
 def model_config(config: ml_collections.ConfigDict, num_items: int,
@@ -95,8 +98,10 @@ def init_params(spec: ModelSpec, seed: int) -> Any:
   return jax.jit(init, out_shardings=spec.param_shardings)()
 
 
-def state_shardings(spec: ModelSpec, tx: optax.GradientTransformation) -> tuple[Any, Any]:
-  """(abstract train state, its shardings); optimizer moments follow their parameters."""
+def state_shardings(spec: ModelSpec, tx: optax.GradientTransformation, *, ema: bool = False
+                    ) -> tuple[Any, Any]:
+  """(abstract train state, its shardings); optimizer moments follow their parameters, and so
+  does the weights' moving average (``ema_params``, with ``ema``)."""
   abstract_opt = jax.eval_shape(tx.init, spec.abstract_params)
   opt_shardings = optax.tree_map_params(
       tx, lambda _, s: s, abstract_opt, spec.param_shardings,
@@ -106,6 +111,8 @@ def state_shardings(spec: ModelSpec, tx: optax.GradientTransformation) -> tuple[
               'opt_state': abstract_opt, 'rng': rng}
   shardings = {'step': spec.replicated, 'params': spec.param_shardings,
                'opt_state': opt_shardings, 'rng': spec.replicated}
+  if ema:
+    abstract[EMA_PARAMS], shardings[EMA_PARAMS] = spec.abstract_params, spec.param_shardings
   text_abstract, text_shardings = text_table_shardings(spec)
   return {**abstract, **text_abstract}, {**shardings, **text_shardings}
 
@@ -127,6 +134,19 @@ def text_table_shardings(spec: ModelSpec) -> tuple[dict[str, Any], dict[str, Any
   return abstract, shardings
 
 
+def ema_update(ema: Any, params: Any, step: jax.Array, decay: float) -> Any:
+  """One step of the weights' moving average; the decay warms up as min(decay, (1+t)/(10+t)) so
+  the initial weights fade out within the first steps."""
+  t = step.astype(jnp.float32)
+  d = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+  return jax.tree.map(lambda e, p: (d * e + (1.0 - d) * p).astype(e.dtype), ema, params)
+
+
+def eval_params(state: dict[str, Any]) -> Any:
+  """The weights evaluation and checkpoint consumers use: the moving average when kept."""
+  return state.get(EMA_PARAMS, state['params'])
+
+
 def init_train_state(spec: ModelSpec, tx: optax.GradientTransformation, seed: int,
                      shardings: Any, backbone: str = '') -> dict[str, Any]:
   """A fresh train state; ``backbone`` (a Hugging Face checkpoint) supplies the decoder blocks."""
@@ -138,4 +158,8 @@ def init_train_state(spec: ModelSpec, tx: optax.GradientTransformation, seed: in
   rng = jax.device_put(jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 1)),
                        spec.replicated)
   step = jax.device_put(jnp.zeros((), jnp.int32), spec.replicated)
-  return {'step': step, 'params': params, 'opt_state': opt_state, 'rng': rng}
+  state = {'step': step, 'params': params, 'opt_state': opt_state, 'rng': rng}
+  if EMA_PARAMS in shardings:  # a separate copy: the step donates the state
+    state[EMA_PARAMS] = jax.jit(lambda p: jax.tree.map(jnp.copy, p),
+                                out_shardings=shardings[EMA_PARAMS])(params)
+  return state

@@ -264,6 +264,9 @@ def make_train_step(exp: Experiment, tx: optax.GradientTransformation, schedule,
     metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads),
                'learning_rate': schedule(state['step']), **aux}
     new_state = dict(state, step=state['step'] + 1, params=params, opt_state=opt_state)
+    if state_lib.EMA_PARAMS in state:
+      new_state[state_lib.EMA_PARAMS] = state_lib.ema_update(
+          state[state_lib.EMA_PARAMS], params, state['step'], exp.config.optimizer.ema_decay)
     return new_state, metrics
 
   content_sharding = jax.tree.map(lambda x: x.sharding, exp.content)
@@ -356,7 +359,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
   tx, schedule = optimizer_lib.make_optimizer(config.optimizer, total_steps,
                                               config.get('text_finetune'))
-  abstract, shardings = state_lib.state_shardings(exp.spec, tx)
+  abstract, shardings = state_lib.state_shardings(
+      exp.spec, tx, ema=config.optimizer.get('ema_decay', 0.0) > 0)
   data_iter = iter(train_ds.to_iter_dataset())
   ckpt = workdir_lib.checkpoints(workdir, max_to_keep=tc.keep_checkpoints,
                                  async_save=tc.async_checkpoints)
@@ -446,9 +450,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                                                 shardings['text_table_step'])
             eval_content = text_finetune.content_from_state(exp.content, state)
           if rag is not None:
-            rag.refresh_from_params(exp.spec.graphdef, state['params'], eval_content, step)
+            rag.refresh_from_params(exp.spec.graphdef, state_lib.eval_params(state),
+                                    eval_content, step)
           ranks_metrics, _, _ = exp.evaluate_arrays(
-              rank_fn, state['params'],
+              rank_fn, state_lib.eval_params(state),
               rag.eval_arrays(valid_arrays) if rag is not None else valid_arrays,
               content=eval_content)
           score = ranks_metrics['ndcg@10']
@@ -460,7 +465,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           monitored = {}
           if monitor_arrays is not None:  # logged only: nothing below reads it
             monitored, _, _ = exp.evaluate_arrays(
-                rank_fn, state['params'],
+                rank_fn, state_lib.eval_params(state),
                 rag.eval_arrays(monitor_arrays) if rag is not None else monitor_arrays,
                 content=eval_content)
             logger.scalars(step, {f'monitor_test/{k}': v for k, v in monitored.items()})
@@ -513,7 +518,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                                                    best or step,
                                                    config.text_finetune.encode_batch_size)
   known = {'valid': last_valid[1]} if last_valid and last_valid[0] == (best or step) else {}
-  results = _final_metrics(exp, rank_fn, state['params'], step=best or step, known=known)
+  results = _final_metrics(exp, rank_fn, state_lib.eval_params(state), step=best or step,
+                           known=known)
   logger.close()
   ckpt.close()
   return results
