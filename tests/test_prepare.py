@@ -115,6 +115,20 @@ def test_yelp_open_reviews_equal_the_reader(tmp_path):
   assert _by_raw_user(source.Prepared(tmp_path / 'out')) == _reader_by_raw_user(ref)
 
 
+
+def test_yelp_open_bad_date_names_file_line_and_field(tmp_path):
+  """The line-by-line path of the Yelp reviews parser (dates as text) reports a bad date."""
+  lines = [json.dumps(dict(review_id=f'r{k}', user_id=f'user{k % 7}', business_id=f'biz{k % 5}',
+                           stars=3, date=f'2019-03-1{k % 10} 12:00:00', text='ok'))
+           for k in range(200)]
+  lines[120] = lines[120].replace('2019-03-10 12:00:00', 'yesterday')
+  (tmp_path / 'yelp_academic_dataset_review.json').write_text('\n'.join(lines) + '\n')
+  with pytest.raises(DataError, match='expected a date') as e:
+    _prepare(tmp_path, tmp_path / 'out', format='yelp-open', block_bytes=3_000)
+  assert (e.value.line, e.value.field) == (121, 'date')
+  assert 'yelp_academic_dataset_review.json:121' in str(e.value)
+
+
 def test_windows_and_eval_cases_equal_the_in_memory_split(release, prepared):
   root, _ = release
   ref = readers.read_amazon_2023(root / 'raw')

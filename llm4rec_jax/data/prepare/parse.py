@@ -187,6 +187,14 @@ def _parse_slow(data: bytes, fmt: Format, path: str, offset: int) -> pa.Table:
                    pa.array(cols[4], pa.int64())], schema=COLUMNS)
 
 
+def _date(v, fail) -> int:
+  """Seconds since the epoch of a Yelp-style date string ('2018-07-07 22:09:11')."""
+  try:
+    return int(np.datetime64(str(v), 's').astype(np.int64))
+  except ValueError:
+    return fail(f'expected a date like 2018-07-07 22:09:11, got {v!r:.40}')
+
+
 def _number(v, kind: type, fail):
   """A JSON number (or numeric string) as ``kind``; what ``readers`` accepts, nothing more."""
   try:
