@@ -11,7 +11,7 @@ import numpy as np
 
 from llm4rec_jax import beyond_accuracy, evaluation
 from llm4rec_jax.debias import objectives, propensity
-from llm4rec_jax.train import trainer
+from llm4rec_jax.train import experiment
 
 
 class TrainedModel:
@@ -19,8 +19,8 @@ class TrainedModel:
 
   def __init__(self, config, workdir: str | pathlib.Path):
     self.config = config
-    self.exp = trainer.build_experiment(config, pathlib.Path(workdir))
-    self.step, self.params = trainer.restore_params(self.exp, 'best')
+    self.exp = experiment.build_experiment(config, pathlib.Path(workdir))
+    self.step, self.params = experiment.restore_params(self.exp, 'best')
     counts = propensity.item_counts(self.exp.split.train, self.exp.dataset.num_items)
     self.log_pop = objectives.log_popularity(counts, self.exp.spec.cfg.vocab_size,
                                              smoothing=config.debias.smoothing)

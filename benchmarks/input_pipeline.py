@@ -24,6 +24,7 @@ if __name__ == '__main__':
                  help="a training result JSON whose 'train_examples_per_s' is the step's rate")
   args = p.parse_args()
   import provenance  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.train import experiment  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.train import trainer  # pylint: disable=import-outside-toplevel
   record = provenance.start()
   config = load_config(args.config)
@@ -32,7 +33,7 @@ if __name__ == '__main__':
   if args.quick:
     args.batches = 10
   with tempfile.TemporaryDirectory() as workdir:
-    exp = trainer.build_experiment(config, pathlib.Path(workdir))
+    exp = experiment.build_experiment(config, pathlib.Path(workdir))
     train_ds, steps_per_epoch, _ = trainer._train_input(exp)  # pylint: disable=protected-access
     it = iter(train_ds.to_iter_dataset())
     for _ in range(20):

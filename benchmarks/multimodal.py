@@ -11,7 +11,6 @@ Scenarios (leave-one-out, full ranking over the catalog, seen items excluded):
   python benchmarks/multimodal.py --scenario scientific [--quick] [--workdir DIR]
 """
 
-import argparse
 import copy
 import json
 import pathlib

@@ -23,9 +23,9 @@ from common import load_config, make_quick, parser, train_and_report
 def timed_test_pass(config, workdir: pathlib.Path) -> tuple[dict, float]:
   """(test metrics, seconds per test user) for the best checkpoint, after a warm-up pass."""
   from llm4rec_jax import evaluation  # pylint: disable=import-outside-toplevel
-  from llm4rec_jax.train import trainer  # pylint: disable=import-outside-toplevel
-  exp = trainer.build_experiment(config, workdir)
-  _, params = trainer.restore_params(exp, 'best')
+  from llm4rec_jax.train import experiment  # pylint: disable=import-outside-toplevel
+  exp = experiment.build_experiment(config, workdir)
+  _, params = experiment.restore_params(exp, 'best')
   rank_fn, arrays = exp.rank_fn(), exp.eval_arrays('test')
   run = lambda: evaluation.evaluate_arrays(rank_fn, params, arrays, config.eval.batch_size,
                                            exp.put, config.eval.ks, content=exp.content)

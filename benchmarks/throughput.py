@@ -122,6 +122,7 @@ def run_one(args, preset: str, variant: str, attention: str, batch_size: int) ->
   from llm4rec_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.train import optimizer as optimizer_lib  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.train import state as state_lib, trainer  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.train import experiment  # pylint: disable=import-outside-toplevel
   steps = 3 if args.quick else args.steps
   if args.dataset == 'random':
     config = load_config('synthetic', preset)
@@ -138,7 +139,7 @@ def run_one(args, preset: str, variant: str, attention: str, batch_size: int) ->
     config.model.item_repr = 'both'
     config.model.cross_attention_every = 1
   apply_overrides(config, args.set)
-  exp = trainer.build_experiment(config, '/tmp/unused')
+  exp = experiment.build_experiment(config, '/tmp/unused')
   bs, max_len = config.train.batch_size, config.data.max_len
   if args.dataset == 'random':
     windows = random_windows(exp.dataset.num_items, bs * (steps + 2), max_len, args.seed)
@@ -148,7 +149,7 @@ def run_one(args, preset: str, variant: str, attention: str, batch_size: int) ->
   tx, schedule = optimizer_lib.make_optimizer(config.optimizer, 1000)
   _, shardings = state_lib.state_shardings(exp.spec, tx)
   state = state_lib.init_train_state(exp.spec, tx, 0, shardings)
-  max_targets = trainer.auto_max_targets(windows, bs)
+  max_targets = experiment.auto_max_targets(windows, bs)
   step = trainer.make_train_step(exp, tx, schedule, shardings, max_targets)
   ds = pipeline.train_dataset(windows, users, global_batch_size=bs, seed=args.seed, num_epochs=None)
   it = iter(ds)

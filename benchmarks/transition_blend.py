@@ -26,7 +26,7 @@ import val_test_gap  # noqa: E402  pylint: disable=wrong-import-position
 
 from llm4rec_jax import config_base, metrics as metrics_lib  # noqa: E402
 from llm4rec_jax.data import pipeline  # noqa: E402
-from llm4rec_jax.train import trainer  # noqa: E402
+from llm4rec_jax.train import experiment  # noqa: E402
 
 
 transition_counts = val_test_gap.transition_counts
@@ -59,11 +59,11 @@ def main() -> None:
   weights = [float(w) for w in args.weights.split(',')]
   record = provenance.start()
   config = config_base.load(args.workdir)
-  exp = trainer.build_experiment(config, args.workdir)
+  exp = experiment.build_experiment(config, args.workdir)
   if exp.split is None:
     raise SystemExit(f'{args.workdir}: trained from prepared records (data.name={config.data.name});'
                      ' the blend needs the in-memory split')
-  step, params = trainer.restore_params(exp, 'best')
+  step, params = experiment.restore_params(exp, 'best')
   model = nnx.merge(exp.spec.graphdef, params)
   num_items = exp.spec.cfg.num_items
   trans = transition_counts(exp.split.train, num_items)

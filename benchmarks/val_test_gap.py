@@ -34,7 +34,7 @@ import provenance  # noqa: E402  pylint: disable=wrong-import-position
 from llm4rec_jax import config_base, metrics as metrics_lib  # noqa: E402
 from llm4rec_jax import workdir as workdir_lib  # noqa: E402
 from llm4rec_jax.data import pipeline, splits  # noqa: E402
-from llm4rec_jax.train import trainer  # noqa: E402
+from llm4rec_jax.train import experiment  # noqa: E402
 
 CASES = ('train_last', 'valid', 'test_skip', 'test')
 
@@ -128,11 +128,11 @@ def main() -> None:
   args = p.parse_args()
   record = provenance.start()
   config = config_base.load(args.workdir)
-  exp = trainer.build_experiment(config, args.workdir)
+  exp = experiment.build_experiment(config, args.workdir)
   if exp.split is None:
     raise SystemExit(f'{args.workdir}: trained from prepared records (data.name={config.data.name});'
                      ' this diagnosis needs the in-memory leave-one-out split')
-  step, params = trainer.restore_params(exp, args.checkpoint)
+  step, params = experiment.restore_params(exp, args.checkpoint)
   num_items = exp.spec.cfg.num_items
   sets = case_sets(exp.split)
   rank_fn = exp.rank_fn()

@@ -27,6 +27,7 @@ from llm4rec_jax import config_base, partitioning
 from llm4rec_jax.errors import Llm4RecError
 from llm4rec_jax.train import optimizer as optimizer_lib
 from llm4rec_jax.train import state as state_lib
+from llm4rec_jax.train import experiment
 from llm4rec_jax.train import trainer
 from llm4rec_jax.train.checkpointing import abstract_with_shardings
 
@@ -107,7 +108,7 @@ def compile_train_step(config: ml_collections.ConfigDict, devices: list[Any], *,
   spec = state_lib.build_model_spec(cfg, mesh, config.mesh.rules)
   tx, schedule = optimizer_lib.make_optimizer(config.optimizer, 1000)
   abstract, shardings = state_lib.state_shardings(spec, tx)
-  exp = trainer.Experiment(config=config, workdir=pathlib.Path('.'), dataset=None, split=None,
+  exp = experiment.Experiment(config=config, workdir=pathlib.Path('.'), dataset=None, split=None,
                            mesh=mesh, spec=spec)
   batch_size, max_len = config.train.batch_size, config.data.max_len
   max_targets = config.loss.max_targets_per_batch or batch_size * max_len

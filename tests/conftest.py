@@ -66,8 +66,8 @@ def popularity_ndcg(config, workdir, which: str = 'test', k: int = 10) -> float:
   end-to-end "it trains" test must clear."""
   import numpy as np  # pylint: disable=import-outside-toplevel
   from llm4rec_jax import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
-  from llm4rec_jax.train import trainer  # pylint: disable=import-outside-toplevel
-  exp = trainer.build_experiment(config, workdir)
+  from llm4rec_jax.train import experiment  # pylint: disable=import-outside-toplevel
+  exp = experiment.build_experiment(config, workdir)
   num_items = exp.spec.cfg.num_items
   counts = np.bincount(np.concatenate([np.asarray(s) for s in exp.split.train]),
                        minlength=num_items + 1)[:num_items + 1].astype(float)

@@ -11,6 +11,7 @@ from llm4rec_jax.errors import ConfigError
 from llm4rec_jax.model import decoder as decoder_lib
 from llm4rec_jax.model.layers import CausalFilter
 from llm4rec_jax.train import trainer
+from llm4rec_jax.train import experiment
 
 
 def _reference(x, valid, tau, gain, lags):
@@ -90,6 +91,6 @@ def test_training_with_filter_learns_its_parameters(tmp_path):
                      'optimizer.learning_rate': 1e-2})
   metrics = trainer.train_and_evaluate(c, tmp_path)
   assert metrics['test']['ndcg@10'] > 1.3 * popularity_ndcg(c, tmp_path)
-  _, params = trainer.restore_params(trainer.build_experiment(c, tmp_path), 'latest')
+  _, params = experiment.restore_params(experiment.build_experiment(c, tmp_path), 'latest')
   taus = [np.asarray(params['blocks'][i]['filter']['log_tau']) for i in params['blocks']]
   assert all(not np.allclose(t, np.log(4.0)) for t in taus)  # the cut-offs moved from their init

@@ -1,6 +1,5 @@
 """Attributions on models whose answer is known by construction, completeness, deletion metric."""
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp

@@ -267,11 +267,12 @@ def test_backbone_switch_gives_the_item_decoder_the_checkpoint_blocks(tmp_path):
   over item tokens equal the numpy reference fed the same item rows."""
   from conftest import tiny_config  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.train import optimizer as optimizer_lib  # pylint: disable=import-outside-toplevel
-  from llm4rec_jax.train import state as state_lib, trainer  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.train import experiment  # pylint: disable=import-outside-toplevel
   hf_config, tensors = write_checkpoint(tmp_path / 'llm', 'llama', shards=2)
   config = tiny_config(**{'model.backbone': str(tmp_path / 'llm'), 'model.dropout': 0.0,
                           'mesh.shape': (2, 2, 2)})
-  exp = trainer.build_experiment(config, tmp_path / 'wd')
+  exp = experiment.build_experiment(config, tmp_path / 'wd')
   cfg = exp.spec.cfg
   assert (cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.kv_heads, cfg.dim_per_head,
           cfg.ffn_dim) == (D, LAYERS, HEADS, KV, HD, FFN)
@@ -315,7 +316,7 @@ def test_backbone_trains_and_evaluates_without_the_checkpoint(tmp_path):
 def test_backbone_families_it_cannot_take_fail_naming_the_field(tmp_path, model_type, message):
   from conftest import tiny_config  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
-  from llm4rec_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.train import experiment  # pylint: disable=import-outside-toplevel
   write_checkpoint(tmp_path / 'llm', model_type)
   with pytest.raises(ConfigError, match=f'model.backbone.*{message}'):
-    trainer.build_experiment(tiny_config(**{'model.backbone': str(tmp_path / 'llm')}), tmp_path)
+    experiment.build_experiment(tiny_config(**{'model.backbone': str(tmp_path / 'llm')}), tmp_path)

@@ -179,12 +179,13 @@ def backbone_hidden(tmp_path, ckpt):
   recorded in the saved workdir config, its item table and items [batch, seq] -> hidden states."""
   from conftest import tiny_config  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.train import optimizer as optimizer_lib  # pylint: disable=import-outside-toplevel
-  from llm4rec_jax.train import state as state_lib, trainer  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.train import experiment  # pylint: disable=import-outside-toplevel
   from llm4rec_jax import config_base  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.model import decoder  # pylint: disable=import-outside-toplevel
   config = tiny_config(**{'model.backbone': str(ckpt), 'model.dropout': 0.0,
                           'mesh.shape': (2, 2, 2)})
-  exp = trainer.build_experiment(config, tmp_path / 'wd')
+  exp = experiment.build_experiment(config, tmp_path / 'wd')
   (tmp_path / 'wd').mkdir(exist_ok=True)
   config_base.save(config, tmp_path / 'wd')  # evaluation rebuilds the model from this alone
   saved = config_base.load(tmp_path / 'wd').model

@@ -13,6 +13,7 @@ from llm4rec_jax.data.prepare import source
 from llm4rec_jax.errors import ConfigError
 from llm4rec_jax.train import state as state_lib
 from llm4rec_jax.train import trainer
+from llm4rec_jax.train import experiment
 
 RANKING = ('hr@1', 'hr@10', 'ndcg@10', 'mrr', 'num_cases')
 
@@ -61,7 +62,7 @@ def test_records_evaluation_equals_the_in_memory_path(data_dir, tmp_path, max_ca
   for run, name in (('memory', 'ml-100k'), ('from_records', f'records:{tmp_path / "records"}')):
     workdir = tmp_path / run
     workdir.mkdir()
-    exp = trainer.build_experiment(tiny_config(**{**overrides, 'data.name': name}), workdir)
+    exp = experiment.build_experiment(tiny_config(**{**overrides, 'data.name': name}), workdir)
     params = state_lib.init_params(exp.spec, seed=3)
     results.append(trainer._final_metrics(exp, exp.rank_fn(), params, step=0))  # pylint: disable=protected-access
   memory, again = results
@@ -74,7 +75,7 @@ def test_records_evaluation_equals_the_in_memory_path(data_dir, tmp_path, max_ca
   for all_windows in (False, True):
     windows, _ = pipeline.make_windows(splits.leave_one_out(ds).train, 100, all_windows=all_windows)
     assert records.auto_max_targets(lengths, 100, 256, all_windows=all_windows) == (
-        trainer.auto_max_targets(windows, 256))
+        experiment.auto_max_targets(windows, 256))
 
 
 @pytest.mark.parametrize('field, value', [
@@ -83,5 +84,5 @@ def test_records_evaluation_equals_the_in_memory_path(data_dir, tmp_path, max_ca
     ('eval.save_rankings', True)])
 def test_records_refuse_what_needs_the_whole_dataset(synthetic_records, tmp_path, field, value):
   with pytest.raises(ConfigError) as e:
-    trainer.build_experiment(records_config(synthetic_records, **{field: value}), tmp_path)
+    experiment.build_experiment(records_config(synthetic_records, **{field: value}), tmp_path)
   assert e.value.field == field and 'records:' in str(e.value)

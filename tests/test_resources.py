@@ -8,6 +8,7 @@ import pytest
 from conftest import tiny_config
 from llm4rec_jax.errors import CheckpointError, ConfigError
 from llm4rec_jax.train import checkpointing, memory, trainer
+from llm4rec_jax.train import experiment
 
 
 def test_memory_check_names_the_largest_term_and_its_setting():
@@ -30,11 +31,11 @@ def test_a_run_that_cannot_fit_stops_before_allocating(tmp_path, monkeypatch):
 
 def test_run_memory_counts_the_chunked_logits():
   config = tiny_config()
-  exp = trainer.build_experiment(config, '/tmp/unused')
-  whole = trainer.run_memory(exp, max_targets=4096)['training logits'][0]
+  exp = experiment.build_experiment(config, '/tmp/unused')
+  whole = experiment.run_memory(exp, max_targets=4096)['training logits'][0]
   assert whole == 3 * 4 * 4096 * exp.spec.cfg.vocab_size  # small catalog: no chunking
   config.loss.chunk_targets = 128
-  assert trainer.run_memory(exp, max_targets=4096)['training logits'][0] == whole // 32
+  assert experiment.run_memory(exp, max_targets=4096)['training logits'][0] == whole // 32
 
 
 def test_disk_full_while_checkpointing_is_a_checkpoint_error(tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ from llm4rec_jax.data import pipeline
 from llm4rec_jax.errors import ConfigError
 from llm4rec_jax.retrieval import context as context_lib
 from llm4rec_jax.train import state as state_lib
+from llm4rec_jax.train import experiment as experiment_lib
 from llm4rec_jax.train import trainer
 
 CONTENT = {'content.categorical': 'all', 'content.numeric': 'all', 'content.dense': 'all'}
@@ -28,7 +29,7 @@ def rag_config(**overrides):
 
 @pytest.fixture(scope='module')
 def experiment(tmp_path_factory):
-  return trainer.build_experiment(rag_config(), tmp_path_factory.mktemp('rag'))
+  return experiment_lib.build_experiment(rag_config(), tmp_path_factory.mktemp('rag'))
 
 
 def _batches(exp):

@@ -19,6 +19,7 @@ from llm4rec_jax.errors import ConfigError
 from llm4rec_jax.train import optimizer as optimizer_lib
 from llm4rec_jax.train import state as state_lib
 from llm4rec_jax.train import export, text_finetune, trainer
+from llm4rec_jax.train import experiment
 
 BERT = dict(model_type='bert', hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
             intermediate_size=32, max_position_embeddings=64, type_vocab_size=2,
@@ -65,7 +66,7 @@ def _config(model_dir, cache_dir, **overrides):
 
 
 def _experiment_state(config, tmp_path):
-  exp = trainer.build_experiment(config, tmp_path)
+  exp = experiment.build_experiment(config, tmp_path)
   tx, schedule = optimizer_lib.make_optimizer(config.optimizer, 100, config.text_finetune)
   _, shardings = state_lib.state_shardings(exp.spec, tx)
   state = state_lib.init_train_state(exp.spec, tx, config.seed, shardings)

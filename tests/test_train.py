@@ -18,6 +18,7 @@ from llm4rec_jax import config_base
 from llm4rec_jax.errors import NonFiniteLossError
 from llm4rec_jax.data import pipeline, registry
 from llm4rec_jax.train import checkpointing, losses, trainer
+from llm4rec_jax.train import experiment
 
 
 def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
@@ -169,7 +170,7 @@ def test_ema_weights_are_what_is_evaluated_checkpointed_and_resumed(tmp_path):
   again = trainer.evaluate(config_base.load(tmp_path / 'full'), tmp_path / 'full')
   assert again['test'] == pytest.approx(full['test'], rel=1e-5)
   assert restore.params_key(tmp_path / 'full') == 'ema_params'
-  exp = trainer.build_experiment(config, tmp_path / 'full')
+  exp = experiment.build_experiment(config, tmp_path / 'full')
   ckpt = workdir_lib.checkpoints(tmp_path / 'full', async_save=False)
   step = ckpt.latest_step()
   raw = ckpt.restore_subtree(step, restore.params_target(exp.spec, 'params'))['params']

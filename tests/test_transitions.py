@@ -12,6 +12,7 @@ from llm4rec_jax import config_base, evaluation, transitions
 from llm4rec_jax.errors import ConfigError
 from llm4rec_jax.train import state as state_lib
 from llm4rec_jax.train import trainer
+from llm4rec_jax.train import experiment
 
 
 def _pair_counts(train):
@@ -50,7 +51,7 @@ def test_prior_matches_the_table_rows():
 
 def test_blended_ranks_equal_a_numpy_reference(tmp_path):
   c = tiny_config()
-  exp = trainer.build_experiment(c, tmp_path)
+  exp = experiment.build_experiment(c, tmp_path)
   params = state_lib.init_params(exp.spec, 0)
   arrays = exp.eval_arrays('test')
   w = 1.5
@@ -98,7 +99,7 @@ def test_serving_applies_the_chosen_blend(tmp_path):
   trainer.train_and_evaluate(c, tmp_path)
   table, weight = transitions.load(tmp_path)
   assert weight == 2.0
-  counts = _pair_counts(trainer.build_experiment(c, tmp_path / 'again').split.train)
+  counts = _pair_counts(experiment.build_experiment(c, tmp_path / 'again').split.train)
   last = max(counts, key=counts.get)[0]  # an item with training successors
   blended = serving.Recommender(tmp_path, use_index=False)
   plain = serving.Recommender(tmp_path, use_index=False, transition_weight=0.0)

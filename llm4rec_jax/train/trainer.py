@@ -7,222 +7,32 @@ optimizer, RNG, data iterator) let ``train`` on an existing workdir resume exact
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
 import logging
 import math
 import pathlib
-import signal
-import threading
 import time
 from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 import optax
 from flax import nnx
 
 from llm4rec_jax import beyond_accuracy, config_base, evaluation, partitioning
 from llm4rec_jax import transitions as transitions_lib
 from llm4rec_jax import workdir as workdir_lib
-from llm4rec_jax.data import content as content_lib
-from llm4rec_jax.data import pipeline, records, registry, splits
+from llm4rec_jax.data import pipeline, records
 from llm4rec_jax.data.prepare import source as records_source
-from llm4rec_jax.data.splits import Split
-from llm4rec_jax.debias import objectives as debias_objectives
-from llm4rec_jax.debias import propensity
 from llm4rec_jax.errors import ConfigError, NonFiniteLossError
-from llm4rec_jax.model.semantic_ids import SemanticIds
 from llm4rec_jax.retrieval import context as context_lib
-from llm4rec_jax.train import losses, memory, optimizer as optimizer_lib, restore, semantic_codes
-from llm4rec_jax.train import text_finetune
+from llm4rec_jax.train import memory, optimizer as optimizer_lib, preemption, text_finetune
 from llm4rec_jax.train import state as state_lib
-from llm4rec_jax.train.objective import make_loss_fn
-from llm4rec_jax.train.state import model_config, put_content
 from llm4rec_jax.train.checkpointing import abstract_with_shardings
+from llm4rec_jax.train.experiment import (Experiment, auto_max_targets, build_experiment,
+                                          restore_params, run_memory, write_catalog)
 from llm4rec_jax.train.logger import MetricLogger
-
-
-@dataclasses.dataclass
-class Experiment:
-  """What a config builds: the data split, the mesh, the model spec and the evaluation arrays.
-
-  With ``config.data.name = 'records:DIR'`` the dataset is a ``records.RecordsDataset`` and there is
-  no in-memory split (``split`` is None): every process reads its own training windows and
-  evaluation cases from the prepared shards (``records`` is then the prepared directory).
-  """
-  config: ml_collections.ConfigDict
-  workdir: pathlib.Path
-  dataset: Any
-  split: Split | None
-  mesh: jax.sharding.Mesh
-  spec: state_lib.ModelSpec
-  content_np: content_lib.ItemContent | None = None  # host arrays (saved with the workdir)
-  content: content_lib.ItemContent | None = None  # the same, on device, rows sharded as 'vocab'
-  semantic_ids: SemanticIds | None = None  # item codes of the semantic-ID head
-  debias: debias_objectives.DebiasObjective | None = None  # config.debias (None = off)
-  beyond: beyond_accuracy.Context | None = None  # for the beyond-accuracy metrics
-  timings: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds of setup phases
-  transitions: tuple[jax.Array, jax.Array] | None = None  # successor table, built on first use
-  transition_table: transitions_lib.SuccessorTable | None = None  # the same, on the host
-
-  @property
-  def rules(self):
-    return self.config.mesh.rules
-
-  @property
-  def records(self) -> records_source.Prepared | None:
-    """The prepared directory when training from records, else None."""
-    return self.dataset.prepared if isinstance(self.dataset, records.RecordsDataset) else None
-
-  def put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    """A training batch: this process's block of rows (see ``pipeline.train_dataset``)."""
-    return partitioning.to_global(batch, self.mesh, self.rules)
-
-  def put_whole(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    """An evaluation batch, the same whole batch on every process."""
-    return partitioning.to_global(batch, self.mesh, self.rules, whole=True)
-
-  def eval_arrays(self, which: str) -> pipeline.EvalBatch:
-    """'valid', 'test', or 'test_cold' (test cases whose target was held out of training).
-
-    From records: only this process's cases, in batches of ``eval.batch_size / process_count`` rows
-    (its block of every global batch; see :meth:`evaluate_arrays`).
-    """
-    if self.records is not None:
-      examples = records_source.eval_examples(self.records, which,
-                                              process_index=jax.process_index(),
-                                              process_count=jax.process_count(),
-                                              max_cases=self.config.eval.get('max_cases', 0))
-      return pipeline.eval_arrays(examples, self.config.data.max_len,
-                                  self.config.eval.batch_size // jax.process_count())
-    examples = self.split.valid if which == 'valid' else self.split.test
-    if which == 'test_cold':
-      examples = splits.subset(examples, np.isin(examples.targets, self.split.cold_items))
-    examples = splits.sample(examples, self.config.eval.get('max_cases', 0))
-    return pipeline.eval_arrays(examples, self.config.data.max_len, self.config.eval.batch_size)
-
-  def evaluate_arrays(self, rank_fn, params, arrays: pipeline.EvalBatch, content=None):
-    """(metrics, ranks, top items) of ``arrays`` (from :meth:`eval_arrays`): whole batches on every
-    process, or, from records, each process's own cases as its block of every global batch."""
-    c = self.config
-    if self.records is not None:
-      return evaluation.evaluate_process_blocks(rank_fn, params, arrays,
-                                                c.eval.batch_size // jax.process_count(), self.put,
-                                                c.eval.ks, content=content)
-    return evaluation.evaluate_arrays(rank_fn, params, arrays, c.eval.batch_size, self.put_whole,
-                                      c.eval.ks, content=content)
-
-  def rank_fn(self, exclude_seen: bool | None = None, transition_weight: float = 0.0):
-    """The jitted ranking of evaluation; ``transition_weight`` > 0 blends in the training
-    transitions of each case's newest item (``llm4rec_jax.transitions``)."""
-    exclude = self.config.eval.exclude_seen if exclude_seen is None else exclude_seen
-    trie = None
-    if self.semantic_ids is not None:
-      trie = jax.device_put(self.semantic_ids.trie(), self.spec.replicated)
-    if transition_weight and self.transitions is None:
-      table = transitions_lib.successor_table(self.split.train, self.spec.cfg.vocab_size)
-      self.transition_table = table
-      self.transitions = (jax.device_put(table.ids, self.spec.replicated),
-                          jax.device_put(table.weights, self.spec.replicated))
-    return evaluation.make_rank_fn(self.spec.graphdef, exclude_seen=exclude,
-                                   top_k=max(self.config.eval.ks), trie=trie,
-                                   beam_size=self.config.semantic_ids.beam_size,
-                                   score_bias=self.debias.inference_bias if self.debias else None,
-                                   transitions=self.transitions if transition_weight else None,
-                                   transition_weight=float(transition_weight))
-
-
-def build_experiment(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Experiment:
-  """Validates the config, loads and splits the data, builds the mesh and the model spec."""
-  config_base.validate(config, jax.device_count())
-  workdir = pathlib.Path(workdir)
-  if records.is_records(config.data.name):
-    return _records_experiment(config, workdir)
-  t0 = time.perf_counter()
-  ds = registry.load(config.data)
-  t1 = time.perf_counter()
-  split = registry.split(ds, config.data)
-  timings = {'load_seconds': t1 - t0, 'split_seconds': time.perf_counter() - t1}
-  mesh = partitioning.make_mesh(config.mesh)
-  cfg = model_config(config, ds.num_items, mesh)
-  debias = debias_objectives.build(config, ds, split.train, cfg.vocab_size)
-  if debias is not None and debias.fairness == 'adversarial':
-    cfg = dataclasses.replace(cfg, adversary_classes=debias.num_groups)
-  beyond = (beyond_accuracy.build_context(ds, split.train, head_fraction=config.debias.head_fraction,
-                                          group_attributes=config.debias.group_attributes)
-            if config.debias.beyond_accuracy else None)
-  train_items = np.unique(np.concatenate([s for s in split.train if len(s)]))
-  content_np, content_spec = content_lib.load_item_content(config, ds.items, cfg.vocab_size,
-                                                           train_items)
-  cfg = dataclasses.replace(cfg, content=content_spec)
-  if text_finetune.enabled(config):
-    cfg = dataclasses.replace(cfg, text_encoder=text_finetune.encoder_config(config))
-  sid = None
-  if cfg.head == 'semantic_id':
-    sid = semantic_codes.load_or_build(config, workdir, ds.items,
-                                       write=jax.process_index() == 0)
-    content_np = dataclasses.replace(content_np or content_lib.ItemContent(),
-                                     codes=semantic_codes.code_rows(sid, cfg.vocab_size))
-    cfg = dataclasses.replace(cfg, codebook_sizes=sid.codebook_sizes)
-  spec = state_lib.build_model_spec(cfg, mesh, config.mesh.rules)
-  content = (put_content(content_np, mesh, config.mesh.rules)
-             if content_np is not None and (cfg.uses_content or sid is not None) else None)
-  return Experiment(config, workdir, ds, split, mesh, spec, content_np, content, sid, debias,
-                    beyond, timings)
-
-
-def _records_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Experiment:
-  """The experiment of a prepared directory (``records:DIR``): sizes and item ids only, no split."""
-  records.check_config(config)
-  for field, size in (('train.batch_size', config.train.batch_size),
-                      ('eval.batch_size', config.eval.batch_size)):
-    if size % jax.process_count():
-      raise ConfigError(field, f'{size} is not divisible by the {jax.process_count()} processes')
-  if config.debias.beyond_accuracy:
-    # On by default; it needs every user's training items on one host.
-    logging.warning('debias.beyond_accuracy is skipped when training from %s', config.data.name)
-  t0 = time.perf_counter()
-  ds = registry.load(config.data)
-  timings = {'load_seconds': time.perf_counter() - t0, 'split_seconds': 0.0}
-  mesh = partitioning.make_mesh(config.mesh)
-  cfg = model_config(config, ds.num_items, mesh)
-  spec = state_lib.build_model_spec(cfg, mesh, config.mesh.rules)
-  return Experiment(config, workdir, ds, None, mesh, spec, timings=timings)
-
-
-def auto_max_targets(windows: np.ndarray, batch_size: int) -> int:
-  """A static per-batch target budget that a random batch exceeds with negligible probability."""
-  counts = ((windows[:, 1:] > 0) & (windows[:, :-1] > 0)).sum(axis=1).astype(np.float64)
-  budget = counts.mean() * batch_size + 6.0 * counts.std() * math.sqrt(batch_size) + 64
-  budget = int(math.ceil(budget / 128) * 128)
-  return min(budget, batch_size * (windows.shape[1] - 1))
-
-
-def run_memory(exp: Experiment, max_targets: int) -> dict[str, tuple[int, str]]:
-  """The largest allocations still to come in a run, (bytes, the setting that sizes them), for
-  :func:`memory.check`. Device-side terms count only on the CPU backend, where device memory is
-  host memory (accelerator memory is what ``llm4rec_jax.aot`` checks)."""
-  c, vocab = exp.config, exp.spec.cfg.vocab_size
-  if exp.records is not None:  # this process's share of the cases
-    eligible = int((exp.records.lengths >= 3).sum())
-    cases = 2 * -(-min(eligible, c.eval.get('max_cases', 0) or eligible) // jax.process_count())
-  else:
-    cases = sum(min(len(e), c.eval.get('max_cases', 0) or len(e))
-                for e in (exp.split.valid, exp.split.test))
-  terms = {'evaluation inputs': (cases * c.data.max_len * 4, 'data.max_len')}
-  if jax.default_backend() == 'cpu':
-    chunk = c.loss.get('chunk_targets', -1)
-    rows = losses.auto_chunk_targets(max_targets, vocab) if chunk < 0 else chunk
-    # Logits, their gradient and the softmax in between.
-    terms['training logits'] = (3 * 4 * (rows or max_targets) * vocab,
-                                'loss.chunk_targets' if chunk >= 0 else 'train.batch_size')
-    terms['evaluation scores'] = (4 * 4 * c.eval.batch_size * vocab, 'eval.batch_size')
-    # Parameters, gradients and two Adam moments.
-    terms['parameters and optimizer state'] = (4 * 4 * exp.spec.num_params(), 'model.d_model')
-  return terms
+from llm4rec_jax.train.objective import make_loss_fn
 
 
 def make_train_step(exp: Experiment, tx: optax.GradientTransformation, schedule, shardings,
@@ -274,62 +84,6 @@ def make_train_step(exp: Experiment, tx: optax.GradientTransformation, schedule,
                  out_shardings=(shardings, exp.spec.replicated), donate_argnums=(0,))
 
 
-class _StopFlag:
-  """Set by SIGTERM/SIGINT so the loop can save a checkpoint and exit cleanly."""
-
-  def __init__(self):
-    self.signal: int | None = None
-
-  @contextlib.contextmanager
-  def installed(self):
-    if threading.current_thread() is not threading.main_thread():
-      yield self
-      return
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    for s in previous:
-      signal.signal(s, lambda signum, _frame: setattr(self, 'signal', signum))
-    try:
-      yield self
-    finally:
-      for s, handler in previous.items():
-        signal.signal(s, handler)
-
-  def agreed(self, step: int, every: int) -> int | None:
-    """The signal to stop on at ``step``, the same on every process.
-
-    A preemption may reach the processes of a multi-host run at different steps, and a process that
-    left the loop alone would hang the others in their next collective. So with several processes
-    the flags are compared on every ``every``-th step (log steps, which sync the host anyway) and
-    all processes stop at the same step.
-    """
-    if jax.process_count() == 1:
-      return self.signal
-    if step % every:
-      return None
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    flags = multihost_utils.process_allgather(np.int32(self.signal or 0))
-    return int(np.max(flags)) or None
-
-
-def _write_catalog(exp: Experiment) -> None:
-  items = exp.dataset.items
-  titles = items.text.get('title')
-  payload = {'raw_ids': [str(r) for r in items.raw_ids],
-             'titles': list(titles) if titles is not None else None,
-             'num_items': exp.dataset.num_items}
-  if exp.split is not None:  # records: no process holds every training sequence, so none
-    # Interactions per item, for serving's popularity adjustment (adjust_strength).
-    payload['train_counts'] = propensity.item_counts(
-        exp.split.train, exp.dataset.num_items).astype(int).tolist()
-  workdir_lib.write_catalog(exp.workdir, payload)
-  if exp.content_np is not None and exp.content is not None:
-    # Serving needs the content arrays too (it never reads the dataset).
-    if exp.spec.cfg.text_encoder is not None:
-      workdir_lib.write_encoder_config(exp.workdir, exp.spec.cfg.text_encoder)
-    workdir_lib.write_content(exp.workdir, exp.content_np,
-                              exp.spec.cfg.content or content_lib.ContentSpec())
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                        *, stop_after_steps: int | None = None) -> dict[str, Any]:
   """Trains (resuming from ``workdir`` if it holds checkpoints), then evaluates the best checkpoint.
@@ -347,7 +101,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   is_main = jax.process_index() == 0
   if is_main:
     config_base.save(config, workdir)
-    _write_catalog(exp)
+    write_catalog(exp)
   tc = config.train
 
   train_ds, steps_per_epoch, max_targets = _train_input(exp)
@@ -396,7 +150,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                    processes=jax.process_count(), **exp.timings,
                    mesh=dict(exp.mesh.shape), **exp.dataset.summary()))
 
-  stop = _StopFlag()
+  stop = preemption.StopFlag()
   last_valid: tuple[int, dict] | None = None  # (step, metrics) of the latest validation
   warm: tuple[int, float, float] | None = None  # (step, time, eval seconds) after the first log
   pending: list[tuple[int, dict]] = []
@@ -665,14 +419,3 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
   exp = build_experiment(config, workdir)
   step, params = restore_params(exp, checkpoint)
   return _final_metrics(exp, exp.rank_fn(), params, step=step)
-
-
-def restore_params(exp: Experiment, checkpoint: str = 'best') -> tuple[int, Any]:
-  """(step, parameters) of a checkpoint of ``exp.workdir`` ('best', 'latest' or a step number);
-  with a fine-tuned text encoder, ``exp.content`` becomes that checkpoint's item text table."""
-  chunk = (exp.config.text_finetune.encode_batch_size if exp.spec.cfg.text_encoder is not None
-           else 0)
-  step, params, content = restore.restore_params(exp.workdir, exp.spec, checkpoint, exp.content,
-                                                 chunk)
-  exp.content = content
-  return step, params
