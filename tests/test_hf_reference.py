@@ -26,7 +26,16 @@ transformers = pytest.importorskip('transformers')
 
 VOCAB, NUM_ITEMS = 96, 11
 CONFIG_CLASSES = {'llama': 'LlamaConfig', 'mistral': 'MistralConfig', 'qwen2': 'Qwen2Config',
-                  'qwen3': 'Qwen3Config', 'gemma': 'GemmaConfig'}
+                  'qwen3': 'Qwen3Config', 'gemma': 'GemmaConfig', 'gemma2': 'Gemma2Config',
+                  'gemma3_text': 'Gemma3TextConfig'}
+FAMILIES = list(CONFIG_CLASSES)
+WINDOW = 4  # Mistral's and the Gemma 2/3 local layers' sliding window, shorter than the sequences
+# Gemma 2/3: a local (sliding) and a global layer; caps and a query scale small enough to matter.
+GEMMA23 = dict(layer_types=['sliding_attention', 'full_attention'], sliding_window=WINDOW,
+               query_pre_attn_scalar=12, final_logit_softcapping=3.0)
+# Gemma 3: each layer type its own rotary base; linear rope scaling on the global layer.
+GEMMA3_ROPE = {'full_attention': dict(rope_type='linear', factor=4.0, rope_theta=500.0),
+               'sliding_attention': dict(rope_type='default', rope_theta=50.0)}
 TOL = dict(rtol=1e-4, atol=1e-4)
 
 
@@ -36,9 +45,14 @@ def hf_config(family: str, **overrides):
                 num_attention_heads=4, num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-5,
                 max_position_embeddings=256, rope_theta=500.0, tie_word_embeddings=False)
   if family == 'mistral':
-    fields['sliding_window'] = 4  # shorter than the test sequences, so the window matters
+    fields['sliding_window'] = WINDOW  # shorter than the test sequences, so the window matters
   if family == 'gemma':
     fields.update(tie_word_embeddings=True, hidden_activation='gelu_pytorch_tanh')
+  if family == 'gemma2':
+    fields.update(GEMMA23, attn_logit_softcapping=5.0)
+  if family == 'gemma3_text':
+    del fields['rope_theta']
+    fields.update(GEMMA23, tie_word_embeddings=True, rope_parameters=GEMMA3_ROPE)
   fields.update(overrides)
   return getattr(transformers, CONFIG_CLASSES[family])(**fields)
 
@@ -137,10 +151,20 @@ def check_family_parts(model, family):
   """The parts that set the family apart are there in transformers' model (and so tested)."""
   attn = model.model.layers[0].self_attn
   assert (attn.q_proj.bias is not None) == (family == 'qwen2')
-  assert hasattr(attn, 'q_norm') == (family == 'qwen3')
+  assert hasattr(attn, 'q_norm') == (family in ('qwen3', 'gemma3_text'))
+  layer = model.model.layers[0]
+  assert hasattr(layer, 'post_feedforward_layernorm') == (family in ('gemma2', 'gemma3_text'))
+  if family in ('gemma2', 'gemma3_text'):  # a local and a global layer
+    assert [l.self_attn.sliding_window for l in model.model.layers] == [WINDOW, None]
+    assert attn.scaling == 12 ** -0.5 and model.config.final_logit_softcapping == 3.0
+  if family == 'gemma2':
+    assert attn.attn_logit_softcapping == 5.0
+  if family == 'gemma3_text':
+    rope = model.model.rotary_emb
+    assert rope.rope_type == {'full_attention': 'linear', 'sliding_attention': 'default'}
 
 
-@pytest.mark.parametrize('family', ['llama', 'mistral', 'qwen2', 'qwen3', 'gemma'])
+@pytest.mark.parametrize('family', FAMILIES)
 def test_text_logits_match_transformers(tmp_path, mesh, family):
   model, _ = save_reference(tmp_path, family)
   check_family_parts(model, family)
@@ -203,7 +227,9 @@ def check_backbone_hidden(tmp_path, ckpt, model, *, seq: int = 12, seed: int = 2
   item sequence is left-padded (item id 0); returns the decoder's config."""
   cfg, table, ours = backbone_hidden(tmp_path, ckpt)
   items = np.random.default_rng(seed).integers(1, 100, seq).astype(np.int32)
-  want = hf_hidden(model, table[items][None])[0]
+  # Gemma's embedding module scales by sqrt(d_model); inputs_embeds bypass it.
+  scale = cfg.d_model ** 0.5 if cfg.embed_scale else 1.0
+  want = hf_hidden(model, scale * table[items][None])[0]
   np.testing.assert_allclose(ours(items[None])[0], want, **TOL)
   rows, _ = left_padded(items, (0, 4))
   got = ours(rows)
@@ -211,13 +237,24 @@ def check_backbone_hidden(tmp_path, ckpt, model, *, seq: int = 12, seed: int = 2
   return cfg
 
 
-@pytest.mark.parametrize('family', ['llama', 'mistral', 'qwen2', 'qwen3'])
+@pytest.mark.parametrize('family', FAMILIES)
 def test_backbone_hidden_states_match_transformers(tmp_path, family):
-  extra = dict(sliding_window=64) if family == 'mistral' else {}  # longer than data.max_len
-  model, _ = save_reference(tmp_path / 'llm', family, **extra)
+  """The item decoder takes every family's blocks; windows (4) are shorter than the 12 items."""
+  model, _ = save_reference(tmp_path / 'llm', family)
   check_family_parts(model, family)
   cfg = check_backbone_hidden(tmp_path, tmp_path / 'llm', model)
-  assert (cfg.attention_bias, cfg.qk_norm) == (family == 'qwen2', family == 'qwen3')
+  gemma = family.startswith('gemma')
+  assert (cfg.attention_bias, cfg.qk_norm) == (family == 'qwen2', family in ('qwen3', 'gemma3_text'))
+  assert (cfg.embed_scale, cfg.activation) == (gemma, 'gelu_tanh' if gemma else 'silu')
+  assert cfg.post_norms == (family in ('gemma2', 'gemma3_text'))
+  windowed = {'mistral': ('sliding_attention',) * 2,
+              'gemma2': tuple(GEMMA23['layer_types']), 'gemma3_text': tuple(GEMMA23['layer_types'])}
+  assert cfg.layer_types == windowed.get(family, ())
+  assert cfg.sliding_window == (WINDOW if cfg.layer_types else 0)
+  assert cfg.attn_softcap == (5.0 if family == 'gemma2' else 0.0)
+  if family == 'gemma3_text':
+    assert (cfg.rope_theta, cfg.rope_scaling) == (500.0, ('linear', 4.0))
+    assert (cfg.local_rope_theta, cfg.local_rope_scaling) == (50.0, ())
 
 
 LLAMA3 = dict(rope_type='llama3', factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
