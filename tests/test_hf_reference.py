@@ -281,3 +281,104 @@ def test_llama3_rope_scaling_matches_transformers(tmp_path, mesh):
   path.write_text(json.dumps(old_layout))
   cfg = check_backbone_hidden(tmp_path, ckpt, model)
   assert cfg.rope_scaling == ('llama3', 8.0, 1.0, 4.0, 16.0)
+
+
+def rewrite_config(ckpt, **changes):
+  """Rewrites ``ckpt``'s config.json with fields changed (None removes a field)."""
+  path = ckpt / 'config.json'
+  raw = json.loads(path.read_text())
+  raw.update(changes)
+  path.write_text(json.dumps({k: v for k, v in raw.items() if v is not None}))
+
+
+def test_gemma2_features_each_matter(tmp_path, mesh):
+  """Gemma 2 over 12 tokens: attention and final soft-capping, the local window and the query
+  scale each change the logits, so matching transformers (test_text_logits_match_transformers)
+  checks every one of them; a config.json without layer_types (older checkpoints) alternates
+  sliding and full layers as transformers does."""
+  model, _ = save_reference(tmp_path, 'gemma2')
+  want = hf_logits(model, text_tokens()[None])
+  ours = lambda: our_logits(tmp_path, mesh, text_tokens()[None])
+  rewrite_config(tmp_path, layer_types=None)
+  np.testing.assert_allclose(ours(), want, **TOL)
+  for change in [dict(attn_logit_softcapping=None), dict(final_logit_softcapping=None),
+                 dict(layer_types=['full_attention'] * 2), dict(query_pre_attn_scalar=8)]:
+    original = {k: json.loads((tmp_path / 'config.json').read_text()).get(k) for k in change}
+    rewrite_config(tmp_path, **change)
+    assert np.abs(ours() - want).max() > 1e-2, change
+    rewrite_config(tmp_path, **original)
+  # Missing caps take transformers' Gemma 2 defaults (50, 30), not "off".
+  rewrite_config(tmp_path, attn_logit_softcapping=None, final_logit_softcapping=None)
+  cfg = hf_import.read_config(tmp_path, num_items=1)
+  assert (cfg.attn_softcap, cfg.final_softcap, cfg.layer_types) == (
+      50.0, 30.0, ('sliding_attention', 'full_attention'))
+
+
+def test_gemma3_rope_per_layer_type_and_older_config_layout(tmp_path, mesh):
+  """Gemma 3 over 20 tokens: the global layer's linear rope scaling and the local layer's own
+  rotary base each matter; the older config.json layout (rope_theta + rope_scaling for global
+  layers, rope_local_base_freq, sliding_window_pattern instead of layer_types), as published
+  Gemma 3 checkpoints have it, gives transformers' logits too, and so does the training backbone."""
+  ckpt = tmp_path / 'llm'
+  model, _ = save_reference(ckpt, 'gemma3_text')
+  want = check_text_logits(ckpt, mesh, model, seq=20)
+  ours = lambda: our_logits(ckpt, mesh, text_tokens(20)[None])
+  rope = GEMMA3_ROPE
+  rewrite_config(ckpt, rope_parameters=None, layer_types=None, sliding_window_pattern=2,
+                 rope_theta=rope['full_attention']['rope_theta'],
+                 rope_scaling=dict(rope_type='linear', factor=rope['full_attention']['factor']),
+                 rope_local_base_freq=rope['sliding_attention']['rope_theta'])
+  np.testing.assert_allclose(ours(), want, **TOL)
+  cfg = check_backbone_hidden(tmp_path, ckpt, model)
+  assert cfg.layer_types == ('sliding_attention', 'full_attention')
+  for change in [dict(rope_scaling=None), dict(rope_local_base_freq=500.0)]:
+    raw = json.loads((ckpt / 'config.json').read_text())
+    rewrite_config(ckpt, **change)
+    assert np.abs(ours() - want).max() > 1e-2, change
+    (ckpt / 'config.json').write_text(json.dumps(raw))
+
+
+@pytest.mark.parametrize('change,message', [
+    (dict(attn_logit_softcapping=30.0), 'attn_logit_softcapping=30.0 is not supported for '
+     'gemma3_text'),
+    (dict(use_bidirectional_attention=True), 'use_bidirectional_attention=true'),
+    (dict(layer_types=['sliding_attention']), r"layer_types=\['sliding_attention'\]: need one"),
+    (dict(sliding_window=None), 'sliding_window=None: layer_types has sliding_attention'),
+    (dict(rope_parameters={'rope_type': 'default', 'rope_theta': 10.0}), 'rope_parameters: Gemma 3'),
+    (dict(model_type='gemma3'), "model_type='gemma3' .*gemma3_text checkpoints"),
+])
+def test_gemma3_config_features_it_cannot_apply_fail_naming_the_field(tmp_path, mesh, change,
+                                                                      message):
+  """What transformers would apply (or, for the soft-capping, silently ignore) but these blocks
+  cannot: an error naming config.json's field, from load_hf_decoder and from model.backbone."""
+  from conftest import tiny_config  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.errors import DataError  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  ckpt = tmp_path / 'llm'
+  save_reference(ckpt, 'gemma3_text')
+  raw = json.loads((ckpt / 'config.json').read_text())
+  (ckpt / 'config.json').write_text(json.dumps({**raw, **change}))
+  with pytest.raises(DataError, match=f'config.json: field {message}'):
+    hf_import.load_hf_decoder(ckpt, num_items=NUM_ITEMS, mesh=mesh, rules=DEFAULT_RULES)
+  with pytest.raises(DataError, match=f'config.json: field {message}'):
+    trainer.build_experiment(tiny_config(**{'model.backbone': str(ckpt)}), tmp_path / 'wd')
+
+
+def test_gemma2_backbone_trains_and_evaluates_without_the_checkpoint(tmp_path):
+  """A few training steps from a transformers-saved Gemma 2 (model.backbone): finite metrics, and
+  evaluation from the workdir alone (the checkpoint deleted) gives the same numbers."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  from conftest import tiny_config  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax import config_base  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  save_reference(tmp_path / 'llm', 'gemma2')
+  config = tiny_config(**{'model.backbone': str(tmp_path / 'llm'), 'train.max_steps': 6,
+                          'train.eval_every': 6})
+  result = trainer.train_and_evaluate(config, tmp_path / 'wd')
+  assert np.isfinite(result['test']['ndcg@10'])
+  saved = config_base.load(tmp_path / 'wd')
+  assert saved.model.backbone_type == 'gemma2' and saved.model.attn_softcap == 5.0
+  assert tuple(saved.model.layer_types) == ('sliding_attention', 'full_attention')
+  shutil.rmtree(tmp_path / 'llm')
+  again = trainer.evaluate(saved, tmp_path / 'wd')
+  assert again['test']['ndcg@10'] == pytest.approx(result['test']['ndcg@10'], abs=1e-6)
