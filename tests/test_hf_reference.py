@@ -382,3 +382,40 @@ def test_gemma2_backbone_trains_and_evaluates_without_the_checkpoint(tmp_path):
   shutil.rmtree(tmp_path / 'llm')
   again = trainer.evaluate(saved, tmp_path / 'wd')
   assert again['test']['ndcg@10'] == pytest.approx(result['test']['ndcg@10'], abs=1e-6)
+
+
+@pytest.mark.parametrize('family', ['gemma2', 'gemma3_text'])
+def test_gemma_next_token_loss_and_gradients_match_transformers(tmp_path, mesh, family):
+  """Training signal, not only the forward pass: transformers' next-token loss (labels=) and its
+  gradients equal ours over the text vocabulary, through the soft-caps, the window, the post norms
+  and (Gemma 3) the q/k norms."""
+  model, _ = save_reference(tmp_path, family)
+  tokens = text_tokens(12)[None]
+  ids = torch.as_tensor(tokens, dtype=torch.long)
+  out = model(input_ids=ids, labels=ids)
+  out.loss.backward()
+  theirs = dict(model.named_parameters())
+  ours, _ = hf_import.load_hf_decoder(tmp_path, num_items=NUM_ITEMS, mesh=mesh, rules=DEFAULT_RULES)
+
+  def loss_fn(m):
+    logits = m.logits(m(jax.numpy.asarray(tokens)))[0, :-1, :VOCAB]  # [seq - 1, VOCAB]
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jax.numpy.mean(jax.numpy.take_along_axis(logp, tokens[0, 1:, None], axis=-1))
+
+  loss, grads = nnx.jit(nnx.value_and_grad(loss_fn))(ours)
+  np.testing.assert_allclose(float(loss), out.loss.item(), **TOL)
+  g = lambda x: np.asarray(jax.device_get(x[...]), np.float32)
+  grad = lambda name: theirs[name].grad.numpy()
+  for i in range(2):  # the local layer and the global one
+    pre, block = f'model.layers.{i}.', grads.blocks[i]
+    np.testing.assert_allclose(g(block.attn.wq).reshape(32, -1).T,
+                               grad(pre + 'self_attn.q_proj.weight'), **TOL)
+    np.testing.assert_allclose(g(block.mlp.w_down).T, grad(pre + 'mlp.down_proj.weight'), **TOL)
+    np.testing.assert_allclose(g(block.attn_post_norm.scale),
+                               grad(pre + 'post_attention_layernorm.weight'), **TOL)
+    np.testing.assert_allclose(g(block.mlp_post_norm.scale),
+                               grad(pre + 'post_feedforward_layernorm.weight'), **TOL)
+    if family == 'gemma3_text':
+      np.testing.assert_allclose(g(block.attn.k_norm.scale), grad(pre + 'self_attn.k_norm.weight'),
+                                 **TOL)
+  np.testing.assert_allclose(g(grads.embed)[:VOCAB], grad('model.embed_tokens.weight'), **TOL)

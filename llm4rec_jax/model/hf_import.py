@@ -109,12 +109,17 @@ def read_config(checkpoint: str | pathlib.Path, *, num_items: int, dtype: str = 
                     f'supported: {MODEL_TYPES}')
   (rope_theta, rope_scaling), local_rope = _rope(raw, path, model_type)
   gemma = model_type in GEMMAS
-  act = field('hidden_act', 'gelu_pytorch_tanh' if gemma else 'silu')
-  act = raw.get('hidden_activation') or act if gemma else act
+  # Gemma 2/3's MLP reads hidden_activation; Gemma v1 configs have either field, and transformers
+  # runs v1's legacy 'gelu' as the tanh approximation (Gemma 2/3 would run it exact).
+  act_field = 'hidden_activation' if gemma and raw.get('hidden_activation') else 'hidden_act'
+  if model_type in ('gemma2', 'gemma3_text'):
+    act_field = 'hidden_activation'
+  act = field(act_field, 'gelu_pytorch_tanh' if gemma else 'silu')
   activations = {'silu': 'silu', 'swish': 'silu', 'gelu_pytorch_tanh': 'gelu_tanh',
-                 'gelu': 'gelu_tanh' if gemma else None}
+                 'gelu': 'gelu_tanh' if model_type == 'gemma' else None}
   if activations.get(act) is None:
-    raise DataError(f'{path}: field hidden_act={act!r} is not supported (silu, gelu_pytorch_tanh)')
+    raise DataError(f'{path}: field {act_field}={act!r} is not supported (silu, '
+                    'gelu_pytorch_tanh)')
   d_model, heads = int(field('hidden_size')), int(field('num_attention_heads'))
   text_vocab = int(field('vocab_size'))
   if num_items <= 0:
