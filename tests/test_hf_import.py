@@ -315,7 +315,8 @@ def test_backbone_trains_and_evaluates_without_the_checkpoint(tmp_path):
 
 @pytest.mark.parametrize('model_type,change,message', [
     ('qwen2', {'use_sliding_window': True}, 'use_sliding_window=true'),
-    ('llama', {'rope_scaling': {'rope_type': 'yarn', 'factor': 4.0}}, "rope_scaling.rope_type='yarn'"),
+    ('llama', {'rope_scaling': {'rope_type': 'yarn', 'factor': 4.0}},
+     "rope_scaling.rope_type='yarn'"),
     ('gemma', {'use_bidirectional_attention': True}, 'use_bidirectional_attention=true')])
 def test_backbone_refuses_what_it_cannot_apply_naming_the_field(tmp_path, model_type, change,
                                                                 message):

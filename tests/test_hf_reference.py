@@ -1,11 +1,13 @@
-"""Hugging Face import checked against transformers' own PyTorch models.
+"""Hugging Face import checked against transformers' own PyTorch models (Llama, Mistral, Qwen2,
+Qwen3, Gemma, Gemma 2, Gemma 3).
 
 A tiny random model of each family is built with its transformers config class and
 ``AutoModelForCausalLM.from_config`` (CPU, float32, seeded), saved with ``save_pretrained``
 (safetensors) and loaded by ``hf_import`` on the 8-device test mesh. The Python API
 (``load_hf_decoder``) must give transformers' logits on the same text tokens; the training backbone
 (``config.model.backbone``) must give transformers' final hidden states when the model is fed the
-item decoder's item rows as ``inputs_embeds``.
+item decoder's item rows as ``inputs_embeds``. For Gemma 2/3 also the next-token loss and its
+gradients, and a short training run from the transformers-saved checkpoint.
 """
 
 import dataclasses
@@ -244,7 +246,8 @@ def test_backbone_hidden_states_match_transformers(tmp_path, family):
   check_family_parts(model, family)
   cfg = check_backbone_hidden(tmp_path, tmp_path / 'llm', model)
   gemma = family.startswith('gemma')
-  assert (cfg.attention_bias, cfg.qk_norm) == (family == 'qwen2', family in ('qwen3', 'gemma3_text'))
+  assert cfg.attention_bias == (family == 'qwen2')
+  assert cfg.qk_norm == (family in ('qwen3', 'gemma3_text'))
   assert (cfg.embed_scale, cfg.activation) == (gemma, 'gelu_tanh' if gemma else 'silu')
   assert cfg.post_norms == (family in ('gemma2', 'gemma3_text'))
   windowed = {'mistral': ('sliding_attention',) * 2,
@@ -344,7 +347,8 @@ def test_gemma3_rope_per_layer_type_and_older_config_layout(tmp_path, mesh):
     (dict(use_bidirectional_attention=True), 'use_bidirectional_attention=true'),
     (dict(layer_types=['sliding_attention']), r"layer_types=\['sliding_attention'\]: need one"),
     (dict(sliding_window=None), 'sliding_window=None: layer_types has sliding_attention'),
-    (dict(rope_parameters={'rope_type': 'default', 'rope_theta': 10.0}), 'rope_parameters: Gemma 3'),
+    (dict(rope_parameters={'rope_type': 'default', 'rope_theta': 10.0}),
+     'rope_parameters: Gemma 3'),
     (dict(model_type='gemma3'), "model_type='gemma3' .*gemma3_text checkpoints"),
 ])
 def test_gemma3_config_features_it_cannot_apply_fail_naming_the_field(tmp_path, mesh, change,

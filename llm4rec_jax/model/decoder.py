@@ -44,7 +44,7 @@ class DecoderConfig:
   # backbone's rotary rescaling (layers.rope_frequencies).
   rope_scaling: tuple = ()
   attention_bias: bool = False  # q/k/v projection biases (a Qwen2 backbone)
-  qk_norm: bool = False  # RMSNorm over each query/key head before the rotary embedding (Qwen3)
+  qk_norm: bool = False  # RMSNorm over each query/key head before the rotary (Qwen3, Gemma 3)
   # Options of Hugging Face backbones (layers.layer_attention): per layer 'full_attention' or
   # 'sliding_attention' (() = all full); how far back sliding layers see; their rotary base and
   # scaling (local_rope_theta 0 = the full layers'); the score scale query_pre_attn_scalar ** -0.5
@@ -131,7 +131,8 @@ class Block(nnx.Module):
 
   With ``cfg.filter_mix > 0`` the token mixer is a blend of attention and a causal frequency filter.
   ``layer`` picks the layer's attention options (sliding or full, rotary: layers.layer_attention);
-  with ``cfg.post_norms`` the attention and MLP outputs are normed before their residuals (Gemma 2/3).
+  with ``cfg.post_norms`` the token mixer's and the MLP's outputs are normed before their residuals
+  (Gemma 2/3).
   """
 
   def __init__(self, cfg: DecoderConfig, *, cross_attention: bool = False, rngs: nnx.Rngs,

@@ -198,8 +198,8 @@ def _refuse_unsupported(raw: dict[str, Any], path: pathlib.Path, model_type: str
                     'decoders only)')
   if model_type == 'gemma3_text' and raw.get('attn_logit_softcapping') is not None:
     raise DataError(f'{path}: field attn_logit_softcapping={raw["attn_logit_softcapping"]!r} is '
-                    'not supported for gemma3_text (transformers\' Gemma 3 attention does not apply '
-                    'it; Gemma 3 checkpoints set null)')
+                    'not supported for gemma3_text (transformers\' Gemma 3 attention does not '
+                    'apply it; Gemma 3 checkpoints set null)')
 
 
 def _rope(raw: dict[str, Any], path: pathlib.Path,
@@ -606,12 +606,9 @@ def load_hf_decoder(checkpoint: str | pathlib.Path, *, num_items: int, mesh: Mes
 # ---------------------------------------------------------------------------------------------
 # A checkpoint's blocks as the training backbone of the item decoder (config.model.backbone)
 
-BACKBONE_TYPES = MODEL_TYPES
-
-
 def backbone_architecture(checkpoint: str | pathlib.Path) -> dict[str, Any]:
   """The ``config.model`` fields that give :class:`~llm4rec_jax.model.decoder.ItemDecoder` the blocks
-  of a Hugging Face checkpoint of any of :data:`BACKBONE_TYPES`: width, depth, heads, MLP width and
+  of a Hugging Face checkpoint of any of :data:`MODEL_TYPES`: width, depth, heads, MLP width and
   gate activation, rotary base and scaling (per layer type for Gemma 3), norm epsilon, Qwen2's q/k/v
   biases, Qwen3's and Gemma 3's q/k norms, sliding-window layers (Mistral, Gemma 2/3), Gemma's
   scaled embeddings, Gemma 2/3's output norms, query scale and Gemma 2's attention soft-capping.
@@ -619,10 +616,7 @@ def backbone_architecture(checkpoint: str | pathlib.Path) -> dict[str, Any]:
   A checkpoint's final-logit soft-capping is not carried over: the item decoder scores the catalog
   with its own item table, not the checkpoint's text head (and the cap would not change a ranking).
   """
-  cfg = read_config(checkpoint, num_items=1)
-  if cfg.model_type not in BACKBONE_TYPES:
-    raise ConfigError('model.backbone', f'{pathlib.Path(checkpoint) / "config.json"}: '
-                      f'model_type={cfg.model_type!r}: supported {BACKBONE_TYPES}')
+  cfg = read_config(checkpoint, num_items=1)  # refuses what the blocks cannot apply
   return dict(d_model=cfg.d_model, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
               num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, mlp_dim=cfg.mlp_dim,
               rope_theta=cfg.rope_theta, rope_scaling=cfg.rope_scaling, rms_eps=cfg.rms_eps,
