@@ -79,12 +79,18 @@ def base_config() -> ml_collections.ConfigDict:
       # rescaling, from a Hugging Face backbone's config.json (model/layers.py rope_frequencies).
       rope_scaling=(),
       attention_bias=False, qk_norm=False,  # Qwen2's q/k/v biases, Qwen3's per-head q/k norms
+      # Per layer 'full_attention' or 'sliding_attention' (() = all full; Mistral, Gemma 2/3), the
+      # sliding layers' window and rotary (local_rope_theta 0 = rope_theta/rope_scaling), the score
+      # scale query_pre_attn_scalar ** -0.5 (0 = head_dim), attention-score soft-capping (Gemma 2),
+      # norms on the attention/MLP outputs (Gemma 2/3) and the MLP gate ('silu' or 'gelu_tanh').
+      layer_types=(), sliding_window=0, local_rope_theta=0.0, local_rope_scaling=(),
+      query_pre_attn_scalar=0.0, attn_softcap=0.0, post_norms=False, activation='silu',
       # Causal frequency filter beside attention (model/layers.py CausalFilter): the token mixer
       # is filter_mix * filter + (1 - filter_mix) * attention; 0 = attention only.
       filter_mix=0.0, filter_lags=0, filter_window=4.0,
-      # A Hugging Face Llama/Mistral/Qwen2/Qwen3 checkpoint directory whose decoder blocks start
-      # training (the architecture fields above are then taken from its config.json; see
-      # model/hf_import.py).
+      # A Hugging Face Llama/Mistral/Qwen2/Qwen3/Gemma/Gemma 2/Gemma 3 checkpoint directory whose
+      # decoder blocks start training (the architecture fields above are then taken from its
+      # config.json; see model/hf_import.py).
       backbone='', backbone_type='',  # backbone_type is filled in once the architecture is read
       # Multimodal items (llm4rec_jax.model.fusion): 'id' | 'content' | 'both' on input and output;
       # every k-th block cross-attends to the history's content tokens (0 = none).

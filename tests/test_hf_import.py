@@ -262,14 +262,16 @@ def test_bad_checkpoints_fail_naming_file_and_field(tmp_path, mesh):
     load()
 
 
-def test_backbone_switch_gives_the_item_decoder_the_checkpoint_blocks(tmp_path):
+@pytest.mark.parametrize('model_type', ['llama', 'mistral'])
+def test_backbone_switch_gives_the_item_decoder_the_checkpoint_blocks(tmp_path, model_type):
   """config.model.backbone: the trainer's own model starts from the checkpoint's blocks; its logits
-  over item tokens equal the numpy reference fed the same item rows."""
+  over item tokens equal the numpy reference fed the same item rows (Mistral: with its sliding
+  window of 3 over 6 items)."""
   from conftest import tiny_config  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.train import optimizer as optimizer_lib  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.train import experiment  # pylint: disable=import-outside-toplevel
-  hf_config, tensors = write_checkpoint(tmp_path / 'llm', 'llama', shards=2)
+  hf_config, tensors = write_checkpoint(tmp_path / 'llm', model_type, shards=2)
   config = tiny_config(**{'model.backbone': str(tmp_path / 'llm'), 'model.dropout': 0.0,
                           'mesh.shape': (2, 2, 2)})
   exp = experiment.build_experiment(config, tmp_path / 'wd')
@@ -277,7 +279,8 @@ def test_backbone_switch_gives_the_item_decoder_the_checkpoint_blocks(tmp_path):
   assert (cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.kv_heads, cfg.dim_per_head,
           cfg.ffn_dim) == (D, LAYERS, HEADS, KV, HD, FFN)
   assert (cfg.rms_eps, cfg.rope_theta, cfg.embed_scale) == (1e-5, 500.0, False)
-  assert config.model.backbone_type == 'llama'  # recorded: evaluation re-reads no checkpoint
+  assert config.model.backbone_type == model_type  # recorded: evaluation re-reads no checkpoint
+  assert cfg.sliding_window == (3 if model_type == 'mistral' else 0)
   tx, _ = optimizer_lib.make_optimizer(config.optimizer, 10)
   _, shardings = state_lib.state_shardings(exp.spec, tx)
   state = state_lib.init_train_state(exp.spec, tx, 0, shardings, backbone=config.model.backbone)
@@ -311,12 +314,17 @@ def test_backbone_trains_and_evaluates_without_the_checkpoint(tmp_path):
   assert again['test']['ndcg@10'] == pytest.approx(result['test']['ndcg@10'], abs=1e-6)
 
 
-@pytest.mark.parametrize('model_type,message', [('gemma', 'gemma'),
-                                                ('mistral', 'sliding_window=3')])
-def test_backbone_families_it_cannot_take_fail_naming_the_field(tmp_path, model_type, message):
+@pytest.mark.parametrize('model_type,change,message', [
+    ('qwen2', {'use_sliding_window': True}, 'use_sliding_window=true'),
+    ('llama', {'rope_scaling': {'rope_type': 'yarn', 'factor': 4.0}},
+     "rope_scaling.rope_type='yarn'"),
+    ('gemma', {'use_bidirectional_attention': True}, 'use_bidirectional_attention=true')])
+def test_backbone_refuses_what_it_cannot_apply_naming_the_field(tmp_path, model_type, change,
+                                                                message):
+  """config.model.backbone refuses the config.json features the item decoder has no place for."""
   from conftest import tiny_config  # pylint: disable=import-outside-toplevel
-  from llm4rec_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.train import experiment  # pylint: disable=import-outside-toplevel
-  write_checkpoint(tmp_path / 'llm', model_type)
-  with pytest.raises(ConfigError, match=f'model.backbone.*{message}'):
+  config, _ = write_checkpoint(tmp_path / 'llm', model_type)
+  (tmp_path / 'llm' / 'config.json').write_text(json.dumps({**config, **change}))
+  with pytest.raises(DataError, match=f'config.json: field {message}'):
     experiment.build_experiment(tiny_config(**{'model.backbone': str(tmp_path / 'llm')}), tmp_path)

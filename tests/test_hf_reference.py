@@ -1,11 +1,13 @@
-"""Hugging Face import checked against transformers' own PyTorch models.
+"""Hugging Face import checked against transformers' own PyTorch models (Llama, Mistral, Qwen2,
+Qwen3, Gemma, Gemma 2, Gemma 3).
 
 A tiny random model of each family is built with its transformers config class and
 ``AutoModelForCausalLM.from_config`` (CPU, float32, seeded), saved with ``save_pretrained``
 (safetensors) and loaded by ``hf_import`` on the 8-device test mesh. The Python API
 (``load_hf_decoder``) must give transformers' logits on the same text tokens; the training backbone
 (``config.model.backbone``) must give transformers' final hidden states when the model is fed the
-item decoder's item rows as ``inputs_embeds``.
+item decoder's item rows as ``inputs_embeds``. For Gemma 2/3 also the next-token loss and its
+gradients, and a short training run from the transformers-saved checkpoint.
 """
 
 import dataclasses
@@ -26,7 +28,16 @@ transformers = pytest.importorskip('transformers')
 
 VOCAB, NUM_ITEMS = 96, 11
 CONFIG_CLASSES = {'llama': 'LlamaConfig', 'mistral': 'MistralConfig', 'qwen2': 'Qwen2Config',
-                  'qwen3': 'Qwen3Config', 'gemma': 'GemmaConfig'}
+                  'qwen3': 'Qwen3Config', 'gemma': 'GemmaConfig', 'gemma2': 'Gemma2Config',
+                  'gemma3_text': 'Gemma3TextConfig'}
+FAMILIES = list(CONFIG_CLASSES)
+WINDOW = 4  # Mistral's and the Gemma 2/3 local layers' sliding window, shorter than the sequences
+# Gemma 2/3: a local (sliding) and a global layer; caps and a query scale small enough to matter.
+GEMMA23 = dict(layer_types=['sliding_attention', 'full_attention'], sliding_window=WINDOW,
+               query_pre_attn_scalar=12, final_logit_softcapping=3.0)
+# Gemma 3: each layer type its own rotary base; linear rope scaling on the global layer.
+GEMMA3_ROPE = {'full_attention': dict(rope_type='linear', factor=4.0, rope_theta=500.0),
+               'sliding_attention': dict(rope_type='default', rope_theta=50.0)}
 TOL = dict(rtol=1e-4, atol=1e-4)
 
 
@@ -36,9 +47,14 @@ def hf_config(family: str, **overrides):
                 num_attention_heads=4, num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-5,
                 max_position_embeddings=256, rope_theta=500.0, tie_word_embeddings=False)
   if family == 'mistral':
-    fields['sliding_window'] = 4  # shorter than the test sequences, so the window matters
+    fields['sliding_window'] = WINDOW  # shorter than the test sequences, so the window matters
   if family == 'gemma':
     fields.update(tie_word_embeddings=True, hidden_activation='gelu_pytorch_tanh')
+  if family == 'gemma2':
+    fields.update(GEMMA23, attn_logit_softcapping=5.0)
+  if family == 'gemma3_text':
+    del fields['rope_theta']
+    fields.update(GEMMA23, tie_word_embeddings=True, rope_parameters=GEMMA3_ROPE)
   fields.update(overrides)
   return getattr(transformers, CONFIG_CLASSES[family])(**fields)
 
@@ -137,10 +153,20 @@ def check_family_parts(model, family):
   """The parts that set the family apart are there in transformers' model (and so tested)."""
   attn = model.model.layers[0].self_attn
   assert (attn.q_proj.bias is not None) == (family == 'qwen2')
-  assert hasattr(attn, 'q_norm') == (family == 'qwen3')
+  assert hasattr(attn, 'q_norm') == (family in ('qwen3', 'gemma3_text'))
+  layer = model.model.layers[0]
+  assert hasattr(layer, 'post_feedforward_layernorm') == (family in ('gemma2', 'gemma3_text'))
+  if family in ('gemma2', 'gemma3_text'):  # a local and a global layer
+    assert [l.self_attn.sliding_window for l in model.model.layers] == [WINDOW, None]
+    assert attn.scaling == 12 ** -0.5 and model.config.final_logit_softcapping == 3.0
+  if family == 'gemma2':
+    assert attn.attn_logit_softcapping == 5.0
+  if family == 'gemma3_text':
+    rope = model.model.rotary_emb
+    assert rope.rope_type == {'full_attention': 'linear', 'sliding_attention': 'default'}
 
 
-@pytest.mark.parametrize('family', ['llama', 'mistral', 'qwen2', 'qwen3', 'gemma'])
+@pytest.mark.parametrize('family', FAMILIES)
 def test_text_logits_match_transformers(tmp_path, mesh, family):
   model, _ = save_reference(tmp_path, family)
   check_family_parts(model, family)
@@ -204,7 +230,9 @@ def check_backbone_hidden(tmp_path, ckpt, model, *, seq: int = 12, seed: int = 2
   item sequence is left-padded (item id 0); returns the decoder's config."""
   cfg, table, ours = backbone_hidden(tmp_path, ckpt)
   items = np.random.default_rng(seed).integers(1, 100, seq).astype(np.int32)
-  want = hf_hidden(model, table[items][None])[0]
+  # Gemma's embedding module scales by sqrt(d_model); inputs_embeds bypass it.
+  scale = cfg.d_model ** 0.5 if cfg.embed_scale else 1.0
+  want = hf_hidden(model, scale * table[items][None])[0]
   np.testing.assert_allclose(ours(items[None])[0], want, **TOL)
   rows, _ = left_padded(items, (0, 4))
   got = ours(rows)
@@ -212,13 +240,25 @@ def check_backbone_hidden(tmp_path, ckpt, model, *, seq: int = 12, seed: int = 2
   return cfg
 
 
-@pytest.mark.parametrize('family', ['llama', 'mistral', 'qwen2', 'qwen3'])
+@pytest.mark.parametrize('family', FAMILIES)
 def test_backbone_hidden_states_match_transformers(tmp_path, family):
-  extra = dict(sliding_window=64) if family == 'mistral' else {}  # longer than data.max_len
-  model, _ = save_reference(tmp_path / 'llm', family, **extra)
+  """The item decoder takes every family's blocks; windows (4) are shorter than the 12 items."""
+  model, _ = save_reference(tmp_path / 'llm', family)
   check_family_parts(model, family)
   cfg = check_backbone_hidden(tmp_path, tmp_path / 'llm', model)
-  assert (cfg.attention_bias, cfg.qk_norm) == (family == 'qwen2', family == 'qwen3')
+  gemma = family.startswith('gemma')
+  assert cfg.attention_bias == (family == 'qwen2')
+  assert cfg.qk_norm == (family in ('qwen3', 'gemma3_text'))
+  assert (cfg.embed_scale, cfg.activation) == (gemma, 'gelu_tanh' if gemma else 'silu')
+  assert cfg.post_norms == (family in ('gemma2', 'gemma3_text'))
+  windowed = {'mistral': ('sliding_attention',) * 2,
+              'gemma2': tuple(GEMMA23['layer_types']), 'gemma3_text': tuple(GEMMA23['layer_types'])}
+  assert cfg.layer_types == windowed.get(family, ())
+  assert cfg.sliding_window == (WINDOW if cfg.layer_types else 0)
+  assert cfg.attn_softcap == (5.0 if family == 'gemma2' else 0.0)
+  if family == 'gemma3_text':
+    assert (cfg.rope_theta, cfg.rope_scaling) == (500.0, ('linear', 4.0))
+    assert (cfg.local_rope_theta, cfg.local_rope_scaling) == (50.0, ())
 
 
 LLAMA3 = dict(rope_type='llama3', factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
@@ -245,3 +285,142 @@ def test_llama3_rope_scaling_matches_transformers(tmp_path, mesh):
   path.write_text(json.dumps(old_layout))
   cfg = check_backbone_hidden(tmp_path, ckpt, model)
   assert cfg.rope_scaling == ('llama3', 8.0, 1.0, 4.0, 16.0)
+
+
+def rewrite_config(ckpt, **changes):
+  """Rewrites ``ckpt``'s config.json with fields changed (None removes a field)."""
+  path = ckpt / 'config.json'
+  raw = json.loads(path.read_text())
+  raw.update(changes)
+  path.write_text(json.dumps({k: v for k, v in raw.items() if v is not None}))
+
+
+def test_gemma2_features_each_matter(tmp_path, mesh):
+  """Gemma 2 over 12 tokens: attention and final soft-capping, the local window and the query
+  scale each change the logits, so matching transformers (test_text_logits_match_transformers)
+  checks every one of them; a config.json without layer_types (older checkpoints) alternates
+  sliding and full layers as transformers does."""
+  model, _ = save_reference(tmp_path, 'gemma2')
+  want = hf_logits(model, text_tokens()[None])
+  ours = lambda: our_logits(tmp_path, mesh, text_tokens()[None])
+  rewrite_config(tmp_path, layer_types=None)
+  np.testing.assert_allclose(ours(), want, **TOL)
+  for change in [dict(attn_logit_softcapping=None), dict(final_logit_softcapping=None),
+                 dict(layer_types=['full_attention'] * 2), dict(query_pre_attn_scalar=8)]:
+    original = {k: json.loads((tmp_path / 'config.json').read_text()).get(k) for k in change}
+    rewrite_config(tmp_path, **change)
+    assert np.abs(ours() - want).max() > 1e-2, change
+    rewrite_config(tmp_path, **original)
+  # Missing caps take transformers' Gemma 2 defaults (50, 30), not "off".
+  rewrite_config(tmp_path, attn_logit_softcapping=None, final_logit_softcapping=None)
+  cfg = hf_import.read_config(tmp_path, num_items=1)
+  assert (cfg.attn_softcap, cfg.final_softcap, cfg.layer_types) == (
+      50.0, 30.0, ('sliding_attention', 'full_attention'))
+
+
+def test_gemma3_rope_per_layer_type_and_older_config_layout(tmp_path, mesh):
+  """Gemma 3 over 20 tokens: the global layer's linear rope scaling and the local layer's own
+  rotary base each matter; the older config.json layout (rope_theta + rope_scaling for global
+  layers, rope_local_base_freq, sliding_window_pattern instead of layer_types), as published
+  Gemma 3 checkpoints have it, gives transformers' logits too, and so does the training backbone."""
+  ckpt = tmp_path / 'llm'
+  model, _ = save_reference(ckpt, 'gemma3_text')
+  want = check_text_logits(ckpt, mesh, model, seq=20)
+  ours = lambda: our_logits(ckpt, mesh, text_tokens(20)[None])
+  rope = GEMMA3_ROPE
+  rewrite_config(ckpt, rope_parameters=None, layer_types=None, sliding_window_pattern=2,
+                 rope_theta=rope['full_attention']['rope_theta'],
+                 rope_scaling=dict(rope_type='linear', factor=rope['full_attention']['factor']),
+                 rope_local_base_freq=rope['sliding_attention']['rope_theta'])
+  np.testing.assert_allclose(ours(), want, **TOL)
+  cfg = check_backbone_hidden(tmp_path, ckpt, model)
+  assert cfg.layer_types == ('sliding_attention', 'full_attention')
+  for change in [dict(rope_scaling=None), dict(rope_local_base_freq=500.0)]:
+    raw = json.loads((ckpt / 'config.json').read_text())
+    rewrite_config(ckpt, **change)
+    assert np.abs(ours() - want).max() > 1e-2, change
+    (ckpt / 'config.json').write_text(json.dumps(raw))
+
+
+@pytest.mark.parametrize('change,message', [
+    (dict(attn_logit_softcapping=30.0), 'attn_logit_softcapping=30.0 is not supported for '
+     'gemma3_text'),
+    (dict(use_bidirectional_attention=True), 'use_bidirectional_attention=true'),
+    (dict(layer_types=['sliding_attention']), r"layer_types=\['sliding_attention'\]: need one"),
+    (dict(sliding_window=None), 'sliding_window=None: layer_types has sliding_attention'),
+    (dict(rope_parameters={'rope_type': 'default', 'rope_theta': 10.0}),
+     'rope_parameters: Gemma 3'),
+    (dict(model_type='gemma3'), "model_type='gemma3' .*gemma3_text checkpoints"),
+])
+def test_gemma3_config_features_it_cannot_apply_fail_naming_the_field(tmp_path, mesh, change,
+                                                                      message):
+  """What transformers would apply (or, for the soft-capping, silently ignore) but these blocks
+  cannot: an error naming config.json's field, from load_hf_decoder and from model.backbone."""
+  from conftest import tiny_config  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.errors import DataError  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.train import experiment  # pylint: disable=import-outside-toplevel
+  ckpt = tmp_path / 'llm'
+  save_reference(ckpt, 'gemma3_text')
+  raw = json.loads((ckpt / 'config.json').read_text())
+  (ckpt / 'config.json').write_text(json.dumps({**raw, **change}))
+  with pytest.raises(DataError, match=f'config.json: field {message}'):
+    hf_import.load_hf_decoder(ckpt, num_items=NUM_ITEMS, mesh=mesh, rules=DEFAULT_RULES)
+  with pytest.raises(DataError, match=f'config.json: field {message}'):
+    experiment.build_experiment(tiny_config(**{'model.backbone': str(ckpt)}), tmp_path / 'wd')
+
+
+def test_gemma2_backbone_trains_and_evaluates_without_the_checkpoint(tmp_path):
+  """A few training steps from a transformers-saved Gemma 2 (model.backbone): finite metrics, and
+  evaluation from the workdir alone (the checkpoint deleted) gives the same numbers."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  from conftest import tiny_config  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax import config_base  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  save_reference(tmp_path / 'llm', 'gemma2')
+  config = tiny_config(**{'model.backbone': str(tmp_path / 'llm'), 'train.max_steps': 6,
+                          'train.eval_every': 6})
+  result = trainer.train_and_evaluate(config, tmp_path / 'wd')
+  assert np.isfinite(result['test']['ndcg@10'])
+  saved = config_base.load(tmp_path / 'wd')
+  assert saved.model.backbone_type == 'gemma2' and saved.model.attn_softcap == 5.0
+  assert tuple(saved.model.layer_types) == ('sliding_attention', 'full_attention')
+  shutil.rmtree(tmp_path / 'llm')
+  again = trainer.evaluate(saved, tmp_path / 'wd')
+  assert again['test']['ndcg@10'] == pytest.approx(result['test']['ndcg@10'], abs=1e-6)
+
+
+@pytest.mark.parametrize('family', ['gemma2', 'gemma3_text'])
+def test_gemma_next_token_loss_and_gradients_match_transformers(tmp_path, mesh, family):
+  """Training signal, not only the forward pass: transformers' next-token loss (labels=) and its
+  gradients equal ours over the text vocabulary, through the soft-caps, the window, the post norms
+  and (Gemma 3) the q/k norms."""
+  model, _ = save_reference(tmp_path, family)
+  tokens = text_tokens(12)[None]
+  ids = torch.as_tensor(tokens, dtype=torch.long)
+  out = model(input_ids=ids, labels=ids)
+  out.loss.backward()
+  theirs = dict(model.named_parameters())
+  ours, _ = hf_import.load_hf_decoder(tmp_path, num_items=NUM_ITEMS, mesh=mesh, rules=DEFAULT_RULES)
+
+  def loss_fn(m):
+    logits = m.logits(m(jax.numpy.asarray(tokens)))[0, :-1, :VOCAB]  # [seq - 1, VOCAB]
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jax.numpy.mean(jax.numpy.take_along_axis(logp, tokens[0, 1:, None], axis=-1))
+
+  loss, grads = nnx.jit(nnx.value_and_grad(loss_fn))(ours)
+  np.testing.assert_allclose(float(loss), out.loss.item(), **TOL)
+  g = lambda x: np.asarray(jax.device_get(x[...]), np.float32)
+  grad = lambda name: theirs[name].grad.numpy()
+  for i in range(2):  # the local layer and the global one
+    pre, block = f'model.layers.{i}.', grads.blocks[i]
+    np.testing.assert_allclose(g(block.attn.wq).reshape(32, -1).T,
+                               grad(pre + 'self_attn.q_proj.weight'), **TOL)
+    np.testing.assert_allclose(g(block.mlp.w_down).T, grad(pre + 'mlp.down_proj.weight'), **TOL)
+    np.testing.assert_allclose(g(block.attn_post_norm.scale),
+                               grad(pre + 'post_attention_layernorm.weight'), **TOL)
+    np.testing.assert_allclose(g(block.mlp_post_norm.scale),
+                               grad(pre + 'post_feedforward_layernorm.weight'), **TOL)
+    if family == 'gemma3_text':
+      np.testing.assert_allclose(g(block.attn.k_norm.scale), grad(pre + 'self_attn.k_norm.weight'),
+                                 **TOL)
+  np.testing.assert_allclose(g(grads.embed)[:VOCAB], grad('model.embed_tokens.weight'), **TOL)

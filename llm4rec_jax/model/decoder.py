@@ -13,7 +13,8 @@ from llm4rec_jax.data.content import ContentSpec, ItemContent
 from llm4rec_jax.errors import ConfigError
 from llm4rec_jax.model.adversary import AdversaryHead
 from llm4rec_jax.model.fusion import CatalogEncoding, CrossModalFusion, GatedCrossAttention
-from llm4rec_jax.model.layers import Attention, CausalFilter, RMSNorm, SwiGLU, param
+from llm4rec_jax.model.layers import (LAYER_TYPES, Attention, CausalFilter, RMSNorm, SwiGLU,
+                                      layer_attention, param)
 from llm4rec_jax.model.semantic_head import SemanticIdHead
 from llm4rec_jax.model.text_encoder import BertConfig, BertEncoder
 
@@ -43,7 +44,20 @@ class DecoderConfig:
   # backbone's rotary rescaling (layers.rope_frequencies).
   rope_scaling: tuple = ()
   attention_bias: bool = False  # q/k/v projection biases (a Qwen2 backbone)
-  qk_norm: bool = False  # RMSNorm over each query/key head before the rotary embedding (Qwen3)
+  qk_norm: bool = False  # RMSNorm over each query/key head before the rotary (Qwen3, Gemma 3)
+  # Options of Hugging Face backbones (layers.layer_attention): per layer 'full_attention' or
+  # 'sliding_attention' (() = all full); how far back sliding layers see; their rotary base and
+  # scaling (local_rope_theta 0 = the full layers'); the score scale query_pre_attn_scalar ** -0.5
+  # (0 = head_dim ** -0.5); tanh soft-capping of attention scores (0 = none; Gemma 2); norms on
+  # the attention and MLP outputs before their residuals (Gemma 2/3); the MLP's gate activation.
+  layer_types: tuple[str, ...] = ()
+  sliding_window: int = 0
+  local_rope_theta: float = 0.0
+  local_rope_scaling: tuple = ()
+  query_pre_attn_scalar: float = 0.0
+  attn_softcap: float = 0.0
+  post_norms: bool = False
+  activation: str = 'silu'  # or 'gelu_tanh' (Gemma's GeGLU)
   # A causal low/high-pass filter beside self-attention in every block (layers.CausalFilter): the
   # token mixer is filter_mix * filter + (1 - filter_mix) * attention. 0 = attention only.
   filter_mix: float = 0.0
@@ -98,7 +112,14 @@ def from_config(model_cfg: Any, *, num_items: int, vocab_multiple: int) -> Decod
     raise ConfigError('model.vocab_size', f'{vocab} must exceed the {num_items} items (id 0 = pad)')
   if kwargs.get('item_repr', 'id') not in ITEM_REPRS:
     raise ConfigError('model.item_repr', f'{kwargs["item_repr"]!r} is not one of {ITEM_REPRS}')
-  kwargs['rope_scaling'] = tuple(kwargs.get('rope_scaling', ()))  # a list once read from JSON
+  for name in ('rope_scaling', 'local_rope_scaling', 'layer_types'):  # lists once read from JSON
+    kwargs[name] = tuple(kwargs.get(name, ()))
+  layer_types = kwargs['layer_types']
+  if layer_types and (len(layer_types) != kwargs.get('num_layers', DecoderConfig.num_layers)
+                      or set(layer_types) - set(LAYER_TYPES)):
+    raise ConfigError('model.layer_types', f'{layer_types}: one of {LAYER_TYPES} per layer')
+  if 'sliding_attention' in layer_types and kwargs.get('sliding_window', 0) <= 0:
+    raise ConfigError('model.sliding_window', 'sliding_attention layers need a positive window')
   return DecoderConfig(vocab_size=vocab, num_items=num_items, **kwargs)
 
 
@@ -109,22 +130,29 @@ class Block(nnx.Module):
   """Pre-norm transformer block: attention and SwiGLU, each with a residual and dropout.
 
   With ``cfg.filter_mix > 0`` the token mixer is a blend of attention and a causal frequency filter.
+  ``layer`` picks the layer's attention options (sliding or full, rotary: layers.layer_attention);
+  with ``cfg.post_norms`` the token mixer's and the MLP's outputs are normed before their residuals
+  (Gemma 2/3).
   """
 
-  def __init__(self, cfg: DecoderConfig, *, cross_attention: bool = False, rngs: nnx.Rngs):
+  def __init__(self, cfg: DecoderConfig, *, cross_attention: bool = False, rngs: nnx.Rngs,
+               layer: int = 0):
     dt = DTYPES[cfg.dtype]
     self.cross = (GatedCrossAttention(cfg.d_model, cfg.num_heads, cfg.dim_per_head, dtype=dt,
                                       rngs=rngs) if cross_attention else None)
     self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.rms_eps, rngs=rngs)
-    self.attn = Attention(cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.dim_per_head,
-                          rope_theta=cfg.rope_theta, dtype=dt, rngs=rngs,
-                          impl=cfg.attention_impl, rope_scaling=cfg.rope_scaling,
-                          bias=cfg.attention_bias, qk_norm=cfg.qk_norm, norm_eps=cfg.rms_eps)
+    self.attn = Attention(cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.dim_per_head, dtype=dt,
+                          rngs=rngs, impl=cfg.attention_impl, bias=cfg.attention_bias,
+                          qk_norm=cfg.qk_norm, norm_eps=cfg.rms_eps, **layer_attention(cfg, layer))
+    self.attn_post_norm = (RMSNorm(cfg.d_model, eps=cfg.rms_eps, rngs=rngs) if cfg.post_norms
+                           else None)
     self.filter = (CausalFilter(cfg.d_model, cfg.filter_lags or cfg.max_len,
                                 window=cfg.filter_window, rngs=rngs) if cfg.filter_mix else None)
     self.filter_mix = cfg.filter_mix
     self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.rms_eps, rngs=rngs)
-    self.mlp = SwiGLU(cfg.d_model, cfg.ffn_dim, dtype=dt, rngs=rngs)
+    self.mlp = SwiGLU(cfg.d_model, cfg.ffn_dim, dtype=dt, rngs=rngs, activation=cfg.activation)
+    self.mlp_post_norm = (RMSNorm(cfg.d_model, eps=cfg.rms_eps, rngs=rngs) if cfg.post_norms
+                          else None)
     self.dropout = nnx.Dropout(cfg.dropout)
 
   def __call__(self, x, positions, mask, *, deterministic: bool, rngs: nnx.Rngs | None,
@@ -135,11 +163,15 @@ class Block(nnx.Module):
       if valid is None:
         raise ValueError('the causal filter needs the valid-position mask')
       h = self.filter_mix * self.filter(xn, valid) + (1.0 - self.filter_mix) * h
+    if self.attn_post_norm is not None:
+      h = self.attn_post_norm(h)
     x = x + self.dropout(h, deterministic=deterministic, rngs=rngs)
     if self.cross is not None:
       h = self.cross(x, memory, memory_mask)
       x = x + self.dropout(h, deterministic=deterministic, rngs=rngs)
     h = self.mlp(self.mlp_norm(x))
+    if self.mlp_post_norm is not None:
+      h = self.mlp_post_norm(h)
     return x + self.dropout(h, deterministic=deterministic, rngs=rngs)
 
 
@@ -172,7 +204,7 @@ class ItemDecoder(nnx.Module):
       self.no_content = param(rngs, emb_init, (cfg.d_model,), ('embed',))
     every = cfg.cross_attention_every
     self.blocks = nnx.List([Block(cfg, cross_attention=bool(every) and (i + 1) % every == 0,
-                                  rngs=rngs) for i in range(cfg.num_layers)])
+                                  rngs=rngs, layer=i) for i in range(cfg.num_layers)])
     self.final_norm = RMSNorm(cfg.d_model, eps=cfg.rms_eps, rngs=rngs)
     self.embed_dropout = nnx.Dropout(cfg.dropout)
     if not cfg.tie_embeddings:

@@ -1,10 +1,12 @@
-"""Hugging Face decoder LLMs (Llama, Mistral, Qwen2, Qwen3, Gemma) as the recommender's backbone.
+"""Hugging Face decoder LLMs (Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2, Gemma 3) as the
+recommender's backbone.
 
 :func:`load_hf_decoder` reads a checkpoint directory in the Hugging Face layout (``config.json`` and
 ``model.safetensors``, or shards listed in ``model.safetensors.index.json``) into
 :class:`LlmRecDecoder`: the project's blocks (``layers.RMSNorm``, rotary, grouped-query
-``layers.Attention`` with Qwen2's q/k/v biases or Qwen3's q/k norms, gated MLP) with the text
-vocabulary extended by one token per catalog item. Item ``i`` (1..num_items) is token
+``layers.Attention`` with Qwen2's q/k/v biases or Qwen3's and Gemma 3's q/k norms, sliding-window
+layers, Gemma 2's soft-capped scores, gated MLP, Gemma 2/3's norms on the attention and MLP outputs)
+with the text vocabulary extended by one token per catalog item. Item ``i`` (1..num_items) is token
 ``text_vocab + i``; item tokens start at the mean text embedding plus small noise (seeded per row,
 so any device layout gives the same values).
 
@@ -36,7 +38,8 @@ from llm4rec_jax.errors import ConfigError, DataError
 from llm4rec_jax.model import layers
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
-MODEL_TYPES = ('llama', 'mistral', 'qwen2', 'qwen3', 'gemma')
+MODEL_TYPES = ('llama', 'mistral', 'qwen2', 'qwen3', 'gemma', 'gemma2', 'gemma3_text')
+GEMMAS = ('gemma', 'gemma2', 'gemma3_text')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,13 +59,23 @@ class LlmConfig:
   rope_theta: float
   tie_embeddings: bool
   attention_bias: bool  # Qwen2: biases on the q/k/v projections
-  qk_norm: bool  # Qwen3: RMSNorm over each query and key head before the rotary embedding
+  qk_norm: bool  # Qwen3, Gemma 3: RMSNorm over each query and key head before the rotary embedding
   activation: str  # 'silu' (Llama, Qwen2, Mistral) or 'gelu_tanh' (Gemma)
   norm_plus_one: bool  # Gemma: RMSNorm scales by (1 + weight)
   embed_scale: bool  # Gemma: embeddings times sqrt(d_model)
   dtype: str = 'float32'  # compute dtype; parameters are float32
-  sliding_window: int = 0  # Mistral: attend this far back; 0 = all
-  rope_scaling: tuple = ()  # () or Llama 3's ('llama3', factor, low, high, original_max_len)
+  sliding_window: int = 0  # how far back the sliding_attention layers see
+  # () or ('linear', factor) or Llama 3's ('llama3', factor, low, high, original_max_len)
+  rope_scaling: tuple = ()
+  # 'full_attention' or 'sliding_attention' per layer (() = all full; Mistral: all sliding; Gemma 2
+  # and 3 alternate), see layers.layer_attention.
+  layer_types: tuple[str, ...] = ()
+  local_rope_theta: float = 0.0  # Gemma 3: the sliding layers' rotary base (0 = rope_theta)
+  local_rope_scaling: tuple = ()
+  query_pre_attn_scalar: float = 0.0  # Gemma 2/3: scores scaled by its ** -0.5 (0 = head_dim)
+  attn_softcap: float = 0.0  # Gemma 2: attention scores soft-capped at this (0 = none)
+  final_softcap: float = 0.0  # Gemma 2 (3 where set): logits soft-capped at this (0 = none)
+  post_norms: bool = False  # Gemma 2/3: norms on the attention and MLP outputs
 
   def item_token(self, item: int | np.ndarray) -> int | np.ndarray:
     return self.text_vocab + item
@@ -87,39 +100,82 @@ def read_config(checkpoint: str | pathlib.Path, *, num_items: int, dtype: str = 
     return default
 
   model_type = field('model_type')
+  if model_type == 'gemma3':
+    raise DataError(f'{path}: field model_type=\'gemma3\' (the multimodal Gemma 3 with a nested '
+                    'text_config) is not supported; text-only gemma3_text checkpoints '
+                    '(Gemma3ForCausalLM, e.g. gemma-3-1b) are')
   if model_type not in MODEL_TYPES:
     raise DataError(f'{path}: field model_type={model_type!r} is not supported; '
                     f'supported: {MODEL_TYPES}')
-  rope_theta, rope_scaling = _rope(raw, path)
-  gemma = model_type == 'gemma'
-  act = field('hidden_act', 'gelu_pytorch_tanh' if gemma else 'silu')
-  act = raw.get('hidden_activation') or act if gemma else act
+  (rope_theta, rope_scaling), local_rope = _rope(raw, path, model_type)
+  gemma = model_type in GEMMAS
+  # Gemma 2/3's MLP reads hidden_activation; Gemma v1 configs have either field, and transformers
+  # runs v1's legacy 'gelu' as the tanh approximation (Gemma 2/3 would run it exact).
+  act_field = 'hidden_activation' if gemma and raw.get('hidden_activation') else 'hidden_act'
+  if model_type in ('gemma2', 'gemma3_text'):
+    act_field = 'hidden_activation'
+  act = field(act_field, 'gelu_pytorch_tanh' if gemma else 'silu')
   activations = {'silu': 'silu', 'swish': 'silu', 'gelu_pytorch_tanh': 'gelu_tanh',
-                 'gelu': 'gelu_tanh' if gemma else None}
+                 'gelu': 'gelu_tanh' if model_type == 'gemma' else None}
   if activations.get(act) is None:
-    raise DataError(f'{path}: field hidden_act={act!r} is not supported (silu, gelu_pytorch_tanh)')
+    raise DataError(f'{path}: field {act_field}={act!r} is not supported (silu, '
+                    'gelu_pytorch_tanh)')
   d_model, heads = int(field('hidden_size')), int(field('num_attention_heads'))
   text_vocab = int(field('vocab_size'))
   if num_items <= 0:
     raise ConfigError('num_items', f'must be positive, got {num_items}')
   needed = text_vocab + num_items + 1
   _refuse_unsupported(raw, path, model_type)
-  window = int(raw.get('sliding_window') or 0) if model_type == 'mistral' else 0
+  num_layers = int(field('num_hidden_layers'))
+  layer_types, window = _layer_types(raw, path, model_type, num_layers)
+  gemma23 = model_type in ('gemma2', 'gemma3_text')
+  softcaps = {'gemma2': (50.0, 30.0)}.get(model_type, (None, None))  # transformers' defaults
   return LlmConfig(
       model_type=model_type, text_vocab=text_vocab, num_items=num_items,
       vocab_size=-(-needed // vocab_multiple) * vocab_multiple, d_model=d_model,
-      num_layers=int(field('num_hidden_layers')), num_heads=heads,
+      num_layers=num_layers, num_heads=heads,
       num_kv_heads=int(field('num_key_value_heads', heads)),
       head_dim=int(field('head_dim', d_model // heads)),
       mlp_dim=int(field('intermediate_size')), rms_eps=float(field('rms_norm_eps', 1e-6)),
       rope_theta=rope_theta, rope_scaling=rope_scaling,
       tie_embeddings=bool(raw.get('tie_word_embeddings', gemma)),
-      attention_bias=model_type == 'qwen2', qk_norm=model_type == 'qwen3',
+      attention_bias=model_type == 'qwen2', qk_norm=model_type in ('qwen3', 'gemma3_text'),
       activation=activations[act], norm_plus_one=gemma, embed_scale=gemma, dtype=dtype,
-      sliding_window=int(window))
+      sliding_window=window, layer_types=layer_types,
+      local_rope_theta=local_rope[0], local_rope_scaling=local_rope[1],
+      query_pre_attn_scalar=float(field('query_pre_attn_scalar', 256)) if gemma23 else 0.0,
+      attn_softcap=float(raw.get('attn_logit_softcapping', softcaps[0]) or 0.0),
+      final_softcap=float(raw.get('final_logit_softcapping', softcaps[1]) or 0.0),
+      post_norms=gemma23)
 
 
 LLAMA3_ROPE = ('factor', 'low_freq_factor', 'high_freq_factor', 'original_max_position_embeddings')
+
+
+def _layer_types(raw: dict[str, Any], path: pathlib.Path, model_type: str,
+                 num_layers: int) -> tuple[tuple[str, ...], int]:
+  """(``layer_types``, sliding window) as transformers reads them: Mistral windows every layer;
+  Gemma 2 and 3 take ``layer_types`` or, in older configs, alternate (Gemma 2: every other layer
+  sliding; Gemma 3: every ``sliding_window_pattern``-th layer (6) full, the rest sliding)."""
+  window = int(raw.get('sliding_window') or 0)
+  if model_type == 'mistral':
+    return (('sliding_attention',) * num_layers if window else ()), window
+  if model_type not in ('gemma2', 'gemma3_text'):
+    return (), 0  # other layer_types are refused by _refuse_unsupported
+  window = int(raw.get('sliding_window', 4096) or 0)
+  kinds = raw.get('layer_types')
+  if kinds is None:
+    every = 2 if model_type == 'gemma2' else int(raw.get('sliding_window_pattern') or 6)
+    kinds = ['sliding_attention' if (i + 1) % every else 'full_attention'
+             for i in range(num_layers)]
+  kinds = tuple(kinds)
+  if len(kinds) != num_layers or set(kinds) - set(layers.LAYER_TYPES):
+    raise DataError(f'{path}: field layer_types={list(kinds)!r}: need one of '
+                    f'{layers.LAYER_TYPES} for each of the {num_layers} layers')
+  if 'sliding_attention' in kinds and window <= 0:
+    raise DataError(f'{path}: field sliding_window={raw.get("sliding_window")!r}: layer_types has '
+                    'sliding_attention layers, which need a positive window')
+  return kinds, window
 
 
 def _refuse_unsupported(raw: dict[str, Any], path: pathlib.Path, model_type: str):
@@ -134,24 +190,57 @@ def _refuse_unsupported(raw: dict[str, Any], path: pathlib.Path, model_type: str
     raise DataError(f'{path}: field use_sliding_window=true is not supported for {model_type} '
                     '(transformers windows only the layers from max_window_layers on)')
   kinds = set(raw.get('layer_types') or ())
-  if kinds - {'full_attention'}:
-    raise DataError(f'{path}: field layer_types={raw["layer_types"]!r} is not supported '
-                    '(full_attention layers only)')
+  if kinds - {'full_attention'} and model_type not in ('gemma2', 'gemma3_text'):
+    raise DataError(f'{path}: field layer_types={raw["layer_types"]!r} is not supported for '
+                    f'{model_type} (full_attention layers only; Gemma 2/3 alternate)')
+  if raw.get('use_bidirectional_attention'):
+    raise DataError(f'{path}: field use_bidirectional_attention=true is not supported (causal '
+                    'decoders only)')
+  if model_type == 'gemma3_text' and raw.get('attn_logit_softcapping') is not None:
+    raise DataError(f'{path}: field attn_logit_softcapping={raw["attn_logit_softcapping"]!r} is '
+                    'not supported for gemma3_text (transformers\' Gemma 3 attention does not '
+                    'apply it; Gemma 3 checkpoints set null)')
 
 
-def _rope(raw: dict[str, Any], path: pathlib.Path) -> tuple[float, tuple]:
-  """(rotary base, scaling) from ``rope_theta``/``rope_scaling`` (transformers 4, most published
-  checkpoints) or ``rope_parameters`` (what transformers 5 writes). Scaling is () or Llama 3's
-  ``('llama3', factor, low_freq_factor, high_freq_factor, original_max_position_embeddings)``
-  (:func:`layers.rope_frequencies`); any other ``rope_type`` is refused."""
+def _rope(raw: dict[str, Any], path: pathlib.Path,
+          model_type: str) -> tuple[tuple[float, tuple], tuple[float, tuple]]:
+  """((rotary base, scaling) of the full-attention layers, the same of the sliding layers, (0, ())
+  = as the full ones), from ``rope_theta``/``rope_scaling`` (transformers 4, most published
+  checkpoints) or ``rope_parameters`` (what transformers 5 writes). Gemma 3 gives each layer type
+  its own: ``rope_parameters.full_attention``/``.sliding_attention``, or ``rope_theta`` with
+  ``rope_scaling`` for the full layers and ``rope_local_base_freq`` for the sliding ones (defaults
+  1e6 and 1e4). Scaling: :func:`_rope_scaling`."""
   params = raw.get('rope_parameters')
+  if model_type == 'gemma3_text':
+    if params:
+      if not {'full_attention', 'sliding_attention'} >= set(params):
+        raise DataError(f'{path}: field rope_parameters: Gemma 3 has one entry per layer type '
+                        f'(full_attention, sliding_attention), not {sorted(params)}')
+      full, local = params.get('full_attention') or {}, params.get('sliding_attention') or {}
+      return (_rope_scaling(raw, path, 'rope_parameters.full_attention', full,
+                            full.get('rope_theta', 1e6)),
+              _rope_scaling(raw, path, 'rope_parameters.sliding_attention', local,
+                            local.get('rope_theta', 1e4)))
+    return (_rope_scaling(raw, path, 'rope_scaling', raw.get('rope_scaling') or {},
+                          raw.get('rope_theta', 1e6)),
+            (float(raw.get('rope_local_base_freq') or 1e4), ()))
   if params:
     where, scaling = 'rope_parameters', params
     theta = params.get('rope_theta', raw.get('rope_theta'))
   else:
     where, scaling, theta = 'rope_scaling', raw.get('rope_scaling') or {}, raw.get('rope_theta')
   if not all(isinstance(v, (int, float, str, type(None))) for v in scaling.values()):
-    raise DataError(f'{path}: field {where} holds per-layer-type rotary parameters; not supported')
+    raise DataError(f'{path}: field {where} holds per-layer-type rotary parameters; not supported '
+                    f'for {model_type}')
+  return _rope_scaling(raw, path, where, scaling, theta), (0.0, ())
+
+
+def _rope_scaling(raw: dict[str, Any], path: pathlib.Path, where: str, scaling: dict[str, Any],
+                  theta: float | None) -> tuple[float, tuple]:
+  """(rotary base, scaling) of one rotary parameter dict, found at field ``where``. Scaling is (),
+  ``('linear', factor)`` or Llama 3's ``('llama3', factor, low_freq_factor, high_freq_factor,
+  original_max_position_embeddings)`` (:func:`layers.rope_frequencies`); any other ``rope_type``
+  is refused."""
   partial = raw.get('partial_rotary_factor', scaling.get('partial_rotary_factor')) or 1.0
   if partial != 1.0:
     raise DataError(f'{path}: field partial_rotary_factor={partial!r} is not supported (1.0)')
@@ -159,8 +248,13 @@ def _rope(raw: dict[str, Any], path: pathlib.Path) -> tuple[float, tuple]:
   kind = scaling.get('rope_type', scaling.get('type', 'default'))
   if kind == 'default':
     return theta, ()
+  if kind == 'linear':
+    if not isinstance(scaling.get('factor'), (int, float)) or scaling['factor'] <= 0:
+      raise DataError(f'{path}: field {where}.factor missing or not positive (rope_type linear)')
+    return theta, ('linear', float(scaling['factor']))
   if kind != 'llama3':
-    raise DataError(f'{path}: field {where}.rope_type={kind!r} is not supported (default, llama3)')
+    raise DataError(f'{path}: field {where}.rope_type={kind!r} is not supported (default, linear, '
+                    'llama3)')
   for name in LLAMA3_ROPE:
     if not isinstance(scaling.get(name), (int, float)):
       raise DataError(f'{path}: field {where}.{name} missing (rope_type llama3 needs '
@@ -170,35 +264,28 @@ def _rope(raw: dict[str, Any], path: pathlib.Path) -> tuple[float, tuple]:
   return theta, ('llama3',) + tuple(float(scaling[n]) for n in LLAMA3_ROPE)
 
 
-class _GatedMlp(layers.SwiGLU):
-  """``down(act(gate(x)) * up(x))`` with SiLU (SwiGLU) or tanh-GELU (Gemma's GeGLU)."""
-
-  def __init__(self, cfg: LlmConfig, *, rngs: nnx.Rngs):
-    super().__init__(cfg.d_model, cfg.mlp_dim, dtype=DTYPES[cfg.dtype], rngs=rngs)
-    self.gelu = cfg.activation == 'gelu_tanh'
-
-  def __call__(self, x):
-    dt = self.dtype
-    g = x @ self.w_gate[...].astype(dt)
-    g = jax.nn.gelu(g, approximate=True) if self.gelu else jax.nn.silu(g)
-    return (g * (x @ self.w_up[...].astype(dt))) @ self.w_down[...].astype(dt)
-
-
 class LlmBlock(nnx.Module):
-  """Pre-norm decoder block of the imported LLM."""
+  """Pre-norm decoder block of the imported LLM, layer ``layer`` (its attention options:
+  ``layers.layer_attention``); Gemma 2/3 also norm the attention and MLP outputs."""
 
-  def __init__(self, cfg: LlmConfig, *, rngs: nnx.Rngs):
-    self.attn_norm = layers.RMSNorm(cfg.d_model, eps=cfg.rms_eps, rngs=rngs)
+  def __init__(self, cfg: LlmConfig, layer: int, *, rngs: nnx.Rngs):
+    norm = lambda: layers.RMSNorm(cfg.d_model, eps=cfg.rms_eps, rngs=rngs)
+    self.attn_norm = norm()
     self.attn = layers.Attention(
-        cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, rope_theta=cfg.rope_theta,
-        dtype=DTYPES[cfg.dtype], rngs=rngs, rope_scaling=cfg.rope_scaling,
-        bias=cfg.attention_bias, qk_norm=cfg.qk_norm, norm_eps=cfg.rms_eps)
-    self.mlp_norm = layers.RMSNorm(cfg.d_model, eps=cfg.rms_eps, rngs=rngs)
-    self.mlp = _GatedMlp(cfg, rngs=rngs)
+        cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, dtype=DTYPES[cfg.dtype],
+        rngs=rngs, bias=cfg.attention_bias, qk_norm=cfg.qk_norm, norm_eps=cfg.rms_eps,
+        **layers.layer_attention(cfg, layer))
+    self.attn_post_norm = norm() if cfg.post_norms else None
+    self.mlp_norm = norm()
+    self.mlp = layers.SwiGLU(cfg.d_model, cfg.mlp_dim, dtype=DTYPES[cfg.dtype], rngs=rngs,
+                             activation=cfg.activation)
+    self.mlp_post_norm = norm() if cfg.post_norms else None
 
   def __call__(self, x, positions, mask):
-    x = x + self.attn(self.attn_norm(x), positions, mask)
-    return x + self.mlp(self.mlp_norm(x))
+    h = self.attn(self.attn_norm(x), positions, mask)
+    x = x + (h if self.attn_post_norm is None else self.attn_post_norm(h))
+    h = self.mlp(self.mlp_norm(x))
+    return x + (h if self.mlp_post_norm is None else self.mlp_post_norm(h))
 
 
 class LlmRecDecoder(nnx.Module):
@@ -213,7 +300,7 @@ class LlmRecDecoder(nnx.Module):
     self.cfg = cfg
     init = nnx.initializers.normal(stddev=0.02)
     self.embed = layers.param(rngs, init, (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'))
-    self.blocks = nnx.List([LlmBlock(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+    self.blocks = nnx.List([LlmBlock(cfg, i, rngs=rngs) for i in range(cfg.num_layers)])
     self.final_norm = layers.RMSNorm(cfg.d_model, eps=cfg.rms_eps, rngs=rngs)
     if not cfg.tie_embeddings:
       self.lm_head = layers.param(rngs, init, (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'))
@@ -226,9 +313,7 @@ class LlmRecDecoder(nnx.Module):
     positions = jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0)  # padding does not shift positions
     seq = tokens.shape[-1]
     causal = jnp.tril(jnp.ones((seq, seq), bool))[None]  # [1, seq, seq]
-    if cfg.sliding_window:
-      # Hugging Face counts the window in positions: query p sees keys p - window < q <= p.
-      causal = causal & (positions[:, :, None] - positions[:, None, :] < cfg.sliding_window)
+    # Sliding layers narrow this to their window (layers.Attention).
     mask = ((causal & valid[:, None, :]) | jnp.eye(seq, dtype=bool)[None])[:, None]
     dt = DTYPES[cfg.dtype]
     x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)  # [batch, seq, d_model]
@@ -241,10 +326,15 @@ class LlmRecDecoder(nnx.Module):
   def _head(self) -> jax.Array:
     return self.embed[...] if self.cfg.tie_embeddings else self.lm_head[...]
 
+  def _capped(self, scores: jax.Array) -> jax.Array:
+    """Gemma 2's final-logit soft-capping: ``cap * tanh(scores / cap)``."""
+    cap = self.cfg.final_softcap
+    return cap * jnp.tanh(scores / cap) if cap else scores
+
   def logits(self, hidden: jax.Array) -> jax.Array:
     """[..., d_model] -> [..., vocab_size]: text tokens and item tokens; padding rows -inf."""
     cfg = self.cfg
-    scores = hidden @ self._head().T
+    scores = self._capped(hidden @ self._head().T)
     ids = jnp.arange(cfg.vocab_size)
     items = (ids > cfg.text_vocab) & (ids <= cfg.text_vocab + cfg.num_items)
     real = (ids < cfg.text_vocab) | items
@@ -254,7 +344,7 @@ class LlmRecDecoder(nnx.Module):
     """[..., d_model] -> [..., num_items + 1] next-item scores (column 0, padding, is -inf)."""
     cfg = self.cfg
     rows = jax.lax.dynamic_slice_in_dim(self._head(), cfg.text_vocab, cfg.num_items + 1)
-    scores = hidden @ rows.T
+    scores = self._capped(hidden @ rows.T)
     return scores.at[..., 0].set(-jnp.inf)
 
 
@@ -445,13 +535,18 @@ def _block_readers(t: _Tensors, cfg: LlmConfig) -> dict[int, Any]:
     if cfg.qk_norm:
       attn.update(q_norm={'scale': _norm(t, pre + 'self_attn.q_norm.weight', p1)},
                   k_norm={'scale': _norm(t, pre + 'self_attn.k_norm.weight', p1)})
+    norm = lambda name: {'scale': _norm(t, pre + name + '.weight', p1)}
     blocks[i] = {
-        'attn_norm': {'scale': _norm(t, pre + 'input_layernorm.weight', p1)},
+        'attn_norm': norm('input_layernorm'),
         'attn': attn,
-        'mlp_norm': {'scale': _norm(t, pre + 'post_attention_layernorm.weight', p1)},
+        'mlp_norm': norm('post_attention_layernorm'),
         'mlp': {'w_gate': _transposed(t, pre + 'mlp.gate_proj.weight'),
                 'w_up': _transposed(t, pre + 'mlp.up_proj.weight'),
                 'w_down': _transposed(t, pre + 'mlp.down_proj.weight')}}
+    if cfg.post_norms:  # Gemma 2/3: post_attention_layernorm norms the attention output
+      blocks[i].update(attn_post_norm=norm('post_attention_layernorm'),
+                       mlp_norm=norm('pre_feedforward_layernorm'),
+                       mlp_post_norm=norm('post_feedforward_layernorm'))
   return blocks
 
 
@@ -511,31 +606,26 @@ def load_hf_decoder(checkpoint: str | pathlib.Path, *, num_items: int, mesh: Mes
 # ---------------------------------------------------------------------------------------------
 # A checkpoint's blocks as the training backbone of the item decoder (config.model.backbone)
 
-BACKBONE_TYPES = ('llama', 'mistral', 'qwen2', 'qwen3')
-
-
-def backbone_architecture(checkpoint: str | pathlib.Path, *, max_len: int) -> dict[str, Any]:
+def backbone_architecture(checkpoint: str | pathlib.Path) -> dict[str, Any]:
   """The ``config.model`` fields that give :class:`~llm4rec_jax.model.decoder.ItemDecoder` the blocks
-  of a Hugging Face Llama/Mistral/Qwen2/Qwen3 checkpoint (width, depth, heads, MLP, rotary base and
-  scaling, norm epsilon, Qwen2's q/k/v biases, Qwen3's q/k norms)."""
-  path = pathlib.Path(checkpoint) / 'config.json'
-  cfg = read_config(checkpoint, num_items=1)
-  if cfg.model_type not in BACKBONE_TYPES:
-    raise ConfigError('model.backbone', f'{path}: model_type={cfg.model_type!r}: as a training '
-                      f'backbone only {BACKBONE_TYPES} blocks (SiLU MLP, plain RMSNorm, unscaled '
-                      'embeddings) are supported; other families load through '
-                      'hf_import.load_hf_decoder')
-  if cfg.activation != 'silu':
-    raise ConfigError('model.backbone', f'{path}: field hidden_act: the item decoder\'s MLP is '
-                      f'SwiGLU (silu), not {cfg.activation}')
-  if cfg.sliding_window and cfg.sliding_window < max_len:
-    raise ConfigError('model.backbone', f'{path}: sliding_window={cfg.sliding_window} is shorter '
-                      f'than data.max_len={max_len}; the item decoder attends to the whole window')
+  of a Hugging Face checkpoint of any of :data:`MODEL_TYPES`: width, depth, heads, MLP width and
+  gate activation, rotary base and scaling (per layer type for Gemma 3), norm epsilon, Qwen2's q/k/v
+  biases, Qwen3's and Gemma 3's q/k norms, sliding-window layers (Mistral, Gemma 2/3), Gemma's
+  scaled embeddings, Gemma 2/3's output norms, query scale and Gemma 2's attention soft-capping.
+
+  A checkpoint's final-logit soft-capping is not carried over: the item decoder scores the catalog
+  with its own item table, not the checkpoint's text head (and the cap would not change a ranking).
+  """
+  cfg = read_config(checkpoint, num_items=1)  # refuses what the blocks cannot apply
   return dict(d_model=cfg.d_model, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
               num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, mlp_dim=cfg.mlp_dim,
               rope_theta=cfg.rope_theta, rope_scaling=cfg.rope_scaling, rms_eps=cfg.rms_eps,
-              attention_bias=cfg.attention_bias, qk_norm=cfg.qk_norm, embed_scale=False,
-              backbone_type=cfg.model_type)
+              attention_bias=cfg.attention_bias, qk_norm=cfg.qk_norm, embed_scale=cfg.embed_scale,
+              activation=cfg.activation, layer_types=cfg.layer_types,
+              sliding_window=cfg.sliding_window, local_rope_theta=cfg.local_rope_theta,
+              local_rope_scaling=cfg.local_rope_scaling,
+              query_pre_attn_scalar=cfg.query_pre_attn_scalar, attn_softcap=cfg.attn_softcap,
+              post_norms=cfg.post_norms, backbone_type=cfg.model_type)
 
 
 def backbone_readers(checkpoint: str | pathlib.Path, num_items: int, vocab_size: int, *,

@@ -47,18 +47,22 @@ class RMSNorm(nnx.Module):
 def rope_frequencies(head_dim: int, theta: float, scaling: tuple = ()) -> jax.Array:
   """Rotary angular frequencies [head_dim // 2]: ``theta ** (-2i / head_dim)``.
 
-  ``scaling = ('llama3', factor, low_freq_factor, high_freq_factor, original_max_len)`` is Llama
-  3.1's long-context rescaling: wavelengths longer than ``original_max_len / low_freq_factor`` are
-  stretched by ``factor``, those shorter than ``original_max_len / high_freq_factor`` kept, and the
-  band between interpolated linearly in ``original_max_len / wavelength``.
+  ``scaling = ('linear', factor)`` divides every frequency by ``factor`` (positions interpolated,
+  as Gemma 3's global layers do). ``scaling = ('llama3', factor, low_freq_factor,
+  high_freq_factor, original_max_len)`` is Llama 3.1's long-context rescaling: wavelengths longer
+  than ``original_max_len / low_freq_factor`` are stretched by ``factor``, those shorter than
+  ``original_max_len / high_freq_factor`` kept, and the band between interpolated linearly in
+  ``original_max_len / wavelength``.
   """
   half = head_dim // 2
   freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
   if not scaling:
     return freq
+  if scaling[0] == 'linear':
+    return freq / scaling[1]
   kind, factor, low, high, original = scaling
   if kind != 'llama3':
-    raise ValueError(f'rotary scaling {kind!r} is not supported (llama3)')
+    raise ValueError(f'rotary scaling {kind!r} is not supported (linear, llama3)')
   keep = jnp.clip((original * freq / (2 * math.pi) - low) / (high - low), 0.0, 1.0)
   return keep * freq + (1 - keep) * freq / factor
 
@@ -89,20 +93,42 @@ def attention_impl(impl: str, dtype) -> str:
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
-                          impl: str = 'auto') -> jax.Array:
+                          impl: str = 'auto', *, scale: float | None = None,
+                          softcap: float = 0.0) -> jax.Array:
   """``jax.nn.dot_product_attention`` with the implementation chosen by :func:`attention_impl`.
 
   jax picks XLA's unfused attention when no implementation is named, also on GPUs; ``'auto'`` names
   cuDNN there (the boolean mask becomes the kernel's bias) and falls back to XLA when cuDNN rejects
-  the shapes at trace time (e.g. a head size it does not support).
+  the shapes at trace time (e.g. a head size it does not support). ``scale`` multiplies the scores
+  (default ``head_dim ** -0.5``). ``softcap > 0`` caps the scaled scores at ``softcap *
+  tanh(score / softcap)`` (Gemma 2), which jax's kernels do not offer: :func:`softcapped_attention`.
   """
+  if softcap:
+    return softcapped_attention(q, k, v, mask, scale=scale, softcap=softcap)
   chosen = attention_impl(impl, q.dtype)
   if chosen == 'cudnn' and impl == 'auto':
     try:
-      return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation='cudnn')
+      return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation='cudnn')
     except (ValueError, NotImplementedError, RuntimeError):
       chosen = 'xla'
-  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=chosen)
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation=chosen)
+
+
+def softcapped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
+                         scale: float | None, softcap: float) -> jax.Array:
+  """Attention with tanh-capped scores, unfused: q [batch, seq, heads, hd], k/v [batch, seq,
+  kv_heads, hd] (query head h reads key/value head ``h // (heads // kv_heads)``), mask bool
+  [batch, 1, seq, seq] -> [batch, seq, heads, hd]. Scores and softmax in float32."""
+  b, s, h, hd = q.shape
+  groups = h // k.shape[2]
+  scale = hd ** -0.5 if scale is None else scale
+  qg = q.reshape(b, s, k.shape[2], groups, hd)  # [batch, seq, kv_heads, groups, hd]
+  scores = jnp.einsum('bqkgd,bskd->bkgqs', qg, k, preferred_element_type=jnp.float32) * scale
+  scores = softcap * jnp.tanh(scores / softcap)  # [batch, kv_heads, groups, seq_q, seq_k]
+  scores = jnp.where(mask[:, :, None], scores, -jnp.inf)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum('bkgqs,bskd->bqkgd', probs, v)
+  return out.reshape(b, s, h, hd)
 
 
 class Attention(nnx.Module):
@@ -112,13 +138,17 @@ class Attention(nnx.Module):
   fused cuDNN kernel in bf16/fp16 and everything else XLA's. ``rope_scaling``: see
   :func:`rope_frequencies`. Options of pretrained decoders: ``bias`` adds biases to the q/k/v
   projections (Qwen2), ``qk_norm`` an RMSNorm over each query and key head before the rotary
-  embedding (Qwen3), with epsilon ``norm_eps``.
+  embedding (Qwen3, Gemma 3), with epsilon ``norm_eps``; ``sliding_window > 0`` lets a query at
+  position p see only keys at positions above ``p - sliding_window`` (Mistral, the local layers of
+  Gemma 2/3); ``scale`` replaces ``head_dim ** -0.5`` as the score scale (Gemma's
+  ``query_pre_attn_scalar ** -0.5``); ``softcap > 0`` tanh-caps the scores (Gemma 2).
   """
 
   def __init__(self, d_model: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
                rope_theta: float, dtype, rngs: nnx.Rngs, impl: str = 'auto',
                rope_scaling: tuple = (), bias: bool = False, qk_norm: bool = False,
-               norm_eps: float = 1e-6):
+               norm_eps: float = 1e-6, sliding_window: int = 0, scale: float | None = None,
+               softcap: float = 0.0):
     if num_heads % num_kv_heads:
       raise ValueError(f'num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}')
     init = fan_in_init(d_model)
@@ -137,6 +167,7 @@ class Attention(nnx.Module):
     self.k_norm = RMSNorm(head_dim, eps=norm_eps, rngs=rngs) if qk_norm else None
     self.rope_theta = rope_theta
     self.rope_scaling = tuple(rope_scaling)
+    self.sliding_window, self.scale, self.softcap = sliding_window, scale, softcap
     self.dtype = dtype
     if impl not in ATTENTION_IMPLS:
       raise ValueError(f'attention implementation {impl!r} is not one of {ATTENTION_IMPLS}')
@@ -149,6 +180,12 @@ class Attention(nnx.Module):
     return y + getattr(self, 'b' + name)[...].astype(dt) if self.bias else y
 
   def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
+    """x [batch, seq, d_model], positions int [batch, seq], mask bool [batch, 1, seq, seq]."""
+    if self.sliding_window:
+      # Counted in positions, as Hugging Face counts it in (left-padding-free) indices.
+      near = positions[:, :, None] - positions[:, None, :] < self.sliding_window  # [b, s, s]
+      eye = jnp.eye(x.shape[1], dtype=bool)  # padded queries keep their one key
+      mask = mask & (near | eye)[:, None]
     q = self._project(x, 'q')  # [batch, seq, heads, head_dim]
     k = self._project(x, 'k')  # [batch, seq, kv_heads, head_dim]
     v = self._project(x, 'v')
@@ -156,23 +193,55 @@ class Attention(nnx.Module):
       q, k = self.q_norm(q), self.k_norm(k)
     q = rotary(q, positions, self.rope_theta, self.rope_scaling)
     k = rotary(k, positions, self.rope_theta, self.rope_scaling)
-    out = dot_product_attention(q, k, v, mask, self.impl)  # [batch, seq, heads, head_dim]
+    out = dot_product_attention(q, k, v, mask, self.impl, scale=self.scale,
+                                softcap=self.softcap)  # [batch, seq, heads, head_dim]
     return jnp.einsum('blhk,hkd->bld', out, self.wo[...].astype(self.dtype))
 
 
-class SwiGLU(nnx.Module):
-  """Gated feed-forward: ``down(silu(gate(x)) * up(x))``."""
+LAYER_TYPES = ('full_attention', 'sliding_attention')
 
-  def __init__(self, d_model: int, mlp_dim: int, *, dtype, rngs: nnx.Rngs):
+
+def layer_attention(cfg, layer: int) -> dict:
+  """Attention options of decoder layer ``layer`` (keyword arguments of :class:`Attention`).
+
+  ``cfg`` is a decoder config (``decoder.DecoderConfig`` or ``hf_import.LlmConfig``) with
+  ``layer_types`` (one of :data:`LAYER_TYPES` per layer, Hugging Face's names; () = all full),
+  ``sliding_window``, ``rope_theta``/``rope_scaling`` (full layers), ``local_rope_theta``/
+  ``local_rope_scaling`` (sliding layers; ``local_rope_theta=0`` = the full layers' rotary),
+  ``query_pre_attn_scalar`` (0 = head size) and ``attn_softcap``.
+  """
+  local = bool(cfg.layer_types) and cfg.layer_types[layer] == 'sliding_attention'
+  theta, scaling = cfg.rope_theta, cfg.rope_scaling
+  if local and cfg.local_rope_theta:
+    theta, scaling = cfg.local_rope_theta, cfg.local_rope_scaling
+  return dict(rope_theta=theta, rope_scaling=tuple(scaling),
+              sliding_window=cfg.sliding_window if local else 0,
+              scale=cfg.query_pre_attn_scalar ** -0.5 if cfg.query_pre_attn_scalar else None,
+              softcap=cfg.attn_softcap)
+
+
+ACTIVATIONS = ('silu', 'gelu_tanh')
+
+
+class SwiGLU(nnx.Module):
+  """Gated feed-forward: ``down(act(gate(x)) * up(x))``; ``act`` is SiLU (SwiGLU) or, with
+  ``activation='gelu_tanh'``, tanh-approximated GELU (Gemma's GeGLU)."""
+
+  def __init__(self, d_model: int, mlp_dim: int, *, dtype, rngs: nnx.Rngs,
+               activation: str = 'silu'):
+    if activation not in ACTIVATIONS:
+      raise ValueError(f'activation {activation!r} is not one of {ACTIVATIONS}')
     self.w_gate = param(rngs, fan_in_init(d_model), (d_model, mlp_dim), ('embed', 'mlp'))
     self.w_up = param(rngs, fan_in_init(d_model), (d_model, mlp_dim), ('embed', 'mlp'))
     self.w_down = param(rngs, fan_in_init(mlp_dim), (mlp_dim, d_model), ('mlp', 'embed'))
     self.dtype = dtype
+    self.activation = activation
 
   def __call__(self, x: jax.Array) -> jax.Array:
     dt = self.dtype
-    h = jax.nn.silu(x @ self.w_gate[...].astype(dt)) * (x @ self.w_up[...].astype(dt))
-    return h @ self.w_down[...].astype(dt)
+    g = x @ self.w_gate[...].astype(dt)
+    g = jax.nn.gelu(g, approximate=True) if self.activation == 'gelu_tanh' else jax.nn.silu(g)
+    return (g * (x @ self.w_up[...].astype(dt))) @ self.w_down[...].astype(dt)
 
 
 class CausalFilter(nnx.Module):

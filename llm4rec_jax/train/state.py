@@ -37,8 +37,7 @@ def model_config(config: ml_collections.ConfigDict, num_items: int,
   (once: the saved config records them, so evaluation needs no checkpoint files).
   """
   if config.model.get('backbone') and not config.model.get('backbone_type'):
-    config.model.update(hf_import.backbone_architecture(config.model.backbone,
-                                                        max_len=config.data.max_len))
+    config.model.update(hf_import.backbone_architecture(config.model.backbone))
   shards = math.prod(mesh.shape[a] for a in partitioning.rule_axes(config.mesh.rules, 'vocab')
                      if a in mesh.shape)
   cfg = decoder_lib.from_config(config.model, num_items=num_items, vocab_multiple=128 * shards)
