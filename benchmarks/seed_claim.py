@@ -1,7 +1,7 @@
 """A declared multi-seed claim tested from result files: B beats A on a metric over the same seeds.
 
-Each side is a list of result files (JSON, or JSON lines with one record per seed); records are
-matched by their ``seed``. The claim holds when the mean of the per-seed differences B - A is
+Each side is a list of result files (JSON, or JSON lines with one record per seed, or leaderboard
+rows with their per-seed values); records are matched by their ``seed``. The claim holds when the mean of the per-seed differences B - A is
 positive and larger than ``--se_factor`` standard errors of those differences (ddof=1), the
 criterion the multi-seed claims of docs/causal_filter.md declare. Validation figures are reported
 beside test, never used.
@@ -36,13 +36,24 @@ def read_records(spec: str) -> dict[int, dict]:
       records = [json.loads(text)]
     except json.JSONDecodeError:
       records = [json.loads(line) for line in text.splitlines() if line.strip()]
-    for rec in records:
+    for rec in [r for row in records for r in _per_seed(row)]:
       if 'seed' not in rec:
         raise SystemExit(f'{path}: a record without a seed')
       if rec['seed'] in out:
         raise SystemExit(f'{path}: seed {rec["seed"]} given twice')
       out[rec['seed']] = dict(rec, source=path.name)
   return out
+
+
+def _per_seed(rec: dict) -> list[dict]:
+  """A leaderboard row (benchmarks/leaderboard.py) as one record per seed; others as they are."""
+  if rec.get('benchmark') != 'leaderboard':
+    return [rec]
+  return [{'seed': seed,
+           'test': {k[len('test_'):]: v['per_seed'][i] for k, v in rec.items()
+                    if k.startswith('test_') and isinstance(v, dict) and 'per_seed' in v},
+           'valid_ndcg@10': rec['valid_ndcg@10']['per_seed'][i]}
+          for i, seed in enumerate(rec['seeds'])]
 
 
 def test_claim(a: dict[int, dict], b: dict[int, dict], metric: str, se_factor: float) -> dict:

@@ -35,3 +35,13 @@ def test_claim_holds_only_beyond_two_standard_errors(tmp_path):
   out = _run(tmp_path, ','.join(str(tmp_path / f'a{s}.json') for s in range(3)),
              tmp_path / 'c.jsonl')
   assert out['holds'] is False and out['diff_mean'] > 0
+
+
+def test_leaderboard_rows_count_as_their_seeds(tmp_path):
+  row = {'benchmark': 'leaderboard', 'seeds': [0, 1, 2],
+         'test_ndcg@10': {'mean': 0.051, 'se': 0.0006, 'per_seed': [0.050, 0.052, 0.051]},
+         'valid_ndcg@10': {'mean': 0.06, 'se': 0.0, 'per_seed': [0.06, 0.06, 0.06]}}
+  (tmp_path / 'board.jsonl').write_text(json.dumps(row) + '\n')
+  _write(tmp_path / 'b.jsonl', [(0, 0.053), (1, 0.0545), (2, 0.0545)], lines=True)
+  out = _run(tmp_path, tmp_path / 'board.jsonl', tmp_path / 'b.jsonl')
+  assert out['a']['per_seed'] == [0.05, 0.052, 0.051] and out['holds'] is True
