@@ -37,6 +37,9 @@ def read_records(spec: str) -> dict[int, dict]:
     except json.JSONDecodeError:
       records = [json.loads(line) for line in text.splitlines() if line.strip()]
     for rec in [r for row in records for r in _per_seed(row)]:
+      seeds = rec.get('seeds') or rec.get('provenance', {}).get('seeds') or []
+      if 'seed' not in rec and len(seeds) == 1:  # single-run files that list their one seed
+        rec = dict(rec, seed=seeds[0])
       if 'seed' not in rec:
         raise SystemExit(f'{path}: a record without a seed')
       if rec['seed'] in out:
