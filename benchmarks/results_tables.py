@@ -709,26 +709,31 @@ FILTER_RUNS = {  # seed -> (attention-only run, filter run, paired comparison)
         'paired_filter0.7_vs_attention_beauty_d128_seed0.json'),
     1: ('beauty_d128_seed1.json', 'beauty_d128_filter0.7_seed1.json',
         'paired_filter0.7_vs_attention_beauty_d128_seed1.json'),
+    # The attention-only seed-2 run kept no rankings: its difference is not paired.
+    2: ('beauty_d128_seed2.json', 'beauty_d128_filter0.7_seed2.json', None),
 }
-FILTER_FILES = tuple(f for files in FILTER_RUNS.values() if all((RESULTS / x).exists() for x in files)
-                     for f in files)
+FILTER_FILES = tuple(f for files in FILTER_RUNS.values()
+                     if all((RESULTS / x).exists() for x in files if x) for f in files if f)
 
 
 def _filter_rows(data):
   rows = []
   for seed, (base, filt, paired) in FILTER_RUNS.items():
-    if paired not in data:
+    if base not in data or filt not in data or (paired and paired not in data):
       continue
-    res = data[paired]['results']['test']
-    for rec, label, diff in ((data[base], 'attention only (filter_mix 0)', None),
-                             (data[filt], 'attention + causal filter (filter_mix 0.7)', res)):
+    res = data[paired]['results']['test'] if paired else None
+    for rec, label, is_filter in ((data[base], 'attention only (filter_mix 0)', False),
+                                  (data[filt], 'attention + causal filter (filter_mix 0.7)', True)):
+      dn = dh = ''
+      if is_filter and res is not None:
+        dn = f"{res['ndcg@10']['b_minus_a']:+.4f} +- {res['ndcg@10']['paired_se']:.4f}"
+        dh = f"{res['hr@10']['b_minus_a']:+.4f} +- {res['hr@10']['paired_se']:.4f}"
+      elif is_filter:  # no saved rankings of the baseline: the plain difference, no error
+        dn = f"{rec['test']['ndcg@10'] - data[base]['test']['ndcg@10']:+.4f} (unpaired)"
+        dh = f"{rec['test']['hr@10'] - data[base]['test']['hr@10']:+.4f} (unpaired)"
       rows.append({'model': label, 'seed': seed, 'valid': rec['valid_ndcg@10'],
                    'test': rec['test']['ndcg@10'], 'hr': rec['test']['hr@10'],
-                   'epoch': rec['best_epoch'],
-                   'dn': '' if diff is None else
-                   f"{diff['ndcg@10']['b_minus_a']:+.4f} +- {diff['ndcg@10']['paired_se']:.4f}",
-                   'dh': '' if diff is None else
-                   f"{diff['hr@10']['b_minus_a']:+.4f} +- {diff['hr@10']['paired_se']:.4f}"})
+                   'epoch': rec['best_epoch'], 'dn': dn, 'dh': dh})
   return rows
 
 
@@ -763,6 +768,30 @@ FILTER_BLEND_COLS = (Col('seed', 'seed', fmt('d')), Col('w chosen', 'w', fmt('g'
                      Col('filter + blend test NDCG@10', 'test', F4),
                      Col('filter + blend test HR@10', 'hr', F4),
                      Col('test NDCG@10 vs filter', 'dn'), Col('test HR@10 vs filter', 'dh'))
+
+
+CLAIMS = ('declared multi-seed claims, each tested by `python benchmarks/seed_claim.py` (the command is '
+          'in its file): per seed, test NDCG@10 of B minus A on the same seeds; the claim holds when '
+          'the mean difference exceeds two standard errors of the per-seed differences.')
+CLAIM_FILES = tuple(f for f in ('claim_filter0.7_vs_attention_beauty_d128.json',
+                                'claim_filter0.7_blend_vs_filter_beauty_d128.json',
+                                'claim_filter0.7_vs_attention_lastfm_d128.json',
+                                'claim_filter0.7_ema_vs_filter_beauty_d128.json')
+                    if (RESULTS / f).exists())
+
+
+def _claim_rows(data):
+  return [{'claim': rec['name'], 'seeds': ', '.join(str(x) for x in rec['seeds']),
+           'a': f"{rec['a']['mean']:.4f} +- {rec['a']['se']:.4f}",
+           'b': f"{rec['b']['mean']:.4f} +- {rec['b']['se']:.4f}",
+           'diffs': ', '.join(f'{d:+.4f}' for d in rec['diff_per_seed']),
+           'mean': f"{rec['diff_mean']:+.4f} +- {rec['diff_se']:.4f}",
+           'holds': 'yes' if rec['holds'] else 'no'} for rec in (data[f] for f in CLAIM_FILES)]
+
+
+CLAIM_COLS = (Col('claim (B vs A)', 'claim'), Col('seeds', 'seeds'), Col('A test NDCG@10', 'a'),
+              Col('B test NDCG@10', 'b'), Col('B - A per seed', 'diffs'),
+              Col('mean difference', 'mean'), Col('holds', 'holds'))
 
 
 FILTER_COLS = (Col('model', 'model'), Col('seed', 'seed', fmt('d')),
@@ -979,6 +1008,7 @@ TABLES: tuple[Table, ...] = (
     Table('leaderboard', tuple(f for f in BOARD_FILES if (RESULTS / f).exists()), BOARD,
           _board_rows, BOARD_COLS),
     Table('causal_filter', FILTER_FILES, FILTER, _filter_rows, FILTER_COLS),
+    Table('seed_claims', CLAIM_FILES, CLAIMS, _claim_rows, CLAIM_COLS),
     Table('causal_filter_blend', FILTER_BLEND_FILES,
           'the causal-filter checkpoints of the table above (filter_mix 0.7), re-evaluated with '
           '`python benchmarks/reevaluate.py --set \'eval.transition_weights=(0.0,0.25,0.5,1.0,2.0)\'` '
