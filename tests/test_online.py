@@ -413,3 +413,47 @@ def test_registering_items_compiles_nothing_after_warm_up(workdir):
   assert not compiles, f'{len(compiles)} compilations after warm-up'
   assert learner._zero_rows_fn._cache_size() == 1  # pylint: disable=protected-access
   learner.close()
+
+
+def test_warm_up_compiles_ahead_so_growth_and_serving_compile_nothing(workdir):
+  """With pow2 growth, warm_up compiles the next catalog size too: registering items past the
+  reserve, stepping, syncing and serving compile nothing (counted by jax.monitoring)."""
+  from llm4rec_jax.online.compiles import CompileCounter  # pylint: disable=import-outside-toplevel
+  learner = OnlineLearner(workdir, overrides={'batch_size': 8, 'replay_batch': 8, 'grow': 'pow2',
+                                              'window': 4, 'sync_every': 3})
+  assert learner.train_width == 5 and learner.replay.width == 5
+  info = learner.warm_up()
+  assert info['vocab_sizes'] == [128, 256] and info['compilations'] > 0
+  rng = np.random.default_rng(0)
+  metrics = []
+  with CompileCounter() as counter:
+    for k in range(6):  # 6 x 2 new items: past the 7 free rows, into the 256-row bucket
+      items = [f'fresh{k}a', f'fresh{k}b'] + [f'i{j}' for j in rng.integers(1, 121, 6)]
+      metrics.append(learner.learn([events_lib.Event(user=f'u{u}', item=it)
+                                    for u, it in zip(range(10, 18), items)]))
+      learner.recommend(f'u{10 + k}')
+    learner.sync()
+  assert learner.catalog.vocab_size == 256 and learner.catalog.num_items == 132
+  assert counter.count == 0, f'{counter.count} compilations after warm-up'
+  # Metrics reach the host every third step only.
+  assert [bool(m) for m in metrics] == [False, False, True, False, False, True]
+  assert np.isfinite(metrics[2]['loss'])
+  assert learner.rank([events_lib.Event(user='u3', item='fresh5b')])[0] < learner.catalog.num_items
+  learner.close()
+
+
+def test_reserve_items_grows_at_load_and_pow2_sizes(workdir):
+  from llm4rec_jax.online.catalog import grown_vocab  # pylint: disable=import-outside-toplevel
+  assert grown_vocab(1793, 1792, 1024, 128) == 2816
+  assert grown_vocab(1793, 1792, 1024, 128, 'pow2') == 2048
+  assert grown_vocab(2049, 2048, 1, 128, 'pow2') == 4096
+  assert grown_vocab(129, 128, 1, 384, 'pow2') == 384  # still a multiple of the catalog shards
+  learner = OnlineLearner(workdir, overrides={'batch_size': 8, 'replay_batch': 8, 'grow': 'pow2',
+                                              'reserve_items': 100})
+  assert learner.catalog.vocab_size == 256 and learner.catalog.free_rows >= 100
+  assert learner.state['params']['item_embed'].shape[0] == 256
+  learner.close()
+  with pytest.raises(ConfigError, match='online.grow'):
+    OnlineLearner(workdir, overrides={'grow': 'cubic'})
+  with pytest.raises(ConfigError, match='online.sync_every'):
+    OnlineLearner(workdir, overrides={'sync_every': 0})
