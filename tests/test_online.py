@@ -325,6 +325,8 @@ def test_event_log_trains_a_model_and_adapt_command_reads_stdin(tmp_path):
   out = json.loads(proc.stdout)
   assert out['records'] == 3 and out['new_items'] == 1 and out['position'] == 3
   assert out['prequential']['num_cases'] == 3
+  # adapt warms up, so the stream itself compiles nothing (registration of 'brand-new' included).
+  assert out['warm_up']['compilations'] > 0 and out['compilations'] == 0
   bad = subprocess.run([sys.executable, '-m', 'llm4rec_jax.cli', 'adapt', f'--workdir={workdir}',
                         '--events=-'], input='{"user": "u1"}\n', cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
@@ -457,3 +459,29 @@ def test_reserve_items_grows_at_load_and_pow2_sizes(workdir):
     OnlineLearner(workdir, overrides={'grow': 'cubic'})
   with pytest.raises(ConfigError, match='online.sync_every'):
     OnlineLearner(workdir, overrides={'sync_every': 0})
+
+
+def test_bad_events_and_time_order_policies_raise_or_skip_with_line_numbers(tmp_path):
+  path = tmp_path / 'e.jsonl'
+  path.write_text('{"user": "u1", "item": "a", "timestamp": 5}\n'
+                  '{"user": "u1", "item": }\n'
+                  '{"user": "u1", "itme": "b", "timestamp": 6}\n'
+                  '{"user": "u2", "item": "c", "timestamp": 4}\n'
+                  '{"user": "u2", "item": "d", "timestamp": 7}\n')
+  with pytest.raises(DataError, match=r'e.jsonl:2: not valid JSON'):
+    list(open_events(path))
+  skipped = []
+  events = list(open_events(path, bad_events='skip', skipped=skipped))
+  assert [e.item for e in events] == ['a', 'c', 'd']  # out of order accepted by default
+  assert len(skipped) == 2 and 'e.jsonl:2' in skipped[0] and "e.jsonl:3, field 'itme'" in skipped[1]
+  with pytest.raises(DataError, match=r"e.jsonl:4, field 'timestamp': timestamp 4 is before"):
+    list(open_events(path, bad_events='skip', time_order='raise'))
+  skipped = []
+  events = list(open_events(path, bad_events='skip', time_order='skip', skipped=skipped, skip=1))
+  assert [e.item for e in events] == ['d'] and len(skipped) == 3 and 'e.jsonl:4' in skipped[2]
+  records = [{'user': 'u', 'item': 'x', 'timestamp': 2}, {'user': 'u', 'itm': 'y'},
+             {'user': 'u', 'item': 'z', 'timestamp': 1}]
+  skipped = []
+  assert [e.item for e in open_events(records, bad_events='skip', time_order='skip',
+                                      skipped=skipped)] == ['x']
+  assert "<iterator>:2, field 'itm'" in skipped[0] and '<iterator>:3' in skipped[1]

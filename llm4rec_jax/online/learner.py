@@ -17,11 +17,12 @@ logical-axis shardings as training), then for every micro-batch of events:
 4. every ``online.snapshot_every`` events, writes an Orbax snapshot with the stream position.
 
 For production rates (see docs/online.md): ``online.window`` trains on a short recent window instead
-of ``data.max_len + 1`` positions (ranking still reads ``data.max_len`` items); ``online.sync_every``
-fetches the metrics (finite-loss check) and flushes index upserts every N steps only, so the host
-does not wait for every step; ``online.grow='pow2'`` with ``online.reserve_items`` grows the catalog
-in few sizes, whose programs :meth:`OnlineLearner.warm_up` compiles ahead (the programs of each
-vocabulary size are built once and kept), so vocabulary growth compiles nothing on the update path.
+of ``data.max_len + 1`` positions (ranking still reads ``data.max_len`` items);
+``online.sync_every`` fetches the metrics (finite-loss check) and flushes index upserts every N
+steps only, so the host does not wait for every step; ``online.grow='pow2'`` with
+``online.reserve_items`` grows the catalog in few sizes, whose programs
+:meth:`OnlineLearner.warm_up` compiles ahead (the programs of each vocabulary size are built once
+and kept), so vocabulary growth compiles nothing on the update path.
 
 The decoder has no user table (a user is their history), so new users need no capacity: the learner
 keeps every user's history and starts one for a new user.
@@ -140,6 +141,10 @@ def validate(config: ml_collections.ConfigDict, dp: int) -> None:
     raise ConfigError('online.sync_every', f'must be >= 1, got {oc.sync_every}')
   if oc.grow not in GROW_MODES:
     raise ConfigError('online.grow', f'{oc.grow!r} is not one of {GROW_MODES}')
+  if oc.bad_events not in stream.BAD_EVENTS:
+    raise ConfigError('online.bad_events', f'{oc.bad_events!r} is not one of {stream.BAD_EVENTS}')
+  if oc.time_order not in stream.TIME_ORDERS:
+    raise ConfigError('online.time_order', f'{oc.time_order!r} is not one of {stream.TIME_ORDERS}')
   if oc.new_item_learning_rate < 0:
     raise ConfigError('online.new_item_learning_rate',
                       f'must be >= 0 (0 = online.learning_rate), got {oc.new_item_learning_rate}')
@@ -203,6 +208,8 @@ class RunSummary:
   step_latency_ms: list[float] = dataclasses.field(default_factory=list)
   ranks: list[int] = dataclasses.field(default_factory=list)  # prequential, when evaluated
   position: int = 0
+  compilations: int = 0  # XLA compilations during the run (0 after warm_up for known sizes)
+  skipped: list[str] = dataclasses.field(default_factory=list)  # records skipped, with their line
 
   def to_json(self, ks: Sequence[int] = (10,)) -> dict[str, Any]:
     # The first step compiles; it is reported apart from the latency percentiles.
@@ -213,7 +220,8 @@ class RunSummary:
            'update_latency_ms_p50': round(float(np.percentile(lat, 50)), 2),
            'update_latency_ms_p99': round(float(np.percentile(lat, 99)), 2),
            'first_step_ms': round(self.step_latency_ms[0], 2) if self.step_latency_ms else None,
-           'position': self.position}
+           'position': self.position, 'compilations': self.compilations,
+           'skipped_records': len(self.skipped), 'skipped_examples': self.skipped[:10]}
     if self.ranks:
       out['prequential'] = metrics_lib.ranking_metrics(np.asarray(self.ranks), ks)
     return out
@@ -486,9 +494,9 @@ class OnlineLearner:
     params = state['params']
     inputs = np.zeros((b, self.width - 1), np.int32)
     for seen in (self._seen_width, 2 * self._seen_width):
-      self._rank_fn(params, self._put_batch({'inputs': inputs, 'seen': np.zeros((b, seen), np.int32),
-                                             'targets': np.zeros(b, np.int32)}),
-                    content, catalog)
+      batch = self._put_batch({'inputs': inputs, 'seen': np.zeros((b, seen), np.int32),
+                               'targets': np.zeros(b, np.int32)})
+      self._rank_fn(params, batch, content, catalog)
     self._query_and_kth(params, content, self._put_batch({'inputs': inputs})['inputs'], catalog)
     lengths = sorted({_bucket(n) for n in range(1, b + 1)})
     for n in lengths:
@@ -837,10 +845,12 @@ class OnlineLearner:
     ranks every interaction before learning from it (prequential), learns, snapshots every
     ``online.snapshot_every`` records and at the end."""
     oc = self.oc
-    events = stream.open_events(source, skip=self.position)
+    summary = RunSummary()
+    events = stream.open_events(source, skip=self.position, bad_events=oc.bad_events,
+                                time_order=oc.time_order, skipped=summary.skipped)
     if max_records is not None:
       events = itertools.islice(events, max_records)
-    summary = RunSummary()
+    counter = CompileCounter().start()
     t0 = time.perf_counter()
     for batch in stream.micro_batches(events, size=oc.batch_size, max_wait_s=oc.max_wait_s,
                                       window_s=oc.window_s):
@@ -859,6 +869,7 @@ class OnlineLearner:
     self.sync()
     jax.block_until_ready(self.state)
     summary.seconds = time.perf_counter() - t0
+    summary.compilations = counter.stop().count
     self.snapshot()
     summary.position = self.position
     self._log(summary)
@@ -875,13 +886,18 @@ class OnlineLearner:
 
 def adapt(workdir: str | pathlib.Path, events: stream.Source | Iterable[Any], *,
           overrides: Mapping[str, Any] | None = None, evaluate: bool = False,
-          checkpoint: str = 'best') -> dict[str, Any]:
+          checkpoint: str = 'best', warm_up: bool = True) -> dict[str, Any]:
   """Adapts ``workdir``'s model on ``events`` (path, '-', or iterable) and returns a summary; resumes
-  from the latest snapshot. Upserts into ``WORKDIR/index`` when a ScaNN index was built there."""
+  from the latest snapshot. Upserts into ``WORKDIR/index`` when a ScaNN index was built there.
+  ``warm_up`` compiles ahead (:meth:`OnlineLearner.warm_up`); the summary reports what that took
+  and the compilations during the stream."""
   learner = OnlineLearner(workdir, overrides=overrides, checkpoint=checkpoint)
+  warm = None
   try:
     if learner.oc.upsert_index:
       learner.index = _load_index(pathlib.Path(workdir))
+    if warm_up:
+      warm = learner.warm_up()
     summary = learner.run(events, evaluate=evaluate)
     if learner.index is not None:
       learner.upsert_index()
@@ -889,7 +905,7 @@ def adapt(workdir: str | pathlib.Path, events: stream.Source | Iterable[Any], *,
   finally:
     learner.close()
   out = summary.to_json()
-  out.update(workdir=str(workdir), num_items=learner.catalog.num_items,
+  out.update(warm_up=warm, workdir=str(workdir), num_items=learner.catalog.num_items,
              vocab_size=learner.catalog.vocab_size,
              snapshot=str(learner.snapshots.directory / str(learner.position)))
   return out
