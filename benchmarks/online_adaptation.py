@@ -21,7 +21,7 @@ learner over the whole stream, without ranking:
 
 * sustained: every event available at once, micro-batches back to back; events/s over the stream
   (the device is synced at the end);
-* paced: events arrive at ``--arrival_rate`` per second; a micro-batch closes when full or
+* paced: events arrive at each of ``--arrival_rates`` per second; a micro-batch closes when full or
   ``--max_wait_ms`` after its first event; after each update the learner serves a recommendation
   (``OnlineLearner.recommend``) for the batch's last user. Update latency = learn + device sync;
   freshness = recommendation served - event arrival, for every event. A pass that falls more than
@@ -193,15 +193,15 @@ def sustained(workdir: pathlib.Path, events: list, config, variant: dict) -> dic
   return out
 
 
-def paced(workdir: pathlib.Path, events: list, config, variant: dict, args) -> dict:
-  """Events arriving at ``args.arrival_rate``/s: update latency and freshness (event arrival ->
-  a recommendation for its user served after the update that learned it)."""
+def paced(workdir: pathlib.Path, events: list, config, variant: dict, args, rate: float) -> dict:
+  """Events arriving at ``rate``/s: update latency and freshness (event arrival -> a
+  recommendation for its user served after the update that learned it)."""
   import jax  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.online import open_events  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.online.compiles import CompileCounter  # pylint: disable=import-outside-toplevel
   learner, warm = make_learner(workdir, config, variant)
   parsed = list(open_events(events))
-  size, rate, wait = learner.oc.batch_size, float(args.arrival_rate), args.max_wait_ms / 1e3
+  size, rate, wait = learner.oc.batch_size, float(rate), args.max_wait_ms / 1e3
   counter = CompileCounter().start() if warm else None
   update_ms, fresh_ms, served, fell_behind = [], [], 0, False
   t0 = time.perf_counter()
@@ -278,8 +278,10 @@ def run_dataset(name: str, args, tmp: pathlib.Path) -> dict:
             'events_per_s', 'update_latency_ms_p50', 'update_latency_ms_p99', 'first_step_ms',
             'steps', 'vocab_size', 'compilations_after_warm_up', 'warm_up')},
         'sustained': sustained(workdir0, stream, config, variant),
-        'paced': paced(workdir0, stream, config, variant, args),
+        'paced_at': {str(r): paced(workdir0, stream, config, variant, args, r)
+                     for r in args.arrival_rates},
         'ranks': run['ranks']}
+    measured[vname]['paced'] = measured[vname]['paced_at'][str(args.arrival_rates[0])]
     print(json.dumps({'dataset': name, 'variant': vname,
                       **{k: v for k, v in measured[vname].items() if k != 'ranks'}}),
           file=sys.stderr, flush=True)
@@ -354,14 +356,16 @@ def main():
   p.add_argument('--variant', action='append', default=[], metavar='NAME:KEY=VALUE,...',
                  help='an adapted variant (repeatable); warm_up=False skips the warm-up')
   p.add_argument('--adapted', default='', help='the variant reported as adapted (default: last)')
-  p.add_argument('--arrival_rate', type=float, default=5000.0,
-                 help='paced pass: events arriving per second')
+  p.add_argument('--arrival_rates', default='5000',
+                 help='paced passes: events arriving per second, comma-separated (the first is '
+                      'reported as "paced")')
   p.add_argument('--max_wait_ms', type=float, default=50.0,
                  help='paced pass: a partial micro-batch closes this long after its first event')
   p.add_argument('--max_backlog_s', type=float, default=30.0,
                  help='paced pass: stop when this far behind the arrivals')
   p.add_argument('--out', default='', help='also write the JSON line to this file')
   args = p.parse_args()
+  args.arrival_rates = [float(r) for r in args.arrival_rates.split(',')]
   record = provenance.start()
   if args.quick:
     args.datasets, args.windows = 'ml-100k', 2
@@ -382,7 +386,7 @@ def main():
       'wall_s': round(time.perf_counter() - t0, 1),
       'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
       'command': 'python ' + ' '.join(['benchmarks/online_adaptation.py', *sys.argv[1:]]),
-      'arrival_rate': args.arrival_rate, 'max_wait_ms': args.max_wait_ms,
+      'arrival_rates': args.arrival_rates, 'max_wait_ms': args.max_wait_ms,
       'provenance': provenance.finish(record),
   })
   print(line)

@@ -306,6 +306,7 @@ class OnlineLearner:
       self.state = {'step': step, 'params': trained, 'opt_state': opt_state, 'rng': rng}
       self._put_catalog()
     # Seen-item width of ranking: only ever grows (a bucket), so it rarely changes shape.
+    self._small_rows = min(oc.batch_size, -(-8 // self.dp) * self.dp)
     self._seen_width = _bucket(max(map(len, self.histories.values()), default=0))
     if self.catalog.free_rows < oc.reserve_items:
       self._grow(self.catalog.num_items + 1 + oc.reserve_items)
@@ -492,23 +493,24 @@ class OnlineLearner:
       anchor = zeros(self.abstract['params'], self.shardings['params'])
     state, _ = self._step_fn(state, batch, content, catalog, anchor, row_scale)
     params = state['params']
-    inputs = np.zeros((b, self.width - 1), np.int32)
-    for seen in (self._seen_width, 2 * self._seen_width):
-      batch = self._put_batch({'inputs': inputs, 'seen': np.zeros((b, seen), np.int32),
-                               'targets': np.zeros(b, np.int32)})
-      self._rank_fn(params, batch, content, catalog)
-    self._query_and_kth(params, content, self._put_batch({'inputs': inputs})['inputs'], catalog)
+    for n in sorted({self._small_rows, b}):
+      inputs = np.zeros((n, self.width - 1), np.int32)
+      for seen in (self._seen_width, 2 * self._seen_width):
+        batch = self._put_batch({'inputs': inputs, 'seen': np.zeros((n, seen), np.int32),
+                                 'targets': np.zeros(n, np.int32)})
+        self._rank_fn(params, batch, content, catalog)
+      self._query_and_kth(params, content, self._put_batch({'inputs': inputs})['inputs'], catalog)
     lengths = sorted({_bucket(n) for n in range(1, b + 1)})
     for n in lengths:
-      idx = jnp.zeros(n, jnp.int32)
+      idx = jax.device_put(np.zeros(n, np.int32))
       if self._imprint_leaf is not None:
         row = self.abstract['params'][self._imprint_leaf].shape[1:]
-        params = self._set_rows_fn(params, idx, jnp.zeros((n,) + row, jnp.float32),
-                                   self._imprint_leaf)
+        values = jax.device_put(np.zeros((n,) + row, np.float32))
+        params = self._set_rows_fn(params, idx, values, self._imprint_leaf)
       params = self._zero_rows_fn(params, idx)
     if self.index is not None:
       for n in sorted(set(lengths) | {_bucket(n) for n in (b * oc.sync_every, vocab - 1)}):
-        self._table_rows(params, content, jnp.zeros(n, jnp.int32))
+        self._table_rows(params, content, jax.device_put(np.zeros(n, np.int32)))
     jax.block_until_ready(params)
 
   # ----------------------------------------------------------------------------------------------
@@ -566,7 +568,7 @@ class OnlineLearner:
     b = self.oc.batch_size
     queries, kth = [], []
     for s in range(0, len(pairs), b):
-      inputs = np.zeros((b, self.width - 1), np.int32)
+      inputs = np.zeros((self._query_rows(len(pairs[s:s + b])), self.width - 1), np.int32)
       for i, (_, h) in enumerate(pairs[s:s + b]):
         tail = h[-(self.width - 1):]
         inputs[i, -len(tail):] = tail
@@ -604,13 +606,15 @@ class OnlineLearner:
 
   def _set_rows(self, leaf: str, rows: Sequence[int], values: np.ndarray) -> None:
     idx, vals = _padded_rows(rows, values)
-    params = self._set_rows_fn(self.state['params'], jnp.asarray(idx), jnp.asarray(vals), leaf)
+    # device_put, not jnp.asarray: the latter compiles a small program per new shape.
+    params = self._set_rows_fn(self.state['params'], jax.device_put(idx), jax.device_put(vals),
+                               leaf)
     self.state = dict(self.state, params=params)
 
   def _zero_rows(self, rows: Sequence[int]) -> None:
     """New items start from a zero id row (with content: their content embedding alone)."""
     idx, _ = _padded_rows(rows)
-    params = self._zero_rows_fn(self.state['params'], jnp.asarray(idx))
+    params = self._zero_rows_fn(self.state['params'], jax.device_put(idx))
     self.state = dict(self.state, params=params)
 
   def _next_vocab(self, needed_rows: int, current: int) -> int:
@@ -654,6 +658,12 @@ class OnlineLearner:
     top = self._score([(self.histories.get(str(user), []), 0)])[1][0]
     return [self.catalog.raw_ids[int(i)] for i in top[:top_k]]
 
+  def _query_rows(self, n: int) -> int:
+    """Rows of a scoring batch for ``n`` queries: a small batch (8 rows, rounded to the batch
+    sharding) when they fit, e.g. serving one user or imprinting a few new items, else
+    ``online.batch_size``; two shapes, both compiled by :meth:`warm_up`."""
+    return self._small_rows if n <= self._small_rows else self.oc.batch_size
+
   def _score(self, rows: list[tuple[list[int], int]]) -> tuple[np.ndarray, np.ndarray]:
     """(ranks [n], top items [n, k]) of (history, target row) pairs, in static-shape chunks."""
     b = self.oc.batch_size
@@ -661,9 +671,10 @@ class OnlineLearner:
     for s in range(0, len(rows), b):
       chunk = rows[s:s + b]
       width = self._seen_width = max(self._seen_width, _bucket(max(len(h) for h, _ in chunk)))
-      inputs = np.zeros((b, self.width - 1), np.int32)
-      seen = np.zeros((b, width), np.int32)
-      targets = np.zeros(b, np.int32)
+      n = self._query_rows(len(chunk))
+      inputs = np.zeros((n, self.width - 1), np.int32)
+      seen = np.zeros((n, width), np.int32)
+      targets = np.zeros(n, np.int32)
       for i, (h, item) in enumerate(chunk):
         tail = h[-(self.width - 1):]
         if tail:
@@ -778,7 +789,7 @@ class OnlineLearner:
       return
     idx, _ = _padded_rows(rows)  # a few lengths, each compiled once
     vectors = np.asarray(jax.device_get(self._table_rows(self.state['params'], self.content,
-                                                         jnp.asarray(idx))))
+                                                         jax.device_put(idx))))
     self.index.upsert(rows, vectors[:len(rows)])
 
   # ----------------------------------------------------------------------------------------------
