@@ -205,6 +205,8 @@ class RunSummary:
   steps: int = 0
   new_items: int = 0
   seconds: float = 0.0
+  # learn() wall time per micro-batch; with online.sync_every > 1 the device may still be running
+  # the step when learn() returns (the time then shows at the next sync).
   step_latency_ms: list[float] = dataclasses.field(default_factory=list)
   ranks: list[int] = dataclasses.field(default_factory=list)  # prequential, when evaluated
   position: int = 0
