@@ -396,23 +396,15 @@ def test_registering_items_compiles_nothing_after_warm_up(workdir):
     items = list(new_items) + [f'i{k}' for k in rng.integers(1, 121, 8 - len(new_items))]
     learner.learn([events_lib.Event(user=f'u{u}', item=it) for u, it in zip(range(10, 18), items)])
 
+  from llm4rec_jax.online.compiles import CompileCounter  # pylint: disable=import-outside-toplevel
   learn_with(['warm0'])  # compiles the step, the row updates and the imprint query
   learner.register_items(['warm1'])
-  compiles = []
-
-  def listener(event, duration, **kwargs):
-    del duration, kwargs
-    if event == '/jax/core/compile/backend_compile_duration':
-      compiles.append(event)
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
+  with CompileCounter() as counter:
     learn_with(['new0'])
     learner.register_items(['new1', 'new2'])
     learn_with(['new3', 'new4'])
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
   assert learner.catalog.num_items == 127 and learner.catalog.vocab_size == 128  # no growth
-  assert not compiles, f'{len(compiles)} compilations after warm-up'
+  assert counter.count == 0, f'{counter.count} compilations after warm-up'
   assert learner._zero_rows_fn._cache_size() == 1  # pylint: disable=protected-access
   learner.close()
 
@@ -485,3 +477,30 @@ def test_bad_events_and_time_order_policies_raise_or_skip_with_line_numbers(tmp_
   assert [e.item for e in open_events(records, bad_events='skip', time_order='skip',
                                       skipped=skipped)] == ['x']
   assert "<iterator>:2, field 'itm'" in skipped[0] and '<iterator>:3' in skipped[1]
+
+
+def test_warm_up_with_an_index_and_skipping_bad_records_in_run(workdir, tmp_path):
+  """Index upserts (batched to the syncs) compile nothing after warm-up; run() applies the
+  bad-record and time-order policies and counts what it skipped."""
+  from llm4rec_jax.online.compiles import CompileCounter  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.retrieval import ItemIndex  # pylint: disable=import-outside-toplevel
+  learner = OnlineLearner(workdir, overrides={'batch_size': 8, 'replay_batch': 8, 'sync_every': 2,
+                                              'bad_events': 'skip', 'time_order': 'skip'})
+  rows = np.arange(1, learner.catalog.num_items + 1)
+  vectors = np.asarray(learner._table_rows(learner.state['params'], learner.content, rows))  # pylint: disable=protected-access
+  learner.index = ItemIndex.build(vectors, rows)
+  learner.warm_up()
+  path = tmp_path / 'events.jsonl'
+  records = _events(16, seed=3, new_every=5)
+  lines = [json.dumps(r) for r in records]
+  lines.insert(3, '{"user": "u1", "item": ')  # malformed
+  lines.insert(9, json.dumps({'user': 'u2', 'item': 'i3', 'timestamp': 1}))  # back in time
+  path.write_text('\n'.join(lines) + '\n')
+  with CompileCounter() as counter:
+    summary = learner.run(path)
+  assert summary.records == 16 and len(summary.skipped) == 2
+  assert 'events.jsonl:4' in summary.skipped[0] and 'events.jsonl:10' in summary.skipped[1]
+  assert summary.compilations == 0 and counter.count == 0
+  new = learner.catalog.get('new0')
+  assert new in set(learner.index.ids.tolist())  # upserted at a sync
+  learner.close()
