@@ -504,3 +504,14 @@ def test_warm_up_with_an_index_and_skipping_bad_records_in_run(workdir, tmp_path
   new = learner.catalog.get('new0')
   assert new in set(learner.index.ids.tolist())  # upserted at a sync
   learner.close()
+
+
+def test_warm_up_covers_the_l2_pull_step(workdir):
+  from llm4rec_jax.online.compiles import CompileCounter  # pylint: disable=import-outside-toplevel
+  learner = OnlineLearner(workdir, overrides={'batch_size': 8, 'replay_batch': 8, 'l2_pull': 1.0,
+                                              'window': 3})
+  learner.warm_up()
+  with CompileCounter() as counter:
+    metrics = learner.learn([events_lib.parse_event(e) for e in _events(8, seed=4, new_every=4)])
+  assert counter.count == 0 and np.isfinite(metrics['loss'])
+  learner.close()

@@ -487,12 +487,10 @@ class OnlineLearner:
                                                    self.content_np), self.mesh, self.rules)
     catalog = jax.device_put(np.zeros(vocab, bool), self._catalog_sharding)
     row_scale = jax.device_put(np.ones(vocab, np.float32), self._catalog_sharding)
-    anchor = state['params'] if oc.l2_pull > 0 else None
+    anchor = zeros(self.abstract['params'], self.shardings['params']) if oc.l2_pull > 0 else None
     rows = b + oc.replay_batch
     batch = self._put_batch({'inputs': np.zeros((rows, self.train_width - 1), np.int32),
                              'targets': np.zeros((rows, self.train_width - 1), np.int32)})
-    if anchor is not None:
-      anchor = zeros(self.abstract['params'], self.shardings['params'])
     state, _ = self._step_fn(state, batch, content, catalog, anchor, row_scale)
     params = state['params']
     for n in sorted({self._small_rows, b}):
