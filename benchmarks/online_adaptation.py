@@ -14,8 +14,25 @@ Prints one JSON line: NDCG@10 / HR@10 per window and overall for each, adapted e
 latency (one micro-batch: registration + one jitted step, synced; the first, compiling, step is
 reported apart).
 
+``--variant NAME:key=value,...`` (repeatable) adapts with several ``config.online`` settings on the
+same trained models (``warm_up=False`` skips ``OnlineLearner.warm_up``); ``--adapted`` names the
+variant reported as "adapted" (default: the last). Each variant is also run twice more on a fresh
+learner over the whole stream, without ranking:
+
+* sustained: every event available at once, micro-batches back to back; events/s over the stream
+  (the device is synced at the end);
+* paced: events arrive at each of ``--arrival_rates`` per second; a micro-batch closes when full or
+  ``--max_wait_ms`` after its first event; after each update the learner serves a recommendation
+  (``OnlineLearner.recommend``) for the batch's last user. Update latency = learn + device sync;
+  freshness = recommendation served - event arrival, for every event. A pass that falls more than
+  ``--max_backlog_s`` behind is stopped (``fell_behind``: its figures cover the events served).
+
+XLA compilations are counted (``llm4rec_jax.online.compiles``) from the end of warm-up (without
+warm-up: from the end of the first micro-batch) over the prequential, sustained and paced passes.
+
   python benchmarks/online_adaptation.py [--datasets ml-100k,ml-latest-small,musical-instruments]
-      [--quick] [--online learning_rate=3e-4] [--set train.num_epochs=20]
+      [--quick] [--online learning_rate=3e-4] [--dataset_online ml-100k:learning_rate=1e-4]
+      [--variant fast:window=8,sync_every=16] [--set train.num_epochs=20] [--out FILE]
 """
 
 from __future__ import annotations
@@ -30,12 +47,13 @@ import time
 
 import numpy as np
 
+import provenance
 from common import apply_overrides, parser
 
 DATASETS = ('ml-100k', 'ml-latest-small', 'musical-instruments')
 
 
-def make_config(log_path: pathlib.Path, args):
+def make_config(log_path: pathlib.Path, args, name: str = ''):
   from llm4rec_jax import config_base  # pylint: disable=import-outside-toplevel
   c = config_base.apply_preset(config_base.base_config(), args.preset)
   c.data.name = f'events:{log_path}'
@@ -59,7 +77,30 @@ def make_config(log_path: pathlib.Path, args):
     c.train.eval_every = 10
   apply_overrides(c, args.set)
   apply_overrides(c, [f'online.{kv}' for kv in args.online])
+  apply_overrides(c, [f'online.{kv.split(":", 1)[1]}' for kv in args.dataset_online
+                      if kv.split(':', 1)[0] == name])
   return c
+
+
+def parse_variants(specs: list[str]) -> dict[str, dict]:
+  """``['fast:window=8,sync_every=16']`` -> ``{'fast': {'window': 8, 'sync_every': 16}}``."""
+  import ast  # pylint: disable=import-outside-toplevel
+  out = {}
+  for spec in specs or ['adapted:']:
+    name, _, body = spec.partition(':')
+    fields = {}
+    for kv in filter(None, body.split(',')):
+      k, _, v = kv.partition('=')
+      try:
+        fields[k.strip()] = ast.literal_eval(v.strip())
+      except (ValueError, SyntaxError):
+        fields[k.strip()] = v.strip()
+    out[name] = fields
+  return out
+
+
+def percentile(values, q) -> float | None:
+  return round(float(np.percentile(values, q)), 2) if len(values) else None
 
 
 def event_records(ds) -> list[dict]:
@@ -77,32 +118,126 @@ def ndcg_hr(ranks: np.ndarray) -> dict[str, float]:
           'hr@10': round(float(hit.mean()), 4), 'events': int(len(ranks))}
 
 
-def stream_ranks(workdir: pathlib.Path, events: list, config, *, learn: bool) -> dict:
+def make_learner(workdir: pathlib.Path, config, variant: dict | None):
+  """A fresh learner (no resume) with ``variant``'s online overrides, warmed up unless it says
+  ``warm_up=False``; returns (learner, warm-up report or None)."""
+  from llm4rec_jax.online import OnlineLearner  # pylint: disable=import-outside-toplevel
+  overrides = dict(variant or {})
+  warm = overrides.pop('warm_up', True) and variant is not None  # None: the frozen model
+  learner = OnlineLearner(workdir, overrides={**dict(config.online), **overrides}, resume=False)
+  return learner, (learner.warm_up() if warm else None)
+
+
+def stream_ranks(workdir: pathlib.Path, events: list, config, *, learn: bool,
+                 variant: dict | None = None) -> dict:
   """Prequential ranks over ``events``; ``learn`` adapts after each micro-batch."""
-  from llm4rec_jax.online import OnlineLearner, micro_batches, open_events  # pylint: disable=import-outside-toplevel
-  learner = OnlineLearner(workdir, overrides=dict(config.online), resume=False)
+  import jax  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.online import micro_batches, open_events  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.online.compiles import CompileCounter  # pylint: disable=import-outside-toplevel
+  learner, warm = make_learner(workdir, config, variant if learn else None)
+  counter = CompileCounter().start() if warm else None
   ranks, latency, sizes = [], [], []
   t_rank = 0.0
-  for batch in micro_batches(open_events(events), size=config.online.batch_size):
+  for batch in micro_batches(open_events(events), size=learner.oc.batch_size):
     t0 = time.perf_counter()
     ranks.extend(learner.rank(batch).tolist())
     t1 = time.perf_counter()
     t_rank += t1 - t0
     if learn:
       learner.learn(batch)
+      jax.block_until_ready(learner.state['params'])
       latency.append(time.perf_counter() - t1)
       sizes.append(len(batch))
     else:
       learner.observe(batch)
+    counter = counter or CompileCounter().start()  # without warm-up: after the first batch
   out = {'ranks': np.asarray(ranks), 'rank_seconds': t_rank,
          'new_items': learner.catalog.num_items - learner.catalog.num_trained,
          'vocab_size': learner.catalog.vocab_size}
   if learn:
+    learner.sync()
     lat = np.asarray(latency[1:]) * 1e3  # the first step compiles
     out.update(events_per_s=round(sum(sizes[1:]) / max(sum(latency[1:]), 1e-9), 1),
                update_latency_ms_p50=round(float(np.percentile(lat, 50)), 1),
                update_latency_ms_p99=round(float(np.percentile(lat, 99)), 1),
-               first_step_ms=round(latency[0] * 1e3, 1), steps=len(latency))
+               first_step_ms=round(latency[0] * 1e3, 1), steps=len(latency),
+               compilations_after_warm_up=counter.count, warm_up=warm)
+  learner.close()
+  return out
+
+
+def sustained(workdir: pathlib.Path, events: list, config, variant: dict) -> dict:
+  """Events/s over the whole stream, micro-batches back to back (no ranking, no serving)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.online import micro_batches, open_events  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.online.compiles import CompileCounter  # pylint: disable=import-outside-toplevel
+  learner, warm = make_learner(workdir, config, variant)
+  batches = list(micro_batches(open_events(events), size=learner.oc.batch_size))
+  counter, t0, done = None, None, 0
+  if warm:
+    counter, t0 = CompileCounter().start(), time.perf_counter()
+  for batch in batches:
+    learner.learn(batch)
+    if counter is None:  # without warm-up the clock starts after the first (compiling) batch
+      jax.block_until_ready(learner.state['params'])
+      counter, t0 = CompileCounter().start(), time.perf_counter()
+    else:
+      done += len(batch)
+  learner.sync()
+  jax.block_until_ready(learner.state['params'])
+  seconds = time.perf_counter() - t0
+  out = {'events': done, 'seconds': round(seconds, 3),
+         'events_per_s': round(done / max(seconds, 1e-9), 1),
+         'compilations_after_warm_up': counter.count, 'vocab_size': learner.catalog.vocab_size}
+  learner.close()
+  return out
+
+
+def paced(workdir: pathlib.Path, events: list, config, variant: dict, args, rate: float) -> dict:
+  """Events arriving at ``rate``/s: update latency and freshness (event arrival -> a
+  recommendation for its user served after the update that learned it)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.online import open_events  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.online.compiles import CompileCounter  # pylint: disable=import-outside-toplevel
+  learner, warm = make_learner(workdir, config, variant)
+  parsed = list(open_events(events))
+  size, rate, wait = learner.oc.batch_size, float(rate), args.max_wait_ms / 1e3
+  counter = CompileCounter().start() if warm else None
+  update_ms, fresh_ms, served, fell_behind = [], [], 0, False
+  t0 = time.perf_counter()
+  i = 0
+  while i < len(parsed):
+    now = time.perf_counter() - t0
+    arrived = min(len(parsed), int(now * rate) + 1)  # event j arrives at j / rate
+    if arrived <= i or (arrived - i < size and now < i / rate + wait):
+      time.sleep(max(0.0, min((i + size - 1) / rate, i / rate + wait) - now))
+      continue
+    if now - i / rate > args.max_backlog_s:
+      fell_behind = True
+      break
+    j = min(arrived, i + size)
+    batch = parsed[i:j]
+    t_start = time.perf_counter()
+    learner.learn(batch)
+    jax.block_until_ready(learner.state['params'])
+    t_updated = time.perf_counter()
+    learner.recommend(batch[-1].user)
+    t_served = time.perf_counter() - t0
+    if counter is None:  # without warm-up: compilations counted after the first batch
+      counter = CompileCounter().start()
+    else:
+      update_ms.append(1e3 * (t_updated - t_start))
+      fresh_ms.extend(1e3 * (t_served - k / rate) for k in range(i, j))
+      served += j - i
+    i = j
+  learner.sync()
+  out = {'arrival_rate': rate, 'events_served': served, 'fell_behind': fell_behind,
+         'update_latency_ms_p50': percentile(update_ms, 50),
+         'update_latency_ms_p99': percentile(update_ms, 99),
+         'freshness_ms_p50': percentile(fresh_ms, 50),
+         'freshness_ms_p99': percentile(fresh_ms, 99),
+         'mean_batch': round(served / max(len(update_ms), 1), 1),
+         'compilations_after_warm_up': counter.count if counter else None}
   learner.close()
   return out
 
@@ -112,7 +247,7 @@ def train(records: list, tmp: pathlib.Path, name: str, args) -> tuple[pathlib.Pa
   from llm4rec_jax.train import trainer  # pylint: disable=import-outside-toplevel
   log = tmp / f'{name}.jsonl'
   events_lib.write_jsonl(log, records)
-  config = make_config(log, args)
+  config = make_config(log, args, name.rsplit('-w', 1)[0])
   workdir = tmp / name
   t0 = time.perf_counter()
   trainer.train_and_evaluate(config, workdir)
@@ -132,7 +267,26 @@ def run_dataset(name: str, args, tmp: pathlib.Path) -> dict:
 
   workdir0, config, train_s = train(records[:cut], tmp, f'{name}-w0', args)
   frozen = stream_ranks(workdir0, stream, config, learn=False)
-  adapted = stream_ranks(workdir0, stream, config, learn=True)
+  variants = parse_variants(args.variant)
+  primary = args.adapted or list(variants)[-1]
+  measured = {}
+  for vname, variant in variants.items():
+    run = stream_ranks(workdir0, stream, config, learn=True, variant=variant)
+    measured[vname] = {
+        'online': variant, 'overall': ndcg_hr(run['ranks']),
+        'prequential_pass': {k: run[k] for k in (
+            'events_per_s', 'update_latency_ms_p50', 'update_latency_ms_p99', 'first_step_ms',
+            'steps', 'vocab_size', 'compilations_after_warm_up', 'warm_up')},
+        'sustained': sustained(workdir0, stream, config, variant),
+        'paced_at': {str(r): paced(workdir0, stream, config, variant, args, r)
+                     for r in args.arrival_rates},
+        'ranks': run['ranks']}
+    measured[vname]['paced'] = measured[vname]['paced_at'][str(args.arrival_rates[0])]
+    print(json.dumps({'dataset': name, 'variant': vname,
+                      **{k: v for k, v in measured[vname].items() if k != 'ranks'}}),
+          file=sys.stderr, flush=True)
+  adapted = dict(measured[primary]['prequential_pass'], ranks=measured[primary]['ranks'],
+                 new_items=run['new_items'])
   # Window 0's retrained model is the initial one; 'last' retrains before the last window only.
   retrained_ranks = {0: frozen['ranks'][:bounds[1]]}
   retrain_s = {0: round(train_s, 1)}
@@ -175,6 +329,12 @@ def run_dataset(name: str, args, tmp: pathlib.Path) -> dict:
       'online_config': {k: config.online[k] for k in ('params', 'learning_rate', 'batch_size',
                                                        'replay_batch', 'replay_size', 'l2_pull',
                                                        'new_item_init', 'new_item_learning_rate')},
+      'adapted_variant': primary,
+      'config': config.to_dict(),
+      'variants': {
+          k: dict({f: v for f, v in m.items() if f != 'ranks'},
+                  on_retrained_windows=ndcg_hr(subset(m['ranks'], sorted(retrained_ranks))))
+          for k, m in measured.items()},
   }
 
 
@@ -191,7 +351,22 @@ def main():
                       'never (window 0 always uses the initial model)')
   p.add_argument('--online', action='append', default=[], metavar='KEY=VALUE',
                  help='config.online override, e.g. --online learning_rate=3e-4 (repeatable)')
+  p.add_argument('--dataset_online', action='append', default=[], metavar='DATASET:KEY=VALUE',
+                 help='config.online override for one dataset (repeatable)')
+  p.add_argument('--variant', action='append', default=[], metavar='NAME:KEY=VALUE,...',
+                 help='an adapted variant (repeatable); warm_up=False skips the warm-up')
+  p.add_argument('--adapted', default='', help='the variant reported as adapted (default: last)')
+  p.add_argument('--arrival_rates', default='5000',
+                 help='paced passes: events arriving per second, comma-separated (the first is '
+                      'reported as "paced")')
+  p.add_argument('--max_wait_ms', type=float, default=50.0,
+                 help='paced pass: a partial micro-batch closes this long after its first event')
+  p.add_argument('--max_backlog_s', type=float, default=30.0,
+                 help='paced pass: stop when this far behind the arrivals')
+  p.add_argument('--out', default='', help='also write the JSON line to this file')
   args = p.parse_args()
+  args.arrival_rates = [float(r) for r in args.arrival_rates.split(',')]
+  record = provenance.start()
   if args.quick:
     args.datasets, args.windows = 'ml-100k', 2
   tmp = pathlib.Path(args.workdir) if args.workdir else pathlib.Path(tempfile.mkdtemp())
@@ -202,7 +377,8 @@ def main():
     results[name] = run_dataset(name, args, tmp)
   if not args.workdir:
     shutil.rmtree(tmp, ignore_errors=True)
-  print(json.dumps({
+  record['seeds'] = [args.seed]
+  line = json.dumps({
       'benchmark': 'online_adaptation', 'quick': args.quick, 'by_dataset': results,
       'protocol': f'prequential, first {args.train_fraction:.0%} of events by time trains, rest '
                   f'streamed in {args.windows} windows; full ranking, seen items excluded',
@@ -210,7 +386,12 @@ def main():
       'wall_s': round(time.perf_counter() - t0, 1),
       'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
       'command': 'python ' + ' '.join(['benchmarks/online_adaptation.py', *sys.argv[1:]]),
-  }))
+      'arrival_rates': args.arrival_rates, 'max_wait_ms': args.max_wait_ms,
+      'provenance': provenance.finish(record),
+  })
+  print(line)
+  if args.out:
+    pathlib.Path(args.out).write_text(line + '\n')
 
 
 if __name__ == '__main__':

@@ -206,6 +206,18 @@ def base_config() -> ml_collections.ConfigDict:
       replay_policy='reservoir',  # or 'recent'
       l2_pull=0.0,  # > 0: + l2_pull/2 * ||params - last full-training params||^2
       grow_items=1024,  # rows added (rounded to the vocab multiple) when item capacity runs out
+      # How the catalog grows when its free rows run out: 'linear' (+grow_items rows) or 'pow2' (the
+      # next power of two: few distinct sizes, each compiled ahead by OnlineLearner.warm_up).
+      grow='linear',
+      reserve_items=0,  # free catalog rows ensured at load, so early growth reshapes nothing
+      # Train on the last `window` history items + the target (0 = data.max_len); ranking and
+      # serving still read data.max_len items. A shorter window is a cheaper step.
+      window=0,
+      sync_every=1,  # steps between host fetches of the metrics (finite-loss check, index upserts)
+      # A malformed event record: 'raise' (a DataError naming file:line and field) or 'skip'
+      # (counted in the run summary with its line). An interaction timestamped before an earlier
+      # one: time_order 'any' (accepted), 'raise' or 'skip'.
+      bad_events='raise', time_order='any',
       # A new item's scoring row: 'imprint' (the model's query direction after the histories that
       # led to it, scaled to just enter their top max(eval.ks)) or 'zero'. A tied content model
       # scores new items by their content rows.

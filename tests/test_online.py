@@ -325,6 +325,8 @@ def test_event_log_trains_a_model_and_adapt_command_reads_stdin(tmp_path):
   out = json.loads(proc.stdout)
   assert out['records'] == 3 and out['new_items'] == 1 and out['position'] == 3
   assert out['prequential']['num_cases'] == 3
+  # adapt warms up, so the stream itself compiles nothing (registration of 'brand-new' included).
+  assert out['warm_up']['compilations'] > 0 and out['compilations'] == 0
   bad = subprocess.run([sys.executable, '-m', 'llm4rec_jax.cli', 'adapt', f'--workdir={workdir}',
                         '--events=-'], input='{"user": "u1"}\n', cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
@@ -394,22 +396,122 @@ def test_registering_items_compiles_nothing_after_warm_up(workdir):
     items = list(new_items) + [f'i{k}' for k in rng.integers(1, 121, 8 - len(new_items))]
     learner.learn([events_lib.Event(user=f'u{u}', item=it) for u, it in zip(range(10, 18), items)])
 
+  from llm4rec_jax.online.compiles import CompileCounter  # pylint: disable=import-outside-toplevel
   learn_with(['warm0'])  # compiles the step, the row updates and the imprint query
   learner.register_items(['warm1'])
-  compiles = []
-
-  def listener(event, duration, **kwargs):
-    del duration, kwargs
-    if event == '/jax/core/compile/backend_compile_duration':
-      compiles.append(event)
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
+  with CompileCounter() as counter:
     learn_with(['new0'])
     learner.register_items(['new1', 'new2'])
     learn_with(['new3', 'new4'])
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
   assert learner.catalog.num_items == 127 and learner.catalog.vocab_size == 128  # no growth
-  assert not compiles, f'{len(compiles)} compilations after warm-up'
+  assert counter.count == 0, f'{counter.count} compilations after warm-up'
   assert learner._zero_rows_fn._cache_size() == 1  # pylint: disable=protected-access
+  learner.close()
+
+
+def test_warm_up_compiles_ahead_so_growth_and_serving_compile_nothing(workdir):
+  """With pow2 growth, warm_up compiles the next catalog size too: registering items past the
+  reserve, stepping, syncing and serving compile nothing (counted by jax.monitoring)."""
+  from llm4rec_jax.online.compiles import CompileCounter  # pylint: disable=import-outside-toplevel
+  learner = OnlineLearner(workdir, overrides={'batch_size': 8, 'replay_batch': 8, 'grow': 'pow2',
+                                              'window': 4, 'sync_every': 3})
+  assert learner.train_width == 5 and learner.replay.width == 5
+  info = learner.warm_up()
+  assert info['vocab_sizes'] == [128, 256] and info['compilations'] > 0
+  rng = np.random.default_rng(0)
+  metrics = []
+  with CompileCounter() as counter:
+    for k in range(6):  # 6 x 2 new items: past the 7 free rows, into the 256-row bucket
+      items = [f'fresh{k}a', f'fresh{k}b'] + [f'i{j}' for j in rng.integers(1, 121, 6)]
+      metrics.append(learner.learn([events_lib.Event(user=f'u{u}', item=it)
+                                    for u, it in zip(range(10, 18), items)]))
+      learner.recommend(f'u{10 + k}')
+    learner.sync()
+  assert learner.catalog.vocab_size == 256 and learner.catalog.num_items == 132
+  assert counter.count == 0, f'{counter.count} compilations after warm-up'
+  # Metrics reach the host every third step only.
+  assert [bool(m) for m in metrics] == [False, False, True, False, False, True]
+  assert np.isfinite(metrics[2]['loss'])
+  assert learner.rank([events_lib.Event(user='u3', item='fresh5b')])[0] < learner.catalog.num_items
+  learner.close()
+
+
+def test_reserve_items_grows_at_load_and_pow2_sizes(workdir):
+  from llm4rec_jax.online.catalog import grown_vocab  # pylint: disable=import-outside-toplevel
+  assert grown_vocab(1793, 1792, 1024, 128) == 2816
+  assert grown_vocab(1793, 1792, 1024, 128, 'pow2') == 2048
+  assert grown_vocab(2049, 2048, 1, 128, 'pow2') == 4096
+  assert grown_vocab(129, 128, 1, 384, 'pow2') == 384  # still a multiple of the catalog shards
+  learner = OnlineLearner(workdir, overrides={'batch_size': 8, 'replay_batch': 8, 'grow': 'pow2',
+                                              'reserve_items': 100})
+  assert learner.catalog.vocab_size == 256 and learner.catalog.free_rows >= 100
+  assert learner.state['params']['item_embed'].shape[0] == 256
+  learner.close()
+  with pytest.raises(ConfigError, match='online.grow'):
+    OnlineLearner(workdir, overrides={'grow': 'cubic'})
+  with pytest.raises(ConfigError, match='online.sync_every'):
+    OnlineLearner(workdir, overrides={'sync_every': 0})
+
+
+def test_bad_events_and_time_order_policies_raise_or_skip_with_line_numbers(tmp_path):
+  path = tmp_path / 'e.jsonl'
+  path.write_text('{"user": "u1", "item": "a", "timestamp": 5}\n'
+                  '{"user": "u1", "item": }\n'
+                  '{"user": "u1", "itme": "b", "timestamp": 6}\n'
+                  '{"user": "u2", "item": "c", "timestamp": 4}\n'
+                  '{"user": "u2", "item": "d", "timestamp": 7}\n')
+  with pytest.raises(DataError, match=r'e.jsonl:2: not valid JSON'):
+    list(open_events(path))
+  skipped = []
+  events = list(open_events(path, bad_events='skip', skipped=skipped))
+  assert [e.item for e in events] == ['a', 'c', 'd']  # out of order accepted by default
+  assert len(skipped) == 2 and 'e.jsonl:2' in skipped[0] and "e.jsonl:3, field 'itme'" in skipped[1]
+  with pytest.raises(DataError, match=r"e.jsonl:4, field 'timestamp': timestamp 4 is before"):
+    list(open_events(path, bad_events='skip', time_order='raise'))
+  skipped = []
+  events = list(open_events(path, bad_events='skip', time_order='skip', skipped=skipped, skip=1))
+  assert [e.item for e in events] == ['d'] and len(skipped) == 3 and 'e.jsonl:4' in skipped[2]
+  records = [{'user': 'u', 'item': 'x', 'timestamp': 2}, {'user': 'u', 'itm': 'y'},
+             {'user': 'u', 'item': 'z', 'timestamp': 1}]
+  skipped = []
+  assert [e.item for e in open_events(records, bad_events='skip', time_order='skip',
+                                      skipped=skipped)] == ['x']
+  assert "<iterator>:2, field 'itm'" in skipped[0] and '<iterator>:3' in skipped[1]
+
+
+def test_warm_up_with_an_index_and_skipping_bad_records_in_run(workdir, tmp_path):
+  """Index upserts (batched to the syncs) compile nothing after warm-up; run() applies the
+  bad-record and time-order policies and counts what it skipped."""
+  from llm4rec_jax.online.compiles import CompileCounter  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.retrieval import ItemIndex  # pylint: disable=import-outside-toplevel
+  learner = OnlineLearner(workdir, overrides={'batch_size': 8, 'replay_batch': 8, 'sync_every': 2,
+                                              'bad_events': 'skip', 'time_order': 'skip'})
+  rows = np.arange(1, learner.catalog.num_items + 1)
+  vectors = np.asarray(learner._table_rows(learner.state['params'], learner.content, rows))  # pylint: disable=protected-access
+  learner.index = ItemIndex.build(vectors, rows)
+  learner.warm_up()
+  path = tmp_path / 'events.jsonl'
+  records = _events(16, seed=3, new_every=5)
+  lines = [json.dumps(r) for r in records]
+  lines.insert(3, '{"user": "u1", "item": ')  # malformed
+  lines.insert(9, json.dumps({'user': 'u2', 'item': 'i3', 'timestamp': 1}))  # back in time
+  path.write_text('\n'.join(lines) + '\n')
+  with CompileCounter() as counter:
+    summary = learner.run(path)
+  assert summary.records == 16 and len(summary.skipped) == 2
+  assert 'events.jsonl:4' in summary.skipped[0] and 'events.jsonl:10' in summary.skipped[1]
+  assert summary.compilations == 0 and counter.count == 0
+  new = learner.catalog.get('new0')
+  assert new in set(learner.index.ids.tolist())  # upserted at a sync
+  learner.close()
+
+
+def test_warm_up_covers_the_l2_pull_step(workdir):
+  from llm4rec_jax.online.compiles import CompileCounter  # pylint: disable=import-outside-toplevel
+  learner = OnlineLearner(workdir, overrides={'batch_size': 8, 'replay_batch': 8, 'l2_pull': 1.0,
+                                              'window': 3})
+  learner.warm_up()
+  with CompileCounter() as counter:
+    metrics = learner.learn([events_lib.parse_event(e) for e in _events(8, seed=4, new_every=4)])
+  assert counter.count == 0 and np.isfinite(metrics['loss'])
   learner.close()

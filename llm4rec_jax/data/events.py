@@ -20,7 +20,7 @@ import json
 import math
 import os
 import pathlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -86,11 +86,12 @@ def parse_event(record: Any, *, path: str = '<events>', line: int = 0) -> Event:
                features=dict(features) if features is not None else None, line=line)
 
 
-def iter_jsonl(source: str | os.PathLike | io.TextIOBase, *, name: str | None = None
-               ) -> Iterator[Event]:
+def iter_jsonl(source: str | os.PathLike | io.TextIOBase, *, name: str | None = None,
+               on_error: Callable[[DataError], None] | None = None) -> Iterator[Event]:
   """Events of a JSON-lines file (``.gz`` is decompressed) or an open text stream, in order.
 
-  Blank lines are skipped; every error names ``path:line``.
+  Blank lines are skipped; every error names ``path:line``. With ``on_error``, a bad line (not
+  JSON, not a valid event) is passed to it as a DataError and skipped instead of raised.
   """
   if isinstance(source, (str, os.PathLike)):
     path = pathlib.Path(source)
@@ -98,17 +99,25 @@ def iter_jsonl(source: str | os.PathLike | io.TextIOBase, *, name: str | None = 
       raise DataError('events file not found', path=str(path))
     opener = gzip.open if path.suffix == '.gz' else open
     with opener(path, 'rt', encoding='utf-8') as f:
-      yield from iter_jsonl(f, name=str(path))
+      yield from iter_jsonl(f, name=str(path), on_error=on_error)
     return
   display = name or getattr(source, 'name', '<stream>')
   for n, text in enumerate(source, start=1):
     if not text.strip():
       continue
     try:
-      record = json.loads(text)
-    except json.JSONDecodeError as e:
-      raise DataError(f'not valid JSON: {e.msg} (column {e.colno})', path=display, line=n) from e
-    yield parse_event(record, path=display, line=n)
+      try:
+        record = json.loads(text)
+      except json.JSONDecodeError as e:
+        raise DataError(f'not valid JSON: {e.msg} (column {e.colno})', path=display,
+                        line=n) from e
+      event = parse_event(record, path=display, line=n)
+    except DataError as e:
+      if on_error is None:
+        raise
+      on_error(e)
+      continue
+    yield event
 
 
 def read_events_dataset(path: str | os.PathLike, *, dataset_name: str | None = None

@@ -62,10 +62,21 @@ class ItemCatalog:
     return m
 
 
-def grown_vocab(needed_rows: int, current: int, grow_by: int, multiple: int) -> int:
-  """The next vocabulary size: at least ``needed_rows`` and ``current + grow_by``, rounded up to
-  ``multiple`` (so the catalog axis still divides the mesh)."""
-  target = max(needed_rows, current + max(grow_by, 1))
+GROW_MODES = ('linear', 'pow2')
+
+
+def grown_vocab(needed_rows: int, current: int, grow_by: int, multiple: int,
+                mode: str = 'linear') -> int:
+  """The next vocabulary size, rounded up to ``multiple`` (so the catalog axis still divides the
+  mesh): ``'linear'``: at least ``needed_rows`` and ``current + grow_by``; ``'pow2'``: the smallest
+  power of two >= ``needed_rows`` and > ``current`` (few distinct sizes, each compiled once)."""
+  if mode == 'pow2':
+    least = max(int(needed_rows), int(current) + 1, 1)
+    target = 1 << (least - 1).bit_length()
+  elif mode == 'linear':
+    target = max(needed_rows, current + max(grow_by, 1))
+  else:
+    raise ValueError(f'grow mode {mode!r} is not one of {GROW_MODES}')
   return -(-target // multiple) * multiple
 
 

@@ -16,6 +16,14 @@ logical-axis shardings as training), then for every micro-batch of events:
 3. upserts the touched items into a ScaNN index, if one is attached;
 4. every ``online.snapshot_every`` events, writes an Orbax snapshot with the stream position.
 
+For production rates (see docs/online.md): ``online.window`` trains on a short recent window instead
+of ``data.max_len + 1`` positions (ranking still reads ``data.max_len`` items);
+``online.sync_every`` fetches the metrics (finite-loss check) and flushes index upserts every N
+steps only, so the host does not wait for every step; ``online.grow='pow2'`` with
+``online.reserve_items`` grows the catalog in few sizes, whose programs
+:meth:`OnlineLearner.warm_up` compiles ahead (the programs of each vocabulary size are built once
+and kept), so vocabulary growth compiles nothing on the update path.
+
 The decoder has no user table (a user is their history), so new users need no capacity: the learner
 keeps every user's history and starts one for a new user.
 """
@@ -45,7 +53,8 @@ from llm4rec_jax.data import registry
 from llm4rec_jax.data.events import Event
 from llm4rec_jax.errors import ConfigError, DataError, NonFiniteLossError
 from llm4rec_jax.online import stream
-from llm4rec_jax.online.catalog import ContentRows, ItemCatalog, grown_vocab, pad_rows
+from llm4rec_jax.online.catalog import GROW_MODES, ContentRows, ItemCatalog, grown_vocab, pad_rows
+from llm4rec_jax.online.compiles import CompileCounter
 from llm4rec_jax.online.replay import ReplayBuffer
 from llm4rec_jax.retrieval import index as index_lib
 from llm4rec_jax.train import restore
@@ -125,9 +134,17 @@ def validate(config: ml_collections.ConfigDict, dp: int) -> None:
     if oc[key] <= 0:
       raise ConfigError(f'online.{key}', f'must be positive, got {oc[key]}')
   for key in ('replay_size', 'replay_batch', 'l2_pull', 'snapshot_every', 'max_wait_s',
-              'window_s', 'grow_items'):
+              'window_s', 'grow_items', 'reserve_items', 'window'):
     if oc[key] < 0:
       raise ConfigError(f'online.{key}', f'must be >= 0, got {oc[key]}')
+  if oc.sync_every < 1:
+    raise ConfigError('online.sync_every', f'must be >= 1, got {oc.sync_every}')
+  if oc.grow not in GROW_MODES:
+    raise ConfigError('online.grow', f'{oc.grow!r} is not one of {GROW_MODES}')
+  if oc.bad_events not in stream.BAD_EVENTS:
+    raise ConfigError('online.bad_events', f'{oc.bad_events!r} is not one of {stream.BAD_EVENTS}')
+  if oc.time_order not in stream.TIME_ORDERS:
+    raise ConfigError('online.time_order', f'{oc.time_order!r} is not one of {stream.TIME_ORDERS}')
   if oc.new_item_learning_rate < 0:
     raise ConfigError('online.new_item_learning_rate',
                       f'must be >= 0 (0 = online.learning_rate), got {oc.new_item_learning_rate}')
@@ -188,9 +205,13 @@ class RunSummary:
   steps: int = 0
   new_items: int = 0
   seconds: float = 0.0
+  # learn() wall time per micro-batch; with online.sync_every > 1 the device may still be running
+  # the step when learn() returns (the time then shows at the next sync).
   step_latency_ms: list[float] = dataclasses.field(default_factory=list)
   ranks: list[int] = dataclasses.field(default_factory=list)  # prequential, when evaluated
   position: int = 0
+  compilations: int = 0  # XLA compilations during the run (0 after warm_up for known sizes)
+  skipped: list[str] = dataclasses.field(default_factory=list)  # records skipped, with their line
 
   def to_json(self, ks: Sequence[int] = (10,)) -> dict[str, Any]:
     # The first step compiles; it is reported apart from the latency percentiles.
@@ -201,7 +222,8 @@ class RunSummary:
            'update_latency_ms_p50': round(float(np.percentile(lat, 50)), 2),
            'update_latency_ms_p99': round(float(np.percentile(lat, 99)), 2),
            'first_step_ms': round(self.step_latency_ms[0], 2) if self.step_latency_ms else None,
-           'position': self.position}
+           'position': self.position, 'compilations': self.compilations,
+           'skipped_records': len(self.skipped), 'skipped_examples': self.skipped[:10]}
     if self.ranks:
       out['prequential'] = metrics_lib.ranking_metrics(np.asarray(self.ranks), ks)
     return out
@@ -248,11 +270,17 @@ class OnlineLearner:
     if not cfg.uses_content:
       self.content_np = None
     self.cfg = cfg
-    self.width = self.config.data.max_len + 1
+    self.width = self.config.data.max_len + 1  # ranking: max_len history items + the target
+    # Training examples (stream and replay rows): the last online.window items + the target.
+    self.train_width = min(oc.window + 1, self.width) if oc.window > 0 else self.width
     self.catalog = ItemCatalog(items['raw_ids'], cfg.vocab_size)
     self.histories: dict[str, list[int]] = {}
-    self.replay = ReplayBuffer(oc.replay_size, self.width, policy=oc.replay_policy,
+    self.replay = ReplayBuffer(oc.replay_size, self.train_width, policy=oc.replay_policy,
                                seed=self.config.seed)
+    self._programs: dict[int, dict[str, Any]] = {}  # vocabulary size -> its jitted functions
+    self._pending_metrics: list[Any] = []  # device metrics of the steps since the last sync
+    self._pending_rows: set[int] = set()  # items touched since the last index upsert
+    self._last_metrics: dict[str, float] = {}
     self.position = 0
     self.index = index
     self.content_rows: ContentRows | None = None
@@ -279,6 +307,11 @@ class OnlineLearner:
           jax.random.key(self.config.seed), 2)), spec.replicated)
       self.state = {'step': step, 'params': trained, 'opt_state': opt_state, 'rng': rng}
       self._put_catalog()
+    # Seen-item width of ranking: only ever grows (a bucket), so it rarely changes shape.
+    self._small_rows = min(oc.batch_size, -(-8 // self.dp) * self.dp)
+    self._seen_width = _bucket(max(map(len, self.histories.values()), default=0))
+    if self.catalog.free_rows < oc.reserve_items:
+      self._grow(self.catalog.num_items + 1 + oc.reserve_items)
     self._snapshot_position = self.position
 
   # ----------------------------------------------------------------------------------------------
@@ -303,11 +336,25 @@ class OnlineLearner:
         continue
       self.histories[user_raw[u]] = seq.astype(np.int32).tolist()
       if len(seq) >= 2:
-        self.replay.add(np.stack([_window(seq[:t], int(seq[t]), self.width)
+        self.replay.add(np.stack([_window(seq[:t], int(seq[t]), self.train_width)
                                   for t in range(1, len(seq))]))
 
+  _PROGRAM_ATTRS = ('spec', 'abstract', 'shardings', 'vocab_leaves', '_catalog_sharding',
+                    '_content_sharding', '_step_fn', '_set_rows_fn', '_zero_rows_fn', '_rank_fn',
+                    '_table_rows', '_query_and_kth')
+
   def _set_spec(self, spec: state_lib.ModelSpec) -> None:
-    """(Re)builds everything that depends on the vocabulary size: shardings and jitted functions."""
+    """Switches to the shardings and jitted functions of ``spec``'s vocabulary size, built on first
+    use and kept: a size compiled before (e.g. by :meth:`warm_up`) compiles nothing again."""
+    vocab = spec.cfg.vocab_size
+    if vocab not in self._programs:
+      self._build_programs(spec)
+      self._programs[vocab] = {k: getattr(self, k) for k in self._PROGRAM_ATTRS}
+    for k, v in self._programs[vocab].items():
+      setattr(self, k, v)
+
+  def _build_programs(self, spec: state_lib.ModelSpec) -> None:
+    """Builds everything that depends on the vocabulary size: shardings and jitted functions."""
     self.spec = spec
     self.abstract, self.shardings = state_lib.state_shardings(spec, self.tx)
     self.vocab_leaves = jax.tree.map(lambda x: x.ndim >= 1 and x.shape[0] == spec.cfg.vocab_size,
@@ -402,6 +449,71 @@ class OnlineLearner:
                    out_shardings=(self.shardings, self.spec.replicated), donate_argnums=(0,))
 
   # ----------------------------------------------------------------------------------------------
+  # Compiling ahead.
+
+  def warm_up(self, buckets: int = 2) -> dict[str, Any]:
+    """Compiles, for the current vocabulary size and the next ``buckets - 1`` sizes growth would
+    reach (``online.grow``), every program the update and serving paths run: the step, ranking
+    (this and the next seen-item width), the imprint query, the row writes of registration (every
+    padded length up to ``online.batch_size`` new items) and, with an index, the table rows. Runs
+    them on zero arrays, so the state is untouched. Returns the sizes and what compiling took."""
+    sizes = [self.catalog.vocab_size]
+    for _ in range(buckets - 1):
+      sizes.append(self._next_vocab(sizes[-1] + 1, sizes[-1]))
+    current = self.spec
+    with CompileCounter() as counter:
+      try:
+        for vocab in sizes:
+          spec = current if vocab == current.cfg.vocab_size else state_lib.build_model_spec(
+              dataclasses.replace(self.cfg, vocab_size=vocab), self.mesh, self.rules)
+          self._set_spec(spec)
+          self._warm_programs(vocab)
+      finally:
+        self._set_spec(current)
+    return {'vocab_sizes': sizes, 'compilations': counter.count,
+            'compile_seconds': round(counter.seconds, 3)}
+
+  def _warm_programs(self, vocab: int) -> None:
+    """Calls the current programs (those of ``vocab``) once on zero arrays of their shapes."""
+    oc, b = self.oc, self.oc.batch_size
+
+    def zeros(abstract, shardings):
+      return jax.tree.map(lambda a, s: jax.device_put(np.zeros(a.shape, a.dtype), s),
+                          abstract, shardings)
+    state = zeros(self.abstract, self.shardings)
+    content = None
+    if self.content_np is not None:
+      content = state_lib.put_content(jax.tree.map(lambda x: pad_rows(np.asarray(x), vocab),
+                                                   self.content_np), self.mesh, self.rules)
+    catalog = jax.device_put(np.zeros(vocab, bool), self._catalog_sharding)
+    row_scale = jax.device_put(np.ones(vocab, np.float32), self._catalog_sharding)
+    anchor = zeros(self.abstract['params'], self.shardings['params']) if oc.l2_pull > 0 else None
+    rows = b + oc.replay_batch
+    batch = self._put_batch({'inputs': np.zeros((rows, self.train_width - 1), np.int32),
+                             'targets': np.zeros((rows, self.train_width - 1), np.int32)})
+    state, _ = self._step_fn(state, batch, content, catalog, anchor, row_scale)
+    params = state['params']
+    for n in sorted({self._small_rows, b}):
+      inputs = np.zeros((n, self.width - 1), np.int32)
+      for seen in (self._seen_width, 2 * self._seen_width):
+        batch = self._put_batch({'inputs': inputs, 'seen': np.zeros((n, seen), np.int32),
+                                 'targets': np.zeros(n, np.int32)})
+        self._rank_fn(params, batch, content, catalog)
+      self._query_and_kth(params, content, self._put_batch({'inputs': inputs})['inputs'], catalog)
+    lengths = sorted({_bucket(n) for n in range(1, b + 1)})
+    for n in lengths:
+      idx = jax.device_put(np.zeros(n, np.int32))
+      if self._imprint_leaf is not None:
+        row = self.abstract['params'][self._imprint_leaf].shape[1:]
+        values = jax.device_put(np.zeros((n,) + row, np.float32))
+        params = self._set_rows_fn(params, idx, values, self._imprint_leaf)
+      params = self._zero_rows_fn(params, idx)
+    if self.index is not None:
+      for n in sorted(set(lengths) | {_bucket(n) for n in (b * oc.sync_every, vocab - 1)}):
+        self._table_rows(params, content, jax.device_put(np.zeros(n, np.int32)))
+    jax.block_until_ready(params)
+
+  # ----------------------------------------------------------------------------------------------
   # Items.
 
   def register_items(self, raw_ids: Sequence[str],
@@ -456,7 +568,7 @@ class OnlineLearner:
     b = self.oc.batch_size
     queries, kth = [], []
     for s in range(0, len(pairs), b):
-      inputs = np.zeros((b, self.width - 1), np.int32)
+      inputs = np.zeros((self._query_rows(len(pairs[s:s + b])), self.width - 1), np.int32)
       for i, (_, h) in enumerate(pairs[s:s + b]):
         tail = h[-(self.width - 1):]
         inputs[i, -len(tail):] = tail
@@ -494,20 +606,25 @@ class OnlineLearner:
 
   def _set_rows(self, leaf: str, rows: Sequence[int], values: np.ndarray) -> None:
     idx, vals = _padded_rows(rows, values)
-    params = self._set_rows_fn(self.state['params'], jnp.asarray(idx), jnp.asarray(vals), leaf)
+    # device_put, not jnp.asarray: the latter compiles a small program per new shape.
+    params = self._set_rows_fn(self.state['params'], jax.device_put(idx), jax.device_put(vals),
+                               leaf)
     self.state = dict(self.state, params=params)
 
   def _zero_rows(self, rows: Sequence[int]) -> None:
     """New items start from a zero id row (with content: their content embedding alone)."""
     idx, _ = _padded_rows(rows)
-    params = self._zero_rows_fn(self.state['params'], jnp.asarray(idx))
+    params = self._zero_rows_fn(self.state['params'], jax.device_put(idx))
     self.state = dict(self.state, params=params)
+
+  def _next_vocab(self, needed_rows: int, current: int) -> int:
+    return grown_vocab(needed_rows, current, self.oc.grow_items, self.vocab_multiple, self.oc.grow)
 
   def _grow(self, needed_rows: int) -> None:
     """More catalog rows: pads every catalog-sharded array (parameters, optimizer moments, content,
     catalog mask) and re-shards it for the new vocabulary size."""
     old = self.catalog.vocab_size
-    vocab = grown_vocab(needed_rows, old, self.oc.grow_items, self.vocab_multiple)
+    vocab = self._next_vocab(needed_rows, old)
     logging.info('growing the item vocabulary %d -> %d rows', old, vocab)
     host = jax.device_get(self.state)
     self.cfg = dataclasses.replace(self.cfg, vocab_size=vocab)
@@ -541,16 +658,23 @@ class OnlineLearner:
     top = self._score([(self.histories.get(str(user), []), 0)])[1][0]
     return [self.catalog.raw_ids[int(i)] for i in top[:top_k]]
 
+  def _query_rows(self, n: int) -> int:
+    """Rows of a scoring batch for ``n`` queries: a small batch (8 rows, rounded to the batch
+    sharding) when they fit, e.g. serving one user or imprinting a few new items, else
+    ``online.batch_size``; two shapes, both compiled by :meth:`warm_up`."""
+    return self._small_rows if n <= self._small_rows else self.oc.batch_size
+
   def _score(self, rows: list[tuple[list[int], int]]) -> tuple[np.ndarray, np.ndarray]:
     """(ranks [n], top items [n, k]) of (history, target row) pairs, in static-shape chunks."""
     b = self.oc.batch_size
     ranks, tops = [], []
     for s in range(0, len(rows), b):
       chunk = rows[s:s + b]
-      width = _bucket(max(len(h) for h, _ in chunk))
-      inputs = np.zeros((b, self.width - 1), np.int32)
-      seen = np.zeros((b, width), np.int32)
-      targets = np.zeros(b, np.int32)
+      width = self._seen_width = max(self._seen_width, _bucket(max(len(h) for h, _ in chunk)))
+      n = self._query_rows(len(chunk))
+      inputs = np.zeros((n, self.width - 1), np.int32)
+      seen = np.zeros((n, width), np.int32)
+      targets = np.zeros(n, np.int32)
       for i, (h, item) in enumerate(chunk):
         tail = h[-(self.width - 1):]
         if tail:
@@ -593,7 +717,8 @@ class OnlineLearner:
 
   def learn(self, events: Sequence[Event]) -> dict[str, float]:
     """Registers new items and applies incremental step(s) (one per ``online.batch_size``
-    interactions); returns the last step's metrics (``{}`` if no event had a history)."""
+    interactions); returns the metrics of the last step fetched to host during this call (every
+    ``online.sync_every`` steps; ``{}`` if none was, e.g. no event had a history)."""
     reg = [e for e in events if not e.is_interaction or e.features is not None
            or self.catalog.get(e.item) == 0]
     before = self.catalog.num_items
@@ -608,18 +733,18 @@ class OnlineLearner:
       item = self.catalog.get(e.item)
       h = self.histories.setdefault(e.user, [])
       if h:  # a user's first item has nothing to be predicted from
-        windows.append(_window(h, item, self.width))
+        windows.append(_window(h, item, self.train_width))
       h.append(item)
     metrics: dict[str, float] = {}
     b = self.oc.batch_size
     for s in range(0, len(windows), b):
-      metrics = self._apply(np.stack(windows[s:s + b]))
+      metrics = self._apply(np.stack(windows[s:s + b])) or metrics
     self.position += len(events)
     return metrics
 
   def _apply(self, stream_rows: np.ndarray) -> dict[str, float]:
     b = self.oc.batch_size
-    rows = np.zeros((b + self.oc.replay_batch, self.width), np.int32)
+    rows = np.zeros((b + self.oc.replay_batch, self.train_width), np.int32)
     rows[:len(stream_rows)] = stream_rows
     rows[b:] = self.replay.sample(self.oc.replay_batch)
     self.replay.add(stream_rows)
@@ -629,15 +754,30 @@ class OnlineLearner:
     batch = self._put_batch({'inputs': inputs, 'targets': targets})
     self.state, metrics = self._step_fn(self.state, batch, self.content, self.catalog_mask,
                                         self.anchor, self.row_scale)
-    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    if not math.isfinite(metrics['loss']):
-      raise NonFiniteLossError(f'non-finite online loss at stream position {self.position}: '
-                               f'{metrics}. Snapshots written before are intact (lower '
-                               'online.learning_rate).')
+    self._pending_metrics.append(metrics)
     if self.index is not None:
-      touched = np.unique(stream_rows[:, -1])
-      self.upsert_index(touched[touched > 0])
-    return metrics
+      self._pending_rows.update(int(r) for r in stream_rows[:, -1] if r > 0)
+    if len(self._pending_metrics) >= self.oc.sync_every:
+      return self.sync()
+    return {}
+
+  def sync(self) -> dict[str, float]:
+    """Fetches the metrics of the steps since the last sync (raising on a non-finite loss) and
+    upserts the items they touched into the index; returns the last step's metrics."""
+    if self._pending_metrics:
+      fetched = jax.device_get(self._pending_metrics)
+      self._pending_metrics = []
+      for m in fetched:
+        m = {k: float(v) for k, v in m.items()}
+        if not math.isfinite(m['loss']):
+          raise NonFiniteLossError(f'non-finite online loss before stream position '
+                                   f'{self.position}: {m}. Snapshots written before are intact '
+                                   '(lower online.learning_rate).')
+      self._last_metrics = m
+    if self._pending_rows:
+      rows, self._pending_rows = sorted(self._pending_rows), set()
+      self.upsert_index(rows)
+    return self._last_metrics
 
   def upsert_index(self, rows: Sequence[int] | np.ndarray | None = None) -> None:
     """Writes the current vectors of ``rows`` (default: every registered item) into the index."""
@@ -647,15 +787,17 @@ class OnlineLearner:
             else np.asarray(rows, np.int64))
     if not len(rows):
       return
+    idx, _ = _padded_rows(rows)  # a few lengths, each compiled once
     vectors = np.asarray(jax.device_get(self._table_rows(self.state['params'], self.content,
-                                                         jnp.asarray(rows, jnp.int32))))
-    self.index.upsert(rows, vectors)
+                                                         jax.device_put(idx))))
+    self.index.upsert(rows, vectors[:len(rows)])
 
   # ----------------------------------------------------------------------------------------------
   # Snapshots.
 
   def snapshot(self) -> None:
     """Saves the adapted state with the stream position (async; :meth:`close` waits)."""
+    self.sync()
     if self.snapshots.latest() == self.position:
       return
     # Every step upserts the items it touched; a full step moves all item rows a little, so the
@@ -714,10 +856,12 @@ class OnlineLearner:
     ranks every interaction before learning from it (prequential), learns, snapshots every
     ``online.snapshot_every`` records and at the end."""
     oc = self.oc
-    events = stream.open_events(source, skip=self.position)
+    summary = RunSummary()
+    events = stream.open_events(source, skip=self.position, bad_events=oc.bad_events,
+                                time_order=oc.time_order, skipped=summary.skipped)
     if max_records is not None:
       events = itertools.islice(events, max_records)
-    summary = RunSummary()
+    counter = CompileCounter().start()
     t0 = time.perf_counter()
     for batch in stream.micro_batches(events, size=oc.batch_size, max_wait_s=oc.max_wait_s,
                                       window_s=oc.window_s):
@@ -733,7 +877,10 @@ class OnlineLearner:
       summary.steps += 1
       if oc.snapshot_every and self.position - self._snapshot_position >= oc.snapshot_every:
         self.snapshot()
+    self.sync()
+    jax.block_until_ready(self.state)
     summary.seconds = time.perf_counter() - t0
+    summary.compilations = counter.stop().count
     self.snapshot()
     summary.position = self.position
     self._log(summary)
@@ -750,13 +897,18 @@ class OnlineLearner:
 
 def adapt(workdir: str | pathlib.Path, events: stream.Source | Iterable[Any], *,
           overrides: Mapping[str, Any] | None = None, evaluate: bool = False,
-          checkpoint: str = 'best') -> dict[str, Any]:
+          checkpoint: str = 'best', warm_up: bool = True) -> dict[str, Any]:
   """Adapts ``workdir``'s model on ``events`` (path, '-', or iterable) and returns a summary; resumes
-  from the latest snapshot. Upserts into ``WORKDIR/index`` when a ScaNN index was built there."""
+  from the latest snapshot. Upserts into ``WORKDIR/index`` when a ScaNN index was built there.
+  ``warm_up`` compiles ahead (:meth:`OnlineLearner.warm_up`); the summary reports what that took
+  and the compilations during the stream."""
   learner = OnlineLearner(workdir, overrides=overrides, checkpoint=checkpoint)
+  warm = None
   try:
     if learner.oc.upsert_index:
       learner.index = _load_index(pathlib.Path(workdir))
+    if warm_up:
+      warm = learner.warm_up()
     summary = learner.run(events, evaluate=evaluate)
     if learner.index is not None:
       learner.upsert_index()
@@ -764,7 +916,7 @@ def adapt(workdir: str | pathlib.Path, events: stream.Source | Iterable[Any], *,
   finally:
     learner.close()
   out = summary.to_json()
-  out.update(workdir=str(workdir), num_items=learner.catalog.num_items,
+  out.update(warm_up=warm, workdir=str(workdir), num_items=learner.catalog.num_items,
              vocab_size=learner.catalog.vocab_size,
              snapshot=str(learner.snapshots.directory / str(learner.position)))
   return out

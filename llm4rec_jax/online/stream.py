@@ -17,20 +17,72 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from llm4rec_jax.data.events import Event, iter_jsonl, parse_event
+from llm4rec_jax.errors import DataError
 
 Source = str | os.PathLike | Iterable[Any]
 
 
-def open_events(source: Source, *, skip: int = 0) -> Iterator[Event]:
+BAD_EVENTS = ('raise', 'skip')
+TIME_ORDERS = ('any', 'raise', 'skip')
+
+
+def open_events(source: Source, *, skip: int = 0, bad_events: str = 'raise',
+                time_order: str = 'any', skipped: list[str] | None = None) -> Iterator[Event]:
   """Events of ``source``: a JSON-lines path (``.gz`` too), ``'-'`` for stdin, an open text stream,
-  or an iterable of dicts / Events; the first ``skip`` records are dropped (resume)."""
+  or an iterable of dicts / Events; the first ``skip`` records are dropped (resume).
+
+  ``bad_events``: a malformed record (not JSON, unknown field, bad id or number) raises a DataError
+  naming ``path:line`` and the field ('raise'), or is skipped ('skip'). ``time_order``: an
+  interaction whose timestamp is before an earlier one's is accepted ('any'), an error ('raise') or
+  skipped ('skip'). Each skipped record's message (with its line) is appended to ``skipped``.
+  Records are checked before the resume skip, so a restarted stream skips the same ones.
+  """
+  if bad_events not in BAD_EVENTS:
+    raise ValueError(f'bad_events must be one of {BAD_EVENTS}, got {bad_events!r}')
+  if time_order not in TIME_ORDERS:
+    raise ValueError(f'time_order must be one of {TIME_ORDERS}, got {time_order!r}')
+  record = (lambda e: skipped.append(str(e))) if skipped is not None else (lambda e: None)
+  on_error = record if bad_events == 'skip' else None
   if isinstance(source, (str, os.PathLike)):
-    events = iter_jsonl(sys.stdin, name='<stdin>') if str(source) == '-' else iter_jsonl(source)
+    events = (iter_jsonl(sys.stdin, name='<stdin>', on_error=on_error) if str(source) == '-'
+              else iter_jsonl(source, on_error=on_error))
   elif hasattr(source, 'readline'):
-    events = iter_jsonl(source)
+    events = iter_jsonl(source, on_error=on_error)
   else:
-    events = (parse_event(r, path='<iterator>', line=n) for n, r in enumerate(source, start=1))
+    events = _parse_all(source, on_error)
+  if time_order != 'any':
+    name = ('<stdin>' if str(source) == '-' else str(source)) if isinstance(
+        source, (str, os.PathLike)) else getattr(source, 'name', '<iterator>')
+    events = _in_time_order(events, time_order == 'raise', record, str(name))
   return itertools.islice(events, skip, None)
+
+
+def _parse_all(records: Iterable[Any], on_error) -> Iterator[Event]:
+  for n, r in enumerate(records, start=1):
+    try:
+      event = parse_event(r, path='<iterator>', line=n)
+    except DataError as e:
+      if on_error is None:
+        raise
+      on_error(e)
+      continue
+    yield event
+
+
+def _in_time_order(events: Iterable[Event], strict: bool, record, name: str) -> Iterator[Event]:
+  latest = None
+  for e in events:
+    if e.is_interaction and e.timestamp is not None:
+      if latest is not None and e.timestamp < latest:
+        error = DataError(f'timestamp {e.timestamp:g} is before an earlier event\'s {latest:g} '
+                          '(config.online.time_order)', path=name, line=e.line or None,
+                          field='timestamp')
+        if strict:
+          raise error
+        record(error)
+        continue
+      latest = e.timestamp
+    yield e
 
 
 _END = object()
