@@ -279,7 +279,10 @@ def test_backbone_switch_gives_the_item_decoder_the_checkpoint_blocks(tmp_path, 
   assert (cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.kv_heads, cfg.dim_per_head,
           cfg.ffn_dim) == (D, LAYERS, HEADS, KV, HD, FFN)
   assert (cfg.rms_eps, cfg.rope_theta, cfg.embed_scale) == (1e-5, 500.0, False)
-  assert config.model.backbone_type == model_type  # recorded: evaluation re-reads no checkpoint
+  # The validated config is not modified; what training saves records the architecture, so
+  # evaluation re-reads no checkpoint.
+  assert config.model.backbone_type == '' and exp.config.model.backbone_type == ''
+  assert state_lib.recorded_config(exp.config, cfg).model.backbone_type == model_type
   assert cfg.sliding_window == (3 if model_type == 'mistral' else 0)
   tx, _ = optimizer_lib.make_optimizer(config.optimizer, 10)
   _, shardings = state_lib.state_shardings(exp.spec, tx)

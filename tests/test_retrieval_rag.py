@@ -41,7 +41,7 @@ def _batches(exp):
 @pytest.mark.parametrize('source', ['items', 'users', 'both'])
 def test_training_context_never_holds_target_or_later_items(experiment, source):
   exp = experiment
-  rcfg = exp.config.retrieval.copy_and_resolve_references()
+  rcfg = exp.config.retrieval.as_configdict()  # a mutable copy of the frozen config
   rcfg.source = source
   retriever = context_lib.Retriever(rcfg, exp.dataset.num_items, exp.config.data.max_len,
                                     exp.split.train, [np.unique(s) for s in exp.dataset.sequences()])

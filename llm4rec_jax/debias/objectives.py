@@ -143,8 +143,9 @@ class DebiasObjective:
 def build(config: Any, dataset: Any, train_sequences, vocab_size: int) -> DebiasObjective | None:
   """The objective of ``config.debias`` for this data (None when debiasing is off).
 
-  Fills ``config.debias.num_groups`` (recorded in the saved config, so serving builds the same
-  model, adversary head included).
+  With a fairness term, ``num_groups`` is the number of user groups found in the data; training
+  records it in the saved config (``train.state.recorded_config``), so serving builds the same
+  model, adversary head included.
   """
   d = config.debias
   validate(config)
@@ -177,7 +178,6 @@ def build(config: Any, dataset: Any, train_sequences, vocab_size: int) -> Debias
     labels, names = fairness.user_groups(dataset.users, train_sequences, d.sensitive_attribute)
     obj.user_labels = jnp.asarray(labels)
     obj.num_groups = len(names)
-    d.num_groups = len(names)
   if not obj.changes_training and obj.inference_bias is None:
     return None
   return obj

@@ -125,8 +125,13 @@ class Experiment:
 
 
 def build_experiment(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Experiment:
-  """Validates the config, loads and splits the data, builds the mesh and the model spec."""
+  """Validates the config, loads and splits the data, builds the mesh and the model spec.
+
+  The experiment holds a frozen copy of the validated config: nothing after validation can change
+  it (what is derived from it, e.g. the vocabulary size, lives in the model spec).
+  """
   config_base.validate(config, jax.device_count())
+  config = ml_collections.FrozenConfigDict(config)
   workdir = pathlib.Path(workdir)
   if records.is_records(config.data.name):
     return _records_experiment(config, workdir)

@@ -31,22 +31,38 @@ EMA_PARAMS = 'ema_params'  # the train-state entry of the weights' moving averag
 
 def model_config(config: ml_collections.ConfigDict, num_items: int,
                  mesh: jax.sharding.Mesh) -> DecoderConfig:
-  """The decoder config; fills ``config.model.vocab_size`` so the saved config records it.
+  """The decoder config of ``config`` (not modified: :func:`recorded_config` is what training saves).
 
   With ``config.model.backbone`` the architecture fields come from the checkpoint's config.json
-  (once: the saved config records them, so evaluation needs no checkpoint files).
+  unless the config already records them (a saved config does, so evaluation needs no checkpoint
+  files).
   """
-  if config.model.get('backbone') and not config.model.get('backbone_type'):
-    config.model.update(hf_import.backbone_architecture(config.model.backbone))
+  model = config.model
+  if model.get('backbone') and not model.get('backbone_type'):
+    model = ml_collections.ConfigDict(model.to_dict())
+    model.update(hf_import.backbone_architecture(model.backbone))
   shards = math.prod(mesh.shape[a] for a in partitioning.rule_axes(config.mesh.rules, 'vocab')
                      if a in mesh.shape)
-  cfg = decoder_lib.from_config(config.model, num_items=num_items, vocab_multiple=128 * shards)
-  if not config.model.get("vocab_size", 0):
-    config.model.vocab_size = cfg.vocab_size
+  cfg = decoder_lib.from_config(model, num_items=num_items, vocab_multiple=128 * shards)
   d = config.get('debias')
   if d is not None and d.get('fairness', 'none') == 'adversarial' and d.get('num_groups', 0):
     cfg = dataclasses.replace(cfg, adversary_classes=d.num_groups)
   return dataclasses.replace(cfg, max_len=config.data.max_len)
+
+
+def recorded_config(config: ml_collections.ConfigDict, cfg: DecoderConfig,
+                    num_groups: int = 0) -> ml_collections.ConfigDict:
+  """A copy of the validated ``config`` with what training derived from it and the data: the
+  vocabulary size, with a backbone its architecture, and with a fairness term the number of user
+  groups (``num_groups``). The workdir saves this one."""
+  out = ml_collections.ConfigDict(config.to_dict())
+  if num_groups:
+    out.debias.num_groups = num_groups
+  if out.model.get('backbone') and not out.model.get('backbone_type'):
+    out.model.update(hf_import.backbone_architecture(out.model.backbone))
+  if not out.model.get('vocab_size', 0):
+    out.model.vocab_size = cfg.vocab_size
+  return out
 
 
 def put_content(content: Any, mesh: jax.sharding.Mesh, rules) -> Any:

@@ -98,9 +98,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   exp = build_experiment(config, workdir)
+  config = exp.config  # validated and frozen
   is_main = jax.process_index() == 0
   if is_main:
-    config_base.save(config, workdir)
+    config_base.save(state_lib.recorded_config(
+        config, exp.spec.cfg, exp.debias.num_groups if exp.debias is not None else 0), workdir)
     write_catalog(exp)
   tc = config.train
 
