@@ -106,7 +106,8 @@ def compile_train_step(config: ml_collections.ConfigDict, devices: list[Any], *,
   mesh = make_mesh(config.mesh, devices)
   cfg = state_lib.model_config(config, num_items, mesh)
   spec = state_lib.build_model_spec(cfg, mesh, config.mesh.rules)
-  tx, schedule = optimizer_lib.make_optimizer(config.optimizer, 1000)
+  tx, schedule = optimizer_lib.make_optimizer(config.optimizer, 1000,
+                                              lora=spec.cfg.lora_rank > 0)
   abstract, shardings = state_lib.state_shardings(spec, tx)
   exp = experiment.Experiment(config=config, workdir=pathlib.Path('.'), dataset=None, split=None,
                            mesh=mesh, spec=spec)
