@@ -77,7 +77,9 @@ def save_backbone(params: dict[str, Any], source: str | pathlib.Path, out_dir: s
     def write(ours, where, path):
       if hf_import.is_layout_leaf(where):
         name, kind = where
-        tensors[name] = _to_hf(_host(ours), kind, cfg.norm_plus_one).astype(np_dtype)
+        # Contiguous: safetensors writes an array's buffer as is, a transposed view included.
+        tensors[name] = np.ascontiguousarray(
+            _to_hf(_host(ours), kind, cfg.norm_plus_one).astype(np_dtype))
         return
       extra = set(ours) - set(where)
       if extra:
