@@ -68,7 +68,7 @@ if __name__ == '__main__':
          'num_items': args.num_items, 'state_only': args.state_only,
          'lora_targets': args.lora_targets if args.lora != '0' else '', 'runs': runs,
          'command': ' '.join(['python benchmarks/aot_memory.py', *sys.argv[1:]]),
-         'seeds': [0], 'provenance': provenance.finish(record)}
+         'seeds': [0], 'provenance': {**provenance.finish(record), 'seeds': [0]}}
   print(json.dumps(out))
   if args.out:
     pathlib.Path(args.out).write_text(json.dumps(out, indent=1) + '\n')
