@@ -650,6 +650,20 @@ def _aot_rows(data):
   return rows
 
 
+def _aot_lora_rows(data):
+  rec = data['aot_memory_8b_lora.json']
+  rows = []
+  for key, r in rec['runs'].items():
+    b = r['per_device_state_bytes']
+    rows.append({'topology': f"{key.split('/')[0]} ({r['device_kind']}, {r['num_devices']})",
+                 'lora': f"rank {r['lora_rank']}" if r['lora_rank'] else 'off (full)',
+                 'params': r['num_params'] / 1e9, 'trainable': r['trainable_params'] / 1e6,
+                 'opt': r['opt_state_bytes'] / 2**30, 'dev_params': b['params'] / 2**30,
+                 'dev_opt': b['opt_state'] / 2**30, 'dev_state': r['per_device_state_gib'],
+                 'hbm': r['hbm_gib']})
+  return rows
+
+
 # --- docs/val_test_gap.md: where validation NDCG is lost at test, and the transition blend -------
 
 GAP = ('leave-one-out, full ranking, seen items excluded, one trained checkpoint (seed 0, best by '
@@ -1070,6 +1084,19 @@ TABLES: tuple[Table, ...] = (
            Col('per-device peak (GiB)', 'peak', F2), Col('state (MiB)', 'state', F1),
            Col('temporaries (GiB)', 'temp', F2), Col('HBM (GiB)', 'hbm', F0),
            Col('fits', 'fits'), Col('compile (s)', 'compile', F0))),
+    Table('aot_memory_lora', ('aot_memory_8b_lora.json',),
+          '`' + load('aot_memory_8b_lora.json')['command'] + '`: the `8b` preset (4096 wide, 32 '
+          'blocks, 32 query / 8 KV heads, MLP 14336, bf16 compute), 100,000-item catalog, FSDP '
+          'over all devices; LoRA on q,k,v,o,gate,up,down with the base projections frozen in '
+          'bfloat16. Train state only (parameters + AdamW state, exact per-device bytes from the '
+          'shardings training builds, on abstract meshes; no compile, so activations, gradients '
+          'and temporaries are not included).', _aot_lora_rows,
+          (Col('topology (device, devices)', 'topology'), Col('LoRA', 'lora'),
+           Col('parameters (B)', 'params', F3), Col('trainable (M)', 'trainable', F1),
+           Col('optimizer state, all (GiB)', 'opt', F2),
+           Col('per device: params (GiB)', 'dev_params', F3),
+           Col('per device: optimizer (GiB)', 'dev_opt', F3),
+           Col('per device: state (GiB)', 'dev_state', F3), Col('HBM (GiB)', 'hbm', F0))),
     Table('leaderboard', tuple(f for f in BOARD_FILES if (RESULTS / f).exists()), BOARD,
           _board_rows, BOARD_COLS),
     Table('causal_filter', FILTER_FILES, FILTER, _filter_rows, FILTER_COLS),

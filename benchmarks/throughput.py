@@ -146,7 +146,8 @@ def run_one(args, preset: str, variant: str, attention: str, batch_size: int) ->
     users = np.zeros(len(windows), np.int32)
   else:
     windows, users = pipeline.make_windows(exp.split.train, max_len)
-  tx, schedule = optimizer_lib.make_optimizer(config.optimizer, 1000)
+  tx, schedule = optimizer_lib.make_optimizer(config.optimizer, 1000,
+                                              lora=exp.spec.cfg.lora_rank > 0)
   _, shardings = state_lib.state_shardings(exp.spec, tx)
   state = state_lib.init_train_state(exp.spec, tx, 0, shardings)
   max_targets = experiment.auto_max_targets(windows, bs)

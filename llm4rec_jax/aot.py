@@ -9,6 +9,11 @@ preset or sharding that cannot fit is caught before anyone rents the hardware.
 Devices come from :func:`topology_devices`: compile-only TPU devices of a named slice (``v5e-256``,
 ``v5p-128`` or libtpu's ``v5e:16x16`` form; needs libtpu's ``libtpu.so``, no TPU), or this machine's
 own devices (``cpu:8``).
+
+:func:`state_memory` needs neither libtpu nor a compiler: the train state's exact per-device bytes
+(parameters and optimizer state, from the shardings training would use) on an abstract mesh of any
+size, including GPU hosts (``gpu-h100x8``) that cannot be described without their hardware. It
+leaves out what only the compiler knows (activations, gradients, temporaries, code).
 """
 
 from __future__ import annotations
@@ -40,7 +45,12 @@ TOPOLOGY_ALIASES = {
 }
 # High-bandwidth memory per device (bytes), by jax device_kind.
 HBM_BYTES = {'TPU v4': 32 << 30, 'TPU v5 lite': 16 << 30, 'TPU v5': 95 << 30,
-             'TPU v6 lite': 32 << 30}
+             'TPU v6 lite': 32 << 30, 'NVIDIA H100 80GB HBM3': 80 << 30,
+             'NVIDIA H200': 141 << 30}
+# Topologies state_memory describes without devices: (device kind, number of JAX devices).
+STATE_TOPOLOGIES = {'v5e-256': ('TPU v5 lite', 256), 'v5e-64': ('TPU v5 lite', 64),
+                    'v5p-128': ('TPU v5', 64), 'v5p-32': ('TPU v5', 16),
+                    'gpu-h100x8': ('NVIDIA H100 80GB HBM3', 8), 'gpu-h200x8': ('NVIDIA H200', 8)}
 
 LIBTPU_HELP = ('libtpu not found: set TPU_LIBRARY_PATH to a libtpu.so (no TPU needed), e.g. '
                '`pip download --no-deps "libtpu==0.0.42.*" -d /tmp/w && python -m zipfile -e '
@@ -106,7 +116,8 @@ def compile_train_step(config: ml_collections.ConfigDict, devices: list[Any], *,
   mesh = make_mesh(config.mesh, devices)
   cfg = state_lib.model_config(config, num_items, mesh)
   spec = state_lib.build_model_spec(cfg, mesh, config.mesh.rules)
-  tx, schedule = optimizer_lib.make_optimizer(config.optimizer, 1000)
+  tx, schedule = optimizer_lib.make_optimizer(config.optimizer, 1000,
+                                              lora=spec.cfg.lora_rank > 0)
   abstract, shardings = state_lib.state_shardings(spec, tx)
   exp = experiment.Experiment(config=config, workdir=pathlib.Path('.'), dataset=None, split=None,
                            mesh=mesh, spec=spec)
@@ -118,6 +129,7 @@ def compile_train_step(config: ml_collections.ConfigDict, devices: list[Any], *,
                                                                         len(shape)))
            for k, shape in (('inputs', (batch_size, max_len)), ('targets', (batch_size, max_len)),
                             ('users', (batch_size,)))}
+  state_sizes = _state_sizes(spec, abstract, shardings)
   compiled = step.lower(abstract_with_shardings(abstract, shardings), batch, None).compile()
   mem = compiled.memory_analysis()
   sizes = {k: int(getattr(mem, f'{k}_size_in_bytes', 0) or 0)
@@ -141,4 +153,56 @@ def compile_train_step(config: ml_collections.ConfigDict, devices: list[Any], *,
       # Parameters + Adam moments (float32), evenly sharded: the floor any sharding must pay.
       'state_floor_gib': round(3 * 4 * params / len(devices) / 2 ** 30, 3),
       'flops_per_step_per_device': float((cost or {}).get('flops', math.nan)),
+      **state_sizes,
   }
+
+
+def _state_sizes(spec: state_lib.ModelSpec, abstract: dict[str, Any],
+                 shardings: dict[str, Any]) -> dict[str, Any]:
+  """Trainable parameter count, the optimizer state's bytes in all, and the per-device bytes of
+  parameters and optimizer state under their shardings (the largest shard of each array)."""
+  def per_device(tree, tree_shardings):
+    leaves = zip(jax.tree.leaves(tree), jax.tree.leaves(tree_shardings))
+    return sum(math.prod(s.shard_shape(x.shape)) * x.dtype.itemsize for x, s in leaves)
+
+  lora = spec.cfg.lora_rank > 0
+  frozen = optimizer_lib.frozen_mask(spec.abstract_params, lora=lora)
+  trainable = sum(p.size for f, p in zip(jax.tree.leaves(frozen),
+                                         jax.tree.leaves(spec.abstract_params)) if not f)
+  nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+  return {
+      'lora_rank': spec.cfg.lora_rank, 'trainable_params': trainable,
+      'param_bytes': nbytes(abstract['params']), 'opt_state_bytes': nbytes(abstract['opt_state']),
+      'per_device_state_bytes': {
+          'params': per_device(abstract['params'], shardings['params']),
+          'opt_state': per_device(abstract['opt_state'], shardings['opt_state'])},
+  }
+
+
+def state_memory(config: ml_collections.ConfigDict, topology: str, *,
+                 num_items: int) -> dict[str, Any]:
+  """The train state of ``config`` on ``topology`` (one of :data:`STATE_TOPOLOGIES`) without
+  devices or compiling: an abstract mesh of the topology's size, the model spec, optimizer (with
+  LoRA's frozen parameters, ``model.lora_rank``) and state shardings exactly as training builds
+  them. Per-device bytes of parameters and optimizer state are exact for that sharding; the
+  step's activations, gradients and temporaries are not included (:func:`compile_train_step`)."""
+  if topology not in STATE_TOPOLOGIES:
+    raise Llm4RecError(f'unknown topology {topology!r} for the state estimate; use one of '
+                       f'{sorted(STATE_TOPOLOGIES)}')
+  kind, n = STATE_TOPOLOGIES[topology]
+  config = ml_collections.ConfigDict(config.to_dict())
+  config_base.validate(config, n)
+  axes = tuple(config.mesh.axes)
+  mesh = jax.sharding.AbstractMesh(partitioning.mesh_shape(axes, config.mesh.shape, n), axes)
+  cfg = state_lib.model_config(config, num_items, mesh)
+  spec = state_lib.build_model_spec(cfg, mesh, config.mesh.rules)
+  tx, _ = optimizer_lib.make_optimizer(config.optimizer, 1000, lora=cfg.lora_rank > 0)
+  abstract, shardings = state_lib.state_shardings(spec, tx)
+  sizes = _state_sizes(spec, abstract, shardings)
+  state = sum(sizes['per_device_state_bytes'].values())
+  capacity = HBM_BYTES[kind]
+  return {'device_kind': kind, 'num_devices': n, 'mesh': dict(mesh.shape),
+          'num_params': spec.num_params(), 'vocab_size': cfg.vocab_size, **sizes,
+          'per_device_state_gib': round(state / 2 ** 30, 3),
+          'hbm_gib': round(capacity / 2 ** 30, 1),
+          'state_share_of_hbm': round(state / capacity, 4)}

@@ -20,6 +20,7 @@ from llm4rec_jax import workdir as workdir_lib
 from llm4rec_jax.data import synthetic
 from llm4rec_jax.debias import objectives as debias_objectives
 from llm4rec_jax.errors import ConfigError
+from llm4rec_jax.model import lora
 
 # Model sizes. 'tiny' is for tests, 'small' for CPU benchmarks (SASRec-sized), the rest for
 # accelerators (bf16 compute, sharded over fsdp/tensor axes).
@@ -92,6 +93,10 @@ def base_config() -> ml_collections.ConfigDict:
       # decoder blocks start training (the architecture fields above are then taken from its
       # config.json; see model/hf_import.py).
       backbone='', backbone_type='',  # backbone_type is filled in once the architecture is read
+      # LoRA (model/lora.py): adapters of this rank on the blocks' projections named in
+      # lora_targets ('q,k,v,o', optionally 'gate,up,down'), scaled by lora_alpha / lora_rank; the
+      # base projections are then frozen and stored in frozen_dtype. 0 = off (train everything).
+      lora_rank=0, lora_alpha=16.0, lora_targets='q,k,v,o', frozen_dtype='bfloat16',
       # Multimodal items (llm4rec_jax.model.fusion): 'id' | 'content' | 'both' on input and output;
       # every k-th block cross-attends to the history's content tokens (0 = none).
       item_repr='id', cross_attention_every=0, fusion_layers=1, fusion_heads=2,
@@ -314,6 +319,7 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
     raise ConfigError('model.filter_mix', f'must be in [0, 1], got {m.filter_mix}')
   if m.get('filter_lags', 0) < 0 or m.get('filter_window', 4.0) <= 0:
     raise ConfigError('model.filter_lags', 'filter_lags must be >= 0 and filter_window > 0')
+  _validate_lora(m)
   if m.dtype not in ('float32', 'bfloat16', 'float16'):
     raise ConfigError('model.dtype', f'unknown dtype {m.dtype!r}')
   if m.get('attention_impl', 'auto') not in ('auto', 'xla', 'cudnn'):
@@ -368,6 +374,25 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
       if c[section][key] % dp:
         raise ConfigError(field, f'{c[section][key]} is not divisible by the {dp}-way batch '
                           f'sharding of mesh {shape}')
+
+
+def _validate_lora(m: ml_collections.ConfigDict) -> None:
+  rank = m.get('lora_rank', 0)
+  if not isinstance(rank, int) or rank < 0:
+    raise ConfigError('model.lora_rank', f'must be an integer >= 0 (0 = off), got {rank!r}')
+  if not rank:
+    return
+  if not m.get('lora_alpha', 16.0) > 0:
+    raise ConfigError('model.lora_alpha', f'must be positive, got {m.lora_alpha}')
+  try:
+    targets = lora.parse_targets(m.get('lora_targets', 'q,k,v,o'))
+  except ValueError as e:
+    raise ConfigError('model.lora_targets', str(e)) from e
+  if not targets:
+    raise ConfigError('model.lora_targets', f'names no projection; choose from {tuple(lora.TARGETS)}')
+  if m.get('frozen_dtype', 'bfloat16') not in ('float32', 'bfloat16', 'float16'):
+    raise ConfigError('model.frozen_dtype', f"{m.frozen_dtype!r} is not one of 'float32', "
+                      "'bfloat16', 'float16'")
 
 
 def save(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> None:

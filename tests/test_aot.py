@@ -58,3 +58,21 @@ def test_compiles_for_a_tpu_slice_without_a_tpu():
   report = aot.compile_train_step(_config((1, -1, 1)), devices, num_items=4000)
   assert report['hbm_gib'] == 16.0 and report['fits'] is True
   assert report['per_device_bytes']['peak_estimate'] > 0
+
+
+def test_state_memory_counts_lora_moments_for_trainable_params_only():
+  """The abstract-mesh state estimate (no compile, any topology size): with LoRA the optimizer
+  state is AdamW's two float32 moments of the trainable parameters (plus step counts)."""
+  config = _config((1, -1, 1))
+  full = aot.state_memory(config, 'gpu-h100x8', num_items=4000)
+  config.model.update(lora_rank=4, lora_targets='q,k,v,o,gate,up,down')
+  lora = aot.state_memory(config, 'v5p-32', num_items=4000)
+  assert full['num_devices'] == 8 and lora['mesh'] == {'data': 1, 'fsdp': 16, 'tensor': 1}
+  assert full['trainable_params'] == full['num_params']
+  # + two int32 step counts (Adam's and the learning-rate schedule's).
+  assert full['opt_state_bytes'] == 2 * 4 * full['num_params'] + 8
+  assert lora['trainable_params'] < lora['num_params']
+  assert lora['opt_state_bytes'] == 2 * 4 * lora['trainable_params'] + 8
+  assert 0 < lora['per_device_state_bytes']['opt_state'] < lora['opt_state_bytes']
+  with pytest.raises(Llm4RecError, match='unknown topology'):
+    aot.state_memory(config, 'v9x-3', num_items=4000)

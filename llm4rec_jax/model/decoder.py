@@ -12,6 +12,7 @@ from flax import nnx
 from llm4rec_jax.data.content import ContentSpec, ItemContent
 from llm4rec_jax.errors import ConfigError
 from llm4rec_jax.model.adversary import AdversaryHead
+from llm4rec_jax.model import lora as lora_lib
 from llm4rec_jax.model.fusion import CatalogEncoding, CrossModalFusion, GatedCrossAttention
 from llm4rec_jax.model.layers import (LAYER_TYPES, Attention, CausalFilter, RMSNorm, SwiGLU,
                                       layer_attention, param)
@@ -78,6 +79,13 @@ class DecoderConfig:
   codebook_sizes: tuple[int, ...] = ()  # semantic-ID levels (from the computed codes)
   # config.debias.fairness='adversarial': classes of the sensitive-attribute adversary head (0 = none).
   adversary_classes: int = 0
+  # LoRA (llm4rec_jax.model.lora): rank of the adapters on the blocks' projections (0 = off, every
+  # parameter trained), their scale alpha / rank, which projections they adapt, and the dtype the
+  # frozen base projections are stored in while adapters are on.
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_targets: tuple[str, ...] = ('q', 'k', 'v', 'o')
+  frozen_dtype: str = 'bfloat16'
   # config.text_finetune: the text encoder is part of the model (trained in the step); None = the
   # item text embeddings are frozen inputs.
   text_encoder: BertConfig | None = None
@@ -86,6 +94,18 @@ class DecoderConfig:
   def uses_content(self) -> bool:
     return self.content is not None and self.content.num_tokens > 0 and (
         self.item_repr != 'id' or self.cross_attention_every > 0)
+
+  @property
+  def lora_scale(self) -> float:
+    return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
+
+  def projection_options(self) -> dict[str, Any]:
+    """Keyword arguments of the blocks' ``Attention``/``SwiGLU``: storage dtype of the base
+    projections and the adapters (none without LoRA)."""
+    if not self.lora_rank:
+      return {}
+    return dict(weight_dtype=DTYPES[self.frozen_dtype], lora_rank=self.lora_rank,
+                lora_alpha=self.lora_alpha, lora_targets=self.lora_targets)
 
   @property
   def kv_heads(self) -> int:
@@ -114,6 +134,11 @@ def from_config(model_cfg: Any, *, num_items: int, vocab_multiple: int) -> Decod
     raise ConfigError('model.item_repr', f'{kwargs["item_repr"]!r} is not one of {ITEM_REPRS}')
   for name in ('rope_scaling', 'local_rope_scaling', 'layer_types'):  # lists once read from JSON
     kwargs[name] = tuple(kwargs.get(name, ()))
+  if 'lora_targets' in kwargs:
+    try:
+      kwargs['lora_targets'] = lora_lib.parse_targets(kwargs['lora_targets'])
+    except ValueError as e:
+      raise ConfigError('model.lora_targets', str(e)) from e
   layer_types = kwargs['layer_types']
   if layer_types and (len(layer_types) != kwargs.get('num_layers', DecoderConfig.num_layers)
                       or set(layer_types) - set(LAYER_TYPES)):
@@ -143,14 +168,16 @@ class Block(nnx.Module):
     self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.rms_eps, rngs=rngs)
     self.attn = Attention(cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.dim_per_head, dtype=dt,
                           rngs=rngs, impl=cfg.attention_impl, bias=cfg.attention_bias,
-                          qk_norm=cfg.qk_norm, norm_eps=cfg.rms_eps, **layer_attention(cfg, layer))
+                          qk_norm=cfg.qk_norm, norm_eps=cfg.rms_eps, **layer_attention(cfg, layer),
+                          **cfg.projection_options())
     self.attn_post_norm = (RMSNorm(cfg.d_model, eps=cfg.rms_eps, rngs=rngs) if cfg.post_norms
                            else None)
     self.filter = (CausalFilter(cfg.d_model, cfg.filter_lags or cfg.max_len,
                                 window=cfg.filter_window, rngs=rngs) if cfg.filter_mix else None)
     self.filter_mix = cfg.filter_mix
     self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.rms_eps, rngs=rngs)
-    self.mlp = SwiGLU(cfg.d_model, cfg.ffn_dim, dtype=dt, rngs=rngs, activation=cfg.activation)
+    self.mlp = SwiGLU(cfg.d_model, cfg.ffn_dim, dtype=dt, rngs=rngs, activation=cfg.activation,
+                      **cfg.projection_options())
     self.mlp_post_norm = (RMSNorm(cfg.d_model, eps=cfg.rms_eps, rngs=rngs) if cfg.post_norms
                           else None)
     self.dropout = nnx.Dropout(cfg.dropout)

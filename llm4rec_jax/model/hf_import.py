@@ -40,6 +40,9 @@ from llm4rec_jax.model import layers
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 MODEL_TYPES = ('llama', 'mistral', 'qwen2', 'qwen3', 'gemma', 'gemma2', 'gemma3_text')
 GEMMAS = ('gemma', 'gemma2', 'gemma3_text')
+# Beside an exported backbone (hf_export): the recommender's trained item tables, which
+# load_backbone reads instead of starting item rows from the text embeddings.
+ITEM_TABLES = 'item_tables.safetensors'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -518,36 +521,64 @@ def _item_init(mean: np.ndarray, std: float, cfg: LlmConfig, seed: int, noise: f
   return rows
 
 
-def _block_readers(t: _Tensors, cfg: LlmConfig) -> dict[int, Any]:
-  """Readers of every decoder block's attention, gated MLP and norms (``layers`` names)."""
-  H, K, hd, p1 = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.norm_plus_one
+def block_layout(cfg: LlmConfig) -> dict[int, Any]:
+  """Where every decoder block's parameter lives in a Hugging Face checkpoint: per layer, the
+  model's parameter tree (``layers`` names) with leaves ``(tensor name, kind)``. ``kind`` says how
+  the tensor maps to ours: ``'head_major'`` (q/k/v [heads * head_dim, d] -> [d, heads,
+  head_dim]), ``'out_proj'`` (o [d, heads * head_dim] -> [heads, head_dim, d]), ``'transposed'``
+  (MLP), ``'bias'`` ([heads * head_dim] -> [heads, head_dim]) or ``'norm'`` (Gemma: scale = 1 +
+  weight). The loader (:func:`_block_readers`) and the exporter (``hf_export``) both read it."""
   blocks = {}
   for i in range(cfg.num_layers):
     pre = f'model.layers.{i}.'
-    attn = {'wq': _head_major(t, pre + 'self_attn.q_proj.weight', H, hd),
-            'wk': _head_major(t, pre + 'self_attn.k_proj.weight', K, hd),
-            'wv': _head_major(t, pre + 'self_attn.v_proj.weight', K, hd),
-            'wo': _out_proj(t, pre + 'self_attn.o_proj.weight', H, hd)}
+    attn = {'wq': (pre + 'self_attn.q_proj.weight', 'head_major'),
+            'wk': (pre + 'self_attn.k_proj.weight', 'head_major'),
+            'wv': (pre + 'self_attn.v_proj.weight', 'head_major'),
+            'wo': (pre + 'self_attn.o_proj.weight', 'out_proj')}
     if cfg.attention_bias:
-      attn.update(bq=_bias(t, pre + 'self_attn.q_proj.bias', H, hd),
-                  bk=_bias(t, pre + 'self_attn.k_proj.bias', K, hd),
-                  bv=_bias(t, pre + 'self_attn.v_proj.bias', K, hd))
+      attn.update(bq=(pre + 'self_attn.q_proj.bias', 'bias'),
+                  bk=(pre + 'self_attn.k_proj.bias', 'bias'),
+                  bv=(pre + 'self_attn.v_proj.bias', 'bias'))
     if cfg.qk_norm:
-      attn.update(q_norm={'scale': _norm(t, pre + 'self_attn.q_norm.weight', p1)},
-                  k_norm={'scale': _norm(t, pre + 'self_attn.k_norm.weight', p1)})
-    norm = lambda name: {'scale': _norm(t, pre + name + '.weight', p1)}
+      attn.update(q_norm={'scale': (pre + 'self_attn.q_norm.weight', 'norm')},
+                  k_norm={'scale': (pre + 'self_attn.k_norm.weight', 'norm')})
+    norm = lambda name: {'scale': (pre + name + '.weight', 'norm')}
     blocks[i] = {
         'attn_norm': norm('input_layernorm'),
         'attn': attn,
         'mlp_norm': norm('post_attention_layernorm'),
-        'mlp': {'w_gate': _transposed(t, pre + 'mlp.gate_proj.weight'),
-                'w_up': _transposed(t, pre + 'mlp.up_proj.weight'),
-                'w_down': _transposed(t, pre + 'mlp.down_proj.weight')}}
+        'mlp': {'w_gate': (pre + 'mlp.gate_proj.weight', 'transposed'),
+                'w_up': (pre + 'mlp.up_proj.weight', 'transposed'),
+                'w_down': (pre + 'mlp.down_proj.weight', 'transposed')}}
     if cfg.post_norms:  # Gemma 2/3: post_attention_layernorm norms the attention output
       blocks[i].update(attn_post_norm=norm('post_attention_layernorm'),
                        mlp_norm=norm('pre_feedforward_layernorm'),
                        mlp_post_norm=norm('post_feedforward_layernorm'))
   return blocks
+
+
+def is_layout_leaf(x: Any) -> bool:
+  return isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str)
+
+
+def _block_readers(t: _Tensors, cfg: LlmConfig) -> dict[int, Any]:
+  """Readers of every decoder block's attention, gated MLP and norms (``layers`` names)."""
+  H, K, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+
+  def reader(leaf):
+    name, kind = leaf
+    heads = K if ('k_proj' in name or 'v_proj' in name) else H
+    if kind == 'head_major':
+      return _head_major(t, name, heads, hd)
+    if kind == 'out_proj':
+      return _out_proj(t, name, H, hd)
+    if kind == 'bias':
+      return _bias(t, name, heads, hd)
+    if kind == 'norm':
+      return _norm(t, name, cfg.norm_plus_one)
+    return _transposed(t, name)
+
+  return jax.tree.map(reader, block_layout(cfg), is_leaf=is_layout_leaf)
 
 
 def param_readers(t: _Tensors, cfg: LlmConfig, *, seed: int = 0,
@@ -635,6 +666,17 @@ def backbone_readers(checkpoint: str | pathlib.Path, num_items: int, vocab_size:
   item tokens enter the pretrained blocks at the scale of text tokens)."""
   llm = read_config(checkpoint, num_items=num_items)
   t = _Tensors(pathlib.Path(checkpoint))
+  tables = pathlib.Path(checkpoint) / ITEM_TABLES
+  readers = {'blocks': _block_readers(t, llm),
+             'final_norm': {'scale': _norm(t, 'model.norm.weight', llm.norm_plus_one)}}
+  if tables.is_file():  # a recommender's own export (hf_export): its trained item tables
+    items = _SafetensorsFile(tables)
+    for name in items.keys():
+      if items.array(name).shape != (vocab_size, llm.d_model):
+        raise DataError(f'{tables}: {name} has shape {items.array(name).shape}, the model '
+                        f'needs ({vocab_size}, {llm.d_model}) (another catalog or vocab_size)')
+      readers[name] = (lambda a: lambda idx: np.asarray(a[idx], np.float32))(items.array(name))
+    return readers
   mean, std = _embedding_stats(t, 'model.embed_tokens.weight', llm.text_vocab)
   items = _item_init(mean, std, llm, seed, item_noise)
 
@@ -642,8 +684,7 @@ def backbone_readers(checkpoint: str | pathlib.Path, num_items: int, vocab_size:
     (r0, r1), (d0, d1) = _span(idx[0], vocab_size), _span(idx[1], llm.d_model)
     return items(r0, r1)[:, d0:d1]
 
-  return {'item_embed': item_rows, 'blocks': _block_readers(t, llm),
-          'final_norm': {'scale': _norm(t, 'model.norm.weight', llm.norm_plus_one)}}
+  return {'item_embed': item_rows, **readers}
 
 
 def load_backbone(params: Any, checkpoint: str | pathlib.Path, num_items: int, shardings: Any, *,
@@ -653,14 +694,17 @@ def load_backbone(params: Any, checkpoint: str | pathlib.Path, num_items: int, s
   attention, heads) keep their initial values."""
   vocab = params['item_embed'].shape[0] if 'item_embed' in params else 1
   readers = backbone_readers(checkpoint, num_items, vocab, seed=seed)
-  if 'item_embed' not in params:  # item_repr='content': no id table
-    readers.pop('item_embed')
+  for table in ('item_embed', 'output_embed'):
+    if table not in params:  # item_repr='content': no id table; tied: no output table
+      readers.pop(table, None)
 
   def graft(p, r, s, where):
     if callable(r):
       if not hasattr(p, 'shape'):
         raise ConfigError('model.backbone', f'{where} is not a parameter of the item decoder')
-      return jax.make_array_from_callback(p.shape, s, lambda idx: _checked(r(idx), idx, p.shape))
+      # Frozen LoRA base weights are stored in model.frozen_dtype: cast each block as it is read.
+      return jax.make_array_from_callback(
+          p.shape, s, lambda idx: _checked(r(idx), idx, p.shape).astype(p.dtype))
     out = dict(p)
     for k, sub in r.items():
       if k not in p:

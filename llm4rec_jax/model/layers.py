@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from llm4rec_jax.model import lora as lora_lib
+
 Initializer = Callable[..., jax.Array]
 
 
@@ -148,15 +150,27 @@ class Attention(nnx.Module):
                rope_theta: float, dtype, rngs: nnx.Rngs, impl: str = 'auto',
                rope_scaling: tuple = (), bias: bool = False, qk_norm: bool = False,
                norm_eps: float = 1e-6, sliding_window: int = 0, scale: float | None = None,
-               softcap: float = 0.0):
+               softcap: float = 0.0, weight_dtype=jnp.float32, lora_rank: int = 0,
+               lora_alpha: float = 1.0, lora_targets: tuple[str, ...] = ()):
     if num_heads % num_kv_heads:
       raise ValueError(f'num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}')
     init = fan_in_init(d_model)
-    self.wq = param(rngs, init, (d_model, num_heads, head_dim), ('embed', 'heads', 'head_dim'))
-    self.wk = param(rngs, init, (d_model, num_kv_heads, head_dim), ('embed', 'kv_heads', 'head_dim'))
-    self.wv = param(rngs, init, (d_model, num_kv_heads, head_dim), ('embed', 'kv_heads', 'head_dim'))
-    self.wo = param(rngs, fan_in_init(num_heads * head_dim), (num_heads, head_dim, d_model),
-                    ('heads', 'head_dim', 'embed'))
+    wdt = weight_dtype
+    shapes = {'q': ((d_model, num_heads, head_dim), ('embed', 'heads', 'head_dim')),
+              'k': ((d_model, num_kv_heads, head_dim), ('embed', 'kv_heads', 'head_dim')),
+              'v': ((d_model, num_kv_heads, head_dim), ('embed', 'kv_heads', 'head_dim')),
+              'o': ((num_heads, head_dim, d_model), ('heads', 'head_dim', 'embed'))}
+    self.wq = param(rngs, init, *shapes['q'], dtype=wdt)
+    self.wk = param(rngs, init, *shapes['k'], dtype=wdt)
+    self.wv = param(rngs, init, *shapes['v'], dtype=wdt)
+    self.wo = param(rngs, fan_in_init(num_heads * head_dim), *shapes['o'], dtype=wdt)
+    for name, (shape, axes) in shapes.items():
+      # q/k/v read d_model and write heads; o reads heads x head_dim and writes d_model.
+      split = 2 if name == 'o' else 1
+      adapter = (lora_lib.LoraAdapter(shape[:split], axes[:split], shape[split:], axes[split:],
+                                      rank=lora_rank, alpha=lora_alpha, rngs=rngs)
+                 if lora_rank and name in lora_targets else None)
+      setattr(self, 'lora_' + name, adapter)
     self.bias = bias
     if bias:
       zeros = nnx.initializers.zeros
@@ -177,6 +191,9 @@ class Attention(nnx.Module):
     """x [batch, seq, d_model] -> [batch, seq, heads, head_dim] through ``w{name}`` (+ bias)."""
     dt = self.dtype
     y = jnp.einsum('bld,dhk->blhk', x, getattr(self, 'w' + name)[...].astype(dt))
+    adapter = getattr(self, 'lora_' + name)
+    if adapter is not None:
+      y = y + adapter(x)
     return y + getattr(self, 'b' + name)[...].astype(dt) if self.bias else y
 
   def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
@@ -195,7 +212,8 @@ class Attention(nnx.Module):
     k = rotary(k, positions, self.rope_theta, self.rope_scaling)
     out = dot_product_attention(q, k, v, mask, self.impl, scale=self.scale,
                                 softcap=self.softcap)  # [batch, seq, heads, head_dim]
-    return jnp.einsum('blhk,hkd->bld', out, self.wo[...].astype(self.dtype))
+    y = jnp.einsum('blhk,hkd->bld', out, self.wo[...].astype(self.dtype))
+    return y if self.lora_o is None else y + self.lora_o(out)
 
 
 LAYER_TYPES = ('full_attention', 'sliding_attention')
@@ -228,20 +246,34 @@ class SwiGLU(nnx.Module):
   ``activation='gelu_tanh'``, tanh-approximated GELU (Gemma's GeGLU)."""
 
   def __init__(self, d_model: int, mlp_dim: int, *, dtype, rngs: nnx.Rngs,
-               activation: str = 'silu'):
+               activation: str = 'silu', weight_dtype=jnp.float32, lora_rank: int = 0,
+               lora_alpha: float = 1.0, lora_targets: tuple[str, ...] = ()):
     if activation not in ACTIVATIONS:
       raise ValueError(f'activation {activation!r} is not one of {ACTIVATIONS}')
-    self.w_gate = param(rngs, fan_in_init(d_model), (d_model, mlp_dim), ('embed', 'mlp'))
-    self.w_up = param(rngs, fan_in_init(d_model), (d_model, mlp_dim), ('embed', 'mlp'))
-    self.w_down = param(rngs, fan_in_init(mlp_dim), (mlp_dim, d_model), ('mlp', 'embed'))
+    wdt = weight_dtype
+    self.w_gate = param(rngs, fan_in_init(d_model), (d_model, mlp_dim), ('embed', 'mlp'), wdt)
+    self.w_up = param(rngs, fan_in_init(d_model), (d_model, mlp_dim), ('embed', 'mlp'), wdt)
+    self.w_down = param(rngs, fan_in_init(mlp_dim), (mlp_dim, d_model), ('mlp', 'embed'), wdt)
+    io = {'gate': ((d_model,), ('embed',), (mlp_dim,), ('mlp',)),
+          'up': ((d_model,), ('embed',), (mlp_dim,), ('mlp',)),
+          'down': ((mlp_dim,), ('mlp',), (d_model,), ('embed',))}
+    for name, (i_shape, i_axes, o_shape, o_axes) in io.items():
+      setattr(self, 'lora_' + name,
+              lora_lib.LoraAdapter(i_shape, i_axes, o_shape, o_axes, rank=lora_rank,
+                                   alpha=lora_alpha, rngs=rngs)
+              if lora_rank and name in lora_targets else None)
     self.dtype = dtype
     self.activation = activation
 
+  def _project(self, x: jax.Array, name: str) -> jax.Array:
+    y = x @ getattr(self, 'w_' + name)[...].astype(self.dtype)
+    adapter = getattr(self, 'lora_' + name)
+    return y if adapter is None else y + adapter(x)
+
   def __call__(self, x: jax.Array) -> jax.Array:
-    dt = self.dtype
-    g = x @ self.w_gate[...].astype(dt)
+    g = self._project(x, 'gate')
     g = jax.nn.gelu(g, approximate=True) if self.activation == 'gelu_tanh' else jax.nn.silu(g)
-    return (g * (x @ self.w_up[...].astype(dt))) @ self.w_down[...].astype(dt)
+    return self._project(g * self._project(x, 'up'), 'down')
 
 
 class CausalFilter(nnx.Module):

@@ -1,4 +1,5 @@
-"""Export of a fine-tuned text encoder (``config.text_finetune``) in the Hugging Face layout."""
+"""Exports in the Hugging Face layout: a fine-tuned text encoder (``config.text_finetune``) and the
+decoder blocks of a run trained from ``model.backbone`` (LoRA adapters merged)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import shutil
 
 from flax import nnx
 
-from llm4rec_jax.model import text_encoder
+from llm4rec_jax.model import hf_export, lora, text_encoder
 from llm4rec_jax.errors import ConfigError
 from llm4rec_jax.train import restore
 
@@ -32,3 +33,21 @@ def export_encoder(workdir: str | pathlib.Path, out_dir: str | pathlib.Path, *,
     if (source / name).is_file():
       shutil.copy(source / name, out / name)
   return out
+
+
+def export_backbone(workdir: str | pathlib.Path, out_dir: str | pathlib.Path, *,
+                    checkpoint: str = 'best', dtype: str = 'float32') -> pathlib.Path:
+  """Writes the decoder blocks of a workdir's checkpoint trained from ``model.backbone`` back in
+  that checkpoint's Hugging Face layout (``model.hf_export.save_backbone``): LoRA adapters merged
+  into their base weights (``W + alpha / rank * A B``), text embeddings and tokenizer copied from
+  the source checkpoint, the trained item tables beside them (so the directory can start another
+  run as ``model.backbone``, or be read by ``transformers``)."""
+  model = restore.load_model(workdir, checkpoint)
+  source = model.config.model.get('backbone', '')
+  if not source:
+    raise ConfigError('model.backbone', f'{workdir} was not trained from a Hugging Face '
+                      'checkpoint; there is no layout to export its blocks in')
+  params = model.params
+  if model.spec.cfg.lora_rank:
+    params = lora.merge_params(params, model.spec.cfg.lora_scale)
+  return hf_export.save_backbone(params, source, out_dir, dtype=dtype)

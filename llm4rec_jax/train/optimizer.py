@@ -1,4 +1,10 @@
-"""AdamW with linear warmup, cosine decay and global-norm gradient clipping."""
+"""AdamW with linear warmup, cosine decay and global-norm gradient clipping.
+
+Parameters are labelled (:func:`param_labels`): ``'model'``, ``'text_encoder'`` (its own learning
+rate) or ``'frozen'`` (the text encoder's lowest layers with ``text_finetune.freeze_layers``, and
+with LoRA the decoder blocks' base projections, ``model.lora.is_frozen``). With LoRA the frozen
+parameters get no optimizer state at all (``optax.multi_transform`` with ``set_to_zero``).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import jax
 import optax
 
 from llm4rec_jax.errors import ConfigError
+from llm4rec_jax.model import lora as lora_lib
 
 # The text encoder's embedding parameters (frozen with its lowest layers by freeze_layers > 0).
 _EMBEDDINGS = ('word_embed', 'pos_embed', 'type_embed', 'embed_norm')
@@ -28,21 +35,35 @@ def learning_rate_schedule(opt_cfg: Any, total_steps: int) -> optax.Schedule:
       end_value=opt_cfg.learning_rate * opt_cfg.min_lr_ratio)
 
 
-def make_optimizer(opt_cfg: Any, total_steps: int, text_finetune: Any = None
-                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(opt_cfg: Any, total_steps: int, text_finetune: Any = None, *,
+                   lora: bool = False) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Returns (optimizer, schedule). Weight decay applies to matrices only (not norms/biases).
 
   With ``text_finetune.enabled`` (``config.text_finetune``) the text encoder's updates are scaled to
   its own peak rate (``text_finetune.learning_rate``, same warmup/decay shape; exact for AdamW,
   whose step is linear in the rate) and those of its frozen lower layers set to zero. Clipping stays
   global.
+
+  With ``lora`` (``model.lora_rank > 0``) AdamW runs on the trainable parameters only: every
+  ``'frozen'`` parameter's update is zero and it has no moments in the optimizer state (the train
+  step also stops its gradient and keeps it bit for bit, ``frozen_mask``).
   """
   schedule = learning_rate_schedule(opt_cfg, total_steps)
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  adamw = optax.adamw(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps,
+                      weight_decay=opt_cfg.weight_decay, mask=decay_mask)
+  freeze_layers = 0
+  if text_finetune is not None and text_finetune.get('enabled', False):
+    freeze_layers = text_finetune.freeze_layers
+  if lora:
+    labels_of = param_labels(freeze_layers, lora=True)
+    adamw = optax.multi_transform(
+        {'train': adamw, 'frozen': optax.set_to_zero()},
+        lambda params: jax.tree.map(lambda label: 'frozen' if label == 'frozen' else 'train',
+                                    labels_of(params)))
   parts = [
       optax.clip_by_global_norm(opt_cfg.grad_clip) if opt_cfg.grad_clip > 0 else optax.identity(),
-      optax.adamw(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps,
-                  weight_decay=opt_cfg.weight_decay, mask=decay_mask),
+      adamw,
   ]
   if text_finetune is not None and text_finetune.get('enabled', False):
     ratio = (text_finetune.learning_rate / opt_cfg.learning_rate
@@ -51,9 +72,17 @@ def make_optimizer(opt_cfg: Any, total_steps: int, text_finetune: Any = None
   return optax.chain(*parts), schedule
 
 
-def param_labels(freeze_layers: int) -> Callable[[Any], Any]:
+def frozen_mask(params: Any, *, lora: bool) -> Any:
+  """params -> the same tree of bools: True where LoRA freezes the parameter (its gradient is
+  stopped and the train step keeps it unchanged). All False without LoRA."""
+  return jax.tree.map(lambda label: label == 'frozen' and lora,
+                      param_labels(0, lora=lora)(params))
+
+
+def param_labels(freeze_layers: int, *, lora: bool = False) -> Callable[[Any], Any]:
   """params -> the same tree of labels: 'model', 'text_encoder' or 'frozen' (the encoder's
-  embeddings and lowest ``freeze_layers`` layers, when ``freeze_layers`` > 0)."""
+  embeddings and lowest ``freeze_layers`` layers, when ``freeze_layers`` > 0; with ``lora`` the
+  decoder blocks' base projections and q/k/v biases, ``lora.is_frozen``)."""
 
   def text_label(path) -> str:
     keys = [getattr(k, 'key', getattr(k, 'idx', None)) for k in path]
@@ -62,10 +91,14 @@ def param_labels(freeze_layers: int) -> Callable[[Any], Any]:
       return 'frozen'
     return 'text_encoder'
 
-  def labels(params):
-    return {k: (jax.tree_util.tree_map_with_path(lambda p, _: text_label(p), v)
-                if k == 'text_encoder' else jax.tree.map(lambda _: 'model', v))
-            for k, v in params.items()}
+  def label(path) -> str:
+    keys = [getattr(k, 'key', getattr(k, 'idx', None)) for k in path]
+    if keys and keys[0] == 'text_encoder':
+      return text_label(path[1:])
+    return 'frozen' if lora and lora_lib.is_frozen(path) else 'model'
+
+  # Any tree, not only dicts: optax.tree_map_params initialises the optimizer on a placeholder.
+  labels = lambda params: jax.tree_util.tree_map_with_path(lambda p, _: label(p), params)
   return labels
 
 

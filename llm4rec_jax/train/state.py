@@ -118,9 +118,11 @@ def state_shardings(spec: ModelSpec, tx: optax.GradientTransformation, *, ema: b
   """(abstract train state, its shardings); optimizer moments follow their parameters, and so
   does the weights' moving average (``ema_params``, with ``ema``)."""
   abstract_opt = jax.eval_shape(tx.init, spec.abstract_params)
+  # LoRA's frozen parameters have no moments: their place in the state is an empty MaskedNode.
+  masked = lambda x: isinstance(x, optax.MaskedNode)
   opt_shardings = optax.tree_map_params(
-      tx, lambda _, s: s, abstract_opt, spec.param_shardings,
-      transform_non_params=lambda _: spec.replicated)
+      tx, lambda v, s: v if masked(v) else s, abstract_opt, spec.param_shardings,
+      transform_non_params=lambda _: spec.replicated, is_leaf=masked)
   rng = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
   abstract = {'step': jax.ShapeDtypeStruct((), jnp.int32), 'params': spec.abstract_params,
               'opt_state': abstract_opt, 'rng': rng}

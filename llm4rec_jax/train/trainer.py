@@ -65,12 +65,22 @@ def make_train_step(exp: Experiment, tx: optax.GradientTransformation, schedule,
     loss, aux = loss_fn(params, batch, content, rng)
     return loss, {**aux, **extra}
 
+  # LoRA: the frozen base weights get no gradient (no weight-gradient matmuls, no gradient
+  # buffers) and are carried over bit for bit (adding a zero update could flip the sign of a -0.0).
+  lora = exp.spec.cfg.lora_rank > 0
+  frozen = optimizer_lib.frozen_mask(exp.spec.abstract_params, lora=True) if lora else None
+
   def step_fn(state, batch, content):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), state['step'])
+    inputs = state['params']
+    if frozen is not None:
+      inputs = jax.tree.map(lambda f, p: jax.lax.stop_gradient(p) if f else p, frozen, inputs)
     (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(
-        state['params'], batch, content, rng, state.get('text_table'))
+        inputs, batch, content, rng, state.get('text_table'))
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
+    if frozen is not None:
+      params = jax.tree.map(lambda f, old, new: old if f else new, frozen, state['params'], params)
     metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads),
                'learning_rate': schedule(state['step']), **aux}
     new_state = dict(state, step=state['step'] + 1, params=params, opt_state=opt_state)
@@ -114,7 +124,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   memory.check(run_memory(exp, max_targets))
 
   tx, schedule = optimizer_lib.make_optimizer(config.optimizer, total_steps,
-                                              config.get('text_finetune'))
+                                              config.get('text_finetune'),
+                                              lora=exp.spec.cfg.lora_rank > 0)
   abstract, shardings = state_lib.state_shardings(
       exp.spec, tx, ema=config.optimizer.get('ema_decay', 0.0) > 0)
   data_iter = iter(train_ds.to_iter_dataset())
