@@ -96,6 +96,7 @@ def main():
   result = {'benchmark': 'seed_claim', 'name': args.name,
             **test_claim(read_records(args.a), read_records(args.b), args.metric, args.se_factor)}
   result['command'] = record['command']
+  record['seeds'] = result['seeds']
   result['provenance'] = provenance.finish(record)
   line = json.dumps(result)
   print(line)
