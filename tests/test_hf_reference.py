@@ -213,7 +213,8 @@ def backbone_hidden(tmp_path, ckpt):
                           'mesh.shape': (2, 2, 2)})
   exp = experiment.build_experiment(config, tmp_path / 'wd')
   (tmp_path / 'wd').mkdir(exist_ok=True)
-  config_base.save(config, tmp_path / 'wd')  # evaluation rebuilds the model from this alone
+  # What training saves (the architecture recorded); evaluation rebuilds the model from it alone.
+  config_base.save(state_lib.recorded_config(exp.config, exp.spec.cfg), tmp_path / 'wd')
   saved = config_base.load(tmp_path / 'wd').model
   cfg = decoder.from_config(saved, num_items=exp.spec.cfg.num_items, vocab_multiple=1)
   assert dataclasses.replace(cfg, max_len=exp.spec.cfg.max_len) == exp.spec.cfg

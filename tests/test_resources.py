@@ -1,7 +1,9 @@
 """Resource failures give a clear error naming what was too big and the setting to change."""
 
+import dataclasses
 import errno
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -34,8 +36,9 @@ def test_run_memory_counts_the_chunked_logits():
   exp = experiment.build_experiment(config, '/tmp/unused')
   whole = experiment.run_memory(exp, max_targets=4096)['training logits'][0]
   assert whole == 3 * 4 * 4096 * exp.spec.cfg.vocab_size  # small catalog: no chunking
-  config.loss.chunk_targets = 128
-  assert experiment.run_memory(exp, max_targets=4096)['training logits'][0] == whole // 32
+  config.loss.chunk_targets = 128  # the experiment holds a frozen copy: give it the new one
+  chunked = dataclasses.replace(exp, config=ml_collections.FrozenConfigDict(config))
+  assert experiment.run_memory(chunked, max_targets=4096)['training logits'][0] == whole // 32
 
 
 def test_disk_full_while_checkpointing_is_a_checkpoint_error(tmp_path, monkeypatch):
