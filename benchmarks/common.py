@@ -62,13 +62,17 @@ def apply_overrides(config, overrides: list[str]) -> None:
     config.update_from_flattened_dict({key: parsed})
 
 
-def make_quick(config) -> None:
-  """Shrinks a config to seconds: tiny model, 12 steps, one evaluation."""
+def make_quick(config, max_cases: int = 2000) -> None:
+  """Shrinks a config to seconds: tiny model, 12 steps, one evaluation of ``max_cases`` sampled
+  cases (0 = every user, for benchmarks that score all users against known ground truth)."""
   config.model.update(dict(d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, mlp_dim=64))
   config.train.max_steps = 12
   config.train.eval_every = 12
   config.train.log_every = 6
   config.train.progress_bar = False
+  # Rank a seeded sample of the evaluation cases: full ranking of every user was most of a quick
+  # run's time (tests/test_benchmarks.py runs every benchmark this way).
+  config.eval.max_cases = max_cases
 
 
 def read_events(workdir: pathlib.Path) -> list[dict[str, Any]]:
