@@ -4,6 +4,7 @@ snapshots and resume, the `llm4rec adapt` command."""
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -521,6 +522,34 @@ def test_warm_up_covers_the_l2_pull_step(workdir):
     metrics = learner.learn([events_lib.parse_event(e) for e in _events(8, seed=4, new_every=4)])
   assert counter.count == 0 and np.isfinite(metrics['loss'])
   learner.close()
+
+
+def test_resumed_runs_report_each_skipped_record_once_and_keep_the_grown_catalog(workdir, tmp_path):
+  """A stream stopped after 24 records and resumed: the two runs' summaries name every malformed
+  line once between them (the resumed run does not re-count those before its position); the
+  snapshot carries the grown vocabulary while the config keeps the trained one."""
+  overrides = {'batch_size': 8, 'replay_batch': 8, 'bad_events': 'skip', 'grow_items': 1}
+  lines = [json.dumps(r) for r in _events(40, seed=6, new_every=2)]  # 20 new items: 7 rows free
+  for at in (2, 9, 20, 30):  # malformed lines 3, 10 and 21 before record 25, 31 after it
+    lines.insert(at, '{"user": "u1", "item": ')
+  path = tmp_path / 'events.jsonl'
+  path.write_text('\n'.join(lines) + '\n')
+  learner = OnlineLearner(workdir, overrides=overrides)
+  first = learner.run(path, max_records=24)
+  learner.close()
+  assert first.position == 24 and learner.catalog.vocab_size == 256
+  resumed = OnlineLearner(workdir, overrides=overrides)
+  assert resumed.position == 24 and resumed.catalog.raw_ids == learner.catalog.raw_ids
+  assert resumed.catalog.vocab_size == resumed.cfg.vocab_size == 256
+  assert resumed.state['params']['item_embed'].shape[0] == 256
+  assert resumed.config.model.vocab_size == 128  # the trained size, as saved with the workdir
+  second = resumed.run(path)
+  resumed.close()
+  assert second.records == 16 and resumed.position == 40
+  def lines_of(summary):
+    return [int(re.search(r'events\.jsonl:(\d+)', m).group(1)) for m in summary.skipped]
+  assert lines_of(first) == [3, 10, 21] and lines_of(second) == [31]
+  assert first.to_json()['skipped_records'] + second.to_json()['skipped_records'] == 4
 
 
 def test_snapshots_upsert_only_the_changed_item_vectors_in_one_call(workdir):
