@@ -4,6 +4,7 @@ snapshots and resume, the `llm4rec adapt` command."""
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -115,6 +116,10 @@ def test_new_items_become_scorable_and_learnable_and_the_tables_grow(workdir):
   assert np.asarray(learner.catalog_mask).sum() == n + 21
   learner.learn([events_lib.Event(user='u7', item=f'more{k}') for k in range(20)])
   assert learner.rank([events_lib.Event(user='u8', item='more19')])[0] < n + 21
+  # The vocabulary size is learner state; the validated config stays as loaded, read-only.
+  assert learner.cfg.vocab_size == 256 and learner.config.model.vocab_size == 128
+  with pytest.raises(AttributeError, match='immutable'):
+    learner.config.model.vocab_size = 256
   learner.close()
 
 
@@ -374,7 +379,7 @@ def test_new_and_changed_items_are_upserted_into_the_scann_index(workdir):
 
   def table():
     rows = np.arange(1, learner.catalog.num_items + 1)
-    return rows, np.asarray(learner._table_rows(learner.state['params'], learner.content, rows))  # pylint: disable=protected-access
+    return rows, np.asarray(learner.programs.table_rows(learner.state['params'], learner.content, rows))
   learner.index = ItemIndex.build(table()[1], table()[0])  # brute force at this size: exact
   learner.learn([events_lib.Event(user='u3', item='i5'), events_lib.Event(user='u4', item='novel')])
   assert learner.catalog.get('novel') == n + 1 and n + 1 in set(learner.index.ids.tolist())
@@ -405,13 +410,14 @@ def test_registering_items_compiles_nothing_after_warm_up(workdir):
     learn_with(['new3', 'new4'])
   assert learner.catalog.num_items == 127 and learner.catalog.vocab_size == 128  # no growth
   assert counter.count == 0, f'{counter.count} compilations after warm-up'
-  assert learner._zero_rows_fn._cache_size() == 1  # pylint: disable=protected-access
+  assert learner.programs.zero_rows._cache_size() == 1  # pylint: disable=protected-access
   learner.close()
 
 
 def test_warm_up_compiles_ahead_so_growth_and_serving_compile_nothing(workdir):
   """With pow2 growth, warm_up compiles the next catalog size too: registering items past the
-  reserve, stepping, syncing and serving compile nothing (counted by jax.monitoring)."""
+  reserve (in a step and on their own), stepping, syncing and serving compile nothing (counted by
+  jax.monitoring)."""
   from llm4rec_jax.online.compiles import CompileCounter  # pylint: disable=import-outside-toplevel
   learner = OnlineLearner(workdir, overrides={'batch_size': 8, 'replay_batch': 8, 'grow': 'pow2',
                                               'window': 4, 'sync_every': 3})
@@ -426,8 +432,9 @@ def test_warm_up_compiles_ahead_so_growth_and_serving_compile_nothing(workdir):
       metrics.append(learner.learn([events_lib.Event(user=f'u{u}', item=it)
                                     for u, it in zip(range(10, 18), items)]))
       learner.recommend(f'u{10 + k}')
+    assert learner.register_items(['extra0', 'extra1']) == [133, 134]  # outside a step too
     learner.sync()
-  assert learner.catalog.vocab_size == 256 and learner.catalog.num_items == 132
+  assert learner.catalog.vocab_size == 256 and learner.catalog.num_items == 134
   assert counter.count == 0, f'{counter.count} compilations after warm-up'
   # Metrics reach the host every third step only.
   assert [bool(m) for m in metrics] == [False, False, True, False, False, True]
@@ -487,7 +494,7 @@ def test_warm_up_with_an_index_and_skipping_bad_records_in_run(workdir, tmp_path
   learner = OnlineLearner(workdir, overrides={'batch_size': 8, 'replay_batch': 8, 'sync_every': 2,
                                               'bad_events': 'skip', 'time_order': 'skip'})
   rows = np.arange(1, learner.catalog.num_items + 1)
-  vectors = np.asarray(learner._table_rows(learner.state['params'], learner.content, rows))  # pylint: disable=protected-access
+  vectors = np.asarray(learner.programs.table_rows(learner.state['params'], learner.content, rows))
   learner.index = ItemIndex.build(vectors, rows)
   learner.warm_up()
   path = tmp_path / 'events.jsonl'
@@ -514,4 +521,85 @@ def test_warm_up_covers_the_l2_pull_step(workdir):
   with CompileCounter() as counter:
     metrics = learner.learn([events_lib.parse_event(e) for e in _events(8, seed=4, new_every=4)])
   assert counter.count == 0 and np.isfinite(metrics['loss'])
+  learner.close()
+
+
+def test_resumed_runs_report_each_skipped_record_once_and_keep_the_grown_catalog(workdir, tmp_path):
+  """A stream stopped after 24 records and resumed: the two runs' summaries name every malformed
+  line once between them (the resumed run does not re-count those before its position); the
+  snapshot carries the grown vocabulary while the config keeps the trained one."""
+  overrides = {'batch_size': 8, 'replay_batch': 8, 'bad_events': 'skip', 'grow_items': 1}
+  lines = [json.dumps(r) for r in _events(40, seed=6, new_every=2)]  # 20 new items: 7 rows free
+  for at in (2, 9, 20, 30):  # malformed lines 3, 10 and 21 before record 25, 31 after it
+    lines.insert(at, '{"user": "u1", "item": ')
+  path = tmp_path / 'events.jsonl'
+  path.write_text('\n'.join(lines) + '\n')
+  learner = OnlineLearner(workdir, overrides=overrides)
+  first = learner.run(path, max_records=24)
+  learner.close()
+  assert first.position == 24 and learner.catalog.vocab_size == 256
+  resumed = OnlineLearner(workdir, overrides=overrides)
+  assert resumed.position == 24 and resumed.catalog.raw_ids == learner.catalog.raw_ids
+  assert resumed.catalog.vocab_size == resumed.cfg.vocab_size == 256
+  assert resumed.state['params']['item_embed'].shape[0] == 256
+  assert resumed.config.model.vocab_size == 128  # the trained size, as saved with the workdir
+  second = resumed.run(path)
+  resumed.close()
+  assert second.records == 16 and resumed.position == 40
+  def lines_of(summary):
+    return [int(re.search(r'events\.jsonl:(\d+)', m).group(1)) for m in summary.skipped]
+  assert lines_of(first) == [3, 10, 21] and lines_of(second) == [31]
+  assert first.to_json()['skipped_records'] + second.to_json()['skipped_records'] == 4
+
+
+def test_snapshots_upsert_only_the_changed_item_vectors_in_one_call(workdir):
+  """After incremental upserts the index holds what a full rebuild would (same top-k); a snapshot
+  writes, in one call, exactly the rows whose vectors changed since they were last written."""
+  from llm4rec_jax.online.programs import padded_rows  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.retrieval import ItemIndex  # pylint: disable=import-outside-toplevel
+
+  class Recording:
+    """The index, recording every upsert and the vector it holds per row."""
+
+    def __init__(self, index):
+      self.index, self.calls, self.held = index, [], {}
+
+    def upsert(self, ids, vectors):
+      self.calls.append(np.asarray(ids).tolist())
+      self.held.update(zip(np.asarray(ids).tolist(), np.array(vectors)))
+      self.index.upsert(ids, vectors)
+
+  # Steps adapt one MLP only: item vectors move by registration and imprinting alone.
+  learner = OnlineLearner(workdir, overrides={'batch_size': 8, 'replay_batch': 8, 'sync_every': 4,
+                                              'params': 'blocks.0.mlp'})
+  assert learner.imprint_leaf is not None
+
+  def table():  # rows padded like the learner's upserts: the same program, the same numbers
+    rows = np.arange(1, learner.catalog.num_items + 1)
+    idx, _ = padded_rows(rows)
+    return rows, np.asarray(learner.programs.table_rows(learner.state['params'], learner.content,
+                                                        idx))[:len(rows)]
+  rows, vectors = table()
+  index = Recording(ItemIndex.build(vectors, rows))
+  learner.index = index
+  assert learner.upsert_index() == len(rows) == 120  # what a handed-over index holds is unknown
+  assert learner.upsert_index() == 0 and len(index.calls) == 1
+  for k in range(2):
+    learner.learn([events_lib.Event(user=f'u{u}', item=f'fresh{k}' if u < 12 else f'i{u}')
+                   for u in range(10, 18)])
+  assert len(index.calls) == 3  # each registration wrote its new (zero) rows
+  rows, now = table()
+  changed = [int(r) for r, v in zip(rows, now) if not np.array_equal(index.held[int(r)], v)]
+  assert changed == [121, 122]  # imprinted after registration; the trained rows did not move
+  learner.snapshot()
+  assert len(index.calls) == 4 and index.calls[-1] == changed
+  assert all(np.array_equal(index.held[int(r)], v) for r, v in zip(rows, now))
+  full = ItemIndex.build(now, rows)
+  queries = np.random.default_rng(1).normal(size=(5, now.shape[1])).astype(np.float32)
+  np.testing.assert_array_equal(index.index.search_batched(queries, 10)[0],
+                                full.search_batched(queries, 10)[0])
+  # Nothing moved: a later step and snapshot write nothing.
+  learner.learn([events_lib.Event(user=f'u{u}', item=f'i{u}') for u in range(20, 28)])
+  learner.snapshot()
+  assert len(index.calls) == 4
   learner.close()

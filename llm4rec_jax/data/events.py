@@ -20,7 +20,7 @@ import json
 import math
 import os
 import pathlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -102,22 +102,33 @@ def iter_jsonl(source: str | os.PathLike | io.TextIOBase, *, name: str | None = 
       yield from iter_jsonl(f, name=str(path), on_error=on_error)
     return
   display = name or getattr(source, 'name', '<stream>')
-  for n, text in enumerate(source, start=1):
+
+  def parse_line(text: str, n: int) -> Event | None:
     if not text.strip():
-      continue
+      return None
     try:
-      try:
-        record = json.loads(text)
-      except json.JSONDecodeError as e:
-        raise DataError(f'not valid JSON: {e.msg} (column {e.colno})', path=display,
-                        line=n) from e
-      event = parse_event(record, path=display, line=n)
+      record = json.loads(text)
+    except json.JSONDecodeError as e:
+      raise DataError(f'not valid JSON: {e.msg} (column {e.colno})', path=display, line=n) from e
+    return parse_event(record, path=display, line=n)
+  yield from parse_each(source, parse_line, on_error)
+
+
+def parse_each(records: Iterable[Any], parse: Callable[[Any, int], Event | None],
+               on_error: Callable[[DataError], None] | None = None) -> Iterator[Event]:
+  """``parse(record, n)`` of each of ``records`` (``n`` counts from 1), in order; a None result is
+  left out (a blank line). A record whose parse raises a DataError stops the stream with it, or,
+  with ``on_error``, is handed to it and skipped."""
+  for n, record in enumerate(records, start=1):
+    try:
+      event = parse(record, n)
     except DataError as e:
       if on_error is None:
         raise
       on_error(e)
       continue
-    yield event
+    if event is not None:
+      yield event
 
 
 def read_events_dataset(path: str | os.PathLike, *, dataset_name: str | None = None

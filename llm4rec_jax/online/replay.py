@@ -13,11 +13,22 @@ from a snapshot continues exactly as the uninterrupted one would.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from llm4rec_jax.errors import ConfigError
 
 POLICIES = ('reservoir', 'recent')
+
+
+def example_window(history: Sequence[int], item: int, width: int) -> np.ndarray:
+  """int32 [width]: one example, ``history + [item]``, its last ``width`` items, left-padded
+  with 0."""
+  seq = list(history[-(width - 1):]) + [item]
+  out = np.zeros(width, np.int32)
+  out[-len(seq):] = seq
+  return out
 
 
 class ReplayBuffer:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from llm4rec_jax.data.events import Event, iter_jsonl, parse_event
+from llm4rec_jax.data.events import Event, iter_jsonl, parse_each, parse_event
 from llm4rec_jax.errors import DataError
 
 Source = str | os.PathLike | Iterable[Any]
@@ -35,13 +35,19 @@ def open_events(source: Source, *, skip: int = 0, bad_events: str = 'raise',
   naming ``path:line`` and the field ('raise'), or is skipped ('skip'). ``time_order``: an
   interaction whose timestamp is before an earlier one's is accepted ('any'), an error ('raise') or
   skipped ('skip'). Each skipped record's message (with its line) is appended to ``skipped``.
-  Records are checked before the resume skip, so a restarted stream skips the same ones.
+  Records are checked before the resume skip, so a restarted stream skips the same ones; those
+  before the resume position are not appended again (the run that applied the records around them
+  reported them), so over a stopped and resumed stream each bad record is reported once.
   """
   if bad_events not in BAD_EVENTS:
     raise ValueError(f'bad_events must be one of {BAD_EVENTS}, got {bad_events!r}')
   if time_order not in TIME_ORDERS:
     raise ValueError(f'time_order must be one of {TIME_ORDERS}, got {time_order!r}')
-  record = (lambda e: skipped.append(str(e))) if skipped is not None else (lambda e: None)
+  resumed = skip <= 0
+
+  def record(error: DataError) -> None:
+    if skipped is not None and resumed:
+      skipped.append(str(error))
   on_error = record if bad_events == 'skip' else None
   if isinstance(source, (str, os.PathLike)):
     events = (iter_jsonl(sys.stdin, name='<stdin>', on_error=on_error) if str(source) == '-'
@@ -49,24 +55,28 @@ def open_events(source: Source, *, skip: int = 0, bad_events: str = 'raise',
   elif hasattr(source, 'readline'):
     events = iter_jsonl(source, on_error=on_error)
   else:
-    events = _parse_all(source, on_error)
+    events = parse_each(source, lambda r, n: parse_event(r, path='<iterator>', line=n), on_error)
   if time_order != 'any':
     name = ('<stdin>' if str(source) == '-' else str(source)) if isinstance(
         source, (str, os.PathLike)) else getattr(source, 'name', '<iterator>')
     events = _in_time_order(events, time_order == 'raise', record, str(name))
-  return itertools.islice(events, skip, None)
+  if resumed:
+    return iter(events)
+
+  def after_resume() -> None:
+    nonlocal resumed
+    resumed = True
+  return _resume_after(events, skip, after_resume)
 
 
-def _parse_all(records: Iterable[Any], on_error) -> Iterator[Event]:
-  for n, r in enumerate(records, start=1):
-    try:
-      event = parse_event(r, path='<iterator>', line=n)
-    except DataError as e:
-      if on_error is None:
-        raise
-      on_error(e)
-      continue
-    yield event
+def _resume_after(events: Iterable[Event], skip: int, on_resumed) -> Iterator[Event]:
+  """``events`` from the ``skip + 1``-th on; ``on_resumed()`` runs once the first ``skip`` are
+  consumed, before anything after them is read."""
+  it = iter(events)
+  for _ in itertools.islice(it, skip):
+    pass
+  on_resumed()
+  yield from it
 
 
 def _in_time_order(events: Iterable[Event], strict: bool, record, name: str) -> Iterator[Event]:
