@@ -93,6 +93,11 @@ def base_config() -> ml_collections.ConfigDict:
       # decoder blocks start training (the architecture fields above are then taken from its
       # config.json; see model/hf_import.py).
       backbone='', backbone_type='',  # backbone_type is filled in once the architecture is read
+      # With a backbone: each history item enters as its text's first title_tokens tokens (the
+      # title_fields joined, the checkpoint's tokenizer, its frozen text embeddings) followed by
+      # its item token; 0 = item tokens only. Budget: data.max_len * (title_tokens + 1) positions
+      # <= the checkpoint's max_position_embeddings (content/title_tokens.py).
+      title_tokens=0, title_fields='title',
       # LoRA (model/lora.py): adapters of this rank on the blocks' projections named in
       # lora_targets ('q,k,v,o', optionally 'gate,up,down'), scaled by lora_alpha / lora_rank; the
       # base projections are then frozen and stored in frozen_dtype. 0 = off (train everything).
@@ -320,6 +325,12 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
   if m.get('filter_lags', 0) < 0 or m.get('filter_window', 4.0) <= 0:
     raise ConfigError('model.filter_lags', 'filter_lags must be >= 0 and filter_window > 0')
   _validate_lora(m)
+  title = m.get('title_tokens', 0)
+  if not isinstance(title, int) or title < 0:
+    raise ConfigError('model.title_tokens', f'must be an integer >= 0 (0 = off), got {title!r}')
+  if title and not m.get('backbone'):
+    raise ConfigError('model.title_tokens', 'title tokens are the text tokens of a Hugging Face '
+                      'backbone: set model.backbone')
   if m.dtype not in ('float32', 'bfloat16', 'float16'):
     raise ConfigError('model.dtype', f'unknown dtype {m.dtype!r}')
   if m.get('attention_impl', 'auto') not in ('auto', 'xla', 'cudnn'):

@@ -10,6 +10,10 @@ model, never silently read as zero:
 * dense: each matrix (e.g. image features) -> ``float32 [vocab, dim]`` plus a row mask;
 * text: a precomputed sentence embedding per item (see :mod:`llm4rec_jax.content.text_cache`),
   plus the item's token ids when the text encoder is fine-tuned (``config.text_finetune``).
+
+Beside the modalities, ``config.model.title_tokens`` adds each item's title as token rows of a
+Hugging Face backbone's text embeddings (:mod:`llm4rec_jax.content.title_tokens`), which the decoder
+reads in the input sequence before the item token.
 """
 
 from __future__ import annotations
@@ -84,6 +88,11 @@ class ItemContent:
   id_known: Any = None
   # int32 [vocab, levels] semantic-ID code tuple per item (-1 rows: padding), model.head=semantic_id.
   codes: Any = None
+  # config.model.title_tokens (llm4rec_jax.content.title_tokens): int32 [vocab, T] each item's
+  # title as rows of title_table (0 = padding), and float32 [rows, d_model] those rows of the
+  # backbone's text embedding table (row 0 zero), frozen.
+  title_tokens: Any = None
+  title_table: Any = None
 
   def token_mask(self):
     """bool [vocab, num_tokens]: which modality tokens of each item are present (spec order)."""
@@ -100,7 +109,7 @@ class ItemContent:
     arrays.update({f'dense_{i}': np.asarray(a) for i, a in enumerate(self.dense)})
     arrays.update({f'dense_mask_{i}': np.asarray(a) for i, a in enumerate(self.dense_mask)})
     for name in ('numeric', 'numeric_mask', 'text', 'text_mask', 'text_tokens', 'id_known',
-                 'codes'):
+                 'codes', 'title_tokens', 'title_table'):
       if getattr(self, name) is not None:
         arrays[name] = np.asarray(getattr(self, name))
     np.savez_compressed(path, **arrays)
@@ -118,7 +127,8 @@ class ItemContent:
                  dense=tuple(z[f'dense_{i}'] for i in range(len(spec.dense))),
                  dense_mask=tuple(z[f'dense_mask_{i}'] for i in range(len(spec.dense))),
                  text=get('text'), text_mask=get('text_mask'), text_tokens=get('text_tokens'),
-                 id_known=get('id_known'), codes=get('codes'))
+                 id_known=get('id_known'), codes=get('codes'),
+                 title_tokens=get('title_tokens'), title_table=get('title_table'))
 
 
 def _select(available: Sequence[str], wanted: Any, field: str) -> list[str]:

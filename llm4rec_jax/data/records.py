@@ -74,6 +74,7 @@ def check_config(c: Any) -> None:
       **{f'content.{k}': bool(c.content[k]) for k in ('categorical', 'numeric', 'dense', 'text')},
       'model.item_repr': c.model.get('item_repr', 'id') != 'id',
       'model.head': c.model.get('head', 'softmax') != 'softmax',
+      'model.title_tokens': c.model.get('title_tokens', 0) > 0,
       'text_finetune.enabled': c.get('text_finetune', {}).get('enabled', False),
       'retrieval.rag': c.retrieval.rag,
       'debias.method': c.debias.method != 'none',

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from llm4rec_jax.errors import ConfigError
 from llm4rec_jax.model import decoder as decoder_lib
 
 METHODS = ('integrated_gradients', 'grad_x_input')
@@ -114,6 +115,9 @@ def attribute(model, inputs: jax.Array, items: jax.Array, content=None,
   """
   if method not in METHODS:
     raise ValueError(f'unknown attribution method {method!r}; choose from {METHODS}')
+  if model.cfg.title_tokens:  # the inputs would also need the title tokens' embeddings
+    raise ConfigError('model.title_tokens', 'attributions are not built for histories entered '
+                      'with title tokens')
   catalog = model.encode_catalog(content)
   valid = inputs > 0
   x = model.embed(inputs, catalog) * valid[..., None]  # [b, s, d]

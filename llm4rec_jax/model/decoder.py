@@ -89,6 +89,10 @@ class DecoderConfig:
   # config.text_finetune: the text encoder is part of the model (trained in the step); None = the
   # item text embeddings are frozen inputs.
   text_encoder: BertConfig | None = None
+  # With a Hugging Face backbone: each history item enters as its title's text tokens (T of them,
+  # right padded; rows of the backbone's frozen text embeddings, ItemContent.title_tokens /
+  # title_table) followed by its item token; 0 = item tokens only (content/title_tokens.py).
+  title_tokens: int = 0
 
   @property
   def uses_content(self) -> bool:
@@ -220,6 +224,10 @@ class ItemDecoder(nnx.Module):
     if cfg.cross_attention_every and not (cfg.content and cfg.content.num_tokens):
       raise ConfigError('model.cross_attention_every', 'cross-attention needs item content; '
                         'select fields in config.content')
+    if cfg.title_tokens and (cfg.cross_attention_every or cfg.filter_mix):
+      # Both work per history item; with titles the sequence holds T + 1 positions per item.
+      raise ConfigError('model.title_tokens', 'cannot be combined with cross-attention '
+                        '(model.cross_attention_every) or the causal filter (model.filter_mix)')
     emb_init = nnx.initializers.normal(stddev=cfg.d_model ** -0.5)
     if cfg.item_repr != 'content':
       self.item_embed = param(rngs, emb_init, (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'))
@@ -258,6 +266,16 @@ class ItemDecoder(nnx.Module):
 
     ``rngs`` (training only) enables ``id_dropout``.
     """
+    encoding = self._encode_items(content, rngs)
+    if self.cfg.title_tokens:
+      if content is None or content.title_tokens is None:
+        raise ConfigError('model.title_tokens', 'this model reads item titles; pass the '
+                          'ItemContent arrays with title_tokens and title_table')
+      encoding = dataclasses.replace(encoding, title_tokens=content.title_tokens,
+                                     title_table=content.title_table)
+    return encoding
+
+  def _encode_items(self, content: ItemContent | None, rngs: nnx.Rngs | None) -> CatalogEncoding:
     cfg = self.cfg
     if not cfg.uses_content:
       return CatalogEncoding(self.item_embed[...])
@@ -291,6 +309,8 @@ class ItemDecoder(nnx.Module):
 
     ``context`` int [batch, seq, C] (0 = none): retrieved items (llm4rec_jax.retrieval.context)
     whose content tokens join the cross-attention memory of position t, so positions >= t see them.
+    With ``cfg.title_tokens`` the blocks run over each item's title tokens followed by its item
+    token (:meth:`with_titles`) and the hidden states at the item tokens are returned.
     """
     if catalog is None:
       catalog = self.encode_catalog()
@@ -299,8 +319,36 @@ class ItemDecoder(nnx.Module):
     if self.cfg.cross_attention_every:
       memory, memory_mask = cross_attention_memory(catalog, items, context)
     x = self.embed(items, catalog) * valid[..., None]
+    if self.cfg.title_tokens:
+      x, valid = self.with_titles(items, x, catalog)
+      hidden = self.hidden_from_embeddings(x, valid, deterministic=deterministic, rngs=rngs)
+      b, s = items.shape
+      # Every (T + 1)-th position is an item token: its output is the item's.
+      return hidden.reshape(b, s, self.cfg.title_tokens + 1, -1)[:, :, -1]  # [b, s, d_model]
     return self.hidden_from_embeddings(x, valid, memory, memory_mask, deterministic=deterministic,
                                        rngs=rngs)
+
+  def with_titles(self, items: jax.Array, x: jax.Array, catalog: CatalogEncoding
+                  ) -> tuple[jax.Array, jax.Array]:
+    """Each item's title tokens, then its item token: items [b, s] and their embeddings x
+    [b, s, d] -> (embeddings [b, s * (T + 1), d], valid [b, s * (T + 1)]).
+
+    Title rows come from the backbone's text embeddings (scaled like item rows: Gemma's
+    sqrt(d_model)); title padding and padded items are invalid, so they are masked out of
+    attention and do not advance the rotary positions.
+    """
+    cfg = self.cfg
+    b, s = items.shape
+    rows = jnp.take(catalog.title_tokens, items, axis=0)  # [b, s, T], 0 = padding
+    text_valid = (rows > 0) & (items > 0)[..., None]  # [b, s, T]
+    text = jnp.take(catalog.title_table, rows, axis=0)  # [b, s, T, d_model]
+    if cfg.embed_scale:
+      text = text * (cfg.d_model ** 0.5)
+    text = (text * text_valid[..., None]).astype(x.dtype)
+    seq = s * (cfg.title_tokens + 1)
+    x = jnp.concatenate([text, x[:, :, None]], axis=2).reshape(b, seq, -1)
+    valid = jnp.concatenate([text_valid, (items > 0)[..., None]], axis=2).reshape(b, seq)
+    return x, valid
 
   def hidden_from_embeddings(self, x: jax.Array, valid: jax.Array, memory: jax.Array | None = None,
                              memory_mask: jax.Array | None = None, *, deterministic: bool = True,

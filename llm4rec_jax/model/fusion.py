@@ -30,11 +30,15 @@ class CatalogEncoding:
 
   ``table`` [vocab, d_model] is the item representation used for input and output; ``tokens``
   [vocab, M, d_model] and ``token_mask`` [vocab, M] are the content tokens the decoder's
-  cross-attention reads (None without content).
+  cross-attention reads (None without content); ``title_tokens`` int [vocab, T] and
+  ``title_table`` [rows, d_model] each item's title as rows of the backbone's text embeddings
+  (``model.title_tokens``; None without).
   """
   table: jax.Array
   tokens: jax.Array | None = None
   token_mask: jax.Array | None = None
+  title_tokens: jax.Array | None = None
+  title_table: jax.Array | None = None
 
 
 class ContentTokenizer(nnx.Module):

@@ -79,6 +79,7 @@ class LlmConfig:
   attn_softcap: float = 0.0  # Gemma 2: attention scores soft-capped at this (0 = none)
   final_softcap: float = 0.0  # Gemma 2 (3 where set): logits soft-capped at this (0 = none)
   post_norms: bool = False  # Gemma 2/3: norms on the attention and MLP outputs
+  max_positions: int = 0  # max_position_embeddings: the longest sequence it takes (0 = unset)
 
   def item_token(self, item: int | np.ndarray) -> int | np.ndarray:
     return self.text_vocab + item
@@ -149,7 +150,7 @@ def read_config(checkpoint: str | pathlib.Path, *, num_items: int, dtype: str = 
       query_pre_attn_scalar=float(field('query_pre_attn_scalar', 256)) if gemma23 else 0.0,
       attn_softcap=float(raw.get('attn_logit_softcapping', softcaps[0]) or 0.0),
       final_softcap=float(raw.get('final_logit_softcapping', softcaps[1]) or 0.0),
-      post_norms=gemma23)
+      post_norms=gemma23, max_positions=int(raw.get('max_position_embeddings') or 0))
 
 
 LLAMA3_ROPE = ('factor', 'low_freq_factor', 'high_freq_factor', 'original_max_position_embeddings')
@@ -434,6 +435,12 @@ class _Tensors:
     self.reads.append((name, block.shape))
     return block
 
+  def rows(self, name: str, ids: np.ndarray) -> np.ndarray:
+    """Rows ``ids`` (sorted, unique) of a 2-D tensor in float32; only those rows are read."""
+    block = np.asarray(self._array(name)[np.asarray(ids, np.int64)], np.float32)
+    self.reads.append((name, block.shape))
+    return block
+
   def has(self, name: str) -> bool:
     return name in self.weight_map
 
@@ -685,6 +692,18 @@ def backbone_readers(checkpoint: str | pathlib.Path, num_items: int, vocab_size:
     return items(r0, r1)[:, d0:d1]
 
   return {'item_embed': item_rows, **readers}
+
+
+def text_embedding_rows(checkpoint: str | pathlib.Path, ids: np.ndarray) -> np.ndarray:
+  """float32 [len(ids), d_model]: rows ``ids`` (sorted, unique text token ids) of the checkpoint's
+  text embedding table (``model.title_tokens``); only those rows are read."""
+  cfg = read_config(checkpoint, num_items=1)
+  t = _Tensors(pathlib.Path(checkpoint))
+  name = 'model.embed_tokens.weight'
+  if t.shape(name) != (cfg.text_vocab, cfg.d_model):
+    raise DataError(f'{t.checkpoint}: {name} has shape {t.shape(name)}, config.json says '
+                    f'({cfg.text_vocab}, {cfg.d_model})')
+  return t.rows(name, ids)
 
 
 def load_backbone(params: Any, checkpoint: str | pathlib.Path, num_items: int, shardings: Any, *,

@@ -21,6 +21,7 @@ import numpy as np
 from llm4rec_jax import beyond_accuracy, config_base, evaluation, partitioning
 from llm4rec_jax import transitions as transitions_lib
 from llm4rec_jax import workdir as workdir_lib
+from llm4rec_jax.content import title_tokens as titles
 from llm4rec_jax.data import content as content_lib
 from llm4rec_jax.data import pipeline, records, registry, splits
 from llm4rec_jax.data.prepare import source as records_source
@@ -152,6 +153,10 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str | pathlib.P
   content_np, content_spec = content_lib.load_item_content(config, ds.items, cfg.vocab_size,
                                                            train_items)
   cfg = dataclasses.replace(cfg, content=content_spec)
+  if cfg.title_tokens:
+    tokens, table = _title_arrays(config, workdir, ds.items, cfg.vocab_size, mesh)
+    content_np = dataclasses.replace(content_np or content_lib.ItemContent(),
+                                     title_tokens=tokens, title_table=table)
   if text_finetune.enabled(config):
     cfg = dataclasses.replace(cfg, text_encoder=text_finetune.encoder_config(config))
   sid = None
@@ -163,9 +168,25 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str | pathlib.P
     cfg = dataclasses.replace(cfg, codebook_sizes=sid.codebook_sizes)
   spec = state_lib.build_model_spec(cfg, mesh, config.mesh.rules)
   content = (put_content(content_np, mesh, config.mesh.rules)
-             if content_np is not None and (cfg.uses_content or sid is not None) else None)
+             if content_np is not None and (cfg.uses_content or sid is not None
+                                            or cfg.title_tokens) else None)
   return Experiment(config, workdir, ds, split, mesh, spec, content_np, content, sid, debias,
                     beyond, timings)
+
+
+def _title_arrays(config: ml_collections.ConfigDict, workdir: pathlib.Path, items: Any,
+                  vocab_size: int, mesh: jax.sharding.Mesh) -> tuple[np.ndarray, np.ndarray]:
+  """(title tokens, title table) of ``model.title_tokens``, from the backbone checkpoint; when its
+  directory is gone, the arrays a run saved with the workdir's content (so evaluation needs no
+  checkpoint files)."""
+  if not (pathlib.Path(config.model.backbone) / 'config.json').is_file():
+    spec = workdir_lib.read_content_spec(workdir)
+    saved = workdir_lib.read_content(workdir, spec) if spec is not None else None
+    if saved is not None and saved.title_tokens is not None:
+      return saved.title_tokens, saved.title_table
+  # The title table's rows are sharded like the catalog's.
+  return titles.build_title_tokens(config.model, config.data.max_len, items, vocab_size,
+                                   128 * state_lib.vocab_shards(config, mesh))
 
 
 def _records_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Experiment:

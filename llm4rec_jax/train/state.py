@@ -41,13 +41,18 @@ def model_config(config: ml_collections.ConfigDict, num_items: int,
   if model.get('backbone') and not model.get('backbone_type'):
     model = ml_collections.ConfigDict(model.to_dict())
     model.update(hf_import.backbone_architecture(model.backbone))
-  shards = math.prod(mesh.shape[a] for a in partitioning.rule_axes(config.mesh.rules, 'vocab')
-                     if a in mesh.shape)
-  cfg = decoder_lib.from_config(model, num_items=num_items, vocab_multiple=128 * shards)
+  cfg = decoder_lib.from_config(model, num_items=num_items,
+                                vocab_multiple=128 * vocab_shards(config, mesh))
   d = config.get('debias')
   if d is not None and d.get('fairness', 'none') == 'adversarial' and d.get('num_groups', 0):
     cfg = dataclasses.replace(cfg, adversary_classes=d.num_groups)
   return dataclasses.replace(cfg, max_len=config.data.max_len)
+
+
+def vocab_shards(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> int:
+  """How many ways the mesh shards a catalog-sized ('vocab') axis."""
+  return math.prod(mesh.shape[a] for a in partitioning.rule_axes(config.mesh.rules, 'vocab')
+                   if a in mesh.shape)
 
 
 def recorded_config(config: ml_collections.ConfigDict, cfg: DecoderConfig,
