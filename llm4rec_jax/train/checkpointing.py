@@ -29,12 +29,15 @@ from llm4rec_jax.errors import CheckpointError
 from llm4rec_jax.train import memory
 
 BEST_METRIC = 'valid_ndcg@10'
+# Host-array items a training loop hook may add to a checkpoint (``train.hooks``), by item name.
+# 'rag': the item table the retrieval index was last built from and its step, so a resumed run
+# retrieves exactly what the uninterrupted run would have.
+EXTRA_ITEMS = ('rag',)
 
 
 class Checkpointer:
-  """Saves and restores ``{'state': train-state pytree, 'data_iter': grain iterator}``, and with RAG
-  on ``'rag'``: the item table the retrieval index was last built from and its step, so a resumed
-  run retrieves exactly what the uninterrupted run would have."""
+  """Saves and restores ``{'state': train-state pytree, 'data_iter': grain iterator}``, and the
+  loop hooks' host arrays under their names (:data:`EXTRA_ITEMS`)."""
 
   def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int = 2, keep_best: bool = True,
                async_save: bool = True, best_metric: str = BEST_METRIC):
@@ -54,15 +57,17 @@ class Checkpointer:
         self.directory, options=options,
         item_handlers={'state': ocp.StandardCheckpointHandler(),
                        'data_iter': grain.checkpoint.CheckpointHandler(),
-                       'rag': ocp.StandardCheckpointHandler()})
+                       **{name: ocp.StandardCheckpointHandler() for name in EXTRA_ITEMS}})
 
   def save(self, step: int, state: Any, data_iter: Any | None = None,
-           metrics: dict[str, float] | None = None, rag: dict[str, Any] | None = None) -> None:
+           metrics: dict[str, float] | None = None,
+           extras: dict[str, dict[str, Any]] | None = None) -> None:
+    """``extras``: host arrays saved alongside, by item name (one of :data:`EXTRA_ITEMS`)."""
     items = {'state': ocp.args.StandardSave(state)}
     if data_iter is not None:
       items['data_iter'] = grain.checkpoint.CheckpointSave(data_iter)
-    if rag is not None:  # host arrays: the retrieval snapshot (see the class docstring)
-      items['rag'] = ocp.args.StandardSave(rag)
+    for name, arrays in (extras or {}).items():
+      items[_extra_item(name)] = ocp.args.StandardSave(arrays)
     with self._disk_errors(f'checkpoint step {step}'):
       self._mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
@@ -124,12 +129,14 @@ class Checkpointer:
     logging.info('restored checkpoint step %d from %s', step, self.directory)
     return restored['state']
 
-  def restore_rag(self, step: int) -> dict[str, Any] | None:
-    """The retrieval snapshot saved with ``step`` (host numpy arrays), or None if it has none."""
-    if not (self.directory / str(step) / 'rag').exists():
+  def restore_extra(self, step: int, name: str) -> dict[str, Any] | None:
+    """The host arrays saved as item ``name`` with ``step``, or None if that checkpoint has none
+    (e.g. one written before the item was kept)."""
+    if not (self.directory / str(step) / _extra_item(name)).exists():
       return None
-    restored = self._mngr.restore(step, args=ocp.args.Composite(rag=ocp.args.StandardRestore()))
-    return {k: np.asarray(v) for k, v in restored['rag'].items()}
+    restored = self._mngr.restore(step, args=ocp.args.Composite(
+        **{name: ocp.args.StandardRestore()}))
+    return {k: np.asarray(v) for k, v in restored[name].items()}
 
   def wait(self) -> None:
     with self._disk_errors('a checkpoint'):
@@ -138,6 +145,13 @@ class Checkpointer:
   def close(self) -> None:
     self.wait()
     self._mngr.close()
+
+
+def _extra_item(name: str) -> str:
+  if name not in EXTRA_ITEMS:
+    raise ValueError(f'checkpoint item {name!r} is not one of checkpointing.EXTRA_ITEMS '
+                     f'{EXTRA_ITEMS}: a hook saving it must be registered there')
+  return name
 
 
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:

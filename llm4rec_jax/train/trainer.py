@@ -25,7 +25,7 @@ from llm4rec_jax import workdir as workdir_lib
 from llm4rec_jax.data import pipeline, records
 from llm4rec_jax.data.prepare import source as records_source
 from llm4rec_jax.errors import ConfigError, NonFiniteLossError
-from llm4rec_jax.retrieval import context as context_lib
+from llm4rec_jax.train import hooks as hooks_lib
 from llm4rec_jax.train import memory, optimizer as optimizer_lib, preemption, text_finetune
 from llm4rec_jax.train import state as state_lib
 from llm4rec_jax.train.checkpointing import abstract_with_shardings
@@ -128,6 +128,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                                               lora=exp.spec.cfg.lora_rank > 0)
   abstract, shardings = state_lib.state_shardings(
       exp.spec, tx, ema=config.optimizer.get('ema_decay', 0.0) > 0)
+  hooks = hooks_lib.training_hooks(exp, shardings, steps_per_epoch)
   data_iter = iter(train_ds.to_iter_dataset())
   ckpt = workdir_lib.checkpoints(workdir, max_to_keep=tc.keep_checkpoints,
                                  async_save=tc.async_checkpoints)
@@ -136,26 +137,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     state = ckpt.restore(start, abstract_with_shardings(abstract, shardings), data_iter)
     progress = ckpt.progress(start)
     logging.info('resuming from step %d', start)
+    for hook in hooks:
+      if hook.checkpoint_item is not None:
+        payload = ckpt.restore_extra(start, hook.checkpoint_item)
+        if payload is not None:  # None: a checkpoint written before the hook kept one
+          hook.restore(payload)
   else:
     state = state_lib.init_train_state(exp.spec, tx, config.seed, shardings,
                                        backbone=config.model.get('backbone', ''))
-    if exp.spec.cfg.text_encoder is not None:
-      state = text_finetune.init_state(state, config, exp.content, shardings)
+    for hook in hooks:
+      state = hook.init_state(state)
     progress = {'best': float('-inf'), 'best_step': -1, 'evals_since_best': 0}
     start = 0
   train_step = make_train_step(exp, tx, schedule, shardings, max_targets)
   rank_fn = exp.rank_fn()
-  refresh_text = (text_finetune.make_refresh(exp.spec.graphdef, shardings['text_table'],
-                                             config.text_finetune.encode_batch_size)
-                  if exp.spec.cfg.text_encoder is not None else None)
   valid_arrays = exp.eval_arrays('valid')
   monitor_arrays = exp.eval_arrays('test') if config.eval.get('monitor_test') else None
-  rag = context_lib.for_experiment(exp) if config.retrieval.rag else None
-  if rag is not None and start:
-    snapshot = ckpt.restore_rag(start)  # None for a checkpoint written before snapshots were kept
-    if snapshot is not None:
-      rag.restore(snapshot)
-  rag_snapshot = lambda: rag.snapshot() if rag is not None else None
   logger = MetricLogger(workdir, enabled=is_main)
   logger.info(dict(event='start', step=start, total_steps=total_steps,
                    steps_per_epoch=steps_per_epoch, num_params=exp.spec.num_params(),
@@ -180,12 +177,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     with stop.installed():
       while step < total_steps and stopped_reason is None:
         batch = next(data_iter)
-        if rag is not None:  # retrieved context; the index follows the embeddings on a schedule
-          rag.maybe_refresh(step, config.retrieval.refresh_every or steps_per_epoch,
-                            exp.spec.graphdef, state['params'],
-                            text_finetune.content_from_state(exp.content, state)
-                            if 'text_table' in state else exp.content)
-          batch = rag.train_batch(batch)
+        if hooks:
+          content = hooks_lib.content_of(hooks, state, exp.content)
+          for hook in hooks:
+            batch = hook.train_batch(step, state, batch, content)
         batch = exp.put(batch)
         state, metrics = train_step(state, batch, exp.content)
         step += 1
@@ -210,18 +205,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             warm = (step, now, eval_seconds)
         if is_eval:
           t_eval = time.perf_counter()
-          eval_content = exp.content
-          if exp.spec.cfg.text_encoder is not None:
-            # The whole catalog re-encoded by the live encoder; saved with this checkpoint.
-            state = text_finetune.refresh_state(state, refresh_text, exp.content, step,
-                                                shardings['text_table_step'])
-            eval_content = text_finetune.content_from_state(exp.content, state)
-          if rag is not None:
-            rag.refresh_from_params(exp.spec.graphdef, state_lib.eval_params(state),
-                                    eval_content, step)
+          for hook in hooks:
+            state = hook.refresh_state(step, state)
+          eval_content = hooks_lib.content_of(hooks, state, exp.content)
+          for hook in hooks:
+            hook.before_eval(step, state_lib.eval_params(state), eval_content)
           ranks_metrics, _, _ = exp.evaluate_arrays(
-              rank_fn, state_lib.eval_params(state),
-              rag.eval_arrays(valid_arrays) if rag is not None else valid_arrays,
+              rank_fn, state_lib.eval_params(state), hooks_lib.eval_arrays(hooks, valid_arrays),
               content=eval_content)
           score = ranks_metrics['ndcg@10']
           if score > progress['best']:
@@ -233,10 +223,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           if monitor_arrays is not None:  # logged only: nothing below reads it
             monitored, _, _ = exp.evaluate_arrays(
                 rank_fn, state_lib.eval_params(state),
-                rag.eval_arrays(monitor_arrays) if rag is not None else monitor_arrays,
-                content=eval_content)
+                hooks_lib.eval_arrays(hooks, monitor_arrays), content=eval_content)
             logger.scalars(step, {f'monitor_test/{k}': v for k, v in monitored.items()})
-          ckpt.save(step, state, data_iter, {'valid_ndcg@10': score, **progress}, rag=rag_snapshot())
+          ckpt.save(step, state, data_iter, {'valid_ndcg@10': score, **progress},
+                    extras=hooks_lib.snapshots(hooks))
           saved_step = step
           t_last = time.perf_counter()  # evaluation time is not training throughput
           eval_seconds += t_last - t_eval
@@ -249,11 +239,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             stopped_reason = 'early_stopping'
             break
         elif periodic_save:
-          ckpt.save(step, state, data_iter, {**progress}, rag=rag_snapshot())
+          ckpt.save(step, state, data_iter, {**progress}, extras=hooks_lib.snapshots(hooks))
           saved_step = step
         if signalled or step == stop_after_steps:
           if saved_step != step:
-            ckpt.save(step, state, data_iter, {**progress}, rag=rag_snapshot())
+            ckpt.save(step, state, data_iter, {**progress}, extras=hooks_lib.snapshots(hooks))
           stopped_reason = f'signal {signalled}' if signalled else 'stop_after_steps'
           break
   finally:
@@ -280,13 +270,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   best = ckpt.best_step()
   if best is not None and best != step:
     state = ckpt.restore(best, abstract_with_shardings(abstract, shardings))
-  if exp.spec.cfg.text_encoder is not None:
-    exp.content = text_finetune.checkpoint_content(exp.spec.graphdef, exp.content, state,
-                                                   best or step,
-                                                   config.text_finetune.encode_batch_size)
+  for hook in hooks:
+    exp.content = hook.final_content(best or step, state, exp.content)
   known = {'valid': last_valid[1]} if last_valid and last_valid[0] == (best or step) else {}
   results = _final_metrics(exp, rank_fn, state_lib.eval_params(state), step=best or step,
-                           known=known)
+                           known=known, hooks=hooks)
   logger.close()
   ckpt.close()
   return results
@@ -354,26 +342,26 @@ def _flush(pending: list, logger: MetricLogger, steps: int, seconds: float, batc
 
 
 def _final_metrics(exp: Experiment, rank_fn, params, *, step: int,
-                   known: dict[str, dict] | None = None) -> dict[str, Any]:
+                   known: dict[str, dict] | None = None,
+                   hooks: list[hooks_lib.LoopHook] | None = None) -> dict[str, Any]:
   """Metrics of ``params`` on valid and test (and cold test cases); ``known`` holds metrics already
   computed for these parameters (the validation of the best step), reused when nothing more than
-  the ranking metrics is asked of that split."""
+  the ranking metrics is asked of that split and no hook changes what evaluation sees. ``hooks``:
+  the training loop's, else (None) those evaluating a saved checkpoint needs."""
+  if hooks is None:
+    hooks = hooks_lib.evaluation_hooks(exp)
   c = exp.config
   protocol = exp.split.protocol if exp.split is not None else 'leave_one_out'  # records
   results: dict[str, Any] = {'step': int(step), 'dataset': exp.dataset.name,
                              'protocol': protocol, 'exclude_seen': c.eval.exclude_seen}
   cold = exp.split is not None and len(exp.split.cold_items)
   cases = ('valid', 'test') + (('test_cold',) if cold else ())
-  rag = None
-  if c.retrieval.rag:
-    rag = context_lib.for_experiment(exp)
-    rag.refresh_from_params(exp.spec.graphdef, params, exp.content, step)
+  for hook in hooks:
+    hook.before_eval(step, params, exp.content)
   weights = tuple(float(w) for w in c.eval.get('transition_weights', ()))
   if weights:
     # The transition blend's weight, chosen on validation alone before test is ranked.
-    arrays = exp.eval_arrays('valid')
-    if rag is not None:
-      arrays = rag.eval_arrays(arrays)
+    arrays = hooks_lib.eval_arrays(hooks, exp.eval_arrays('valid'))
     by_weight = {w: exp.evaluate_arrays(exp.rank_fn(transition_weight=w), params, arrays,
                                         content=exp.content)[0]['ndcg@10'] for w in weights}
     chosen = max(weights, key=lambda w: (by_weight[w], -w))  # a tie keeps the smaller weight
@@ -387,16 +375,14 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int,
         transitions_lib.save(exp.workdir, exp.transition_table, chosen)
       elif saved.exists():
         saved.unlink()
-  reusable = (exp.beyond is None and not c.eval.save_rankings and not c.retrieval.rag
-              and exp.spec.cfg.text_encoder is None)
+  reusable = (exp.beyond is None and not c.eval.save_rankings
+              and not any(hook.changes_evaluation for hook in hooks))
   for which in cases:
     if reusable and which in (known or {}):
       results[which] = known[which]
       continue
     t_eval = time.perf_counter()
-    arrays = exp.eval_arrays(which)
-    if rag is not None:
-      arrays = rag.eval_arrays(arrays)
+    arrays = hooks_lib.eval_arrays(hooks, exp.eval_arrays(which))
     if not len(arrays.targets):
       continue
     m, ranks, tops = exp.evaluate_arrays(rank_fn, params, arrays, content=exp.content)
