@@ -17,6 +17,7 @@ representation, ``item_repr=both``, plus cross-attention to the history's conten
 ``--attention`` repeats each run per attention kernel (``auto`` = cuDNN on GPUs in bf16, ``xla``).
 
   python benchmarks/throughput.py [--quick] [--presets tiny,small] [--variants id,fusion]
+      [--steps_per_call 1,8]
   python benchmarks/throughput.py --dataset=random --presets=base,1b --batch_sizes=128,64 \\
       --max_len=200 --num_items=32768 --attention=auto,xla --peak     # on a GPU
 
@@ -27,6 +28,7 @@ x vocab for the output head (only target positions are scored). Embedding lookup
 softmax are not counted.
 """
 
+import itertools
 import json
 import sys
 import time
@@ -118,12 +120,14 @@ def peak_memory_gb() -> float | None:
   return round(peak / 2 ** 30, 2) if peak else None
 
 
-def run_one(args, preset: str, variant: str, attention: str, batch_size: int) -> dict:
+def run_one(args, preset: str, variant: str, attention: str, batch_size: int,
+            per_call: int = 1) -> dict:
   from llm4rec_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.train import optimizer as optimizer_lib  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.train import state as state_lib, trainer  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.train import experiment  # pylint: disable=import-outside-toplevel
   steps = 3 if args.quick else args.steps
+  steps = -(-steps // per_call) * per_call  # whole calls of per_call steps each
   if args.dataset == 'random':
     config = load_config('synthetic', preset)
     # A small generated dataset gives the catalog; the timed windows are drawn below.
@@ -151,10 +155,16 @@ def run_one(args, preset: str, variant: str, attention: str, batch_size: int) ->
   _, shardings = state_lib.state_shardings(exp.spec, tx)
   state = state_lib.init_train_state(exp.spec, tx, 0, shardings)
   max_targets = experiment.auto_max_targets(windows, bs)
-  step = trainer.make_train_step(exp, tx, schedule, shardings, max_targets)
+  step = trainer.make_train_step(exp, tx, schedule, shardings, max_targets,
+                                 steps_per_call=per_call)
   ds = pipeline.train_dataset(windows, users, global_batch_size=bs, seed=args.seed, num_epochs=None)
   it = iter(ds)
-  batches = [exp.put(next(it)) for _ in range(steps + 2)]
+  if per_call > 1:  # each call takes per_call stacked batches (train.steps_per_call)
+    host = [next(it) for _ in range(steps + 2 * per_call)]
+    batches = [exp.put({k: np.stack([b[k] for b in host[i:i + per_call]]) for k in host[0]},
+                       stacked=True) for i in range(0, len(host), per_call)]
+  else:
+    batches = [exp.put(next(it)) for _ in range(steps + 2)]
   t0 = time.perf_counter()
   step = step.lower(state, batches[0], exp.content).compile()  # the same executable jit would run
   compile_s = time.perf_counter() - t0
@@ -169,7 +179,7 @@ def run_one(args, preset: str, variant: str, attention: str, batch_size: int) ->
     state, m = step(state, b, exp.content)
     targets.append(m['num_targets'])  # kept on device: no per-step host sync
   jax.block_until_ready(state['params'])
-  dt = (time.perf_counter() - t0) / steps
+  dt = (time.perf_counter() - t0) / steps  # per train step (per_call of them per call)
   mean_targets = float(np.mean(jax.device_get(targets)))
   flops = model_flops_per_step(exp.spec.cfg, bs, max_len, mean_targets)
   out = {'step_ms': round(dt * 1e3, 2), 'examples_per_s': round(bs / dt, 1),
@@ -177,7 +187,7 @@ def run_one(args, preset: str, variant: str, attention: str, batch_size: int) ->
          'targets_per_s': round(mean_targets / dt, 1),
          'compile_s': round(compile_s, 2), 'num_params': exp.spec.num_params(),
          'batch_size': bs, 'max_len': max_len, 'vocab_size': exp.spec.cfg.vocab_size,
-         'attention': attention, 'dtype': exp.spec.cfg.dtype,
+         'attention': attention, 'dtype': exp.spec.cfg.dtype, 'steps_per_call': per_call,
          'model_tflops_per_step': round(flops / 1e12, 4),
          'achieved_tflops_per_s': round(flops / dt / 1e12, 2)}
   if compiled_flops:
@@ -206,6 +216,8 @@ if __name__ == '__main__':
   p.add_argument('--peak', action='store_true',
                  help='also measure a peak TFLOP/s (matrix products in the last preset\'s dtype) '
                  'and report mfu_vs_measured_peak beside the datasheet MFU')
+  p.add_argument('--steps_per_call', default='1',
+                 help='comma list: train steps per jitted call (train.steps_per_call), each timed')
   p.add_argument('--keep_going', action='store_true',
                  help='record a failed run under "errors" and go on with the others')
   args = p.parse_args()
@@ -226,10 +238,12 @@ if __name__ == '__main__':
   results, errors = {}, {}
   for preset, bs in zip(presets, sizes):
     for variant in args.variants.split(','):
-      for attention in args.attention.split(','):
-        name = f'{preset}/{variant}' + (f'/{attention}' if ',' in args.attention else '')
+      for attention, per_call in itertools.product(args.attention.split(','),
+                                                   [int(k) for k in args.steps_per_call.split(',')]):
+        name = (f'{preset}/{variant}' + (f'/{attention}' if ',' in args.attention else '')
+                + (f'/per_call{per_call}' if ',' in args.steps_per_call else ''))
         try:
-          results[name] = run_one(args, preset, variant, attention, bs)
+          results[name] = run_one(args, preset, variant, attention, bs, per_call)
         except Exception as e:  # pylint: disable=broad-except
           if not args.keep_going:
             raise

@@ -184,6 +184,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.patience = 5  # evaluations without validation improvement before stopping; 0 = never
   c.train.progress_bar = True
   c.train.max_inflight_steps = 4  # dispatched-but-unfinished steps before the loop waits
+  # > 1: run this many train steps in one jitted call (lax.scan over stacked batches): one dispatch
+  # and one host round trip per k steps, for small models whose steps are bound by dispatch. Logs,
+  # evaluations and saves happen at the same steps as with 1; not with RAG or text fine-tuning.
+  c.train.steps_per_call = 1
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 256
@@ -304,6 +308,13 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
   for field, value in positive.items():
     if int(value) <= 0:
       raise ConfigError(field, f'must be positive, got {value}')
+  per_call = int(c.train.get('steps_per_call', 1))
+  if per_call < 1:
+    raise ConfigError('train.steps_per_call', f'must be >= 1, got {per_call}')
+  if per_call > 1 and (c.retrieval.get('rag', False)
+                       or (c.get('text_finetune') or {}).get('enabled', False)):
+    raise ConfigError('train.steps_per_call', 'retrieved context and text fine-tuning act between '
+                      'steps: use 1 with retrieval.rag or text_finetune.enabled')
   kv = m.num_kv_heads or m.num_heads
   if m.num_heads % kv:
     raise ConfigError('model.num_kv_heads', f'{kv} does not divide num_heads={m.num_heads}')

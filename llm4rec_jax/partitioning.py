@@ -112,9 +112,11 @@ def tree_shardings(logical_tree: Any, abstract_tree: Any, rules: Rules, mesh: Me
                       is_leaf=lambda x: isinstance(x, P) or x is None)
 
 
-def batch_sharding(mesh: Mesh, rules: Rules, ndim: int = 2) -> NamedSharding:
-  """Sharding of a ``[batch, ...]`` array: batch over the mesh axes of the ``batch`` rule."""
-  return NamedSharding(mesh, logical_to_mesh(('batch',) + (None,) * (ndim - 1), rules, mesh))
+def batch_sharding(mesh: Mesh, rules: Rules, ndim: int = 2, *, leading: int = 0) -> NamedSharding:
+  """Sharding of a ``[batch, ...]`` array: batch over the mesh axes of the ``batch`` rule; with
+  ``leading=1`` of a ``[k, batch, ...]`` stack of batches (the first axis not sharded)."""
+  return NamedSharding(mesh, logical_to_mesh(
+      (None,) * leading + ('batch',) + (None,) * (ndim - leading - 1), rules, mesh))
 
 
 def data_parallel_size(mesh: Mesh, rules: Rules) -> int:
@@ -137,15 +139,16 @@ def check_sharded(shardings: Any, abstract_tree: Any, min_size: int = 2 ** 20) -
 
 
 def to_global(batch: Mapping[str, np.ndarray], mesh: Mesh, rules: Rules, *,
-              whole: bool = False) -> dict[str, jax.Array]:
+              whole: bool = False, leading: int = 0) -> dict[str, jax.Array]:
   """Global arrays sharded over the batch axes.
 
   By default each process passes its own block of rows (training: a per-process pipeline) and the
   global batch is the processes' blocks in process order. With ``whole=True`` every process passes
   the same, whole batch (evaluation arrays) and each keeps only the rows its devices hold.
+  ``leading=1``: ``[k, batch, ...]`` stacks of batches.
   """
-  return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, rules, np.ndim(v)), v,
-                                                     np.shape(v) if whole else None)
+  return {k: jax.make_array_from_process_local_data(
+      batch_sharding(mesh, rules, np.ndim(v), leading=leading), v, np.shape(v) if whole else None)
           for k, v in batch.items()}
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import popularity_ndcg, read_log, tiny_config
 from llm4rec_jax import config_base
-from llm4rec_jax.errors import NonFiniteLossError
+from llm4rec_jax.errors import ConfigError, NonFiniteLossError
 from llm4rec_jax.data import pipeline, registry
 from llm4rec_jax.train import checkpointing, losses, trainer
 from llm4rec_jax.train import experiment
@@ -182,3 +182,36 @@ def test_ema_weights_are_what_is_evaluated_checkpointed_and_resumed(tmp_path):
   bad = tiny_config(**{'optimizer.ema_decay': 1.0})
   with pytest.raises(Exception, match='optimizer.ema_decay'):
     config_base.validate(bad, 8)
+
+
+def test_steps_per_call_picks_chunks_that_skip_no_boundary():
+  # every 7 (evaluation) and 4 (log) steps, 21 in all, chunks of 4: no boundary inside a chunk.
+  step, calls = 0, []
+  while step < 21:
+    n = trainer._steps_this_call(step, 4, [7, 4], 21, None)  # pylint: disable=protected-access
+    calls.append(n)
+    step += n
+  assert calls == [4, 1, 1, 1, 1, 4, 1, 1, 1, 1, 4, 1]
+  assert trainer._steps_this_call(8, 4, [7, 4], 21, 10) == 1  # pylint: disable=protected-access
+  assert trainer._steps_this_call(8, 1, [], 21, None) == 1  # pylint: disable=protected-access
+
+
+def test_several_steps_per_call_train_like_one_step_per_call_and_resume_exactly(tmp_path):
+  """lax.scan over 4 stacked batches gives the losses of 4 single steps, logs and evaluations at the
+  same steps, the same final metrics; a run stopped inside that schedule resumes exactly."""
+  base = {'train.num_epochs': 3, 'train.log_every': 4}
+  one = trainer.train_and_evaluate(tiny_config(**base), tmp_path / 'one')
+  four = trainer.train_and_evaluate(tiny_config(**base, **{'train.steps_per_call': 4}),
+                                    tmp_path / 'four')
+  a, b = read_log(tmp_path / 'one'), read_log(tmp_path / 'four')
+  assert sorted(a) == sorted(b) == list(range(1, 22))
+  np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], rtol=1e-5)
+  assert four['test'] == pytest.approx(one['test'], rel=1e-4, abs=1e-6)
+  config = tiny_config(**base, **{'train.steps_per_call': 4})
+  trainer.train_and_evaluate(config, tmp_path / 'resumed', stop_after_steps=10)
+  resumed = trainer.train_and_evaluate(config, tmp_path / 'resumed')
+  assert resumed['test'] == pytest.approx(four['test'])
+  c = read_log(tmp_path / 'resumed')
+  np.testing.assert_allclose([c[s] for s in sorted(c)], [b[s] for s in sorted(b)], rtol=1e-6)
+  with pytest.raises(ConfigError, match='train.steps_per_call'):
+    trainer.train_and_evaluate(tiny_config(**{'train.steps_per_call': 0}), tmp_path / 'bad')

@@ -67,9 +67,10 @@ class Experiment:
     """The prepared directory when training from records, else None."""
     return self.dataset.prepared if isinstance(self.dataset, records.RecordsDataset) else None
 
-  def put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    """A training batch: this process's block of rows (see ``pipeline.train_dataset``)."""
-    return partitioning.to_global(batch, self.mesh, self.rules)
+  def put(self, batch: dict[str, np.ndarray], *, stacked: bool = False) -> dict[str, jax.Array]:
+    """A training batch: this process's block of rows (see ``pipeline.train_dataset``);
+    ``stacked``: ``[k, rows, ...]``, k batches for ``train.steps_per_call``."""
+    return partitioning.to_global(batch, self.mesh, self.rules, leading=int(stacked))
 
   def put_whole(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """An evaluation batch, the same whole batch on every process."""

@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 
@@ -36,8 +37,10 @@ from llm4rec_jax.train.objective import make_loss_fn
 
 
 def make_train_step(exp: Experiment, tx: optax.GradientTransformation, schedule, shardings,
-                    max_targets: int):
-  """The one jitted train step."""
+                    max_targets: int, *, steps_per_call: int = 1):
+  """The one jitted train step; with ``steps_per_call=k > 1``, the same step run ``k`` times in one
+  jitted call (``lax.scan`` over ``[k, batch, ...]`` stacked batches; the metrics come back stacked
+  ``[k]``), so one dispatch and one host round trip cover ``k`` steps."""
   loss_fn = make_loss_fn(exp.spec.cfg, exp.spec.graphdef, exp.config.loss, max_targets,
                          debias=exp.debias)
   batch_sharding = {k: partitioning.batch_sharding(exp.mesh, exp.rules, n)
@@ -90,6 +93,14 @@ def make_train_step(exp: Experiment, tx: optax.GradientTransformation, schedule,
     return new_state, metrics
 
   content_sharding = jax.tree.map(lambda x: x.sharding, exp.content)
+  if steps_per_call > 1:
+    def steps_fn(state, batches, content):
+      return jax.lax.scan(lambda s, b: step_fn(s, b, content), state, batches,
+                          length=steps_per_call)
+    stacked = {k: partitioning.batch_sharding(exp.mesh, exp.rules, len(v.spec) + 1, leading=1)
+               for k, v in batch_sharding.items()}
+    return jax.jit(steps_fn, in_shardings=(shardings, stacked, content_sharding),
+                   out_shardings=(shardings, exp.spec.replicated), donate_argnums=(0,))
   return jax.jit(step_fn, in_shardings=(shardings, batch_sharding, content_sharding),
                  out_shardings=(shardings, exp.spec.replicated), donate_argnums=(0,))
 
@@ -150,6 +161,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     progress = {'best': float('-inf'), 'best_step': -1, 'evals_since_best': 0}
     start = 0
   train_step = make_train_step(exp, tx, schedule, shardings, max_targets)
+  per_call = tc.get('steps_per_call', 1)
+  if per_call > 1 and hooks:
+    raise ConfigError('train.steps_per_call', f'{per_call} steps per call cannot run with '
+                      f'{", ".join(type(h).__name__ for h in hooks)}: it acts between steps; use 1')
+  train_steps = (make_train_step(exp, tx, schedule, shardings, max_targets,
+                                 steps_per_call=per_call) if per_call > 1 else None)
+  boundaries = [n for n in (eval_every, tc.log_every, tc.checkpoint_every) if n]
   rank_fn = exp.rank_fn()
   valid_arrays = exp.eval_arrays('valid')
   monitor_arrays = exp.eval_arrays('test') if config.eval.get('monitor_test') else None
@@ -176,21 +194,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   try:
     with stop.installed():
       while step < total_steps and stopped_reason is None:
-        batch = next(data_iter)
-        if hooks:
-          content = hooks_lib.content_of(hooks, state, exp.content)
-          for hook in hooks:
-            batch = hook.train_batch(step, state, batch, content)
-        batch = exp.put(batch)
-        state, metrics = train_step(state, batch, exp.content)
-        step += 1
-        pending.append((step, metrics))
+        n = _steps_this_call(step, per_call, boundaries, total_steps, stop_after_steps)
+        if n > 1:  # n steps in one call; no log, evaluation or save falls inside them
+          batches = [next(data_iter) for _ in range(n)]
+          batch = exp.put({k: np.stack([b[k] for b in batches]) for k in batches[0]}, stacked=True)
+          state, metrics = train_steps(state, batch, exp.content)
+        else:
+          batch = next(data_iter)
+          if hooks:
+            content = hooks_lib.content_of(hooks, state, exp.content)
+            for hook in hooks:
+              batch = hook.train_batch(step, state, batch, content)
+          batch = exp.put(batch)
+          state, metrics = train_step(state, batch, exp.content)
+        step += n
+        pending.append((step, metrics, n))
         if len(pending) > tc.max_inflight_steps:
           # Bound the dispatch queue: wait for an older step, never the one just dispatched. Deep
           # queues of multi-device steps can deadlock XLA:CPU collectives.
           jax.block_until_ready(pending[-tc.max_inflight_steps - 1][1]['loss'])
         if bar is not None:
-          bar.update(1)
+          bar.update(n)
         is_eval = step % eval_every == 0 or step == total_steps
         signalled = stop.agreed(step, tc.log_every)
         periodic_save = bool(tc.checkpoint_every) and step % tc.checkpoint_every == 0
@@ -319,16 +343,37 @@ def _train_input(exp: Experiment) -> tuple[Any, int, int]:
   return train_ds, steps_per_epoch, max_targets
 
 
+def _steps_this_call(step: int, per_call: int, every: list[int], total: int,
+                     stop_after: int | None) -> int:
+  """``per_call`` when no log, evaluation, save or end step falls strictly before ``step +
+  per_call``, else 1 (single steps up to that boundary): the loop acts at the same steps either way."""
+  if per_call <= 1:
+    return 1
+  end = step + per_call
+  if end > total or (stop_after is not None and step < stop_after < end):
+    return 1
+  if any((step // e + 1) * e < end for e in every):
+    return 1
+  return per_call
+
+
 def _flush(pending: list, logger: MetricLogger, steps: int, seconds: float, batch_size: int):
-  """Fetches pending step metrics (the only host sync of the loop) and checks they are finite."""
-  fetched = jax.device_get([m for _, m in pending])
-  for (step, _), m in zip(pending, fetched):
+  """Fetches pending step metrics (the only host sync of the loop) and checks they are finite.
+
+  ``pending``: ``(last step, metrics, n)``; ``n > 1``: the metrics of ``n`` steps run in one call,
+  stacked ``[n]``."""
+  fetched = []
+  for (last, _, n), m in zip(pending, jax.device_get([m for _, m, _ in pending])):
+    fetched += [(last - n + 1 + i, {k: v[i] for k, v in m.items()} if n > 1 else m)
+                for i in range(n)]
+  for step, m in fetched:
     m = {k: float(v) for k, v in m.items()}
     if not all(math.isfinite(v) for v in m.values()):
       raise NonFiniteLossError(
           f'non-finite training metrics at step {step}: {m}. Stopping; checkpoints written before '
           'this step are intact (lower optimizer.learning_rate or check the data).')
     logger.step(step, m)
+  fetched = [m for _, m in fetched]
   last = {k: float(v) for k, v in fetched[-1].items()}
   tokens = sum(float(m['num_targets']) for m in fetched)
   rate = {'examples_per_sec': steps * batch_size / max(seconds, 1e-9),
