@@ -20,6 +20,8 @@ setup(
         "flax>=0.12",
         "optax>=0.2.5",
         "orbax-checkpoint>=0.11",
+        # Workdirs are epath paths (llm4rec_jax.workdir): local, or gs:// with the "gcs" extra.
+        "etils[epath]>=1.7",
         "grain>=0.2.12",
         "ml_collections>=1.0",
         "absl-py>=2.0",
@@ -37,6 +39,9 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
+        # A gs://bucket/run workdir read and written in place: epath's GCS backend (gcsfs) and the
+        # client Orbax asks about the bucket (both preinstalled in Colab).
+        "gcs": ["gcsfs>=2023.1", "google-cloud-storage>=2.0"],
         # Preparing releases larger than one machine's memory (llm4rec_jax.data.prepare).
         "beam": ["apache-beam>=2.60"],
         # torch: the reference the Hugging Face import is checked against (tests/test_hf_reference.py).

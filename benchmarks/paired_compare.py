@@ -17,16 +17,17 @@ import pathlib
 import numpy as np
 
 import provenance
+from llm4rec_jax import workdir as workdir_lib
 
 
 def load_ranks(workdir: str, split: str) -> dict[str, int]:
   """user id -> rank of the held-out item (0 = first), from WORKDIR/rankings_{split}.jsonl."""
-  path = pathlib.Path(workdir) / f'rankings_{split}.jsonl'
+  path = workdir_lib.rankings(workdir, split)
   if not path.exists():
     raise SystemExit(f'{path}: no saved rankings; evaluate with --save_rankings (or train with '
                      'eval.save_rankings=True)')
   out = {}
-  with open(path) as f:
+  with path.open() as f:
     for n, line in enumerate(f, 1):
       try:
         row = json.loads(line)
@@ -71,7 +72,7 @@ def main() -> None:
              for s in args.splits.split(',')}
   record.update({'benchmark': 'paired_compare', 'a': args.a, 'b': args.b, 'results': results})
   for side in ('a', 'b'):
-    cfg = pathlib.Path(getattr(args, side)) / 'config.json'
+    cfg = workdir_lib.path(getattr(args, side), workdir_lib.CONFIG)
     if cfg.exists():
       record[f'config_{side}'] = json.loads(cfg.read_text())
   record['seeds'] = sorted({record[f'config_{side}'].get('seed', 0)

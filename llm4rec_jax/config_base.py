@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import pathlib
+import os
 
 import ml_collections
 
@@ -417,12 +417,14 @@ def _validate_lora(m: ml_collections.ConfigDict) -> None:
                       "'bfloat16', 'float16'")
 
 
-def save(c: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> None:
+def save(c: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
+  """Writes ``WORKDIR/config.json`` (local or any ``etils.epath`` path)."""
   workdir_lib.path(workdir, workdir_lib.CONFIG).write_text(
       c.to_json_best_effort(indent=2, sort_keys=True))
 
 
-def load(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+def load(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+  """The effective config of the run in ``workdir`` (local or any ``etils.epath`` path)."""
   path = workdir_lib.path(workdir, workdir_lib.CONFIG)
   if not path.exists():
     raise ConfigError('workdir', f'{path} not found: train a model in this workdir first')

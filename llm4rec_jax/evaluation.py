@@ -10,13 +10,14 @@ datasets with repeat consumption.
 from __future__ import annotations
 
 import json
-import pathlib
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import nnx
 
 from llm4rec_jax import metrics as metrics_lib
@@ -197,10 +198,10 @@ def evaluate_process_blocks(rank_fn: Callable, params: Any, arrays: EvalBatch, l
   return metrics_lib.ranking_metrics(ranks_np, ks), ranks_np, tops_np
 
 
-def write_rankings(path: pathlib.Path, users: np.ndarray, targets: np.ndarray, ranks: np.ndarray,
+def write_rankings(path: str | os.PathLike, users: np.ndarray, targets: np.ndarray, ranks: np.ndarray,
                    tops: np.ndarray, user_raw: np.ndarray, item_raw: np.ndarray) -> None:
   """One JSON line per case: raw user id, raw target id, target rank, top-k raw item ids."""
-  with open(path, 'w') as f:
+  with epath.Path(path).open('w') as f:
     for u, t, r, top in zip(users, targets, ranks, tops):
       f.write(json.dumps({'user': str(user_raw[u]), 'target': str(item_raw[t]), 'rank': int(r),
                           'top': [str(item_raw[i]) for i in top]}) + '\n')

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,25 +69,26 @@ def prior(ids: jax.Array, weights: jax.Array, last: jax.Array, vocab_size: int) 
   return out.at[rows, ids[last]].add(w)
 
 
-# The blend chosen on validation, saved beside the checkpoints so that serving applies it too.
-FILENAME = 'transitions.npz'  # = workdir.TRANSITIONS (transitions.py stays free of training imports)
+# The blend chosen on validation, saved beside the checkpoints so that serving applies it too. Read
+# and written through ``llm4rec_jax.workdir`` (``read_transitions``/``write_transitions``, and
+# ``workdir.TRANSITIONS`` is this name); the file format lives here, which imports no training module.
+FILENAME = 'transitions.npz'
 
 
 def save(workdir, table: SuccessorTable, weight: float) -> None:
-  """Writes ``WORKDIR/transitions.npz``: the successor table and the weight chosen on validation."""
-  import pathlib  # pylint: disable=import-outside-toplevel
-  with open(pathlib.Path(workdir) / FILENAME, 'wb') as f:
+  """Writes ``WORKDIR/transitions.npz`` (local or any ``etils.epath`` path): the successor table
+  and the weight chosen on validation."""
+  with (epath.Path(workdir) / FILENAME).open('wb') as f:
     np.savez(f, ids=table.ids, weights=table.weights, weight=np.float64(weight))
 
 
 def load(workdir) -> tuple[SuccessorTable, float] | None:
   """(table, chosen weight) from ``WORKDIR/transitions.npz``, or None when the run chose no blend."""
-  import pathlib  # pylint: disable=import-outside-toplevel
-  path = pathlib.Path(workdir) / FILENAME
+  path = epath.Path(workdir) / FILENAME
   if not path.exists():
     return None
-  with np.load(path) as f:
-    return SuccessorTable(f['ids'], f['weights']), float(f['weight'])
+  with path.open('rb') as f, np.load(f) as z:
+    return SuccessorTable(z['ids'], z['weights']), float(z['weight'])
 
 
 def bias_row(table: SuccessorTable, last: int, vocab_size: int) -> np.ndarray:

@@ -10,6 +10,7 @@ index, online adaptation, explanations, benchmarks) reads, these files under ``W
 ``content_spec.json``       their shapes (``ContentSpec``)
 ``text_encoder.json``       the architecture of a fine-tuned text encoder (``text_finetune``)
 ``semantic_ids.npz``        the item codes of the semantic-ID head
+``transitions.npz``         the training-transition blend chosen on validation (``transitions``)
 ``checkpoints/``            Orbax checkpoints (``train.checkpointing.Checkpointer``)
 ``metrics.json``            the final metrics of the best checkpoint
 ``rankings_{split}.jsonl``  per-user rankings (``eval.save_rankings``)
@@ -20,18 +21,27 @@ index, online adaptation, explanations, benchmarks) reads, these files under ``W
 ``online/log.jsonl``        one line per online run
 ``explainer/``              a trained explanation generator
 ==========================  ======================================================================
+
+A workdir is any path ``etils.epath`` opens: a local folder, or ``gs://bucket/run`` read in place
+(nothing is copied; Orbax reads the checkpoints from it too); :func:`open_path` also mounts Google
+Drive in Colab for a ``/content/drive/...`` path. Every function here takes a ``str``, an
+``os.PathLike`` or an ``epath.Path``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
+import os
 from typing import Any
 
+from etils import epath
+
+from llm4rec_jax import transitions as transitions_lib
 from llm4rec_jax.model.text_encoder import BertConfig
 from llm4rec_jax.data.content import ContentSpec, ItemContent
 from llm4rec_jax.errors import CheckpointError, DataError
+from llm4rec_jax.model.semantic_ids import SemanticIds
 from llm4rec_jax.train.checkpointing import Checkpointer, SnapshotManager
 
 CONFIG = 'config.json'
@@ -40,7 +50,7 @@ CONTENT = 'content.npz'
 CONTENT_SPEC = 'content_spec.json'
 TEXT_ENCODER = 'text_encoder.json'
 SEMANTIC_IDS = 'semantic_ids.npz'
-TRANSITIONS = 'transitions.npz'  # the transition blend chosen on validation (llm4rec_jax.transitions)
+TRANSITIONS = transitions_lib.FILENAME  # the transition blend chosen on validation
 CHECKPOINTS = 'checkpoints'
 METRICS = 'metrics.json'
 TRAIN_LOG = 'train_log.jsonl'
@@ -54,30 +64,60 @@ EXPLAINER = 'explainer'
 
 CHECKPOINT_CHOICES = "'best', 'latest' or a step number"
 SNAPSHOT_CHOICES = "'auto', 'none', 'latest' or a stream position"
+DRIVE_ROOT = '/content/drive'  # where Colab mounts Google Drive
+
+PathLike = str | os.PathLike  # an epath.Path is one; 'gs://...' strings become epath GPaths
 
 
-def path(workdir: str | pathlib.Path, name: str) -> pathlib.Path:
+def root(workdir: PathLike) -> epath.Path:
+  """The workdir as an ``epath.Path`` (local, or ``gs://`` read in place)."""
+  return epath.Path(workdir)
+
+
+def path(workdir: PathLike, name: str) -> epath.Path:
   """``WORKDIR/name`` for one of the names above."""
-  return pathlib.Path(workdir) / name
+  return epath.Path(workdir) / name
 
 
-def rankings(workdir: str | pathlib.Path, split: str) -> pathlib.Path:
+def open_path(spec: PathLike) -> epath.Path:
+  """The existing workdir ``spec``: a local path (``~`` expanded), ``gs://bucket/run`` (read in
+  place, nothing is copied) or, in Colab, ``/content/drive/MyDrive/...`` (Drive is mounted first)."""
+  text = os.fspath(spec)
+  if text.startswith(DRIVE_ROOT + '/') and not os.path.exists(os.path.join(DRIVE_ROOT, 'MyDrive')):
+    _mount_drive()
+  workdir = epath.Path(text if '://' in text else os.path.expanduser(text))
+  if not workdir.is_dir():
+    raise DataError('workdir not found (a local path, a path under /content/drive, or gs://...)',
+                    path=text)
+  return workdir
+
+
+def _mount_drive() -> None:
+  try:
+    from google.colab import drive  # pylint: disable=import-outside-toplevel,import-error
+  except ImportError as e:
+    raise DataError('a /content/drive path needs Google Colab (to mount Drive) or a mounted Drive',
+                    path=DRIVE_ROOT) from e
+  drive.mount(DRIVE_ROOT)
+
+
+def rankings(workdir: PathLike, split: str) -> epath.Path:
   """The per-user rankings of ``split`` ('valid', 'test', 'test_cold')."""
-  return pathlib.Path(workdir) / f'rankings_{split}.jsonl'
+  return path(workdir, f'rankings_{split}.jsonl')
 
 
-def read_jsonl(file: str | pathlib.Path) -> list[dict[str, Any]]:
-  """The records of a JSON-lines log (``TRAIN_LOG``, ``EVENTS``, ``ONLINE_LOG``)."""
-  return [json.loads(line) for line in pathlib.Path(file).read_text().splitlines() if line.strip()]
+def read_jsonl(file: PathLike) -> list[dict[str, Any]]:
+  """The records of a JSON-lines file (``TRAIN_LOG``, ``EVENTS``, ``ONLINE_LOG``, rankings)."""
+  return [json.loads(line) for line in epath.Path(file).read_text().splitlines() if line.strip()]
 
 
-def write_catalog(workdir: str | pathlib.Path, catalog: dict[str, Any]) -> None:
+def write_catalog(workdir: PathLike, catalog: dict[str, Any]) -> None:
   """Writes ``items.json``: ``raw_ids`` (row order, row 0 = pad), ``titles`` (or None),
   ``num_items`` and, when known, ``train_counts`` (interactions per item in training)."""
   path(workdir, CATALOG).write_text(json.dumps(catalog))
 
 
-def read_catalog(workdir: str | pathlib.Path) -> dict[str, Any]:
+def read_catalog(workdir: PathLike) -> dict[str, Any]:
   """The item catalog of a trained workdir (see :func:`write_catalog`)."""
   file = path(workdir, CATALOG)
   if not file.exists():
@@ -85,38 +125,61 @@ def read_catalog(workdir: str | pathlib.Path) -> dict[str, Any]:
   return json.loads(file.read_text())
 
 
-def write_content(workdir: str | pathlib.Path, content: ItemContent, spec: ContentSpec) -> None:
+def write_content(workdir: PathLike, content: ItemContent, spec: ContentSpec) -> None:
   """The item content arrays and their spec (serving never reads the dataset)."""
   content.save(path(workdir, CONTENT))
   path(workdir, CONTENT_SPEC).write_text(json.dumps(spec.to_json()))
 
 
-def read_content_spec(workdir: str | pathlib.Path) -> ContentSpec | None:
+def read_content_spec(workdir: PathLike) -> ContentSpec | None:
   """The saved content spec, or None when the model was trained without content arrays."""
   file = path(workdir, CONTENT_SPEC)
   return ContentSpec.from_json(json.loads(file.read_text())) if file.exists() else None
 
 
-def read_content(workdir: str | pathlib.Path, spec: ContentSpec) -> ItemContent:
+def read_content(workdir: PathLike, spec: ContentSpec) -> ItemContent:
   """The saved item content arrays (host numpy)."""
   return ItemContent.load(path(workdir, CONTENT), spec)
 
 
-def write_encoder_config(workdir: str | pathlib.Path, cfg: BertConfig) -> None:
+def write_encoder_config(workdir: PathLike, cfg: BertConfig) -> None:
+  """Writes ``text_encoder.json``: the architecture of the text encoder fine-tuned with the model."""
   path(workdir, TEXT_ENCODER).write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
 
 
-def read_encoder_config(workdir: str | pathlib.Path) -> BertConfig | None:
+def read_encoder_config(workdir: PathLike) -> BertConfig | None:
   """The fine-tuned text encoder's architecture, or None when the model has no text encoder."""
   file = path(workdir, TEXT_ENCODER)
   return BertConfig.from_json(file) if file.is_file() else None
 
 
-def has_text_encoder(workdir: str | pathlib.Path) -> bool:
+def has_text_encoder(workdir: PathLike) -> bool:
   return path(workdir, TEXT_ENCODER).is_file()
 
 
-def checkpoints(workdir: str | pathlib.Path, **kwargs) -> Checkpointer:
+def write_semantic_ids(workdir: PathLike, sid: SemanticIds) -> None:
+  """Writes ``semantic_ids.npz``: the item codes of the semantic-ID head."""
+  sid.save(path(workdir, SEMANTIC_IDS))
+
+
+def read_semantic_ids(workdir: PathLike) -> SemanticIds | None:
+  """The saved item codes (validated), or None when the workdir holds none yet."""
+  file = path(workdir, SEMANTIC_IDS)
+  return SemanticIds.load(file) if file.exists() else None
+
+
+def write_transitions(workdir: PathLike, table: transitions_lib.SuccessorTable,
+                      weight: float) -> None:
+  """Writes ``transitions.npz``: the successor table and the blend weight chosen on validation."""
+  transitions_lib.save(workdir, table, weight)
+
+
+def read_transitions(workdir: PathLike) -> tuple[transitions_lib.SuccessorTable, float] | None:
+  """(table, chosen weight), or None when the run chose no transition blend."""
+  return transitions_lib.load(workdir)
+
+
+def checkpoints(workdir: PathLike, **kwargs) -> Checkpointer:
   """The workdir's checkpoint manager (``kwargs``: ``Checkpointer`` options)."""
   return Checkpointer(path(workdir, CHECKPOINTS), **kwargs)
 
@@ -134,12 +197,12 @@ def checkpoint_step(ckpt: Checkpointer, which: str | int) -> int | None:
   return int(which)
 
 
-def snapshots(workdir: str | pathlib.Path, **kwargs) -> SnapshotManager:
+def snapshots(workdir: PathLike, **kwargs) -> SnapshotManager:
   """The workdir's online snapshot manager (``kwargs``: ``SnapshotManager`` options)."""
   return SnapshotManager(path(workdir, SNAPSHOTS), **kwargs)
 
 
-def snapshot_position(workdir: str | pathlib.Path, which: str | int | None) -> int | None:
+def snapshot_position(workdir: PathLike, which: str | int | None) -> int | None:
   """The stream position of the snapshot ``which`` selects, or None for the training checkpoint.
 
   ``which``: 'none' (or None): the training checkpoint; 'auto': the latest snapshot when there is
@@ -152,7 +215,7 @@ def snapshot_position(workdir: str | pathlib.Path, which: str | int | None) -> i
   if which not in ('auto', 'latest') and not which.isdigit():
     raise CheckpointError(f'--snapshot={which!r}: expected {SNAPSHOT_CHOICES}')
   d = path(workdir, SNAPSHOTS)
-  manager = SnapshotManager(d, async_save=False) if d.is_dir() else None
+  manager = SnapshotManager(d, read_only=True) if d.is_dir() else None
   try:
     positions = sorted(manager.all_steps()) if manager is not None else []
   finally:

@@ -81,3 +81,48 @@ def popularity_ndcg(config, workdir, which: str = 'test', k: int = 10) -> float:
     t = arrays.targets[i]
     ranks.append(int((score > score[t]).sum() + (score == score[t]).sum() - 1))
   return metrics_lib.ranking_metrics(np.asarray(ranks), (k,))[f'ndcg@{k}']
+
+
+def fake_gcs(bucket_dir, opened: list | None = None):
+  """A context in which ``etils.epath`` serves ``gs://bucket/...`` from the local folder
+  ``bucket_dir`` (epath's mock backend; no network). Each gs:// path epath touches is appended to
+  ``opened``. Orbax's array reads bypass epath (TensorStore picks its GCS driver itself), so they
+  cannot go through this stand-in; see ``local_path``."""
+  import os as os_lib  # pylint: disable=import-outside-toplevel
+  from etils.epath import testing as epath_testing  # pylint: disable=import-outside-toplevel
+  prefix, root = 'gs://bucket', os_lib.fspath(bucket_dir)
+
+  def local(p):
+    return local_path(p, bucket_dir)
+
+  def remote(p):
+    p = os_lib.fspath(p)
+    return prefix + p[len(root):] if p == root or p.startswith(root + '/') else p
+
+  def one(fn, path, *args, **kwargs):
+    if os_lib.fspath(path).startswith(prefix) and opened is not None:
+      opened.append(os_lib.fspath(path))
+    return fn(local(path), *args, **kwargs)
+
+  def two(fn, path, dst, **kwargs):
+    return fn(local(path), local(dst), **kwargs)
+
+  def glob(fn, pattern):
+    return [remote(p) for p in fn(local(pattern))]
+
+  def walk(fn, top, **kwargs):
+    for d, dirs, files in fn(local(top), **kwargs):
+      yield remote(d), dirs, files
+
+  return epath_testing.mock_epath(
+      open=one, exists=one, isdir=one, listdir=one, makedirs=one, mkdir=one, remove=one,
+      rmtree=one, stat=one, copy=two, rename=two, replace=two, glob=glob, walk=walk)
+
+
+def local_path(path, bucket_dir) -> str:
+  """The local file behind ``gs://bucket/...`` in :func:`fake_gcs` (other paths unchanged)."""
+  import os as os_lib  # pylint: disable=import-outside-toplevel
+  p = os_lib.fspath(path)
+  if p == 'gs://bucket' or p.startswith('gs://bucket/'):
+    return os_lib.fspath(bucket_dir) + p[len('gs://bucket'):]
+  return p

@@ -5,17 +5,17 @@ explanations of their top recommendations."""
 import json
 import os
 import pathlib
-import shutil
 
 import pytest
+from etils import epath
 
-from llm4rec_jax import remote_workdir
+from llm4rec_jax import workdir as workdir_lib
 from llm4rec_jax.data import registry
 from llm4rec_jax.errors import DataError
 from llm4rec_jax.explain import Explainer
 from llm4rec_jax.train import trainer
 
-from conftest import tiny_config
+from conftest import fake_gcs, tiny_config
 
 NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / 'notebooks' / 'evaluate_checkpoint.ipynb'
 
@@ -99,30 +99,26 @@ def test_notebook_runs_on_a_tiny_checkpoint(tmp_path, monkeypatch):
     assert f"> {out['template']}" in md
 
 
-def test_fetch_workdir(tmp_path, monkeypatch):
-  assert remote_workdir.fetch(tmp_path) == tmp_path
+def test_open_workdir(tmp_path, monkeypatch):
+  """The notebook's WORKDIR: a local path as it is, ``gs://`` read in place (nothing copied, no
+  subprocess), a clear error for a missing one; Drive paths need Colab to mount Drive."""
+  assert workdir_lib.open_path(tmp_path) == epath.Path(tmp_path)
+  monkeypatch.setenv('HOME', str(tmp_path))
+  assert workdir_lib.open_path('~') == epath.Path(tmp_path)
   with pytest.raises(DataError, match='workdir not found'):
-    remote_workdir.fetch(tmp_path / 'missing')
-  # gs://: copied with gsutil (a stand-in on PATH that copies from a local "bucket").
+    workdir_lib.open_path(tmp_path / 'missing')
   bucket = tmp_path / 'bucket'
   (bucket / 'runs/beauty').mkdir(parents=True)
   (bucket / 'runs/beauty/config.json').write_text('{}')
-  bin_dir = tmp_path / 'bin'
-  bin_dir.mkdir()
-  log = tmp_path / 'calls.txt'
-  (bin_dir / 'gsutil').write_text(
-      f'#!/bin/sh\necho "$@" >> {log}\nsrc=$(echo "$4" | {shutil.which("sed")} "s#gs://#{bucket}/#")\n'
-      f'{shutil.which("cp")} -r "$src" "$5"\n')
-  (bin_dir / 'gsutil').chmod(0o755)
-  monkeypatch.setenv('PATH', str(bin_dir))  # only the stand-in (this machine may have gcloud)
-  got = remote_workdir.fetch('gs://runs/beauty/', tmp_path / 'local')
-  assert got == tmp_path / 'local/beauty' and (got / 'config.json').read_text() == '{}'
-  assert log.read_text().split() == ['-m', 'cp', '-r', 'gs://runs/beauty', str(tmp_path / 'local')]
-  with pytest.raises(DataError, match='gsutil -m cp failed'):
-    remote_workdir.fetch('gs://runs/nothing', tmp_path / 'local')
-  monkeypatch.setenv('PATH', '/nonexistent')
-  with pytest.raises(DataError, match='needs the gcloud or gsutil command'):
-    remote_workdir.fetch('gs://runs/beauty', tmp_path / 'other')
-  if not os.path.exists(remote_workdir.DRIVE_ROOT):
+  monkeypatch.setenv('PATH', '/nonexistent')  # no gcloud, no gsutil: nothing is copied
+  with fake_gcs(bucket):
+    got = workdir_lib.open_path('gs://bucket/runs/beauty/')
+    assert isinstance(got, epath.Path) and os.fspath(got) == 'gs://bucket/runs/beauty'
+    assert workdir_lib.path(got, workdir_lib.CONFIG).read_text() == '{}'
+    with pytest.raises(DataError, match='workdir not found') as e:
+      workdir_lib.open_path('gs://bucket/runs/nothing')
+    assert 'gs://bucket/runs/nothing' in str(e.value)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['bucket']
+  if not os.path.exists(workdir_lib.DRIVE_ROOT):
     with pytest.raises(DataError, match='needs Google Colab'):
-      remote_workdir.fetch('/content/drive/MyDrive/run')
+      workdir_lib.open_path('/content/drive/MyDrive/run')

@@ -97,7 +97,8 @@ def test_serving_applies_the_chosen_blend(tmp_path):
   from llm4rec_jax import serving  # pylint: disable=import-outside-toplevel
   c = tiny_config(**{'train.num_epochs': 1, 'eval.transition_weights': (2.0,)})
   trainer.train_and_evaluate(c, tmp_path)
-  table, weight = transitions.load(tmp_path)
+  from llm4rec_jax import workdir  # pylint: disable=import-outside-toplevel
+  table, weight = workdir.read_transitions(tmp_path)
   assert weight == 2.0
   counts = _pair_counts(experiment.build_experiment(c, tmp_path / 'again').split.train)
   last = max(counts, key=counts.get)[0]  # an item with training successors

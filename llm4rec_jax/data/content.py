@@ -28,6 +28,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from llm4rec_jax.content import text_cache
 from llm4rec_jax.data.dataset import FeatureTable
@@ -104,7 +105,8 @@ class ItemContent:
       cols.append(self.text_mask)
     return jnp.stack(cols, axis=-1)
 
-  def save(self, path: str | pathlib.Path) -> None:
+  def save(self, path: str | os.PathLike) -> None:
+    """Writes the arrays as one ``.npz`` at ``path`` (local or any ``etils.epath`` path)."""
     arrays = {f'categorical_{i}': np.asarray(a) for i, a in enumerate(self.categorical)}
     arrays.update({f'dense_{i}': np.asarray(a) for i, a in enumerate(self.dense)})
     arrays.update({f'dense_mask_{i}': np.asarray(a) for i, a in enumerate(self.dense_mask)})
@@ -112,14 +114,15 @@ class ItemContent:
                  'codes', 'title_tokens', 'title_table'):
       if getattr(self, name) is not None:
         arrays[name] = np.asarray(getattr(self, name))
-    np.savez_compressed(path, **arrays)
+    with epath.Path(path).open('wb') as f:
+      np.savez_compressed(f, **arrays)
 
   @classmethod
-  def load(cls, path: str | pathlib.Path, spec: ContentSpec) -> ItemContent:
-    path = pathlib.Path(path)
+  def load(cls, path: str | os.PathLike, spec: ContentSpec) -> ItemContent:
+    path = epath.Path(path)
     if not path.exists():
       raise DataError('item content arrays missing; train in this workdir first', path=str(path))
-    with np.load(path) as z:
+    with path.open('rb') as f, np.load(f) as z:
       def get(name):
         return z[name] if name in z.files else None
       return cls(categorical=tuple(z[f'categorical_{i}'] for i in range(len(spec.categorical))),

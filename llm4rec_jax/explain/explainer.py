@@ -8,7 +8,7 @@ when ``WORKDIR/explainer/`` holds a trained generator
 
 from __future__ import annotations
 
-import pathlib
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,16 +27,16 @@ from llm4rec_jax.serving import Recommender
 class Explainer:
   """A served model plus what explaining needs (item attributes, an optional text generator)."""
 
-  def __init__(self, workdir: str | pathlib.Path, *, checkpoint: str = 'best', steps: int = 32,
-               generator_dir: str | pathlib.Path | None = None):
-    self.workdir = pathlib.Path(workdir)
+  def __init__(self, workdir: workdir_lib.PathLike, *, checkpoint: str = 'best', steps: int = 32,
+               generator_dir: str | os.PathLike | None = None):
+    """``workdir`` (and ``generator_dir``): local or any ``etils.epath`` path (e.g. gs://)."""
+    self.workdir = workdir_lib.root(workdir)
     self.rec = Recommender(self.workdir, checkpoint=checkpoint)
     self.steps = steps
     self._items = None
     self.generator = None
-    gdir = (pathlib.Path(generator_dir) if generator_dir
-            else workdir_lib.path(self.workdir, workdir_lib.EXPLAINER))
-    if (gdir / 'params.npz').exists():
+    gdir = generator_dir or workdir_lib.path(self.workdir, workdir_lib.EXPLAINER)
+    if gen.is_saved(gdir):
       tokenizer = text_encoder.load_tokenizer(text_encoder.default_model_dir())
       self.generator = gen.load(gdir, tokenizer)
 
@@ -144,7 +144,7 @@ class Explainer:
     return out
 
 
-def explain(workdir: str | pathlib.Path, history: Sequence[str], item: str | None = None, *,
+def explain(workdir: workdir_lib.PathLike, history: Sequence[str], item: str | None = None, *,
             checkpoint: str = 'best', steps: int = 32) -> dict[str, Any]:
   """One-shot :meth:`Explainer.explain` (loads the model each call; keep an Explainer to reuse)."""
   return Explainer(workdir, checkpoint=checkpoint, steps=steps).explain(history, item)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import pathlib
+import os
 import re
 from typing import Any
 
@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 from flax import nnx
 
 from llm4rec_jax.model.decoder import Block, DecoderConfig
@@ -321,32 +322,44 @@ def text_batch(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 # --- save / load ------------------------------------------------------------------------------
 
-def save(directory: str | pathlib.Path, cfg: GeneratorConfig, params: Any, codec: TextCodec,
+CONFIG, PARAMS, VOCAB_IDS = 'config.json', 'params.npz', 'vocab_ids.npy'  # a saved generator
+
+
+def save(directory: str | os.PathLike, cfg: GeneratorConfig, params: Any, codec: TextCodec,
          extra: dict | None = None) -> None:
   """``config.json``, ``params.npz`` (flattened pure dict) and ``vocab_ids.npy`` in
-  ``directory``."""
-  d = pathlib.Path(directory)
+  ``directory`` (local or any ``etils.epath`` path)."""
+  d = epath.Path(directory)
   d.mkdir(parents=True, exist_ok=True)
-  (d / 'config.json').write_text(json.dumps({'generator': dataclasses.asdict(cfg),
-                                             **(extra or {})}, indent=2))
+  (d / CONFIG).write_text(json.dumps({'generator': dataclasses.asdict(cfg), **(extra or {})},
+                                     indent=2))
   flat = {'/'.join(map(str, k)): np.asarray(v)
           for k, v in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(params))[0]
           for k in [[getattr(p, 'key', getattr(p, 'idx', p)) for p in k]]}
-  np.savez(d / 'params.npz', **flat)
-  np.save(d / 'vocab_ids.npy', codec.vocab_ids)
+  with (d / PARAMS).open('wb') as f:
+    np.savez(f, **flat)
+  with (d / VOCAB_IDS).open('wb') as f:
+    np.save(f, codec.vocab_ids)
 
 
-def load(directory: str | pathlib.Path, tokenizer) -> tuple[ExplanationDecoder, TextCodec, dict]:
+def is_saved(directory: str | os.PathLike) -> bool:
+  """Whether ``directory`` holds a generator written by :func:`save`."""
+  return (epath.Path(directory) / PARAMS).exists()
+
+
+def load(directory: str | os.PathLike, tokenizer) -> tuple[ExplanationDecoder, TextCodec, dict]:
   """The saved generator as an NNX model (with its codec and the saved extras)."""
-  d = pathlib.Path(directory)
-  meta = json.loads((d / 'config.json').read_text())
+  d = epath.Path(directory)
+  meta = json.loads((d / CONFIG).read_text())
   cfg = GeneratorConfig(**meta.pop('generator'))
   model = ExplanationDecoder(cfg, rngs=nnx.Rngs(0))
   graphdef, state = nnx.split(model, nnx.Param)
   pure = nnx.to_pure_dict(state)
-  with np.load(d / 'params.npz') as z:
+  with (d / PARAMS).open('rb') as f, np.load(f) as z:
     def fill(path, _):
       return jnp.asarray(z['/'.join(str(getattr(p, 'key', getattr(p, 'idx', p))) for p in path)])
     pure = jax.tree_util.tree_map_with_path(fill, pure)
   nnx.replace_by_pure_dict(state, pure)
-  return nnx.merge(graphdef, state), TextCodec(tokenizer, np.load(d / 'vocab_ids.npy')), meta
+  with (d / VOCAB_IDS).open('rb') as f:
+    vocab_ids = np.load(f)
+  return nnx.merge(graphdef, state), TextCodec(tokenizer, vocab_ids), meta

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from llm4rec_jax.errors import ConfigError, DataError
 
@@ -204,8 +205,9 @@ class SemanticIds:
     return PrefixTrie.build(self.codes[1:], self.codebook_sizes)
 
   def save(self, path: str | os.PathLike) -> None:
-    """Writes an ``.npz`` at exactly ``path`` (meant to sit next to a model checkpoint)."""
-    with open(path, 'wb') as f:
+    """Writes an ``.npz`` at exactly ``path`` (meant to sit next to a model checkpoint; local or
+    any ``etils.epath`` path)."""
+    with epath.Path(path).open('wb') as f:
       np.savez(f, codes=self.codes, codebook_sizes=np.array(self.codebook_sizes, np.int64),
                num_rq_levels=np.int64(self.num_rq_levels), format_version=np.int64(FORMAT_VERSION))
 
@@ -213,7 +215,7 @@ class SemanticIds:
   def load(cls, path: str | os.PathLike) -> SemanticIds:
     """Reads a file written by :meth:`save`, validating it."""
     try:
-      with np.load(path) as f:
+      with epath.Path(path).open('rb') as raw, np.load(raw) as f:
         version = int(f['format_version'])
         if version != FORMAT_VERSION:
           raise DataError(f'format version {version}, expected {FORMAT_VERSION}', path=str(path))

@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import nnx
 
 from llm4rec_jax.errors import ConfigError, DataError
@@ -57,8 +58,9 @@ class BertConfig:
 
   @classmethod
   def from_json(cls, path: str | os.PathLike) -> BertConfig:
-    """Reads the fields this encoder needs from ``config.json`` (other keys are ignored)."""
-    path = pathlib.Path(path)
+    """Reads the fields this encoder needs from ``config.json`` (other keys are ignored); ``path``
+    is local or any ``etils.epath`` path."""
+    path = epath.Path(path)
     try:
       raw = json.loads(path.read_text(encoding='utf-8'))
     except (OSError, json.JSONDecodeError) as e:

@@ -89,7 +89,7 @@ class OnlineLearner:
 
   def __init__(self, workdir: str | pathlib.Path, *, overrides: Mapping[str, Any] | None = None,
                checkpoint: str = 'best', resume: bool = True, index: Any = None):
-    self.workdir = pathlib.Path(workdir)
+    self.workdir = workdir_lib.root(workdir)
     config = online_config.load(self.workdir, overrides)
     self.mesh = partitioning.make_mesh(config.mesh)
     self.rules = config.mesh.rules
@@ -396,7 +396,7 @@ class OnlineLearner:
       return
     path = workdir_lib.path(self.workdir, workdir_lib.ONLINE_LOG)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, 'a') as f:
+    with path.open('a') as f:
       f.write(json.dumps({'event': 'run', **summary.to_json()}) + '\n')
 
 
@@ -411,7 +411,7 @@ def adapt(workdir: str | pathlib.Path, events: stream.Source | Iterable[Any], *,
   warm = None
   try:
     if learner.oc.upsert_index:
-      learner.index = _load_index(pathlib.Path(workdir))
+      learner.index = _load_index(workdir_lib.root(workdir))
     if warm_up:
       warm = learner.warm_up()
     summary = learner.run(events, evaluate=evaluate)
@@ -427,7 +427,7 @@ def adapt(workdir: str | pathlib.Path, events: stream.Source | Iterable[Any], *,
   return out
 
 
-def _load_index(workdir: pathlib.Path) -> Any:
+def _load_index(workdir: workdir_lib.PathLike) -> Any:
   """The ScaNN index of ``workdir`` (the adapted copy if one was saved), or None."""
   for d in (workdir_lib.path(workdir, workdir_lib.ONLINE_INDEX),
             workdir_lib.path(workdir, workdir_lib.INDEX)):

@@ -18,16 +18,19 @@ vectors do not match the checkpoint it is loaded against (:class:`IndexMismatchE
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import os
 import pathlib
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 from llm4rec_jax.errors import ConfigError, Llm4RecError
 
@@ -146,6 +149,25 @@ def check_matches(meta: IndexMeta, *, step: int | None, vectors: np.ndarray | No
                                              atol=1e-5 * (scale or 1.0)):
     raise IndexMismatchError(f'{where}: its {meta.embedding} vectors (fingerprint '
                              f'{meta.fingerprint}) differ from the checkpoint\'s; rebuild it')
+
+
+@contextlib.contextmanager
+def _local_folder(directory: epath.Path, upload: bool = False) -> Iterator[str]:
+  """A local folder for ScaNN, which reads and writes local files only: ``directory`` itself when
+  local; else a temporary copy of its files (``upload``: a temporary folder whose files are copied
+  into ``directory`` afterwards)."""
+  if '://' not in os.fspath(directory):
+    yield os.fspath(directory)
+    return
+  with tempfile.TemporaryDirectory() as tmp:
+    if not upload:
+      for f in directory.iterdir():
+        if f.is_file():
+          pathlib.Path(tmp, f.name).write_bytes(f.read_bytes())
+    yield tmp
+    if upload:
+      for f in pathlib.Path(tmp).iterdir():
+        (directory / f.name).write_bytes(f.read_bytes())
 
 
 class ItemIndex:
@@ -271,14 +293,17 @@ class ItemIndex:
     self.meta.deletes += len(ids)
     self._refresh_ids()
 
-  def save(self, directory: str | os.PathLike) -> pathlib.Path:
-    """Writes the ScaNN assets and ``index_meta.json`` into ``directory`` (created)."""
-    directory = pathlib.Path(directory)
+  def save(self, directory: str | os.PathLike) -> epath.Path:
+    """Writes the ScaNN assets and ``index_meta.json`` into ``directory`` (created; local or any
+    ``etils.epath`` path)."""
+    directory = epath.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    self._searcher.serialize(str(directory))
+    with _local_folder(directory, upload=True) as local:
+      self._searcher.serialize(local)
     (directory / META_FILE).write_text(json.dumps(self.meta.to_json()))
     if self._sketch is not None:
-      np.save(directory / SKETCH_FILE, self._sketch)
+      with (directory / SKETCH_FILE).open('wb') as f:
+        np.save(f, self._sketch)
     return directory
 
   @classmethod
@@ -290,16 +315,20 @@ class ItemIndex:
     index built from anything else (:class:`IndexMismatchError`); see :func:`check_matches`.
     """
     import scann  # pylint: disable=import-outside-toplevel
-    directory = pathlib.Path(directory)
+    directory = epath.Path(directory)
     meta_path = directory / META_FILE
     if not meta_path.exists():
       raise IndexMismatchError(f'{meta_path} not found: not an index directory (build one with '
                                'llm4rec index --workdir=...)')
     meta = IndexMeta.from_json(json.loads(meta_path.read_text()))
     sketch_path = directory / SKETCH_FILE
-    built = np.load(sketch_path) if sketch_path.exists() else None
+    built = None
+    if sketch_path.exists():
+      with sketch_path.open('rb') as f:
+        built = np.load(f)
     check_matches(meta, step=step, vectors=vectors, built_sketch=built, where=str(directory))
-    searcher = scann.scann_ops_pybind.load_searcher(str(directory))
+    with _local_folder(directory) as local:
+      searcher = scann.scann_ops_pybind.load_searcher(local)
     index = cls(searcher, IndexParams(**meta.params), meta)
     index._sketch = built
     return index

@@ -13,12 +13,12 @@ costs one decoder pass over the history, an ANN search and ``candidates`` dot pr
 from __future__ import annotations
 
 import functools
-import pathlib
 import time
 from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 from flax import nnx
 
 from llm4rec_jax import workdir as workdir_lib
@@ -29,7 +29,7 @@ from llm4rec_jax.retrieval.index import ItemIndex, default_params
 from llm4rec_jax.train import restore
 
 
-def index_dir(workdir: str | pathlib.Path) -> pathlib.Path:
+def index_dir(workdir: workdir_lib.PathLike) -> epath.Path:
   return workdir_lib.path(workdir, workdir_lib.INDEX)
 
 
@@ -40,7 +40,7 @@ def _catalog_table(rec) -> np.ndarray:
   return table[:len(rec.raw_ids)]
 
 
-def build_index(workdir: str | pathlib.Path, *, checkpoint: str = 'best') -> dict[str, Any]:
+def build_index(workdir: workdir_lib.PathLike, *, checkpoint: str = 'best') -> dict[str, Any]:
   """Builds ``WORKDIR/index`` for a checkpoint ('best', 'latest' or a step); returns a summary."""
   rec = restore.load_model(workdir, checkpoint)
   if rec.spec.cfg.head != 'softmax':

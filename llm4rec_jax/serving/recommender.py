@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import pathlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,7 +31,7 @@ from llm4rec_jax.train import state as state_lib
 class Recommender:
   """A trained model loaded for serving: ``recommend(history, top_k)`` with raw ids."""
 
-  def __init__(self, workdir: str | pathlib.Path, *, checkpoint: str = 'best',
+  def __init__(self, workdir: workdir_lib.PathLike, *, checkpoint: str = 'best',
                use_index: bool = True, adjust_strength: float | None = None,
                snapshot: str | int | None = 'none', transition_weight: float | None = None):
     """``use_index``: serve through ``WORKDIR/index`` when it exists (see ``llm4rec index``).
@@ -43,8 +42,9 @@ class Recommender:
     in ``items.json``); None = the saved ``config.debias.adjust_strength``.
     ``transition_weight``: scores ``+= weight * log1p(count(newest history item -> item))`` over
     the training transitions (``llm4rec_jax.transitions``); None = the weight chosen on validation
-    when the run had ``eval.transition_weights`` (``WORKDIR/transitions.npz``), 0 = off."""
-    self.workdir = pathlib.Path(workdir)
+    when the run had ``eval.transition_weights`` (``WORKDIR/transitions.npz``), 0 = off.
+    ``workdir``: a local path or any ``etils.epath`` path (e.g. ``gs://bucket/run``)."""
+    self.workdir = workdir_lib.root(workdir)
     self.config = config_base.load(self.workdir)
     if adjust_strength is not None:
       self.config.debias.adjust_strength = float(adjust_strength)
@@ -74,7 +74,7 @@ class Recommender:
     self.spec = state_lib.build_model_spec(cfg, mesh, self.config.mesh.rules)
     self.score_bias = _popularity_adjustment(self.config, catalog, cfg, len(self.raw_ids),
                                              workdir_lib.path(self.workdir, workdir_lib.CATALOG))
-    saved = transitions_lib.load(self.workdir)
+    saved = workdir_lib.read_transitions(self.workdir)
     self.transition_table = saved[0] if saved else None
     self.transition_weight = (float(transition_weight) if transition_weight is not None
                               else saved[1] if saved else 0.0)
@@ -83,8 +83,8 @@ class Recommender:
                       field='transition_weight')
     if self.transition_weight and self.transition_table is None:
       raise DataError('a transition blend needs the successor table that training writes when '
-                      'eval.transition_weights chose a weight', path=str(self.workdir /
-                                                                         transitions_lib.FILENAME))
+                      'eval.transition_weights chose a weight',
+                      path=str(workdir_lib.path(self.workdir, workdir_lib.TRANSITIONS)))
     if adapted is not None:
       self.step, self.params = adapted.trained_step, adapted.params
       self.ann_index, self.ann_table = None, None
@@ -173,7 +173,7 @@ def seen_bucket(n: int, smallest: int = 16) -> int:
   return max(smallest, 1 << max(0, n - 1).bit_length())
 
 
-def recommend(workdir: str | pathlib.Path, history: Sequence[str], top_k: int = 10, *,
+def recommend(workdir: workdir_lib.PathLike, history: Sequence[str], top_k: int = 10, *,
               checkpoint: str = 'best', exclude_seen: bool = True,
               adjust_strength: float | None = None,
               snapshot: str | int | None = 'none',
@@ -187,7 +187,7 @@ def recommend(workdir: str | pathlib.Path, history: Sequence[str], top_k: int = 
 
 
 def _popularity_adjustment(config, catalog: dict, cfg, rows: int,
-                           path: pathlib.Path) -> jax.Array | None:
+                           path: workdir_lib.PathLike) -> jax.Array | None:
   """float32 [1, vocab] ``-adjust_strength * log popularity`` of the training counts (None when
   off), the adjustment evaluation applies (``debias.objectives.build``); catalog rows past the
   trained ones (registered online) count 0 interactions."""

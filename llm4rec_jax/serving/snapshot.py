@@ -11,7 +11,6 @@ content rows of those items. Used by :class:`llm4rec_jax.serving.recommender.Rec
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 from typing import Any
 
 import jax
@@ -33,14 +32,14 @@ class Adapted:
   content: Any  # ItemContent with the snapshot's rows (content models), else None
 
 
-def load(workdir: str | pathlib.Path, position: int, config: Any, cfg: Any, mesh: Any,
+def load(workdir: workdir_lib.PathLike, position: int, config: Any, cfg: Any, mesh: Any,
          content_template: Any = None) -> Adapted:
   """Restores snapshot ``position`` of ``workdir`` for a model ``cfg`` on ``mesh``.
 
   ``config`` is the workdir's config (its mesh rules place the parameters);
   ``content_template`` is the training ``ItemContent`` (its structure), for content models.
   """
-  manager = workdir_lib.snapshots(workdir, async_save=False)
+  manager = workdir_lib.snapshots(workdir, read_only=True)
   try:
     host, arrays = manager.restore_host(position)
   finally:

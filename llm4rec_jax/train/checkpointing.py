@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import pathlib
+import os
 from typing import Any
 
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from llm4rec_jax.errors import CheckpointError
 from llm4rec_jax.train import memory
@@ -37,11 +38,14 @@ EXTRA_ITEMS = ('rag',)
 
 class Checkpointer:
   """Saves and restores ``{'state': train-state pytree, 'data_iter': grain iterator}``, and the
-  loop hooks' host arrays under their names (:data:`EXTRA_ITEMS`)."""
+  loop hooks' host arrays under their names (:data:`EXTRA_ITEMS`).
 
-  def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int = 2, keep_best: bool = True,
-               async_save: bool = True, best_metric: str = BEST_METRIC):
-    self.directory = pathlib.Path(directory).absolute()
+  ``read_only``: for restoring only; nothing in ``directory`` is created, cleaned up or deleted
+  (a reader of a workdir that a run is still writing, or of a read-only bucket)."""
+
+  def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 2, keep_best: bool = True,
+               async_save: bool = True, best_metric: str = BEST_METRIC, read_only: bool = False):
+    self.directory = _absolute(directory)
     self.best_metric = best_metric
     policies = [ocp.checkpoint_managers.LatestN(max_to_keep)]
     if keep_best:
@@ -51,8 +55,9 @@ class Checkpointer:
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
         # best_fn also makes Orbax record each step's metrics on disk (used by best_step()).
         best_fn=(lambda m: m.get(best_metric, float('-inf'))) if keep_best else None,
-        best_mode='max',
-        enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
+        best_mode='max', enable_async_checkpointing=async_save and not read_only,
+        read_only=read_only, save_interval_steps=0 if read_only else 1, create=not read_only,
+        cleanup_tmp_directories=not read_only)
     self._mngr = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={'state': ocp.StandardCheckpointHandler(),
@@ -160,7 +165,13 @@ def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
                       tree, shardings)
 
 
-def restore_partial(item_dir: pathlib.Path, target: dict[str, Any], what: str) -> dict[str, Any]:
+def _absolute(directory: str | os.PathLike) -> epath.Path:
+  """``directory`` as an absolute ``epath.Path`` (Orbax wants one; ``gs://`` paths already are)."""
+  d = epath.Path(directory)
+  return d if '://' in os.fspath(d) else d.absolute()
+
+
+def restore_partial(item_dir: epath.Path, target: dict[str, Any], what: str) -> dict[str, Any]:
   """The entries of ``target`` from a state item saved by ``StandardSave`` (the rest of the saved
   tree is skipped), placed per the shardings of ``target``'s ShapeDtypeStructs."""
   checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
@@ -176,14 +187,16 @@ def restore_partial(item_dir: pathlib.Path, target: dict[str, Any], what: str) -
 
 class SnapshotManager:
   """Online snapshots: ``save(position, state, host, arrays)``, restores of the host part, of the
-  state, or of its parameters only; keeps the last ``max_to_keep``."""
+  state, or of its parameters only; keeps the last ``max_to_keep`` (``read_only``: see
+  :class:`Checkpointer`)."""
 
-  def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int = 2,
-               async_save: bool = True):
-    self.directory = pathlib.Path(directory).absolute()
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                           enable_async_checkpointing=async_save,
-                                           cleanup_tmp_directories=True)
+  def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 2,
+               async_save: bool = True, read_only: bool = False):
+    self.directory = _absolute(directory)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=None if read_only else max_to_keep, read_only=read_only,
+        save_interval_steps=0 if read_only else 1, create=not read_only, enable_async_checkpointing=async_save and not read_only,
+        cleanup_tmp_directories=not read_only)
     self._mngr = ocp.CheckpointManager(self.directory, options=options,
                                        item_names=('state', 'host', 'arrays'))
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import pathlib
 import time
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
 from llm4rec_jax import beyond_accuracy, config_base, evaluation, partitioning
 from llm4rec_jax import transitions as transitions_lib
@@ -44,7 +44,7 @@ class Experiment:
   evaluation cases from the prepared shards (``records`` is then the prepared directory).
   """
   config: ml_collections.ConfigDict
-  workdir: pathlib.Path
+  workdir: epath.Path  # local, or any etils.epath path (gs://)
   dataset: Any
   split: Split | None
   mesh: jax.sharding.Mesh
@@ -126,7 +126,7 @@ class Experiment:
                                    transition_weight=float(transition_weight))
 
 
-def build_experiment(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Experiment:
+def build_experiment(config: ml_collections.ConfigDict, workdir: workdir_lib.PathLike) -> Experiment:
   """Validates the config, loads and splits the data, builds the mesh and the model spec.
 
   The experiment holds a frozen copy of the validated config: nothing after validation can change
@@ -134,7 +134,7 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str | pathlib.P
   """
   config_base.validate(config, jax.device_count())
   config = ml_collections.FrozenConfigDict(config)
-  workdir = pathlib.Path(workdir)
+  workdir = workdir_lib.root(workdir)
   if records.is_records(config.data.name):
     return _records_experiment(config, workdir)
   t0 = time.perf_counter()
@@ -175,12 +175,12 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str | pathlib.P
                     beyond, timings)
 
 
-def _title_arrays(config: ml_collections.ConfigDict, workdir: pathlib.Path, items: Any,
+def _title_arrays(config: ml_collections.ConfigDict, workdir: epath.Path, items: Any,
                   vocab_size: int, mesh: jax.sharding.Mesh) -> tuple[np.ndarray, np.ndarray]:
   """(title tokens, title table) of ``model.title_tokens``, from the backbone checkpoint; when its
   directory is gone, the arrays a run saved with the workdir's content (so evaluation needs no
   checkpoint files)."""
-  if not (pathlib.Path(config.model.backbone) / 'config.json').is_file():
+  if not (epath.Path(config.model.backbone) / 'config.json').is_file():
     spec = workdir_lib.read_content_spec(workdir)
     saved = workdir_lib.read_content(workdir, spec) if spec is not None else None
     if saved is not None and saved.title_tokens is not None:
@@ -190,7 +190,7 @@ def _title_arrays(config: ml_collections.ConfigDict, workdir: pathlib.Path, item
                                    128 * state_lib.vocab_shards(config, mesh))
 
 
-def _records_experiment(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Experiment:
+def _records_experiment(config: ml_collections.ConfigDict, workdir: epath.Path) -> Experiment:
   """The experiment of a prepared directory (``records:DIR``): sizes and item ids only, no split."""
   records.check_config(config)
   for field, size in (('train.batch_size', config.train.batch_size),

@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import pathlib
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 from flax import nnx
 
 from llm4rec_jax import config_base, partitioning
 from llm4rec_jax import workdir as workdir_lib
 from llm4rec_jax.data.content import ItemContent
 from llm4rec_jax.model.decoder import DecoderConfig
+from llm4rec_jax.errors import DataError
 from llm4rec_jax.model.semantic_ids import SemanticIds
 from llm4rec_jax.train import state as state_lib
 from llm4rec_jax.train import text_finetune
@@ -40,7 +41,7 @@ def params_target(spec: state_lib.ModelSpec, key: str = 'params') -> dict[str, A
   return abstract_with_shardings(abstract, shardings)
 
 
-def params_key(workdir: str | pathlib.Path) -> str:
+def params_key(workdir: workdir_lib.PathLike) -> str:
   """The state entry that holds a workdir's trained weights: ``ema_params`` when the run kept a
   moving average of them (``optimizer.ema_decay``; evaluation chose its best checkpoint by it),
   else ``params``."""
@@ -48,13 +49,13 @@ def params_key(workdir: str | pathlib.Path) -> str:
   return state_lib.EMA_PARAMS if config.optimizer.get('ema_decay', 0.0) > 0 else 'params'
 
 
-def restore_checkpoint(workdir: str | pathlib.Path, spec: state_lib.ModelSpec,
+def restore_checkpoint(workdir: workdir_lib.PathLike, spec: state_lib.ModelSpec,
                        checkpoint: str | int = 'best') -> tuple[int, dict[str, Any]]:
   """(step, ``{'params', ['text_table', 'text_table_step']}``) of a checkpoint of ``workdir``
   ('best', 'latest' or a step number), placed in ``spec``'s shardings; ``params`` are the weights'
   moving average when the run kept one."""
   key = params_key(workdir)
-  ckpt = workdir_lib.checkpoints(workdir, async_save=False)
+  ckpt = workdir_lib.checkpoints(workdir, read_only=True)
   try:
     step = workdir_lib.checkpoint_step(ckpt, checkpoint)
     restored = ckpt.restore_subtree(step, params_target(spec, key))
@@ -64,7 +65,7 @@ def restore_checkpoint(workdir: str | pathlib.Path, spec: state_lib.ModelSpec,
     ckpt.close()
 
 
-def restore_params(workdir: str | pathlib.Path, spec: state_lib.ModelSpec,
+def restore_params(workdir: workdir_lib.PathLike, spec: state_lib.ModelSpec,
                    checkpoint: str | int = 'best', content: ItemContent | None = None,
                    encode_batch_size: int = 0) -> tuple[int, Any, ItemContent | None]:
   """(step, parameters, content) of a checkpoint; with a fine-tuned text encoder the content's
@@ -77,17 +78,17 @@ def restore_params(workdir: str | pathlib.Path, spec: state_lib.ModelSpec,
   return step, restored['params'], content
 
 
-def restore_snapshot_params(workdir: str | pathlib.Path, position: int,
+def restore_snapshot_params(workdir: workdir_lib.PathLike, position: int,
                             spec: state_lib.ModelSpec) -> Any:
   """The adapted parameters of online snapshot ``position`` (``spec`` at its vocabulary size)."""
-  manager = workdir_lib.snapshots(workdir, async_save=False)
+  manager = workdir_lib.snapshots(workdir, read_only=True)
   try:
     return manager.restore_subtree(position, params_target(spec))['params']
   finally:
     manager.close()
 
 
-def saved_model_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
+def saved_model_config(workdir: workdir_lib.PathLike, config: ml_collections.ConfigDict,
                        num_items: int, mesh: jax.sharding.Mesh
                        ) -> tuple[DecoderConfig, ItemContent | None, SemanticIds | None]:
   """(model config, host content arrays or None, semantic IDs or None) of a trained workdir: the
@@ -104,7 +105,10 @@ def saved_model_config(workdir: str | pathlib.Path, config: ml_collections.Confi
     cfg = dataclasses.replace(cfg, text_encoder=encoder_cfg)
   sid = None
   if cfg.head == 'semantic_id':
-    sid = SemanticIds.load(workdir_lib.path(workdir, workdir_lib.SEMANTIC_IDS))
+    sid = workdir_lib.read_semantic_ids(workdir)
+    if sid is None:
+      raise DataError('the semantic-ID head needs the item codes training writes; train in this '
+                      'workdir first', path=str(workdir_lib.path(workdir, workdir_lib.SEMANTIC_IDS)))
     cfg = dataclasses.replace(cfg, codebook_sizes=sid.codebook_sizes)
   return cfg, content, sid
 
@@ -119,7 +123,7 @@ def single_device_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
 class TrainedModel:
   """A checkpoint of a trained workdir, on one device: what the item index, the semantic-ID source
   and encoder export need of it (serving adds scoring on top: ``serving.Recommender``)."""
-  workdir: pathlib.Path
+  workdir: epath.Path
   config: ml_collections.ConfigDict
   catalog: dict[str, Any]  # items.json
   spec: state_lib.ModelSpec
@@ -136,9 +140,9 @@ class TrainedModel:
     return catalog_table(self.spec.graphdef, self.params, self.content)[:len(self.raw_ids)]
 
 
-def load_model(workdir: str | pathlib.Path, checkpoint: str | int = 'best') -> TrainedModel:
+def load_model(workdir: workdir_lib.PathLike, checkpoint: str | int = 'best') -> TrainedModel:
   """A checkpoint of ``workdir`` ('best', 'latest' or a step number) restored onto one device."""
-  workdir = pathlib.Path(workdir)
+  workdir = workdir_lib.root(workdir)
   config = config_base.load(workdir)
   catalog = workdir_lib.read_catalog(workdir)
   mesh = single_device_mesh(config)

@@ -12,7 +12,7 @@ Sources (``config.semantic_ids.source``):
 from __future__ import annotations
 
 import logging
-import pathlib
+import os
 from typing import Any
 
 import numpy as np
@@ -84,7 +84,7 @@ def source_embeddings(config: Any, table: FeatureTable) -> np.ndarray:
     return feature_matrix(table, config)
   if source == 'text':
     return _text_embeddings(table, config, 'all')
-  path = pathlib.Path(source).expanduser()
+  path = source if '://' in source else os.path.expanduser(source)
   if not workdir_lib.path(path, workdir_lib.CONFIG).exists():
     raise ConfigError('semantic_ids.source', f"{source!r} is not 'features', 'text' or a trained "
                       'workdir (no config.json there)')
@@ -96,15 +96,14 @@ def source_embeddings(config: Any, table: FeatureTable) -> np.ndarray:
   return rec.item_table()[:table.num_rows]
 
 
-def load_or_build(config: Any, workdir: pathlib.Path, table: FeatureTable,
+def load_or_build(config: Any, workdir: workdir_lib.PathLike, table: FeatureTable,
                   write: bool = True) -> SemanticIds:
   """The workdir's codes if present (checked against the catalog), else computed and saved."""
-  path = workdir_lib.path(workdir, workdir_lib.SEMANTIC_IDS)
-  if path.exists():
-    sid = SemanticIds.load(path)
+  sid = workdir_lib.read_semantic_ids(workdir)
+  if sid is not None:
     if sid.num_items != table.num_rows - 1:
       raise DataError(f'codes for {sid.num_items} items, catalog has {table.num_rows - 1}',
-                      path=str(path))
+                      path=str(workdir_lib.path(workdir, workdir_lib.SEMANTIC_IDS)))
     return sid
   sc = config.semantic_ids
   sid = rq_kmeans(source_embeddings(config, table), num_levels=sc.num_levels,
@@ -112,8 +111,8 @@ def load_or_build(config: Any, workdir: pathlib.Path, table: FeatureTable,
   logging.info('semantic ids: levels %s, collision rate %.4f', sid.codebook_sizes,
                sid.collision_rate)
   if write:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sid.save(path)
+    workdir_lib.root(workdir).mkdir(parents=True, exist_ok=True)
+    workdir_lib.write_semantic_ids(workdir, sid)
   return sid
 
 

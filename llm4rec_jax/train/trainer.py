@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import pathlib
 import time
 from typing import Any
 
@@ -21,7 +20,6 @@ import optax
 from flax import nnx
 
 from llm4rec_jax import beyond_accuracy, config_base, evaluation, partitioning
-from llm4rec_jax import transitions as transitions_lib
 from llm4rec_jax import workdir as workdir_lib
 from llm4rec_jax.data import pipeline, records
 from llm4rec_jax.data.prepare import source as records_source
@@ -105,7 +103,7 @@ def make_train_step(exp: Experiment, tx: optax.GradientTransformation, schedule,
                  out_shardings=(shardings, exp.spec.replicated), donate_argnums=(0,))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: workdir_lib.PathLike,
                        *, stop_after_steps: int | None = None) -> dict[str, Any]:
   """Trains (resuming from ``workdir`` if it holds checkpoints), then evaluates the best checkpoint.
 
@@ -116,7 +114,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     the final metrics (also written to ``workdir/metrics.json``), or a dict with ``'stopped'`` when
     the run was interrupted.
   """
-  workdir = pathlib.Path(workdir)
+  workdir = workdir_lib.root(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   exp = build_experiment(config, workdir)
   config = exp.config  # validated and frozen
@@ -415,9 +413,9 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int,
     if chosen:
       rank_fn, known = exp.rank_fn(transition_weight=chosen), None
     if jax.process_index() == 0:  # serving applies what was chosen here (``serving.Recommender``)
-      saved = exp.workdir / transitions_lib.FILENAME
+      saved = workdir_lib.path(exp.workdir, workdir_lib.TRANSITIONS)
       if chosen:
-        transitions_lib.save(exp.workdir, exp.transition_table, chosen)
+        workdir_lib.write_transitions(exp.workdir, exp.transition_table, chosen)
       elif saved.exists():
         saved.unlink()
   reusable = (exp.beyond is None and not c.eval.save_rankings
@@ -449,11 +447,11 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int,
   return results
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
+def evaluate(config: ml_collections.ConfigDict, workdir: workdir_lib.PathLike, *,
              checkpoint: str = 'best', save_rankings: bool | None = None,
              exclude_seen: bool | None = None) -> dict[str, Any]:
   """Evaluates a checkpoint of ``workdir`` ('best', 'latest' or a step number) on valid and test."""
-  workdir = pathlib.Path(workdir)
+  workdir = workdir_lib.root(workdir)
   if save_rankings is not None or exclude_seen is not None:
     config = ml_collections.ConfigDict(config.to_dict())
     if save_rankings is not None:
