@@ -6,6 +6,7 @@
 #   input_pipeline.json  the host's training-input rate (benchmarks/input_pipeline.py)
 #   beauty_d128.json   a whole Beauty run, the CPU leaderboard config (attention-only d128, seed 0)
 #   beauty_filter.json the same with model.filter_mix=0.7 (the best CPU config, seed 0)
+#   beauty_filter_spc16.json  the same with train.steps_per_call=16 (16 steps per jitted call)
 #   throughput.json    tokens/s, MFU against the datasheet peak, peak memory: 1b and base presets
 #   events.tar.gz      the Beauty runs' events.jsonl
 #   log.txt            stderr of everything
@@ -52,6 +53,10 @@ echo "== beauty_d128 rc=$? $(date -u +%T)" >> "$log"
 timeout "$(limit 150)" $py benchmarks/beauty.py $quick --workdir=/tmp/wd/beauty_filter --seed 0 "${D128[@]}" \
   --set model.filter_mix=0.7 > "$out/beauty_filter.json" 2>>"$log"
 echo "== beauty_filter rc=$? $(date -u +%T)" >> "$log"
+# The same run with 16 train steps per jitted call (train.steps_per_call): dispatch-bound at this size.
+timeout "$(limit 150)" $py benchmarks/beauty.py $quick --workdir=/tmp/wd/beauty_filter_spc16 --seed 0 "${D128[@]}" \
+  --set model.filter_mix=0.7 --set train.steps_per_call=16 > "$out/beauty_filter_spc16.json" 2>>"$log"
+echo "== beauty_filter_spc16 rc=$? $(date -u +%T)" >> "$log"
 (cd /tmp/wd && tar czf "$out/events.tar.gz" */events.jsonl */metrics.json 2>/dev/null)
 
 # Printed line by line (one per run), so a run cut by the limit loses only itself.
