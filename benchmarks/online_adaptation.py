@@ -69,7 +69,7 @@ def make_config(log_path: pathlib.Path, args, name: str = ''):
   c.optimizer.learning_rate = 1e-3
   c.optimizer.warmup_steps = 50
   c.eval.batch_size = 256
-  c.online.update(dict(batch_size=64, replay_batch=64, learning_rate=1e-3, params='all'))
+  c.online.update(dict(batch_size=64, learning_rate=1e-3, params='all'))
   c.seed = args.seed
   if args.quick:
     c.model.update(dict(d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, mlp_dim=64))

@@ -635,7 +635,9 @@ def _online_realtime_file_rows(rec, name):
 
 
 ONLINE_REALTIME_FILES = ('online_adaptation_realtime.json', 'online_adaptation_realtime_2.json',
-                         'online_adaptation_realtime_seed1.json')
+                         'online_adaptation_realtime_seed1.json',
+                         'online_adaptation_realtime_quiet_seed0.json',
+                         'online_adaptation_realtime_quiet_seed1.json')
 
 
 def _aot_rows(data):
@@ -1057,13 +1059,14 @@ TABLES: tuple[Table, ...] = (
           'prequential as in the table above (first 70% of events by time train a `small` model, '
           'the rest streamed in 4 windows, retraining before the last one; MovieLens 100K at '
           'online.learning_rate=1e-4, Musical Instruments at 1e-3, new items at 1e-2), one run '
-          'per file (seed 0; the `_seed1` file: seed 1, its own trained models), every variant of a '
-          'file adapting the same trained model; timings on the shared 2-core '
-          'CPU while other jobs ran (load average in the file), relative only. Events/s: the whole '
+          'per file (seed 0; the `_seed1` files: seed 1, its own trained models), every variant of a '
+          'file adapting the same trained model; timings on the 2-core CPU: the `_quiet` files '
+          'with every other job on the machine paused, the others while other jobs ran (load '
+          'average in the file), relative only. Events/s: the whole '
           'stream, micro-batches back to back, no ranking. Update latency and freshness: events '
           'arriving at 5,000/s, a micro-batch closes when full or 50 ms after its first event, '
           'update = learn + device sync, freshness = arrival -> a recommendation for the batch\'s '
-          'last user served after the update (file 2 also at 2,000/s); a pass more than 10 s behind the arrivals stops '
+          'last user served after the update (file 2 and the `_quiet` files also at 2,000/s); a pass more than 10 s behind the arrivals stops '
           '(figures then cover the events served). Compilations counted after warm-up (without '
           'warm-up: after the first micro-batch) in the prequential / sustained / paced passes.',
           _online_realtime_rows,

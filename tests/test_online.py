@@ -22,7 +22,12 @@ from llm4rec_jax.online import OnlineLearner, ReplayBuffer, micro_batches, open_
 from llm4rec_jax.train import trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SMALL = {'train.max_steps': 4, 'train.eval_every': 4, 'train.num_epochs': 1}
+SMALL = {'train.max_steps': 4, 'train.eval_every': 4, 'train.num_epochs': 1,
+         # These tests were written for one full-window step per micro-batch with its metrics
+         # fetched every step and linear catalog growth (the earlier defaults): saved with the
+         # workdir, so every learner here starts from them. The real-time defaults are what
+         # test_warm_up_* (explicit overrides) and the online_adaptation quick benchmark run.
+         'online': {'window': 0, 'sync_every': 1, 'grow': 'linear', 'reserve_items': 0}}
 
 
 @pytest.fixture(scope='module')
