@@ -173,8 +173,11 @@ def main(argv: list[str]) -> None:
       if not _EVENTS.value:
         raise Llm4RecError("--events is required for adapt (a JSON-lines file, or '-' for stdin)")
       from llm4rec_jax.online import adapt  # pylint: disable=import-outside-toplevel
+      # One line on stderr once warmed up: a producer feeding stdin can wait for it.
+      ready = lambda position: print(f'llm4rec adapt: ready, reading events from position '
+                                     f'{position}', file=sys.stderr, flush=True)
       result = adapt(_WORKDIR.value, _EVENTS.value, overrides=_parse_overrides(_ONLINE.value),
-                     evaluate=_PREQUENTIAL.value, checkpoint=_CHECKPOINT.value)
+                     evaluate=_PREQUENTIAL.value, checkpoint=_CHECKPOINT.value, on_ready=ready)
     elif command == 'explain':
       if not _HISTORY.value:
         raise Llm4RecError('--history is required for explain (comma-separated item ids)')

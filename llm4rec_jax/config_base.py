@@ -243,6 +243,9 @@ def base_config() -> ml_collections.ConfigDict:
       # a new item's row must move far in few steps, every other parameter only a little.
       new_item_learning_rate=1e-2,
       snapshot_every=0,  # events between Orbax snapshots; 0 = at the end of the stream only
+      # > 0: also a snapshot once this many seconds (wall time) passed since the last one, so a
+      # slow stream loses at most this long of learning in a crash
+      snapshot_every_s=0.0,
       keep_snapshots=2,
       bootstrap=True,  # user histories and replay from the workdir's training data
       upsert_index=True,  # upsert new/changed items into the workdir's ScaNN index, if built

@@ -33,6 +33,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
     ('debias_beauty.py', {'naive', 'debiased', 'sweep', 'plot'}),
     ('debias_ml100k.py', {'variants', 'gap_smaller_than_naive'}),
     ('online_adaptation.py', {'by_dataset', 'protocol', 'wall_s'}),
+    ('online_stdin.py', {'producer', 'drain_s', 'adapt', 'kept_up'}),
     ('text_finetune.py', {'frozen', 'finetune', 'steps'}),
     ('aot_memory.py', {'runs', 'preset'}),
 ])
@@ -66,6 +67,9 @@ def test_quick_benchmark_prints_one_json_line(script, keys):
           ('frozen', 'adapted'), d['stream_events'])
       assert len({v['events'] for v in d['on_retrained_windows'].values()}) == 1
       assert d['adapted_throughput']['events_per_s'] > 0
+  if result.get('benchmark') == 'online_stdin':  # every line written reached the learner
+    assert result['adapt']['records'] == result['stream_events'] == result['producer']['lines']
+    assert result['adapt']['compilations'] == 0
   if 'grad_x_input' in result:  # explanation faithfulness: a deletion curve per method
     curve = result['integrated_gradients']['curve']
     assert len(curve['score_drop_top']) == len(curve['ks']) and result['num_cases'] > 0

@@ -608,3 +608,27 @@ def test_snapshots_upsert_only_the_changed_item_vectors_in_one_call(workdir):
   learner.snapshot()
   assert len(index.calls) == 4
   learner.close()
+
+
+def test_snapshots_on_a_time_budget_bound_what_a_crash_loses(workdir):
+  """online.snapshot_every_s: a snapshot once that much wall time passed since the last, so a crash
+  loses at most that long of learning (here: every micro-batch, the budget being tiny)."""
+  overrides = {'batch_size': 8, 'replay_batch': 8, 'snapshot_every_s': 1e-6, 'keep_snapshots': 5}
+
+  def crashing(n):
+    for k, e in enumerate(_events(40, seed=2)):
+      if k == n:
+        raise RuntimeError('crash')
+      yield e
+
+  learner = OnlineLearner(workdir, overrides=overrides)
+  with pytest.raises(RuntimeError, match='crash'):
+    learner.run(crashing(28))
+  learner.close()
+  resumed = OnlineLearner(workdir, overrides=overrides)
+  assert resumed.snapshots.all_steps() == [8, 16, 24] and resumed.position == 24
+  summary = resumed.run(_events(40, seed=2))
+  assert summary.records == 16 and summary.snapshots == 2 and resumed.position == 40
+  resumed.close()
+  with pytest.raises(ConfigError, match='online.snapshot_every_s'):
+    OnlineLearner(workdir, overrides={'snapshot_every_s': -1.0})

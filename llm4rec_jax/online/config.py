@@ -50,7 +50,8 @@ def validate(config: ml_collections.ConfigDict, dp: int) -> None:
   for key in ('batch_size',):
     if oc[key] <= 0:
       raise ConfigError(f'online.{key}', f'must be positive, got {oc[key]}')
-  for key in ('replay_size', 'replay_batch', 'l2_pull', 'snapshot_every', 'max_wait_s',
+  for key in ('replay_size', 'replay_batch', 'l2_pull', 'snapshot_every', 'snapshot_every_s',
+              'max_wait_s',
               'window_s', 'grow_items', 'reserve_items', 'window'):
     if oc[key] < 0:
       raise ConfigError(f'online.{key}', f'must be >= 0, got {oc[key]}')

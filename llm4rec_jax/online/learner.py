@@ -43,7 +43,7 @@ import json
 import math
 import pathlib
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -359,7 +359,7 @@ class OnlineLearner:
           max_records: int | None = None) -> RunSummary:
     """Consumes ``source`` (skipping the records already applied) in micro-batches: optionally
     ranks every interaction before learning from it (prequential), learns, snapshots every
-    ``online.snapshot_every`` records and at the end."""
+    ``online.snapshot_every`` records or ``online.snapshot_every_s`` seconds, and at the end."""
     oc = self.oc
     summary = RunSummary()
     events = stream.open_events(source, skip=self.position, bad_events=oc.bad_events,
@@ -367,7 +367,7 @@ class OnlineLearner:
     if max_records is not None:
       events = itertools.islice(events, max_records)
     counter = CompileCounter().start()
-    t0 = time.perf_counter()
+    t0 = t_snapshot = time.perf_counter()
     for batch in stream.micro_batches(events, size=oc.batch_size, max_wait_s=oc.max_wait_s,
                                       window_s=oc.window_s):
       if evaluate:
@@ -380,8 +380,12 @@ class OnlineLearner:
       summary.records += len(batch)
       summary.events += sum(e.is_interaction for e in batch)
       summary.steps += 1
-      if oc.snapshot_every and self.position - self.snapshot_position >= oc.snapshot_every:
+      if ((oc.snapshot_every and self.position - self.snapshot_position >= oc.snapshot_every)
+          or (oc.get('snapshot_every_s', 0.0)
+              and time.perf_counter() - t_snapshot >= oc.snapshot_every_s)):
         self.snapshot()
+        t_snapshot = time.perf_counter()
+        summary.snapshots += 1
     self.sync()
     jax.block_until_ready(self.state)
     summary.seconds = time.perf_counter() - t0
@@ -402,11 +406,13 @@ class OnlineLearner:
 
 def adapt(workdir: str | pathlib.Path, events: stream.Source | Iterable[Any], *,
           overrides: Mapping[str, Any] | None = None, evaluate: bool = False,
-          checkpoint: str = 'best', warm_up: bool = True) -> dict[str, Any]:
+          checkpoint: str = 'best', warm_up: bool = True,
+          on_ready: Callable[[int], None] | None = None) -> dict[str, Any]:
   """Adapts ``workdir``'s model on ``events`` (path, '-', or iterable) and returns a summary; resumes
   from the latest snapshot. Upserts into ``WORKDIR/index`` when a ScaNN index was built there.
   ``warm_up`` compiles ahead (:meth:`OnlineLearner.warm_up`); the summary reports what that took
-  and the compilations during the stream."""
+  and the compilations during the stream. ``on_ready(position)`` is called once the learner is
+  loaded and warmed up, just before the first event is read."""
   learner = OnlineLearner(workdir, overrides=overrides, checkpoint=checkpoint)
   warm = None
   try:
@@ -414,6 +420,8 @@ def adapt(workdir: str | pathlib.Path, events: stream.Source | Iterable[Any], *,
       learner.index = _load_index(workdir_lib.root(workdir))
     if warm_up:
       warm = learner.warm_up()
+    if on_ready is not None:
+      on_ready(learner.position)
     summary = learner.run(events, evaluate=evaluate)
     if learner.index is not None:
       learner.upsert_index()

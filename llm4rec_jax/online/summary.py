@@ -26,6 +26,7 @@ class RunSummary:
   ranks: list[int] = dataclasses.field(default_factory=list)  # prequential, when evaluated
   position: int = 0
   compilations: int = 0  # XLA compilations during the run (0 after warm_up for known sizes)
+  snapshots: int = 0  # snapshots written during the stream (online.snapshot_every[_s]; + 1 at the end)
   # Bad records this run skipped (online.bad_events / time_order), each message with its line.
   skipped: list[str] = dataclasses.field(default_factory=list)
 
@@ -39,6 +40,7 @@ class RunSummary:
            'update_latency_ms_p99': round(float(np.percentile(lat, 99)), 2),
            'first_step_ms': round(self.step_latency_ms[0], 2) if self.step_latency_ms else None,
            'position': self.position, 'compilations': self.compilations,
+           'snapshots_during_stream': self.snapshots,
            'skipped_records': len(self.skipped), 'skipped_examples': self.skipped[:10]}
     if self.ranks:
       out['prequential'] = metrics_lib.ranking_metrics(np.asarray(self.ranks), ks)
