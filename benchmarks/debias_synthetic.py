@@ -58,6 +58,7 @@ def main():
     config.train.progress_bar = False
     if args.quick:
       make_quick(config, max_cases=0)  # the ground-truth metrics score every user
+      config.data.synthetic.num_users = 600  # so fewer users to score
     apply_overrides(config, args.set + [f'{k}={v}' for k, v in overrides.items()])
     workdir = root / name
     shutil.rmtree(workdir, ignore_errors=True)
