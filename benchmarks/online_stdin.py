@@ -129,6 +129,7 @@ def main():
   p.add_argument('--out', default='', help='also write the JSON line to this file')
   args = p.parse_args()
   record = provenance.start()
+  record['seeds'] = [args.seed]
   result = {'benchmark': 'online_stdin', 'quick': args.quick, 'seed': args.seed,
             **run(args), 'command': ' '.join(['python benchmarks/online_stdin.py', *sys.argv[1:]])}
   result['provenance'] = provenance.finish(record)

@@ -640,6 +640,24 @@ ONLINE_REALTIME_FILES = ('online_adaptation_realtime.json', 'online_adaptation_r
                          'online_adaptation_realtime_quiet_seed1.json')
 
 
+STDIN_FILES = ('online_stdin_ml-100k.json', 'online_stdin_musical-instruments.json',
+               'online_stdin_ml-100k_snapshot1s.json')
+
+
+def _stdin_rows(data):
+  rows = []
+  for name in STDIN_FILES:
+    r = data[name]
+    p, a = r['producer'], r['adapt']
+    rows.append({'file': f'`{name}`', 'dataset': r['dataset'],
+                 'over': ', '.join(r['online_overrides']) or 'defaults', 'lines': p['lines'],
+                 'written': f"{p['written_s']:.2f} ({p['scheduled_s']:.2f})",
+                 'late99': p['lateness_ms_p99'], 'latemax': p['lateness_ms_max'],
+                 'drain': r['drain_s'], 'eps': a['events_per_s'], 'p99': a['update_latency_ms_p99'],
+                 'comp': a['compilations'], 'snaps': a['snapshots_during_stream']})
+  return rows
+
+
 def _aot_rows(data):
   rec = data['aot_memory.json']
   rows = []
@@ -1078,6 +1096,21 @@ TABLES: tuple[Table, ...] = (
            Col('stopped, > 10 s behind', 'behind'), Col('freshness p99 ms at other rates', 'fresh_more'),
            Col('compilations after warm-up', 'compiles'),
            Col('warm-up', 'warm'))),
+    Table('online_stdin', STDIN_FILES,
+          '`python benchmarks/online_stdin.py --dataset D [--online snapshot_every_s=1]`: a `small` '
+          'model trained on the first 70% of D\'s interactions in time order, then `llm4rec adapt '
+          '--events=-` (its own process, the library\'s `online` defaults) fed the remaining '
+          'interactions on stdin by a producer writing 5,000 lines/s in 5 ms ticks once adapt '
+          'reported ready (after warm-up). Lateness: how far the producer fell behind its schedule '
+          '(a full pipe blocks it); drain: last line written -> adapt\'s summary (queued events, '
+          'the last micro-batch, the final snapshot). One run each, seed 0, on the 2-core CPU '
+          'with the machine\'s other jobs paused.', _stdin_rows,
+          (Col('file', 'file'), Col('dataset', 'dataset'), Col('overrides', 'over'),
+           Col('lines', 'lines', F0), Col('written in s (scheduled)', 'written'),
+           Col('producer lateness p99 ms', 'late99', F2), Col('lateness max ms', 'latemax', F2),
+           Col('drain s', 'drain', F2), Col('adapt events/s', 'eps', F0),
+           Col('update p99 ms', 'p99', F1), Col('compilations after warm-up', 'comp'),
+           Col('snapshots during the stream', 'snaps'))),
     Table('aot_memory', ('aot_memory.json',),
           '`' + load('aot_memory.json')['command'] + '`: the `1b` preset (2048 wide, 18 blocks, '
           'bf16 compute, float32 parameters and AdamW state), 100,000-item catalog, batch 256 x '
