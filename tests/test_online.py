@@ -44,6 +44,14 @@ def workdir(trained, tmp_path):
   return pathlib.Path(shutil.copytree(trained, tmp_path / 'w'))
 
 
+def _crash_after(events, n):
+  """``events``, raising after the first ``n`` (a learner process dying mid-stream)."""
+  for k, e in enumerate(events):
+    if k == n:
+      raise RuntimeError('crash')
+    yield e
+
+
 def _events(n, seed=0, new_every=0):
   """``n`` interactions of known users on known items (synthetic raw ids 'u1..', 'i1..');
   every ``new_every``-th uses a new item."""
@@ -186,15 +194,9 @@ def test_resume_from_a_snapshot_continues_at_the_recorded_position(workdir, tmp_
   overrides = {'batch_size': 8, 'replay_batch': 8, 'snapshot_every': 16, 'learning_rate': 1e-2}
   reference_dir = pathlib.Path(shutil.copytree(workdir, tmp_path / 'ref'))
 
-  def crashing(n):
-    for k, e in enumerate(open_events(path)):
-      if k == n:
-        raise RuntimeError('crash')
-      yield e
-
   learner = OnlineLearner(workdir, overrides=overrides)
   with pytest.raises(RuntimeError, match='crash'):
-    learner.run(crashing(44))
+    learner.run(_crash_after(open_events(path), 44))
   learner.close()
   # Snapshots after 16 and 32 records; the 8 records applied after the last one are lost.
   resumed = OnlineLearner(workdir, overrides=overrides)
@@ -615,15 +617,9 @@ def test_snapshots_on_a_time_budget_bound_what_a_crash_loses(workdir):
   loses at most that long of learning (here: every micro-batch, the budget being tiny)."""
   overrides = {'batch_size': 8, 'replay_batch': 8, 'snapshot_every_s': 1e-6, 'keep_snapshots': 5}
 
-  def crashing(n):
-    for k, e in enumerate(_events(40, seed=2)):
-      if k == n:
-        raise RuntimeError('crash')
-      yield e
-
   learner = OnlineLearner(workdir, overrides=overrides)
   with pytest.raises(RuntimeError, match='crash'):
-    learner.run(crashing(28))
+    learner.run(_crash_after(_events(40, seed=2), 28))
   learner.close()
   resumed = OnlineLearner(workdir, overrides=overrides)
   assert resumed.snapshots.all_steps() == [8, 16, 24] and resumed.position == 24
