@@ -6,8 +6,9 @@ A tiny random model of each family is built with its transformers config class a
 (safetensors) and loaded by ``hf_import`` on the 8-device test mesh. The Python API
 (``load_hf_decoder``) must give transformers' logits on the same text tokens; the training backbone
 (``config.model.backbone``) must give transformers' final hidden states when the model is fed the
-item decoder's item rows as ``inputs_embeds``. For Gemma 2/3 also the next-token loss and its
-gradients, and a short training run from the transformers-saved checkpoint.
+item decoder's item rows as ``inputs_embeds``. For every family also the next-token loss and its
+gradients; for Gemma 2 a short training run from the transformers-saved checkpoint; for Llama and
+Gemma 2 a LoRA run's merged export read back by transformers.
 """
 
 import dataclasses
@@ -390,11 +391,12 @@ def test_gemma2_backbone_trains_and_evaluates_without_the_checkpoint(tmp_path):
   assert again['test']['ndcg@10'] == pytest.approx(result['test']['ndcg@10'], abs=1e-6)
 
 
-@pytest.mark.parametrize('family', ['gemma2', 'gemma3_text'])
-def test_gemma_next_token_loss_and_gradients_match_transformers(tmp_path, mesh, family):
+@pytest.mark.parametrize('family', FAMILIES)
+def test_next_token_loss_and_gradients_match_transformers(tmp_path, mesh, family):
   """Training signal, not only the forward pass: transformers' next-token loss (labels=) and its
-  gradients equal ours over the text vocabulary, through the soft-caps, the window, the post norms
-  and (Gemma 3) the q/k norms."""
+  gradients equal ours over the text vocabulary for every family: through Qwen2's biases, the
+  windows (Mistral, Gemma 2/3), the soft-caps and post norms (Gemma 2/3) and the q/k norms (Qwen3,
+  Gemma 3)."""
   model, _ = save_reference(tmp_path, family)
   tokens = text_tokens(12)[None]
   ids = torch.as_tensor(tokens, dtype=torch.long)
@@ -417,11 +419,12 @@ def test_gemma_next_token_loss_and_gradients_match_transformers(tmp_path, mesh, 
     np.testing.assert_allclose(g(block.attn.wq).reshape(32, -1).T,
                                grad(pre + 'self_attn.q_proj.weight'), **TOL)
     np.testing.assert_allclose(g(block.mlp.w_down).T, grad(pre + 'mlp.down_proj.weight'), **TOL)
-    np.testing.assert_allclose(g(block.attn_post_norm.scale),
-                               grad(pre + 'post_attention_layernorm.weight'), **TOL)
-    np.testing.assert_allclose(g(block.mlp_post_norm.scale),
-                               grad(pre + 'post_feedforward_layernorm.weight'), **TOL)
-    if family == 'gemma3_text':
+    if family in ('gemma2', 'gemma3_text'):
+      np.testing.assert_allclose(g(block.attn_post_norm.scale),
+                                 grad(pre + 'post_attention_layernorm.weight'), **TOL)
+      np.testing.assert_allclose(g(block.mlp_post_norm.scale),
+                                 grad(pre + 'post_feedforward_layernorm.weight'), **TOL)
+    if family in ('qwen3', 'gemma3_text'):
       np.testing.assert_allclose(g(block.attn.k_norm.scale), grad(pre + 'self_attn.k_norm.weight'),
                                  **TOL)
   np.testing.assert_allclose(g(grads.embed)[:VOCAB], grad('model.embed_tokens.weight'), **TOL)
