@@ -11,7 +11,8 @@ Reported (one JSON line): the producer's lateness against its schedule (p50 / p9
 stream's duration as written and the time from the last line written to the adapt process's summary
 (``drain_s``: the events still queued, the last micro-batch, the final snapshot and the index save),
 and adapt's own summary (records, events/s over its run, update latency, compilations after
-warm-up, snapshots written during the stream).
+warm-up, snapshots written during the stream). ``kept_up``: the producer's lateness p99 stayed
+within 1 s (issue 22's freshness target).
 
   python benchmarks/online_stdin.py [--dataset ml-100k] [--rate 5000] [--quick]
       [--online snapshot_every_s=5] [--out FILE]
@@ -99,7 +100,13 @@ def run(args) -> dict:
       raise SystemExit(f'adapt exited with {proc.returncode} before reading:\n'
                        + ''.join(err_lines[-30:]))
   t_ready = time.perf_counter()
-  produced = produce(proc, lines, args.rate)
+  try:
+    produced = produce(proc, lines, args.rate)
+  except BrokenPipeError:  # adapt exited mid-stream: show why
+    proc.wait(timeout=60)
+    reader.join(5)
+    raise SystemExit(f'adapt exited with {proc.returncode} while reading stdin:\n'
+                     + ''.join(err_lines[-30:])) from None
   out = proc.stdout.read()  # the summary line, printed when adapt is done
   t_done = time.perf_counter()
   proc.wait(timeout=600)
