@@ -6,7 +6,22 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import atexit  # noqa: E402
 import pathlib  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+# One persistent XLA compilation cache per test run, shared by the xdist workers (they inherit the
+# controller's environment) and by the benchmark subprocesses the tests start: many tests compile
+# the same train and eval programs, and a cache hit loads the same executable, so results do not
+# change. The directory is new for each run (a clean clone's CI run sees what a local run sees) and
+# removed at exit by the process that made it. LLM4REC_TEST_XLA_CACHE=off turns it off.
+if os.environ.get("LLM4REC_TEST_XLA_CACHE") != "off" and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _xla_cache = tempfile.mkdtemp(prefix="llm4rec-test-xla-cache-")
+  atexit.register(shutil.rmtree, _xla_cache, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _xla_cache
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import pytest  # noqa: E402
 
