@@ -6,10 +6,13 @@ Scenarios (leave-one-out, full ranking, seen items excluded, best checkpoint by 
   * ``scientific``: Amazon Scientific, text + categories (``configs/scientific.py:multimodal``).
 
 ``rag_on`` adds ``retrieval.rag=True`` (items nearest to the recent history; their content tokens join
-the cross-attention memory; index refreshed once per epoch); everything else is identical. Prints one
+the cross-attention memory; index refreshed once per epoch; a training context excludes the history
+up to its cutoff, as evaluation does, unless ``--rag_set retrieval.train_exclude=user``, the rule
+before: every item of the user); everything else is identical. Prints one
 JSON line with both variants' test metrics (keys ``rag_off``, ``rag_on``).
 
   python benchmarks/retrieval_rag.py --scenario beauty --set train.num_epochs=6
+  python benchmarks/retrieval_rag.py --variants rag_on --rag_set retrieval.train_exclude=user
   python benchmarks/retrieval_rag.py --quick
 """
 

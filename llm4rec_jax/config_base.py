@@ -150,6 +150,10 @@ def base_config() -> ml_collections.ConfigDict:
       rag=False, source='items', num_context=8, query_window=3, similar_users=4,
       num_cutoffs=4,  # retrieval points per window (the last position and every max_len/n back)
       refresh_every=0,  # training steps between index refreshes; 0 = once per epoch
+      # What a training window's context at cutoff p never holds: 'history' = the user's training
+      # items up to p (what evaluation excludes for a history ending there); 'user' = every item of
+      # the user (the rule before; the context then never holds an answer, unlike at evaluation).
+      train_exclude='history',
   ))
 
   c.loss = ml_collections.ConfigDict()

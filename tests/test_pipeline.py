@@ -44,6 +44,16 @@ def test_make_windows_all_windows_targets_each_item_once(length, max_len):
   assert collections.Counter(targets[targets > 0].tolist())[int(seq[-1])] == 1
 
 
+@pytest.mark.parametrize('all_windows', [False, True])
+def test_window_ends_locate_each_window_in_its_sequence(all_windows):
+  windows, users = pipeline.make_windows(SEQS, max_len=3, all_windows=all_windows)
+  ends = pipeline.window_ends(SEQS, max_len=3, all_windows=all_windows)
+  np.testing.assert_array_equal(ends, [3, 8] if not all_windows else [3, 8, 5, 2])
+  for w, u, e in zip(windows, users, ends):  # the window is the sequence's items up to e
+    real = w[w > 0]
+    np.testing.assert_array_equal(real, SEQS[u][e - len(real):e])
+
+
 def test_make_windows_empty():
   windows, users = pipeline.make_windows([np.zeros(0, np.int32), np.array([7], np.int32)], 4)
   assert windows.shape == (0, 5) and users.shape == (0,)

@@ -1,16 +1,18 @@
-"""Retrieval-augmented generation: no leakage into training context, causal visibility in the
+"""Retrieval-augmented generation: training context built only from the history (as at evaluation)
+or, with train_exclude='user', never holding any item of the user; causal visibility in the
 decoder, and a training run with retrieval refreshed on a schedule."""
 
 import json
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
 from conftest import read_log, tiny_config
-from llm4rec_jax.data import pipeline
+from llm4rec_jax.data import pipeline, splits
 from llm4rec_jax.errors import ConfigError
 from llm4rec_jax.retrieval import context as context_lib
 from llm4rec_jax.train import state as state_lib
@@ -32,21 +34,33 @@ def experiment(tmp_path_factory):
   return experiment_lib.build_experiment(rag_config(), tmp_path_factory.mktemp('rag'))
 
 
-def _batches(exp):
-  windows, users = pipeline.make_windows(exp.split.train, exp.config.data.max_len)
+def _batches(exp, train=None, all_windows=False):
+  windows, users = pipeline.make_windows(exp.split.train if train is None else train,
+                                         exp.config.data.max_len, all_windows=all_windows)
   ds = pipeline.train_dataset(windows, users, global_batch_size=64, seed=0, num_epochs=1)
   return list(ds.to_iter_dataset())
 
 
-@pytest.mark.parametrize('source', ['items', 'users', 'both'])
-def test_training_context_never_holds_target_or_later_items(experiment, source):
-  exp = experiment
-  rcfg = exp.config.retrieval.as_configdict()  # a mutable copy of the frozen config
-  rcfg.source = source
-  retriever = context_lib.Retriever(rcfg, exp.dataset.num_items, exp.config.data.max_len,
-                                    exp.split.train, [np.unique(s) for s in exp.dataset.sequences()])
-  rng = np.random.default_rng(0)
+def _retriever(exp, train=None, table_seed=0, **overrides):
+  # A mutable copy of the frozen config (``as_configdict`` returns one shared, cached copy).
+  rcfg = ml_collections.ConfigDict(exp.config.retrieval.to_dict())
+  rcfg.update(overrides)
+  train = exp.split.train if train is None else train
+  # The user's whole sequence: ``train`` then the validation and test items.
+  full = [np.unique(np.concatenate([t, s[len(t):]])) for t, s in zip(train, exp.dataset.sequences())]
+  retriever = context_lib.Retriever(rcfg, exp.dataset.num_items, exp.config.data.max_len, train,
+                                    full)
+  rng = np.random.default_rng(table_seed)
   retriever.refresh(rng.normal(size=(exp.spec.cfg.vocab_size, 8)).astype(np.float32), step=0)
+  return retriever
+
+
+@pytest.mark.parametrize('source', ['items', 'users', 'both'])
+def test_user_exclusion_never_holds_target_or_later_items(experiment, source):
+  """train_exclude='user' (the rule before 'history'): no item of the row's user, ever."""
+  exp = experiment
+  retriever = _retriever(exp, source=source, train_exclude='user')
+  rcfg = retriever.cfg
   # Later in time than a training window: its own targets, and the user's validation/test items.
   later = {int(u): set() for u in exp.split.valid.users}
   for ex in (exp.split.valid, exp.split.test):
@@ -71,6 +85,92 @@ def test_training_context_never_holds_target_or_later_items(experiment, source):
   assert checked > 50
   # The exclusion is what keeps them out: unfiltered retrieval does hit later items.
   assert leaks_without_exclusion > 0
+
+
+def _later_changed(train, users_cut, num_items, seed):
+  """``train`` with every item after position ``cut`` of each (user, cut) replaced at random (by
+  other items)."""
+  rng = np.random.default_rng(seed)
+  out = list(train)
+  for u, cut in users_cut.items():
+    seq = np.array(out[u])
+    seq[cut + 1:] = (seq[cut + 1:] + rng.integers(1, num_items, len(seq) - cut - 1) - 1) % num_items + 1
+    out[u] = seq
+  return out
+
+
+@pytest.mark.parametrize('source', ['items', 'users', 'both'])
+def test_training_context_at_a_cutoff_ignores_later_items(experiment, source):
+  """train_exclude='history': the context at cutoff p of a window is a function of the user's
+  items up to p (with a fixed index): replacing the targets and every later item changes nothing
+  at p. Under train_exclude='user' it does change (the exclusion reads the later items)."""
+  exp = experiment
+  m = exp.config.data.max_len
+  base = _retriever(exp, source=source)
+  batch = _batches(exp, all_windows=True)[0]
+  starts = base.window_ends(batch['inputs'], batch['targets'], batch['users']) - m - 1
+  # One (row, cutoff) per user: a cutoff whose target exists, picked at random.
+  rng = np.random.default_rng(1)
+  picks = {}
+  for r, u in enumerate(batch['users'].tolist()):
+    ps = [p for p in base.cutoffs if batch['inputs'][r, p] > 0 and batch['targets'][r, p] > 0]
+    if u not in picks and ps:
+      picks[u] = (r, int(rng.choice(ps)))
+  # One user changed at a time: the 'users' source reads other users' sequences, whole.
+  differs = {'history': [], 'user': []}
+  for mode in differs:
+    before = _retriever(exp, source=source, train_exclude=mode).train_batch(batch)['context']
+    for u, (r, p) in picks.items():
+      changed_train = _later_changed(exp.split.train, {u: starts[r] + p}, exp.dataset.num_items,
+                                     seed=u)
+      window = pipeline.make_windows([changed_train[u][:starts[r] + m + 1]], m)[0][0]
+      assert np.array_equal(window[:p + 1], batch['inputs'][r, :p + 1])
+      changed_batch = dict(batch, inputs=batch['inputs'].copy(), targets=batch['targets'].copy())
+      changed_batch['inputs'][r] = window[:-1]
+      changed_batch['targets'][r] = np.where(window[:-1] > 0, window[1:], 0)
+      assert not np.array_equal(changed_batch['targets'][r], batch['targets'][r])
+      changed = _retriever(exp, changed_train, source=source, train_exclude=mode)
+      for name in ('table', 'index', 'user_index'):  # a fixed index: the one before the change
+        setattr(changed, name, getattr(base, name))
+      after = changed.train_batch(changed_batch)['context']
+      if not np.array_equal(before[r, :p + 1], after[r, :p + 1]):
+        differs[mode].append(u)
+  assert not differs['history'], differs
+  assert differs['user']  # the old rule's exclusion reads the later items
+  assert len(picks) > 20
+
+
+@pytest.mark.parametrize('source', ['items', 'users', 'both'])
+def test_training_context_equals_evaluation_context_of_the_same_history(experiment, source):
+  """The context at cutoff p of a training window is the evaluation context of a case whose
+  history is the user's training sequence up to p: the same query, the same exclusion. Every
+  position is a cutoff, windows start mid-sequence, so the queries read items before them too."""
+  exp = experiment
+  m = exp.config.data.max_len
+  retriever = _retriever(exp, source=source, num_cutoffs=m, query_window=3)
+  users, histories, train_ctx = [], [], []
+  for batch in _batches(exp, all_windows=True)[:2]:
+    ctx = retriever.train_batch(batch)['context']
+    starts = retriever.window_ends(batch['inputs'], batch['targets'], batch['users']) - m - 1
+    for r, u in enumerate(batch['users'].tolist()):
+      for p in np.flatnonzero(batch['inputs'][r] > 0):
+        users.append(u)
+        histories.append(exp.split.train[u][:starts[r] + p + 1])
+        train_ctx.append(ctx[r, p])
+  assert min(len(h) for h in histories) == 1 and max(len(h) for h in histories) > m
+  cases = splits.EvalExamples.from_lists(users, histories, np.ones(len(users), np.int32))
+  arrays = retriever.eval_arrays(pipeline.eval_arrays(cases, m, 64))
+  np.testing.assert_array_equal(arrays.context[:len(users), -1], np.stack(train_ctx))
+  assert (np.stack(train_ctx) > 0).sum(axis=1).min() > 0
+
+
+def test_training_rows_must_be_windows_of_the_user(experiment):
+  exp = experiment
+  retriever = _retriever(exp)
+  batch = _batches(exp)[0]
+  wrong = dict(batch, users=np.roll(batch['users'], 1))
+  with pytest.raises(ValueError, match="row 0 is not a window of user"):
+    retriever.train_batch(wrong)
 
 
 def test_eval_context_excludes_only_the_history(experiment):
@@ -116,6 +216,8 @@ def test_rag_config_errors():
     context_lib.validate(tiny_config(**{'retrieval.rag': True}))
   with pytest.raises(ConfigError, match='retrieval.source'):
     context_lib.validate(rag_config(**{'retrieval.source': 'friends'}))
+  with pytest.raises(ConfigError, match='retrieval.train_exclude'):
+    context_lib.validate(rag_config(**{'retrieval.train_exclude': 'window'}))
 
 
 def test_training_with_rag_refreshes_and_evaluates(tmp_path, monkeypatch):

@@ -59,6 +59,15 @@ def window_weights(weights: Sequence[np.ndarray], max_len: int, *, all_windows: 
   return flat[rows]
 
 
+def window_ends(sequences: Sequence[np.ndarray], max_len: int, *, all_windows: bool = False,
+                min_len: int = 2) -> np.ndarray:
+  """int64 [num_windows]: where each window :func:`make_windows` cuts ends in its sequence (the
+  index one past its last item), in the same order."""
+  index = [np.arange(1, len(s) + 1, dtype=np.int32) for s in sequences]
+  rows, _ = make_windows(index, max_len, all_windows=all_windows, min_len=min_len)
+  return rows[:, -1].astype(np.int64)
+
+
 @dataclasses.dataclass(frozen=True)
 class _WindowSource:
   """Random-access source of (window, user[, weight]) records for Grain."""

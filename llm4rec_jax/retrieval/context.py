@@ -14,11 +14,15 @@ The result is ``context`` int32 [batch, seq, C] (0 = empty), which the decoder a
 cross-attention memory of the cutoff position (``ItemDecoder.__call__``), so positions at and after
 the cutoff see the retrieved items' content tokens and earlier positions do not.
 
-No leakage: a training example never retrieves an item of its own user (the whole sequence in the
-dataset: the targets of the window, and everything later, validation and test items included).
-Evaluation and serving exclude only the history they are given. The index is rebuilt from the
-current parameters every ``refresh_every`` training steps (default once per epoch) and before every
-evaluation.
+Evaluation and serving exclude the history they are given. Training (``train_exclude``) does the
+same: the context at cutoff p of a window excludes the user's training items up to and including p
+(those before the window start too), and its query reads the history up to p, so it is the context
+an evaluation case whose history ends at p would get. Nothing at or after the target of p is used
+to build it: no leakage, while the true next item may be retrieved, as it may at evaluation (where
+an exclusion of the whole user's sequence would teach "a retrieved item is never the answer").
+``train_exclude='user'`` keeps the rule before: every item of the user is excluded at every cutoff.
+The index is rebuilt from the current parameters every ``refresh_every`` training steps (default
+once per epoch) and before every evaluation.
 """
 
 from __future__ import annotations
@@ -33,11 +37,13 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from llm4rec_jax.data import pipeline
 from llm4rec_jax.data.pipeline import EvalBatch
 from llm4rec_jax.errors import ConfigError
 from llm4rec_jax.retrieval.index import ItemIndex, default_params
 
 SOURCES = ('items', 'users', 'both')
+TRAIN_EXCLUDE = ('history', 'user')
 
 
 @dataclasses.dataclass
@@ -53,6 +59,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     return
   if r.source not in SOURCES:
     raise ConfigError('retrieval.source', f'{r.source!r} is not one of {SOURCES}')
+  if r.get('train_exclude', 'history') not in TRAIN_EXCLUDE:
+    raise ConfigError('retrieval.train_exclude',
+                      f'{r.train_exclude!r} is not one of {TRAIN_EXCLUDE}')
   for field in ('num_context', 'query_window', 'num_cutoffs', 'similar_users'):
     if int(r[field]) <= 0:
       raise ConfigError(f'retrieval.{field}', f'must be positive, got {r[field]}')
@@ -86,8 +95,9 @@ def item_table(graphdef: nnx.GraphDef, params: Any, content: Any = None) -> np.n
 class Retriever:
   """Host-side retrieval of RAG context from a snapshot of the item table (see module doc).
 
-  ``user_items[u]`` are the items of user u that a training example of u must never retrieve;
-  ``train_sequences[u]`` the training histories the ``users`` source draws from.
+  ``train_sequences[u]``: user u's training history, which the ``users`` source draws from and
+  training windows are cut from (``train_exclude='history'``); ``user_items[u]``: the items a
+  training example of u must never retrieve with ``train_exclude='user'``.
   """
 
   def __init__(self, rcfg: ml_collections.ConfigDict, num_items: int, seq_len: int,
@@ -102,6 +112,11 @@ class Retriever:
     self.index: ItemIndex | None = None
     self.user_index: ItemIndex | None = None
     self.refreshed_at: int | None = None
+    # Built on first use by training: the sequences concatenated, each user's first occurrences,
+    # (user, window) -> the window's end in the sequence.
+    self._train: _Csr | None = None
+    self._first: _Csr | None = None
+    self._ends: dict[tuple[int, bytes], int] | None = None
 
   # --- index ---------------------------------------------------------------------------------
   def refresh(self, table: np.ndarray, step: int | None = None) -> None:
@@ -146,64 +161,125 @@ class Retriever:
               users: np.ndarray | None = None) -> np.ndarray:
     """int32 [batch, seq, C] retrieved items at the cutoffs of ``inputs`` [batch, seq] (left-padded).
 
-    ``exclude[r]``: items row r must never get (0 and ids > num_items are never returned either);
-    ``users[r]`` (the ``users`` source): the row's own user, skipped among the similar users.
+    ``exclude[r]``: items row r must never get, at any cutoff (0 and ids > num_items are never
+    returned either); ``users[r]`` (the ``users`` source): the row's own user, skipped among the
+    similar users.
     """
+    return self._context(np.asarray(inputs), Exclusion.per_row(exclude), users)
+
+  def _context(self, inputs: np.ndarray, excl: Exclusion, users: np.ndarray | None,
+               before: np.ndarray | None = None) -> np.ndarray:
+    """:meth:`context` with per-(row, cutoff) exclusions; ``before`` int [batch, query_window - 1]:
+    the items preceding each row's first position (left-padded with 0), which queries at the
+    first positions read as the history does; None: none."""
     if self.index is None:
       raise RuntimeError('Retriever.refresh must run before context')
-    inputs = np.asarray(inputs)
     b, s = inputs.shape
-    c = self.cfg.num_context
+    c, w = self.cfg.num_context, self.cfg.query_window
     out = np.zeros((b, s, c), np.int32)
-    rows, pos = [], []
-    for r in range(b):
-      for p in self.cutoffs:
-        if p < s and inputs[r, p] > 0:
-          rows.append(r)
-          pos.append(p)
-    if not rows:
+    cut = self.cutoffs[self.cutoffs < s]
+    rows = np.repeat(np.arange(b), len(cut))
+    pos = np.tile(cut, b)
+    keep = inputs[rows, pos] > 0
+    rows, pos = rows[keep], pos[keep]
+    if not len(rows):
       return out
-    rows_a, pos_a = np.asarray(rows), np.asarray(pos)
-    w = self.cfg.query_window
-    window = np.stack([inputs[r, max(0, p - w + 1):p + 1] if p - w + 1 >= 0 else
-                       np.pad(inputs[r, :p + 1], (w - p - 1, 0)) for r, p in zip(rows, pos)])
+    if before is None:
+      before = np.zeros((b, w - 1), inputs.dtype)
+    history = np.concatenate([before.astype(inputs.dtype), inputs], axis=1)  # [b, w - 1 + s]
+    window = history[rows[:, None], pos[:, None] + np.arange(w)[None, :]]  # [q, w]: ends at pos
     vecs = self.table[window]  # [q, w, d]
     present = (window > 0)[..., None]
     queries = (vecs * present).sum(1) / np.maximum(present.sum(1), 1)  # [q, d]
-    excl = [set(np.asarray(exclude[r]).tolist()) for r in range(b)]
     n_items = c if self.cfg.source == 'items' else (
         0 if self.cfg.source == 'users' else c - c // 2)
-    item_ids = None
+    chosen = np.zeros((len(rows), c), np.int64)
+    filled = np.zeros(len(rows), np.int64)
     if n_items:
-      margin = max(len(e) for e in excl) if excl else 0
-      item_ids, _ = self.index.search_batched(queries, n_items + min(margin, 256))
-    user_ids = None
+      # Enough candidates that a query keeps n_items after its exclusions (up to 256 of them).
+      margin = int(excl.counts(b, s - 1).max(initial=0))
+      ids, _ = self.index.search_batched(queries, n_items + min(margin, 256))
+      ok = (ids > 0) & (ids <= self.num_items) & ~excl.mask(rows, pos, ids)
+      filled = _place(chosen, ids, ok, filled, np.full(len(rows), n_items))
     if self.cfg.source != 'items':
-      user_ids, _ = self.user_index.search_batched(queries, self.cfg.similar_users + 1)
-    for q, (r, p) in enumerate(zip(rows_a, pos_a)):
-      chosen: list[int] = []
-      if item_ids is not None:
-        for i in item_ids[q]:
-          if len(chosen) == n_items:
-            break
-          if 0 < i <= self.num_items and i not in excl[r]:
-            chosen.append(int(i))
-      if user_ids is not None:
-        own = None if users is None else int(users[r])
-        recent = [self.train_sequences[v][::-1] for v in user_ids[q] if v >= 0 and v != own]
-        for i in _interleave(recent):
-          if len(chosen) == c:
-            break
-          if 0 < i <= self.num_items and i not in excl[r] and i not in chosen:
-            chosen.append(int(i))
-      out[r, p, :len(chosen)] = chosen
+      similar, _ = self.user_index.search_batched(queries, self.cfg.similar_users + 1)  # [q, S+1]
+      if users is not None:
+        similar = np.where(similar == np.asarray(users)[rows][:, None], -1, similar)
+      cand = self._recent_items(similar)  # [q, K] round-robin over the similar users
+      ok = ((cand > 0) & (cand <= self.num_items) & ~excl.mask(rows, pos, cand)
+            & ~(cand[:, :, None] == chosen[:, None, :]).any(-1) & _first_occurrences(cand))
+      _place(chosen, cand, ok, filled, c - filled)
+    out[rows, pos] = chosen
     return out
 
+  def _recent_items(self, users: np.ndarray) -> np.ndarray:
+    """int64 [q, J * S]: round-robin over the training sequences of ``users`` [q, S] (-1: none),
+    most recent first (the most similar user's latest item, the next user's latest, ...); 0 pads."""
+    seqs = self._train_csr()
+    lengths = np.where(users >= 0, np.diff(seqs.offsets)[np.clip(users, 0, None)], 0)  # [q, S]
+    j = np.arange(int(lengths.max(initial=0)))
+    at = seqs.offsets[np.clip(users, 0, None)][..., None] + lengths[..., None] - 1 - j  # [q, S, J]
+    valid = j < lengths[..., None]
+    items = np.where(valid, seqs.items[np.where(valid, at, 0)], 0)
+    return items.transpose(0, 2, 1).reshape(len(users), -1)
+
+  def _train_csr(self) -> _Csr:
+    if self._train is None:
+      self._train = _Csr.of(self.train_sequences)
+    return self._train
+
   def train_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Adds ``context`` to a training batch; every item of the row's user is excluded."""
-    users = batch['users']
-    ctx = self.context(batch['inputs'], [self.user_items[u] for u in users], users)
-    return dict(batch, context=ctx)
+    """Adds ``context`` to a training batch (a batch of :func:`pipeline.make_windows` windows).
+
+    ``train_exclude='history'``: the context at cutoff p excludes the user's training items up to
+    and including p (those before the window start too), what evaluation excludes for a history
+    ending at p; the query reads the history up to p. Nothing at or after the target of p is
+    used. ``'user'``: every item of the row's user is excluded at every cutoff.
+    """
+    users = np.asarray(batch['users'])
+    inputs = np.asarray(batch['inputs'])
+    if self.cfg.get('train_exclude', 'history') == 'user':
+      return dict(batch, context=self.context(inputs, [self.user_items[u] for u in users], users))
+    # inputs[r, p] is item starts[r] + p of the user's training sequence.
+    starts = self.window_ends(inputs, batch['targets'], users) - self.seq_len - 1
+    first = self._first_seen()
+    excl = first.exclusion(users, starts)
+    seqs = self._train_csr()
+    w = self.cfg.query_window
+    at = starts[:, None] - (w - 1) + np.arange(w - 1)[None, :]  # [b, w - 1]
+    before = np.where(at >= 0, seqs.items[np.where(at >= 0, seqs.offsets[users][:, None] + at, 0)],
+                      0)
+    return dict(batch, context=self._context(inputs, excl, users, before))
+
+  def window_ends(self, inputs: np.ndarray, targets: np.ndarray, users: np.ndarray) -> np.ndarray:
+    """int64 [b]: where each training row's window ends in its user's training sequence (one past
+    its last target). Windows are told apart by their items; a user with two identical windows
+    (a repeating sequence) gets the later end, which excludes more, never less."""
+    if self._ends is None:
+      # all_windows=True cuts the data.all_windows=False window (the last one) too.
+      windows, owners = pipeline.make_windows(self.train_sequences, self.seq_len, all_windows=True)
+      ends = pipeline.window_ends(self.train_sequences, self.seq_len, all_windows=True)
+      table: dict[tuple[int, bytes], int] = {}
+      for row, u, e in zip(windows, owners.tolist(), ends.tolist()):
+        key = (u, row.tobytes())
+        table[key] = max(e, table.get(key, 0))
+      self._ends = table
+    # The window is inputs plus the last target (the last input is never padding).
+    rows = np.concatenate([inputs, np.asarray(targets)[:, -1:]], axis=1).astype(np.int32)
+    out = np.empty(len(rows), np.int64)
+    for r, (u, row) in enumerate(zip(np.asarray(users).tolist(), rows)):
+      end = self._ends.get((u, row.tobytes()))
+      if end is None:
+        raise ValueError(f'training batch row {r} is not a window of user {u}\'s training sequence '
+                         f'(pipeline.make_windows, max_len={self.seq_len})')
+      out[r] = end
+    return out
+
+  def _first_seen(self) -> _Csr:
+    """Each user's distinct training items with the position of their first occurrence."""
+    if self._first is None:
+      self._first = _Csr.first_occurrences(self.train_sequences)
+    return self._first
 
   def eval_arrays(self, arrays: EvalBatch) -> ContextEvalBatch:
     """``arrays`` plus the context of every case; a case excludes only its own history."""
@@ -216,12 +292,95 @@ class Retriever:
     return ContextEvalBatch(**fields, context=ctx)
 
 
-def _interleave(lists: list[np.ndarray]):
-  """Round-robin over lists (most similar user's most recent item first)."""
-  for j in range(max((len(x) for x in lists), default=0)):
-    for x in lists:
-      if j < len(x):
-        yield int(x[j])
+@dataclasses.dataclass(frozen=True)
+class Exclusion:
+  """The items each (row, cutoff) of a batch must not get: row r's item i (``keys`` int64 [nnz],
+  sorted, unique: ``r << 32 | i``) is excluded at the cutoffs p >= ``since`` int64 [nnz]."""
+  keys: np.ndarray
+  since: np.ndarray
+
+  @classmethod
+  def per_row(cls, items: Sequence[np.ndarray]) -> Exclusion:
+    """``items[r]`` excluded at every cutoff of row r."""
+    lengths = [len(x) for x in items]
+    rows = np.repeat(np.arange(len(items), dtype=np.int64), lengths)
+    flat = np.concatenate([np.zeros(0, np.int64)]
+                          + [np.asarray(x, np.int64).ravel() for x in items])
+    keys = np.unique(rows << 32 | flat)
+    return cls(keys, np.full(len(keys), -1, np.int64))
+
+  def mask(self, rows: np.ndarray, pos: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """bool [q, k]: which ``items`` [q, k] query q (row ``rows[q]`` at cutoff ``pos[q]``) must not
+    get."""
+    if not len(self.keys):
+      return np.zeros(items.shape, bool)
+    key = (rows.astype(np.int64)[:, None] << 32) | np.clip(items, 0, None).astype(np.int64)
+    at = np.minimum(np.searchsorted(self.keys, key), len(self.keys) - 1)
+    return (self.keys[at] == key) & (self.since[at] <= pos[:, None])
+
+  def counts(self, num_rows: int, pos: int) -> np.ndarray:
+    """int64 [num_rows]: how many items each row excludes at cutoff ``pos`` (the most at the
+    last cutoff)."""
+    return np.bincount(self.keys[self.since <= pos] >> 32, minlength=num_rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Csr:
+  """Per-user item arrays, concatenated: user u's are ``items[offsets[u]:offsets[u + 1]]`` (with
+  ``first[...]``, the position of each in the user's sequence, where kept)."""
+  offsets: np.ndarray  # int64 [users + 1]
+  items: np.ndarray  # int64 [nnz]
+  first: np.ndarray | None = None  # int64 [nnz]
+
+  @classmethod
+  def of(cls, sequences: Sequence[np.ndarray]) -> _Csr:
+    lengths = np.asarray([len(x) for x in sequences], np.int64)
+    items = np.concatenate([np.zeros(0, np.int64)] + [np.asarray(x, np.int64) for x in sequences])
+    return cls(np.concatenate([[0], np.cumsum(lengths)]), items)
+
+  @classmethod
+  def first_occurrences(cls, sequences: Sequence[np.ndarray]) -> _Csr:
+    """Each user's distinct items (sorted) and where each first occurs in the user's sequence."""
+    seqs = cls.of(sequences)
+    lengths = np.diff(seqs.offsets)
+    owner = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+    keys, first = np.unique(owner << 32 | seqs.items, return_index=True)  # first occurrences
+    offsets = np.searchsorted(keys >> 32, np.arange(len(lengths) + 1))
+    return cls(offsets.astype(np.int64), keys & 0xFFFFFFFF, first - seqs.offsets[owner[first]])
+
+  def exclusion(self, users: np.ndarray, starts: np.ndarray) -> Exclusion:
+    """Row r excludes user ``users[r]``'s item i from cutoff ``first[i] - starts[r]`` on (where it
+    first occurs, in row coordinates; ``starts[r]``: the sequence position of the row's first)."""
+    lo, hi = self.offsets[users], self.offsets[np.asarray(users) + 1]
+    counts = hi - lo
+    rows = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    at = np.repeat(lo - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts) + np.arange(
+        counts.sum())
+    # Sorted, as Exclusion needs: rows ascend, and each user's items are sorted (np.unique).
+    keys = rows << 32 | self.items[at]
+    return Exclusion(keys, self.first[at] - np.asarray(starts, np.int64)[rows])
+
+
+def _place(chosen: np.ndarray, cand: np.ndarray, ok: np.ndarray, filled: np.ndarray,
+           room: np.ndarray) -> np.ndarray:
+  """Appends each query's first ``room[q]`` ``ok`` candidates to ``chosen[q]`` after its
+  ``filled[q]`` items; returns the new fill counts."""
+  rank = np.cumsum(ok, axis=1)  # [q, k]
+  take = ok & (rank <= room[:, None])
+  q, k = np.nonzero(take)
+  chosen[q, filled[q] + rank[q, k] - 1] = cand[q, k]
+  return filled + take.sum(axis=1)
+
+
+def _first_occurrences(x: np.ndarray) -> np.ndarray:
+  """bool [q, k]: whether ``x[q, k]`` is the first occurrence of its value in row q."""
+  order = np.argsort(x, axis=1, kind='stable')
+  ordered = np.take_along_axis(x, order, axis=1)
+  first_sorted = np.ones(x.shape, bool)
+  first_sorted[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+  out = np.empty(x.shape, bool)
+  np.put_along_axis(out, order, first_sorted, axis=1)
+  return out
 
 
 def for_experiment(exp) -> Retriever:
