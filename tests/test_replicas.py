@@ -1,4 +1,4 @@
-"""Several seeds trained at once (``train_replicas``): each replica equals a separate run of its seed."""
+"""Several seeds trained at once (``train_replicas``): each replica equals its seed's separate run."""
 
 import json
 

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from llm4rec_jax import config_base
@@ -35,7 +36,7 @@ from llm4rec_jax.train import memory, optimizer as optimizer_lib, preemption
 from llm4rec_jax.train import state as state_lib
 from llm4rec_jax.train import trainer
 from llm4rec_jax.train.checkpointing import abstract_with_shardings
-from llm4rec_jax.train.experiment import build_experiment, run_memory, write_catalog
+from llm4rec_jax.train.experiment import Experiment, build_experiment, run_memory, write_catalog
 from llm4rec_jax.train.logger import MetricLogger
 
 
@@ -122,8 +123,7 @@ def train_replicas(config: ml_collections.ConfigDict, workdirs: Sequence[workdir
                                               base.config.get('text_finetune'))
   abstract, shardings = state_lib.state_shardings(
       base.spec, tx, ema=base.config.optimizer.get('ema_decay', 0.0) > 0)
-  # The stacked states: a leading replica axis, not sharded.
-  stacked = jax.tree.map(lambda s: NamedSharding(s.mesh, P(None, *s.spec)), shardings)
+  stacked = stacked_shardings(shardings)
   data_iters = [iter(ds.to_iter_dataset()) for ds, _, _ in inputs]
   ckpts = [workdir_lib.checkpoints(w, max_to_keep=tc.keep_checkpoints,
                                    async_save=tc.async_checkpoints) for w in workdirs]
@@ -135,6 +135,29 @@ def train_replicas(config: ml_collections.ConfigDict, workdirs: Sequence[workdir
   finally:
     for c in ckpts:
       c.close()
+
+
+def stacked_shardings(shardings: Any) -> Any:
+  """The shardings of train states stacked on a leading replica axis (not sharded)."""
+  return jax.tree.map(lambda s: NamedSharding(s.mesh, P(None, *s.spec)), shardings)
+
+
+def stack_states(states: Sequence[Any], stacked: Any) -> Any:
+  """One train state of ``[replicas, ...]`` arrays from the replicas' states."""
+  return jax.jit(lambda ss: jax.tree.map(lambda *xs: jnp.stack(xs), *ss),
+                 out_shardings=stacked)(list(states))
+
+
+def make_replicas_step(exp: Experiment, tx: optax.GradientTransformation, schedule, stacked: Any,
+                       max_targets: int):
+  """The trainer's step (:func:`trainer.train_step_fn`) vmapped over stacked states and batches
+  ``[replicas, batch, ...]``, with the item content shared; jitted and donated like
+  ``make_train_step``'s. The metrics come back ``[replicas]``."""
+  content_sharding = jax.tree.map(lambda x: x.sharding, exp.content)
+  return jax.jit(
+      jax.vmap(trainer.train_step_fn(exp, tx, schedule, max_targets), in_axes=(0, 0, None)),
+      in_shardings=(stacked, trainer.batch_shardings(exp, leading=1), content_sharding),
+      out_shardings=(stacked, exp.spec.replicated), donate_argnums=(0,))
 
 
 def _with_seed(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
@@ -185,15 +208,10 @@ def _train(base, exps, seeds, ckpts, data_iters, tx, schedule, abstract, shardin
   # A replica's state where it stopped (its step and state), for its final evaluation.
   ended = {i: (latest[i], states[i]) for i in range(num) if stopped[i]}
   running = [not s for s in stopped]
-  state = jax.jit(lambda ss: jax.tree.map(lambda *xs: jnp.stack(xs), *ss),
-                  out_shardings=stacked)(states)
+  state = stack_states(states, stacked)
   del states
   take = jax.jit(lambda s, i: jax.tree.map(lambda x: x[i], s), out_shardings=shardings)
-  content_sharding = jax.tree.map(lambda x: x.sharding, base.content)
-  train_step = jax.jit(
-      jax.vmap(trainer.train_step_fn(base, tx, schedule, max_targets), in_axes=(0, 0, None)),
-      in_shardings=(stacked, trainer.batch_shardings(base, leading=1), content_sharding),
-      out_shardings=(stacked, base.spec.replicated), donate_argnums=(0,))
+  train_step = make_replicas_step(base, tx, schedule, stacked, max_targets)
 
   rank_fn = base.rank_fn()
   valid_arrays = base.eval_arrays('valid')
