@@ -73,14 +73,41 @@ def test_each_replica_stops_early_on_its_own_and_a_killed_run_resumes_exactly(tm
   assert stopped[1] == {'stopped': 'stop_after_steps', 'step': 21}
   with pytest.raises(ConfigError, match='some replica workdirs hold checkpoints and some none'):
     replicas.train_replicas(config, [dirs[1], tmp_path / 'empty'], [1, 2])
-  with pytest.raises(ConfigError, match='checkpoints of different steps'):
-    replicas.train_replicas(config, [dirs[1], full_dirs[0], full_dirs[1]], [1, 3, 4])
+  with pytest.raises(ConfigError, match=f'{full_dirs[0]} holds the run of seed 0, not 5'):
+    replicas.train_replicas(config, [dirs[1], full_dirs[0]], [1, 5])
   resumed = replicas.train_replicas(config, dirs, [0, 1])
   for d, full_dir, a, b in zip(dirs, full_dirs, full, resumed):
     x, y = read_log(full_dir), read_log(d)
     assert sorted(x) == sorted(y)
     np.testing.assert_allclose([y[s] for s in sorted(y)], [x[s] for s in sorted(x)], rtol=1e-6)
     assert b['step'] == a['step'] and b['test'] == pytest.approx(a['test'])
+
+
+class _Checkpoints:
+  """What ``_resume`` reads of a workdir's checkpoints: the latest step and its progress."""
+
+  def __init__(self, latest, evals_since_best=0):
+    self.latest, self.evals_since_best = latest, evals_since_best
+
+  def latest_step(self):
+    return self.latest
+
+  def progress(self, step):
+    assert step == self.latest
+    return {'best': 0.1, 'best_step': step, 'evals_since_best': self.evals_since_best}
+
+
+def test_resume_needs_the_running_replicas_at_one_step(tmp_path):
+  dirs = [tmp_path / 'a', tmp_path / 'b', tmp_path / 'c']
+  resume = replicas._resume  # pylint: disable=protected-access
+  assert resume([_Checkpoints(None)] * 3, dirs, [0, 1, 2], 1) == (0, [None] * 3, [False] * 3)
+  # c stopped early (patience 1) at step 8; a and b go on from 12.
+  ckpts = [_Checkpoints(12), _Checkpoints(12), _Checkpoints(8, evals_since_best=1)]
+  assert resume(ckpts, dirs, [0, 1, 2], 1) == (12, [12, 12, 8], [False, False, True])
+  with pytest.raises(ConfigError, match=f'different steps .*{dirs[2]}: step 8'):
+    resume(ckpts, dirs, [0, 1, 2], 2)  # with patience 2, c has not stopped
+  with pytest.raises(ConfigError, match=f'some none .*{dirs[1]}: none'):
+    resume([_Checkpoints(12), _Checkpoints(None), _Checkpoints(12)], dirs, [0, 1, 2], 1)
 
 
 @pytest.mark.parametrize('field,value', [

@@ -94,9 +94,21 @@ def train_replicas(config: ml_collections.ConfigDict, workdirs: Sequence[workdir
   if len({str(w) for w in workdirs}) != len(workdirs):
     raise ConfigError('seed', f'the workdirs {[str(w) for w in workdirs]} repeat one')
   check_supported(config)
-  num = len(seeds)
   for w in workdirs:
     w.mkdir(parents=True, exist_ok=True)
+  tc = config.train
+  ckpts = [workdir_lib.checkpoints(w, max_to_keep=tc.keep_checkpoints,
+                                   async_save=tc.async_checkpoints) for w in workdirs]
+  try:
+    resume = _resume(ckpts, workdirs, seeds, tc.patience)  # before anything is written
+    return _setup_and_train(config, workdirs, seeds, ckpts, resume, stop_after_steps)
+  finally:
+    for c in ckpts:
+      c.close()
+
+
+def _setup_and_train(config, workdirs, seeds, ckpts, resume, stop_after_steps):
+  num = len(seeds)
   base = build_experiment(_with_seed(config, seeds[0]), workdirs[0])
   # One view of the experiment per replica: its workdir and seed, everything else shared.
   exps = [dataclasses.replace(base, workdir=w, config=ml_collections.FrozenConfigDict(
@@ -125,16 +137,10 @@ def train_replicas(config: ml_collections.ConfigDict, workdirs: Sequence[workdir
       base.spec, tx, ema=base.config.optimizer.get('ema_decay', 0.0) > 0)
   stacked = stacked_shardings(shardings)
   data_iters = [iter(ds.to_iter_dataset()) for ds, _, _ in inputs]
-  ckpts = [workdir_lib.checkpoints(w, max_to_keep=tc.keep_checkpoints,
-                                   async_save=tc.async_checkpoints) for w in workdirs]
-  try:
-    return _train(base, exps, seeds, ckpts, data_iters, tx, schedule, abstract, shardings,
-                  stacked, total_steps=total_steps, eval_every=eval_every,
-                  steps_per_epoch=steps_per_epoch, max_targets=max_targets,
-                  stop_after_steps=stop_after_steps)
-  finally:
-    for c in ckpts:
-      c.close()
+  return _train(base, exps, seeds, ckpts, resume, data_iters, tx, schedule, abstract, shardings,
+                stacked, total_steps=total_steps, eval_every=eval_every,
+                steps_per_epoch=steps_per_epoch, max_targets=max_targets,
+                stop_after_steps=stop_after_steps)
 
 
 def stacked_shardings(shardings: Any) -> Any:
@@ -167,10 +173,10 @@ def _with_seed(config: ml_collections.ConfigDict, seed: int) -> ml_collections.C
   return out
 
 
-def _resume(ckpts, workdirs, patience: int) -> tuple[int, list[int | None], list[bool]]:
+def _resume(ckpts, workdirs, seeds, patience: int) -> tuple[int, list[int | None], list[bool]]:
   """(the step to go on from, each replica's latest checkpoint, which replicas already stopped
-  early). Fresh workdirs all start at 0; otherwise every replica still training must be at the
-  same latest step, and a replica that stopped early at or before it."""
+  early). Fresh workdirs all start at 0; otherwise each workdir must be of its seed, every replica
+  still training at the same latest step, and a replica that stopped early at or before it."""
   latest = [c.latest_step() for c in ckpts]
   if all(s is None for s in latest):
     return 0, latest, [False] * len(ckpts)
@@ -179,23 +185,26 @@ def _resume(ckpts, workdirs, patience: int) -> tuple[int, list[int | None], list
   if any(s is None for s in latest):
     raise ConfigError('seed', f'some replica workdirs hold checkpoints and some none ({where}): '
                       'resume with the workdirs of one replicas run, or use empty ones')
+  for w, seed in zip(workdirs, seeds):
+    saved = config_base.load(w).seed if workdir_lib.path(w, workdir_lib.CONFIG).exists() else seed
+    if saved != seed:
+      raise ConfigError('seed', f'{w} holds the run of seed {saved}, not {seed}')
   stopped = [bool(patience) and c.progress(s)['evals_since_best'] >= patience
              for c, s in zip(ckpts, latest)]
   start = max(latest)
-  if any(s != start for s, done in zip(latest, stopped) if not done) or \
-     any(s > start for s in latest):
+  if any(s != start for s, done in zip(latest, stopped) if not done):
     raise ConfigError('seed', f'the replica workdirs hold checkpoints of different steps '
                       f'({where}): they are not one replicas run stopped together')
   return start, latest, stopped
 
 
-def _train(base, exps, seeds, ckpts, data_iters, tx, schedule, abstract, shardings, stacked, *,
+def _train(base, exps, seeds, ckpts, resume, data_iters, tx, schedule, abstract, shardings, stacked, *,
            total_steps: int, eval_every: int, steps_per_epoch: int, max_targets: int,
            stop_after_steps: int | None) -> list[dict[str, Any]]:
   """The loop of ``train_and_evaluate`` over stacked replicas (no hooks, one step per call)."""
   tc, num = base.config.train, len(exps)
   workdirs = [e.workdir for e in exps]
-  start, latest, stopped = _resume(ckpts, workdirs, tc.patience)
+  start, latest, stopped = resume
   target = abstract_with_shardings(abstract, shardings)
   if start:
     states = [c.restore(s, target, it) for c, s, it in zip(ckpts, latest, data_iters)]
