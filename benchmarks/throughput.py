@@ -17,9 +17,14 @@ representation, ``item_repr=both``, plus cross-attention to the history's conten
 ``--attention`` repeats each run per attention kernel (``auto`` = cuDNN on GPUs in bf16, ``xla``).
 
   python benchmarks/throughput.py [--quick] [--presets tiny,small] [--variants id,fusion]
-      [--steps_per_call 1,8]
+      [--steps_per_call 1,8] [--replicas 1,3]
   python benchmarks/throughput.py --dataset=random --presets=base,1b --batch_sizes=128,64 \\
       --max_len=200 --num_items=32768 --attention=auto,xla --peak     # on a GPU
+
+``--replicas R``: R seeds' train states stacked and advanced by one vmapped step
+(``llm4rec_jax.train.replicas``, what ``llm4rec train --seeds`` runs), each with its own batch; its
+step_ms is one call for all R, its examples/s, tokens/s and TFLOP/s count all R, and
+``speedup_vs_separate`` (when ``--replicas`` also lists 1) is R x the one-replica step_ms over it.
 
 Model FLOPs per step (the usual accounting, 3x forward for forward + backward): 6 x tokens x the
 blocks' matmul parameters, + 12 x layers x batch x seq^2 x heads x head_dim for attention scores and
@@ -121,11 +126,14 @@ def peak_memory_gb() -> float | None:
 
 
 def run_one(args, preset: str, variant: str, attention: str, batch_size: int,
-            per_call: int = 1) -> dict:
+            per_call: int = 1, replicas: int = 1) -> dict:
   from llm4rec_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.train import optimizer as optimizer_lib  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.train import state as state_lib, trainer  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.train import experiment  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.train import replicas as replicas_lib  # pylint: disable=import-outside-toplevel
+  if replicas > 1 and per_call > 1:
+    raise ValueError('--replicas above 1 runs one step per call: give --steps_per_call=1')
   steps = 3 if args.quick else args.steps
   steps = -(-steps // per_call) * per_call  # whole calls of per_call steps each
   if args.dataset == 'random':
@@ -146,20 +154,32 @@ def run_one(args, preset: str, variant: str, attention: str, batch_size: int,
   exp = experiment.build_experiment(config, '/tmp/unused')
   bs, max_len = config.train.batch_size, config.data.max_len
   if args.dataset == 'random':
-    windows = random_windows(exp.dataset.num_items, bs * (steps + 2), max_len, args.seed)
+    windows = random_windows(exp.dataset.num_items, bs * (steps + 2) * replicas, max_len,
+                             args.seed)
     users = np.zeros(len(windows), np.int32)
   else:
     windows, users = pipeline.make_windows(exp.split.train, max_len)
   tx, schedule = optimizer_lib.make_optimizer(config.optimizer, 1000,
                                               lora=exp.spec.cfg.lora_rank > 0)
   _, shardings = state_lib.state_shardings(exp.spec, tx)
-  state = state_lib.init_train_state(exp.spec, tx, 0, shardings)
   max_targets = experiment.auto_max_targets(windows, bs)
-  step = trainer.make_train_step(exp, tx, schedule, shardings, max_targets,
-                                 steps_per_call=per_call)
   ds = pipeline.train_dataset(windows, users, global_batch_size=bs, seed=args.seed, num_epochs=None)
   it = iter(ds)
-  if per_call > 1:  # each call takes per_call stacked batches (train.steps_per_call)
+  if replicas > 1:  # seeds 0..R-1 stacked; each call takes R batches, one per replica
+    stacked = replicas_lib.stacked_shardings(shardings)
+    state = replicas_lib.stack_states(
+        [state_lib.init_train_state(exp.spec, tx, r, shardings) for r in range(replicas)], stacked)
+    step = replicas_lib.make_replicas_step(exp, tx, schedule, stacked, max_targets)
+  else:
+    state = state_lib.init_train_state(exp.spec, tx, 0, shardings)
+    step = trainer.make_train_step(exp, tx, schedule, shardings, max_targets,
+                                   steps_per_call=per_call)
+  if replicas > 1:
+    batches = []
+    for _ in range(steps + 2):
+      host = [next(it) for _ in range(replicas)]
+      batches.append(exp.put({k: np.stack([b[k] for b in host]) for k in host[0]}, stacked=True))
+  elif per_call > 1:  # each call takes per_call stacked batches (train.steps_per_call)
     host = [next(it) for _ in range(steps + 2 * per_call)]
     batches = [exp.put({k: np.stack([b[k] for b in host[i:i + per_call]]) for k in host[0]},
                        stacked=True) for i in range(0, len(host), per_call)]
@@ -180,11 +200,12 @@ def run_one(args, preset: str, variant: str, attention: str, batch_size: int,
     targets.append(m['num_targets'])  # kept on device: no per-step host sync
   jax.block_until_ready(state['params'])
   dt = (time.perf_counter() - t0) / steps  # per train step (per_call of them per call)
+  # Per replica; with replicas each step advances all of them.
   mean_targets = float(np.mean(jax.device_get(targets)))
-  flops = model_flops_per_step(exp.spec.cfg, bs, max_len, mean_targets)
-  out = {'step_ms': round(dt * 1e3, 2), 'examples_per_s': round(bs / dt, 1),
-         'tokens_per_s': round(bs * max_len / dt, 1),
-         'targets_per_s': round(mean_targets / dt, 1),
+  flops = model_flops_per_step(exp.spec.cfg, bs, max_len, mean_targets) * replicas
+  out = {'step_ms': round(dt * 1e3, 2), 'examples_per_s': round(replicas * bs / dt, 1),
+         'tokens_per_s': round(replicas * bs * max_len / dt, 1),
+         'targets_per_s': round(replicas * mean_targets / dt, 1), 'replicas': replicas,
          'compile_s': round(compile_s, 2), 'num_params': exp.spec.num_params(),
          'batch_size': bs, 'max_len': max_len, 'vocab_size': exp.spec.cfg.vocab_size,
          'attention': attention, 'dtype': exp.spec.cfg.dtype, 'steps_per_call': per_call,
@@ -218,6 +239,9 @@ if __name__ == '__main__':
                  'and report mfu_vs_measured_peak beside the datasheet MFU')
   p.add_argument('--steps_per_call', default='1',
                  help='comma list: train steps per jitted call (train.steps_per_call), each timed')
+  p.add_argument('--replicas', default='1',
+                 help='comma list: seeds trained at once by one vmapped step (llm4rec train '
+                 '--seeds), each timed')
   p.add_argument('--keep_going', action='store_true',
                  help='record a failed run under "errors" and go on with the others')
   args = p.parse_args()
@@ -238,12 +262,20 @@ if __name__ == '__main__':
   results, errors = {}, {}
   for preset, bs in zip(presets, sizes):
     for variant in args.variants.split(','):
-      for attention, per_call in itertools.product(args.attention.split(','),
-                                                   [int(k) for k in args.steps_per_call.split(',')]):
+      for attention, per_call, reps in itertools.product(
+          args.attention.split(','), [int(k) for k in args.steps_per_call.split(',')],
+          [int(r) for r in args.replicas.split(',')]):
+        if reps > 1 and per_call > 1:
+          continue  # a replicas step is one step per call
         name = (f'{preset}/{variant}' + (f'/{attention}' if ',' in args.attention else '')
-                + (f'/per_call{per_call}' if ',' in args.steps_per_call else ''))
+                + (f'/per_call{per_call}' if ',' in args.steps_per_call else '')
+                + (f'/replicas{reps}' if ',' in args.replicas else ''))
         try:
-          results[name] = run_one(args, preset, variant, attention, bs, per_call)
+          results[name] = run_one(args, preset, variant, attention, bs, per_call, reps)
+          one = results.get(name.replace(f'/replicas{reps}', '/replicas1'))
+          if reps > 1 and one is not None:  # R separate runs' step time over the vmapped one
+            results[name]['speedup_vs_separate'] = round(
+                reps * one['step_ms'] / results[name]['step_ms'], 2)
         except Exception as e:  # pylint: disable=broad-except
           if not args.keep_going:
             raise

@@ -35,7 +35,7 @@ class Command:
 HELP = {
     'train': Command(
         'Train a model (resuming from the checkpoints in WORKDIR), then evaluate the best one.',
-        ('config', 'workdir'),
+        ('config', 'workdir', 'seeds'),
         'llm4rec train --config=configs/beauty.py:tiny --workdir=/tmp/beauty '
         '--config.train.num_epochs=5'),
     'evaluate': Command(
@@ -70,6 +70,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, e.g. configs/beauty.py or configs/beauty.py:tiny.',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and metrics.')
+_SEEDS = flags.DEFINE_string('seeds', None, 'train: comma-separated seeds trained at once as '
+                             'replicas (one vmapped step), each into WORKDIR/seed_SEED, e.g. 0,1,2.')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "evaluate/recommend/index/adapt/explain: "
                                   "the checkpoint, 'best', 'latest' or a step number.")
 _SAVE_RANKINGS = flags.DEFINE_bool('save_rankings', False, 'evaluate: write per-user top-k lists '
@@ -164,7 +166,15 @@ def main(argv: list[str]) -> None:
     # Imported here so `--help` and flag errors do not pay for importing JAX.
     from llm4rec_jax.serving import recommend  # pylint: disable=import-outside-toplevel
     from llm4rec_jax.train.trainer import evaluate, train_and_evaluate  # pylint: disable=import-outside-toplevel
-    if command == 'train':
+    if _SEEDS.value is not None and command != 'train':
+      raise Llm4RecError(f'--seeds is a flag of train, not of {command}')
+    if command == 'train' and _SEEDS.value is not None:
+      from llm4rec_jax.train.replicas import train_replicas  # pylint: disable=import-outside-toplevel
+      seeds = _parse_seeds(_SEEDS.value)
+      workdirs = [f'{_WORKDIR.value.rstrip("/")}/seed_{s}' for s in seeds]
+      result = dict(zip((f'seed_{s}' for s in seeds),
+                        train_replicas(_CONFIG.value, workdirs, seeds)))
+    elif command == 'train':
       result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     elif command == 'index':  # the ScaNN item index of a checkpoint, used by recommend
       from llm4rec_jax.serving.index import build_index  # pylint: disable=import-outside-toplevel
@@ -207,6 +217,17 @@ def main(argv: list[str]) -> None:
   import jax  # pylint: disable=import-outside-toplevel
   if jax.process_index() == 0:  # one result, not one per process
     print(json.dumps(result, indent=2))
+
+
+def _parse_seeds(text: str) -> list[int]:
+  """``'0,1,2'`` -> ``[0, 1, 2]``."""
+  try:
+    seeds = [int(s) for s in text.split(',') if s.strip()]
+  except ValueError:
+    raise Llm4RecError(f'--seeds: expected comma-separated integers, got {text!r}') from None
+  if not seeds:
+    raise Llm4RecError('--seeds: give at least one seed, e.g. --seeds=0,1,2')
+  return seeds
 
 
 def _parse_overrides(items: list[str]) -> dict:

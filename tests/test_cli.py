@@ -97,6 +97,22 @@ def test_bad_input_is_one_clear_line(trained, args, message):
   assert message in proc.stderr and 'Traceback' not in proc.stderr
 
 
+def test_train_with_seeds_trains_one_workdir_per_seed(tmp_path):
+  proc = llm4rec('train', '--config=configs/synthetic.py:tiny', f'--workdir={tmp_path}',
+                 '--seeds=0,3', *SMALL, '--config.train.max_steps=4')
+  result = json.loads(proc.stdout)
+  assert set(result) == {'seed_0', 'seed_3'}
+  for seed in (0, 3):
+    workdir = tmp_path / f'seed_{seed}'
+    assert json.loads((workdir / 'metrics.json').read_text()) == result[f'seed_{seed}']
+    assert json.loads((workdir / 'config.json').read_text())['seed'] == seed
+  assert result['seed_0']['test'] != result['seed_3']['test']
+  proc = llm4rec('train', '--config=configs/synthetic.py:tiny', f'--workdir={tmp_path}/w',
+                 '--seeds=0,x', check=False)
+  assert proc.returncode == 2
+  assert "--seeds: expected comma-separated integers, got '0,x'" in proc.stderr
+
+
 def test_missing_dataset_and_workdir_errors(tmp_path):
   proc = llm4rec('train', '--config=configs/beauty.py', f'--workdir={tmp_path}/w',
                  f'--config.data.name=s3rec:{tmp_path}/nowhere', check=False)

@@ -39,15 +39,36 @@ def make_train_step(exp: Experiment, tx: optax.GradientTransformation, schedule,
   """The one jitted train step; with ``steps_per_call=k > 1``, the same step run ``k`` times in one
   jitted call (``lax.scan`` over ``[k, batch, ...]`` stacked batches; the metrics come back stacked
   ``[k]``), so one dispatch and one host round trip cover ``k`` steps."""
+  step_fn = train_step_fn(exp, tx, schedule, max_targets)
+  batch_sharding = batch_shardings(exp)
+  content_sharding = jax.tree.map(lambda x: x.sharding, exp.content)
+  if steps_per_call > 1:
+    def steps_fn(state, batches, content):
+      return jax.lax.scan(lambda s, b: step_fn(s, b, content), state, batches,
+                          length=steps_per_call)
+    stacked = batch_shardings(exp, leading=1)
+    return jax.jit(steps_fn, in_shardings=(shardings, stacked, content_sharding),
+                   out_shardings=(shardings, exp.spec.replicated), donate_argnums=(0,))
+  return jax.jit(step_fn, in_shardings=(shardings, batch_sharding, content_sharding),
+                 out_shardings=(shardings, exp.spec.replicated), donate_argnums=(0,))
+
+
+def batch_shardings(exp: Experiment, *, leading: int = 0) -> dict[str, Any]:
+  """The shardings of a training batch's arrays; ``leading=1``: of ``[k, batch, ...]`` stacks."""
+  ndims = {'inputs': 2, 'targets': 2, 'users': 1}
+  if exp.debias is not None and exp.debias.sequence_weights is not None:
+    ndims['target_weights'] = 2
+  if exp.config.retrieval.rag:
+    ndims['context'] = 3
+  return {k: partitioning.batch_sharding(exp.mesh, exp.rules, n + leading, leading=leading)
+          for k, n in ndims.items()}
+
+
+def train_step_fn(exp: Experiment, tx: optax.GradientTransformation, schedule, max_targets: int):
+  """The un-jitted step ``(state, batch, content) -> (state, metrics)`` of one run: what
+  :func:`make_train_step` jits, and ``replicas.train_replicas`` vmaps over stacked runs."""
   loss_fn = make_loss_fn(exp.spec.cfg, exp.spec.graphdef, exp.config.loss, max_targets,
                          debias=exp.debias)
-  batch_sharding = {k: partitioning.batch_sharding(exp.mesh, exp.rules, n)
-                    for k, n in (('inputs', 2), ('targets', 2), ('users', 1))}
-  if exp.debias is not None and exp.debias.sequence_weights is not None:
-    batch_sharding['target_weights'] = partitioning.batch_sharding(exp.mesh, exp.rules, 2)
-  if exp.config.retrieval.rag:
-    batch_sharding['context'] = partitioning.batch_sharding(exp.mesh, exp.rules, 3)
-
   ft = exp.config.text_finetune if exp.spec.cfg.text_encoder is not None else None
   if ft is not None:
     budget = text_finetune.step_budget(exp.config, exp.config.train.batch_size,
@@ -90,17 +111,7 @@ def make_train_step(exp: Experiment, tx: optax.GradientTransformation, schedule,
           state[state_lib.EMA_PARAMS], params, state['step'], exp.config.optimizer.ema_decay)
     return new_state, metrics
 
-  content_sharding = jax.tree.map(lambda x: x.sharding, exp.content)
-  if steps_per_call > 1:
-    def steps_fn(state, batches, content):
-      return jax.lax.scan(lambda s, b: step_fn(s, b, content), state, batches,
-                          length=steps_per_call)
-    stacked = {k: partitioning.batch_sharding(exp.mesh, exp.rules, len(v.spec) + 1, leading=1)
-               for k, v in batch_sharding.items()}
-    return jax.jit(steps_fn, in_shardings=(shardings, stacked, content_sharding),
-                   out_shardings=(shardings, exp.spec.replicated), donate_argnums=(0,))
-  return jax.jit(step_fn, in_shardings=(shardings, batch_sharding, content_sharding),
-                 out_shardings=(shardings, exp.spec.replicated), donate_argnums=(0,))
+  return step_fn
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: workdir_lib.PathLike,

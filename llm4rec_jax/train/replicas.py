@@ -1,0 +1,364 @@
+"""``train_replicas(config, workdirs, seeds)``: several seeds of one config trained at once.
+
+A recommender of about a million parameters is dispatch-bound on an accelerator, so R seeds in one
+jitted call cost little more than one. The replicas share the experiment (data, split, item
+content, mesh); each has what a separate run of its seed has: its own initialisation, shuffled
+training iterator and dropout RNG. Their train states are stacked on a leading replica axis and
+one jitted ``jax.vmap`` of the trainer's step (:func:`trainer.train_step_fn`) advances them all.
+
+Each replica writes into its own workdir what ``train_and_evaluate`` of its seed writes (config,
+catalog, checkpoints with its data-iterator state and early-stopping progress, logs, metrics), so
+``evaluate``, serving and a resumed run read it unchanged. Every replica is evaluated, checkpointed
+and early-stopped on its own; a stopped replica keeps its workdir as its stop left it (the vmapped
+step still carries its state; nothing reads it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from llm4rec_jax import config_base
+from llm4rec_jax import workdir as workdir_lib
+from llm4rec_jax.data import records
+from llm4rec_jax.errors import ConfigError, NonFiniteLossError
+from llm4rec_jax.train import memory, optimizer as optimizer_lib, preemption
+from llm4rec_jax.train import state as state_lib
+from llm4rec_jax.train import trainer
+from llm4rec_jax.train.checkpointing import abstract_with_shardings
+from llm4rec_jax.train.experiment import Experiment, build_experiment, run_memory, write_catalog
+from llm4rec_jax.train.logger import MetricLogger
+
+
+def check_supported(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the field of what replicas cannot train."""
+  if jax.process_count() > 1:
+    raise ConfigError('distributed', f'replicas run in one process; this run has '
+                      f'{jax.process_count()} processes: train the seeds one by one')
+  refused = {
+      'train.steps_per_call': (config.train.get('steps_per_call', 1) > 1,
+                               'must be 1 with replicas (the replicas are the batching)'),
+      'retrieval.rag': (config.retrieval.get('rag', False),
+                        'retrieved context is a loop hook, which replicas do not run'),
+      'text_finetune.enabled': ((config.get('text_finetune') or {}).get('enabled', False),
+                                'text fine-tuning is a loop hook, which replicas do not run'),
+      'model.lora_rank': (config.model.get('lora_rank', 0) > 0,
+                          'LoRA runs are not trained as replicas'),
+      'model.backbone': (bool(config.model.get('backbone')),
+                         'backbone runs are not trained as replicas'),
+      'model.head': (config.model.get('head', 'softmax') == 'semantic_id',
+                     "the semantic-ID codes depend on the seed, so replicas could not share "
+                     "their content; use 'softmax' or train the seeds one by one"),
+      'data.name': (records.is_records(config.data.name),
+                    'prepared records are not supported with replicas yet (untested); use the '
+                    'in-memory dataset or train the seeds one by one'),
+  }
+  for field, (bad, why) in refused.items():
+    if bad:
+      raise ConfigError(field, f'{config_value(config, field)!r}: {why}')
+
+
+def config_value(config: ml_collections.ConfigDict, field: str) -> Any:
+  node = config
+  for key in field.split('.'):
+    node = node.get(key) if node is not None else None
+  return node
+
+
+def train_replicas(config: ml_collections.ConfigDict, workdirs: Sequence[workdir_lib.PathLike],
+                   seeds: Sequence[int], *, stop_after_steps: int | None = None
+                   ) -> list[dict[str, Any]]:
+  """Trains ``config`` once per seed (``config.seed = seeds[i]`` into ``workdirs[i]``), all at once;
+  resumes when every workdir holds checkpoints (see :func:`_resume`).
+
+  Returns one result per seed: what ``train_and_evaluate`` of that seed returns (the final metrics,
+  or ``{'stopped', 'step'}`` for a replica still training when ``stop_after_steps`` or a signal
+  ended the run).
+  """
+  seeds = [int(s) for s in seeds]
+  workdirs = [workdir_lib.root(w) for w in workdirs]
+  if not seeds or len(seeds) != len(workdirs):
+    raise ConfigError('seed', f'{len(seeds)} seeds for {len(workdirs)} workdirs: give one each')
+  if len(set(seeds)) != len(seeds):
+    raise ConfigError('seed', f'the seeds {seeds} repeat one: each replica needs its own')
+  if len({str(w) for w in workdirs}) != len(workdirs):
+    raise ConfigError('seed', f'the workdirs {[str(w) for w in workdirs]} repeat one')
+  check_supported(config)
+  for w in workdirs:
+    w.mkdir(parents=True, exist_ok=True)
+  tc = config.train
+  ckpts = [workdir_lib.checkpoints(w, max_to_keep=tc.keep_checkpoints,
+                                   async_save=tc.async_checkpoints) for w in workdirs]
+  try:
+    resume = _resume(ckpts, workdirs, seeds, tc.patience)  # before anything is written
+    return _setup_and_train(config, workdirs, seeds, ckpts, resume, stop_after_steps)
+  finally:
+    for c in ckpts:
+      c.close()
+
+
+def _setup_and_train(config, workdirs, seeds, ckpts, resume, stop_after_steps):
+  num = len(seeds)
+  base = build_experiment(_with_seed(config, seeds[0]), workdirs[0])
+  # One view of the experiment per replica: its workdir and seed, everything else shared.
+  exps = [dataclasses.replace(base, workdir=w, config=ml_collections.FrozenConfigDict(
+      _with_seed(config, s))) for w, s in zip(workdirs, seeds)]
+  for e in exps:
+    config_base.save(state_lib.recorded_config(
+        e.config, e.spec.cfg, e.debias.num_groups if e.debias is not None else 0), e.workdir)
+    write_catalog(e)
+  tc = base.config.train
+
+  inputs = [trainer._train_input(e) for e in exps]  # pylint: disable=protected-access
+  _, steps_per_epoch, max_targets = inputs[0]  # the same for every seed: only the order differs
+  total_steps = steps_per_epoch * tc.num_epochs
+  if tc.max_steps > 0:
+    total_steps = min(total_steps, tc.max_steps)
+  eval_every = tc.eval_every or steps_per_epoch
+  terms = run_memory(base, max_targets)
+  for key in ('training logits', 'parameters and optimizer state'):  # one per replica
+    if key in terms:
+      terms[key] = (terms[key][0] * num, terms[key][1])
+  memory.check(terms)
+
+  tx, schedule = optimizer_lib.make_optimizer(base.config.optimizer, total_steps,
+                                              base.config.get('text_finetune'))
+  abstract, shardings = state_lib.state_shardings(
+      base.spec, tx, ema=base.config.optimizer.get('ema_decay', 0.0) > 0)
+  stacked = stacked_shardings(shardings)
+  data_iters = [iter(ds.to_iter_dataset()) for ds, _, _ in inputs]
+  return _train(base, exps, seeds, ckpts, resume, data_iters, tx, schedule, abstract, shardings,
+                stacked, total_steps=total_steps, eval_every=eval_every,
+                steps_per_epoch=steps_per_epoch, max_targets=max_targets,
+                stop_after_steps=stop_after_steps)
+
+
+def stacked_shardings(shardings: Any) -> Any:
+  """The shardings of train states stacked on a leading replica axis (not sharded)."""
+  return jax.tree.map(lambda s: NamedSharding(s.mesh, P(None, *s.spec)), shardings)
+
+
+def stack_states(states: Sequence[Any], stacked: Any) -> Any:
+  """One train state of ``[replicas, ...]`` arrays from the replicas' states."""
+  return jax.jit(lambda ss: jax.tree.map(lambda *xs: jnp.stack(xs), *ss),
+                 out_shardings=stacked)(list(states))
+
+
+def make_replicas_step(exp: Experiment, tx: optax.GradientTransformation, schedule, stacked: Any,
+                       max_targets: int):
+  """The trainer's step (:func:`trainer.train_step_fn`) vmapped over stacked states and batches
+  ``[replicas, batch, ...]``, with the item content shared; jitted and donated like
+  ``make_train_step``'s. The metrics come back ``[replicas]``."""
+  content_sharding = jax.tree.map(lambda x: x.sharding, exp.content)
+  return jax.jit(
+      jax.vmap(trainer.train_step_fn(exp, tx, schedule, max_targets), in_axes=(0, 0, None)),
+      in_shardings=(stacked, trainer.batch_shardings(exp, leading=1), content_sharding),
+      out_shardings=(stacked, exp.spec.replicated), donate_argnums=(0,))
+
+
+def _with_seed(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+  out = ml_collections.ConfigDict(config.to_dict())
+  out.seed = int(seed)
+  config_base.validate(out, jax.device_count())
+  return out
+
+
+def _resume(ckpts, workdirs, seeds, patience: int) -> tuple[int, list[int | None], list[bool]]:
+  """(the step to go on from, each replica's latest checkpoint, which replicas already stopped
+  early). Fresh workdirs all start at 0; otherwise each workdir must be of its seed, every replica
+  still training at the same latest step, and a replica that stopped early at or before it."""
+  latest = [c.latest_step() for c in ckpts]
+  if all(s is None for s in latest):
+    return 0, latest, [False] * len(ckpts)
+  where = ', '.join(f'{w}: {"none" if s is None else f"step {s}"}'
+                    for w, s in zip(workdirs, latest))
+  if any(s is None for s in latest):
+    raise ConfigError('seed', f'some replica workdirs hold checkpoints and some none ({where}): '
+                      'resume with the workdirs of one replicas run, or use empty ones')
+  for w, seed in zip(workdirs, seeds):
+    saved = config_base.load(w).seed if workdir_lib.path(w, workdir_lib.CONFIG).exists() else seed
+    if saved != seed:
+      raise ConfigError('seed', f'{w} holds the run of seed {saved}, not {seed}')
+  stopped = [bool(patience) and c.progress(s)['evals_since_best'] >= patience
+             for c, s in zip(ckpts, latest)]
+  start = max(latest)
+  if any(s != start for s, done in zip(latest, stopped) if not done):
+    raise ConfigError('seed', f'the replica workdirs hold checkpoints of different steps '
+                      f'({where}): they are not one replicas run stopped together')
+  return start, latest, stopped
+
+
+def _train(base, exps, seeds, ckpts, resume, data_iters, tx, schedule, abstract, shardings, stacked, *,
+           total_steps: int, eval_every: int, steps_per_epoch: int, max_targets: int,
+           stop_after_steps: int | None) -> list[dict[str, Any]]:
+  """The loop of ``train_and_evaluate`` over stacked replicas (no hooks, one step per call)."""
+  tc, num = base.config.train, len(exps)
+  workdirs = [e.workdir for e in exps]
+  start, latest, stopped = resume
+  target = abstract_with_shardings(abstract, shardings)
+  if start:
+    states = [c.restore(s, target, it) for c, s, it in zip(ckpts, latest, data_iters)]
+    progress = [c.progress(s) for c, s in zip(ckpts, latest)]
+    logging.info('resuming replicas from step %d', start)
+  else:
+    states = [state_lib.init_train_state(base.spec, tx, e.config.seed, shardings) for e in exps]
+    progress = [{'best': float('-inf'), 'best_step': -1, 'evals_since_best': 0}
+                for _ in exps]
+  # A replica's state where it stopped (its step and state), for its final evaluation.
+  ended = {i: (latest[i], states[i]) for i in range(num) if stopped[i]}
+  running = [not s for s in stopped]
+  state = stack_states(states, stacked)
+  del states
+  take = jax.jit(lambda s, i: jax.tree.map(lambda x: x[i], s), out_shardings=shardings)
+  train_step = make_replicas_step(base, tx, schedule, stacked, max_targets)
+
+  rank_fn = base.rank_fn()
+  valid_arrays = base.eval_arrays('valid')
+  monitor_arrays = base.eval_arrays('test') if base.config.eval.get('monitor_test') else None
+  loggers = [MetricLogger(w) for w in workdirs]
+  for i, logger in enumerate(loggers):
+    logger.info(dict(event='start', step=start, total_steps=total_steps,
+                     steps_per_epoch=steps_per_epoch, num_params=base.spec.num_params(),
+                     max_targets_per_batch=max_targets, devices=jax.device_count(),
+                     processes=jax.process_count(), replica=i, replicas=num, seed=seeds[i],
+                     **base.timings, mesh=dict(base.mesh.shape), **base.dataset.summary()))
+
+  stop = preemption.StopFlag()
+  last_valid: list[tuple[int, dict] | None] = [None] * num
+  warm: tuple[int, float, float] | None = None
+  pending: list[tuple[int, Any]] = []
+  t_start = time.perf_counter()
+  t_last, n_last = t_start, start
+  eval_seconds = 0.0
+  interrupted = None
+  step = saved_step = start
+  bar = loggers[0].progress(total_steps, start) if tc.progress_bar else None
+  try:
+    with stop.installed():
+      while step < total_steps and any(running):
+        host = [next(it) for it in data_iters]
+        batch = base.put({k: np.stack([b[k] for b in host]) for k in host[0]}, stacked=True)
+        state, metrics = train_step(state, batch, base.content)  # metrics: [replicas] each
+        step += 1
+        pending.append((step, metrics))
+        if len(pending) > tc.max_inflight_steps:  # as train_and_evaluate bounds its queue
+          jax.block_until_ready(pending[-tc.max_inflight_steps - 1][1]['loss'])
+        if bar is not None:
+          bar.update(1)
+        is_eval = step % eval_every == 0 or step == total_steps
+        signalled = stop.agreed(step, tc.log_every)
+        periodic_save = bool(tc.checkpoint_every) and step % tc.checkpoint_every == 0
+        if (step % tc.log_every == 0 or is_eval or signalled or periodic_save
+            or step == stop_after_steps):
+          now = time.perf_counter()
+          _flush(pending, loggers, running, workdirs, step - n_last, now - t_last, tc.batch_size)
+          t_last, n_last = now, step
+          if warm is None:
+            warm = (step, now, eval_seconds)
+        active = [i for i in range(num) if running[i]]
+        if is_eval:
+          t_eval = time.perf_counter()
+          for i in active:
+            t_one = time.perf_counter()
+            mine = take(state, i)
+            params = state_lib.eval_params(mine)
+            ranks_metrics, _, _ = base.evaluate_arrays(rank_fn, params, valid_arrays,
+                                                       content=base.content)
+            score = ranks_metrics['ndcg@10']
+            if score > progress[i]['best']:
+              progress[i].update(best=score, best_step=step, evals_since_best=0)
+            else:
+              progress[i]['evals_since_best'] += 1
+            loggers[i].scalars(step, {f'valid/{k}': v for k, v in ranks_metrics.items()})
+            monitored = {}
+            if monitor_arrays is not None:
+              monitored, _, _ = base.evaluate_arrays(rank_fn, params, monitor_arrays,
+                                                     content=base.content)
+              loggers[i].scalars(step, {f'monitor_test/{k}': v for k, v in monitored.items()})
+            ckpts[i].save(step, mine, data_iters[i], {'valid_ndcg@10': score, **progress[i]})
+            last_valid[i] = (step, ranks_metrics)
+            t_done = time.perf_counter()
+            loggers[i].info(dict(event='eval', step=step, epoch=step / steps_per_epoch,
+                                 elapsed_s=t_done - t_start, eval_s=t_done - t_one,
+                                 **{f'valid_{k}': v for k, v in ranks_metrics.items()},
+                                 **{f'monitor_test_{k}': v for k, v in monitored.items()}))
+            if tc.patience and progress[i]['evals_since_best'] >= tc.patience:
+              running[i] = False  # frozen: later evaluations no longer touch its workdir
+              ended[i] = (step, mine)
+          saved_step = step
+          t_last = time.perf_counter()
+          eval_seconds += t_last - t_eval
+        elif periodic_save:
+          for i in active:
+            ckpts[i].save(step, take(state, i), data_iters[i], {**progress[i]})
+          saved_step = step
+        if signalled or step == stop_after_steps:
+          if saved_step != step:
+            for i in active:
+              ckpts[i].save(step, take(state, i), data_iters[i], {**progress[i]})
+          interrupted = f'signal {signalled}' if signalled else 'stop_after_steps'
+          break
+  finally:
+    if bar is not None:
+      bar.close()
+    for c in ckpts:
+      c.wait()
+
+  t_done = time.perf_counter()
+  train_seconds = t_done - t_start - eval_seconds
+  results = []
+  for i, e in enumerate(exps):
+    if interrupted and running[i]:
+      loggers[i].info(dict(event='stopped', step=step, reason=interrupted))
+      loggers[i].close()
+      results.append({'stopped': interrupted, 'step': step})
+      continue
+    end, final = ended.get(i) or (step, None)
+    run = max(end - start, 0)  # 0: stopped early before this call
+    steady = None
+    if warm is not None and end > warm[0]:
+      steady = (end - warm[0]) * tc.batch_size / max(
+          t_done - warm[1] - (eval_seconds - warm[2]), 1e-9)
+    loggers[i].info(dict(
+        event='train_done', step=end, reason='early_stopping' if i in ended else 'max_steps',
+        best_step=progress[i]['best_step'], best_valid_ndcg10=progress[i]['best'],
+        steps_run=run, train_seconds=train_seconds, eval_seconds=eval_seconds,
+        examples_per_sec=run * tc.batch_size / max(train_seconds, 1e-9),
+        steady_examples_per_sec=steady, replicas=num))
+    best = ckpts[i].best_step()
+    if best is not None and best != end:
+      final = ckpts[i].restore(best, abstract_with_shardings(abstract, shardings))
+    elif final is None:
+      final = take(state, i)
+    known = ({'valid': last_valid[i][1]} if last_valid[i] and last_valid[i][0] == (best or end)
+             else {})
+    results.append(trainer._final_metrics(  # pylint: disable=protected-access
+        e, rank_fn, state_lib.eval_params(final), step=best or end, known=known, hooks=[]))
+    loggers[i].close()
+  return results
+
+
+def _flush(pending: list, loggers: list[MetricLogger], running: list[bool], workdirs: list,
+           steps: int, seconds: float, batch_size: int) -> None:
+  """The trainer's flush per running replica: one fetch of the stacked metrics, then each
+  replica's slice logged (and checked finite) into its own workdir."""
+  fetched = jax.device_get([m for _, m in pending])
+  for i, logger in enumerate(loggers):
+    if not running[i]:
+      continue
+    mine = [(s, {k: v[i] for k, v in m.items()}, 1) for (s, _), m in zip(pending, fetched)]
+    try:
+      trainer._flush(mine, logger, steps, seconds, batch_size)  # pylint: disable=protected-access
+    except NonFiniteLossError as e:
+      raise NonFiniteLossError(f'replica {workdirs[i]}: {e}') from None
+  pending.clear()
