@@ -4,14 +4,17 @@ Reference (same data, 2-core CPU): PyTorch SASRec with full cross-entropy, NDCG@
 0.0905, best epoch 8 at about 17 minutes.
 
   python benchmarks/beauty.py [--quick] [--variant=sasrec|d128|filter|filter_blend]
-                              [--config.a.b=VALUE ...]
+                              [--config.a.b=VALUE ...] [--seeds=0,1,2]
+
+``--seeds`` trains the seeds at once in one process (replicas, one vmapped step) and prints one line
+per seed.
 
 ``--variant`` picks a variant of ``configs/beauty.py`` (its docstring lists them).
 """
 
 import json
 
-from common import load_config, make_quick, parser, train_and_report
+from common import load_config, make_quick, parser, train_and_report, train_and_report_seeds
 
 if __name__ == '__main__':
   p = parser(__doc__)
@@ -20,4 +23,8 @@ if __name__ == '__main__':
   config = load_config('beauty', args.variant)
   if args.quick:
     make_quick(config)
-  print(json.dumps(train_and_report(config, args, benchmark='beauty', valid_target=0.055)))
+  if args.seeds:
+    for line in train_and_report_seeds(config, args, benchmark='beauty', valid_target=0.055):
+      print(json.dumps(line))
+  else:
+    print(json.dumps(train_and_report(config, args, benchmark='beauty', valid_target=0.055)))

@@ -44,6 +44,10 @@ def parser(description: str) -> argparse.ArgumentParser:
                  help='a few steps of a tiny model: checks the benchmark runs, numbers meaningless')
   p.add_argument('--workdir', default=None, help='keep checkpoints/logs here (default: temp dir)')
   p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--seeds', default='',
+                 help='comma-separated seeds trained at once in one process, as replicas '
+                 '(llm4rec_jax.train.replicas; WORKDIR/seed_S each), one JSON line per seed; '
+                 'benchmarks that print one line ignore it')
   p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                  help='config override, e.g. --set model.dropout=0.5 or, as with the llm4rec '
                  'command, --config.model.dropout=0.5 (repeatable)')
@@ -88,12 +92,56 @@ def train_and_report(config, args, *, benchmark: str, extra=None,
   record = provenance.start()
   config.seed = args.seed
   apply_overrides(config, args.set)
+  workdir = _fresh_workdir(args)
+  t0 = time.perf_counter()
+  results = trainer.train_and_evaluate(config, workdir)
+  line = _summary(config, args, workdir, results, time.perf_counter() - t0, benchmark=benchmark,
+                  extra=extra, valid_target=valid_target)
+  line['provenance'] = provenance.finish(record)
+  if not args.workdir:
+    shutil.rmtree(workdir, ignore_errors=True)
+  return line
+
+
+def train_and_report_seeds(config, args, *, benchmark: str, extra=None,
+                           valid_target: float | None = None) -> list[dict[str, Any]]:
+  """``--seeds``: the seeds trained at once as replicas (one process, one vmapped step), then one
+  :func:`train_and_report` line per seed; ``wall_s`` is the whole replicas run's (all seeds)."""
+  import provenance  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.train import replicas  # pylint: disable=import-outside-toplevel
+  record = provenance.start()
+  seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
+  apply_overrides(config, args.set)
+  root = _fresh_workdir(args)
+  workdirs = [root / f'seed_{s}' for s in seeds]
+  t0 = time.perf_counter()
+  results = replicas.train_replicas(config, workdirs, seeds)
+  wall = time.perf_counter() - t0
+  record = provenance.finish(record)
+  lines = []
+  for seed, workdir, result in zip(seeds, workdirs, results):
+    args_one = argparse.Namespace(**{**vars(args), 'seed': seed})
+    config.seed = seed
+    line = _summary(config, args_one, workdir, result, wall, benchmark=benchmark, extra=extra,
+                    valid_target=valid_target)
+    line['replicas'] = {'seeds': seeds, 'wall_s_all': round(wall, 1)}
+    line['provenance'] = dict(record, seeds=[seed])
+    lines.append(line)
+  if not args.workdir:
+    shutil.rmtree(root, ignore_errors=True)
+  return lines
+
+
+def _fresh_workdir(args) -> pathlib.Path:
   workdir = pathlib.Path(args.workdir) if args.workdir else pathlib.Path(tempfile.mkdtemp())
   if workdir.exists():
     shutil.rmtree(workdir)
-  t0 = time.perf_counter()
-  results = trainer.train_and_evaluate(config, workdir)
-  wall = time.perf_counter() - t0
+  return workdir
+
+
+def _summary(config, args, workdir: pathlib.Path, results: dict[str, Any], wall: float, *,
+             benchmark: str, extra, valid_target: float | None) -> dict[str, Any]:
+  """One run's JSON line (without provenance) from its workdir's events and final metrics."""
   events = read_events(workdir)
   evals = [e for e in events if e['event'] == 'eval']
   done = [e for e in events if e['event'] == 'train_done'][-1]
@@ -124,7 +172,4 @@ def train_and_report(config, args, *, benchmark: str, extra=None,
   if extra:
     line.update(extra(workdir, results))
   line['config'] = config.to_dict()
-  line['provenance'] = provenance.finish(record)
-  if not args.workdir:
-    shutil.rmtree(workdir, ignore_errors=True)
   return line

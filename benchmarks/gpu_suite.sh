@@ -4,10 +4,11 @@
 # brings back):
 #   env.txt            GPU, driver, jax; cuDNN-vs-XLA attention agreement
 #   input_pipeline.json  the host's training-input rate (benchmarks/input_pipeline.py)
-#   beauty_d128.json   a whole Beauty run, the CPU leaderboard config (attention-only d128, seed 0)
+#   beauty_filter_seeds3.jsonl  seeds 0,1,2 of the best CPU config trained at once (replicas, one line each)
 #   beauty_filter.json the same with model.filter_mix=0.7 (the best CPU config, seed 0)
 #   beauty_filter_spc16.json  the same with train.steps_per_call=16 (16 steps per jitted call)
-#   throughput.json    tokens/s, MFU against the datasheet peak, peak memory: 1b and base presets
+#   throughput.json    tokens/s, MFU against the datasheet peak, peak memory: 1b and base presets;
+#                      then the small preset with 1 and 3 replicas in one vmapped step
 #   events.tar.gz      the Beauty runs' events.jsonl
 #   log.txt            stderr of everything
 #   bash benchmarks/gpu_suite.sh          # on the GPU machine, LLM4REC_DATA_DIR holding amazon/beauty
@@ -46,9 +47,6 @@ timeout "$(limit 60)" $py benchmarks/input_pipeline.py $quick --batches 1000 "${
   > "$out/input_pipeline.json" 2>>"$log"
 echo "== input_pipeline rc=$? $(date -u +%T)" >> "$log"
 
-timeout "$(limit 170)" $py benchmarks/beauty.py $quick --workdir=/tmp/wd/beauty_d128 --seed 0 "${D128[@]}" \
-  > "$out/beauty_d128.json" 2>>"$log"
-echo "== beauty_d128 rc=$? $(date -u +%T)" >> "$log"
 
 timeout "$(limit 150)" $py benchmarks/beauty.py $quick --workdir=/tmp/wd/beauty_filter --seed 0 "${D128[@]}" \
   --set model.filter_mix=0.7 > "$out/beauty_filter.json" 2>>"$log"
@@ -57,10 +55,18 @@ echo "== beauty_filter rc=$? $(date -u +%T)" >> "$log"
 timeout "$(limit 150)" $py benchmarks/beauty.py $quick --workdir=/tmp/wd/beauty_filter_spc16 --seed 0 "${D128[@]}" \
   --set model.filter_mix=0.7 --set train.steps_per_call=16 > "$out/beauty_filter_spc16.json" 2>>"$log"
 echo "== beauty_filter_spc16 rc=$? $(date -u +%T)" >> "$log"
-(cd /tmp/wd && tar czf "$out/events.tar.gz" */events.jsonl */metrics.json 2>/dev/null)
+# Three seeds of the same config at once (llm4rec_jax.train.replicas: one vmapped step), each equal to
+# its separate run; wall_s is the three seeds' together.
+timeout "$(limit 200)" $py benchmarks/beauty.py $quick --workdir=/tmp/wd/beauty_filter_seeds3 --seeds 0,1,2 \
+  "${D128[@]}" --set model.filter_mix=0.7 > "$out/beauty_filter_seeds3.jsonl" 2>>"$log"
+echo "== beauty_filter_seeds3 rc=$? $(date -u +%T)" >> "$log"
+(cd /tmp/wd && tar czf "$out/events.tar.gz" $(find . -name events.jsonl -o -name metrics.json) 2>/dev/null)
 
 # Printed line by line (one per run), so a run cut by the limit loses only itself.
 timeout "$(limit 170)" $py benchmarks/throughput.py $quick --dataset=random --presets=${PRESETS:-1b,base} \
   --batch_sizes=${BATCH_SIZES:-64,128} --max_len=200 --num_items=32768 --variants=id --attention=auto,xla \
   --steps=10 --peak --keep_going > "$out/throughput.json" 2>>"$log"
 echo "== throughput rc=$? $(date -u +%T)" >> "$log"
+timeout "$(limit 90)" $py benchmarks/throughput.py $quick --dataset=beauty --presets=small --variants=id \
+  --replicas=1,3 --steps=50 >> "$out/throughput.json" 2>>"$log"
+echo "== throughput replicas rc=$? $(date -u +%T)" >> "$log"

@@ -14,8 +14,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 @pytest.mark.parametrize('script,keys', [
-    # The best Beauty variant, with an override given the way the llm4rec command takes it.
-    ('beauty.py --variant=filter_blend --config.train.log_every=3',
+    # The best Beauty variant, with an override given the way the llm4rec command takes it, two
+    # seeds trained at once as replicas (one line per seed).
+    ('beauty.py --variant=filter_blend --config.train.log_every=3 --seeds=0,1',
      {'test', 'best_epoch', 'time_to_best_epoch_s', 'train_examples_per_s'}),
     ('yelp.py', {'test', 'test_seen_items_ranked'}),
     ('ml100k.py', {'test', 'wall_s', 'peak_rss_mb'}),
@@ -45,7 +46,15 @@ def test_quick_benchmark_prints_one_json_line(script, keys):
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = [l for l in proc.stdout.splitlines() if l.strip()]
-  assert len(lines) == 1, proc.stdout
+  seeds = [int(f.split('=')[1].split(',')[i]) for f in flags if f.startswith('--seeds=')
+           for i in range(len(f.split(',')))]
+  assert len(lines) == max(1, len(seeds)), proc.stdout
+  if seeds:  # one line per seed, each its own run's; the wall time is the replicas run's
+    per_seed = [json.loads(l) for l in lines]
+    assert [r['seed'] for r in per_seed] == [r['config']['seed'] for r in per_seed] == seeds
+    assert [r['provenance']['seeds'] for r in per_seed] == [[s] for s in seeds]
+    assert per_seed[0]['test'] != per_seed[1]['test']
+    assert len({r['replicas']['wall_s_all'] for r in per_seed}) == 1
   result = json.loads(lines[0])
   assert keys <= set(result) and result['quick'] is True
   if 'test' in result:
