@@ -22,6 +22,8 @@ DEFERRED = {
         'JAX: `llm4rec --help` and flag errors answer without importing it',
     ('llm4rec_jax.cli', 'llm4rec_jax.train.trainer'):
         'JAX: `llm4rec --help` and flag errors answer without importing it',
+    ('llm4rec_jax.cli', 'llm4rec_jax.train.replicas'):
+        'JAX: `llm4rec --help` and flag errors answer without importing it',
     ('llm4rec_jax.cli', 'llm4rec_jax.serving.index'):
         'JAX and ScaNN: `llm4rec --help` and flag errors answer without importing them',
     ('llm4rec_jax.cli', 'llm4rec_jax.online'):
