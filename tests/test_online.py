@@ -339,8 +339,11 @@ def test_event_log_trains_a_model_and_adapt_command_reads_stdin(tmp_path):
   assert out['prequential']['num_cases'] == 3
   # adapt warms up, so the stream itself compiles nothing (registration of 'brand-new' included).
   assert out['warm_up']['compilations'] > 0 and out['compilations'] == 0
+  # The same settings as above, so its warm-up loads the programs compiled above from the tests'
+  # compilation cache.
   bad = subprocess.run([sys.executable, '-m', 'llm4rec_jax.cli', 'adapt', f'--workdir={workdir}',
-                        '--events=-'], input='{"user": "u1"}\n', cwd=ROOT, env=env,
+                        '--events=-', '--online=batch_size=2', '--online=replay_batch=2'],
+                       input='{"user": "u1"}\n', cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode == 2 and "<stdin>:1, field 'item': missing item id" in bad.stderr
   # `llm4rec recommend` serves the adapted snapshot by default (the new item is known to it).
