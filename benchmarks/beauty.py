@@ -12,9 +12,7 @@ per seed.
 ``--variant`` picks a variant of ``configs/beauty.py`` (its docstring lists them).
 """
 
-import json
-
-from common import load_config, make_quick, parser, train_and_report, train_and_report_seeds
+from common import load_config, make_quick, parser, print_report
 
 if __name__ == '__main__':
   p = parser(__doc__)
@@ -23,8 +21,4 @@ if __name__ == '__main__':
   config = load_config('beauty', args.variant)
   if args.quick:
     make_quick(config)
-  if args.seeds:
-    for line in train_and_report_seeds(config, args, benchmark='beauty', valid_target=0.055):
-      print(json.dumps(line))
-  else:
-    print(json.dumps(train_and_report(config, args, benchmark='beauty', valid_target=0.055)))
+  print_report(config, args, benchmark='beauty', valid_target=0.055)

@@ -132,6 +132,17 @@ def train_and_report_seeds(config, args, *, benchmark: str, extra=None,
   return lines
 
 
+def print_report(config, args, *, benchmark: str, extra=None,
+                 valid_target: float | None = None) -> None:
+  """Prints :func:`train_and_report`'s line, or with ``--seeds`` one line per seed
+  (:func:`train_and_report_seeds`)."""
+  import json  # pylint: disable=import-outside-toplevel
+  run = train_and_report_seeds if getattr(args, 'seeds', '') else train_and_report
+  lines = run(config, args, benchmark=benchmark, extra=extra, valid_target=valid_target)
+  for line in lines if isinstance(lines, list) else [lines]:
+    print(json.dumps(line), flush=True)
+
+
 def _fresh_workdir(args) -> pathlib.Path:
   workdir = pathlib.Path(args.workdir) if args.workdir else pathlib.Path(tempfile.mkdtemp())
   if workdir.exists():

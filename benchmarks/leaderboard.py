@@ -5,7 +5,9 @@ seeds, the per-seed values, best epoch, wall time to the best epoch and peak mem
 per-seed lines come from the single-run benchmark runner, ``common.train_and_report``).
 
   python benchmarks/leaderboard.py --datasets beauty,lastfm --seeds 3 \
-      [--variant NAME=KEY=VALUE,KEY=VALUE] [--set KEY=VALUE] [--out FILE.jsonl]
+      [--variant NAME=KEY=VALUE,KEY=VALUE] [--set KEY=VALUE] [--replicas] [--out FILE.jsonl]
+
+``--replicas`` trains a row's seeds at once in one process (``--seeds`` of the benchmark script).
 
 ``--from_runs`` aggregates per-seed result lines already written (JSON lines, one per seed, each with
 ``dataset`` and ``seed``) instead of training.
@@ -74,6 +76,22 @@ def run_seed(dataset: str, seed: int, overrides: list[str], workdir: pathlib.Pat
   return line
 
 
+def run_seeds(dataset: str, seeds: list[int], overrides: list[str], workdir: pathlib.Path) -> list[dict]:
+  """The seeds trained at once in one process (the script's ``--seeds``: replicas of one vmapped
+  step, each equal to its separate run), one line per seed."""
+  script, needed = SCRIPTS[dataset]
+  cmd = [sys.executable, str(HERE / script), f'--workdir={workdir}',
+         f'--seeds={",".join(map(str, seeds))}', '--set=train.progress_bar=False',
+         *[f'--set={s}' for s in needed + overrides]]
+  out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  if out.returncode:
+    raise RuntimeError(f'{" ".join(cmd)} failed:\n{out.stderr[-3000:]}')
+  lines = [json.loads(l) for l in out.stdout.splitlines() if l.strip()]
+  if [l['seed'] for l in lines] != seeds:
+    raise RuntimeError(f'{" ".join(cmd)} printed seeds {[l["seed"] for l in lines]}, not {seeds}')
+  return lines
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__)
   p.add_argument('--datasets', default='beauty,yelp,lastfm')
@@ -83,6 +101,9 @@ def main() -> None:
                  help='NAME=KEY=VALUE,KEY=VALUE (repeatable); default: one variant "default"')
   p.add_argument('--set', action='append', default=[], help='override for every variant')
   p.add_argument('--from_runs', default='', help='aggregate these per-seed JSON lines instead')
+  p.add_argument('--replicas', action='store_true',
+                 help='train the seeds of a row at once in one process (replicas) instead of one '
+                 'fresh process per seed')
   p.add_argument('--workdir', default='', help='keep the per-seed workdirs here')
   p.add_argument('--label', default='', help='what the rows\' configuration is, for tables')
   p.add_argument('--out', default='')
@@ -103,8 +124,13 @@ def main() -> None:
     root = pathlib.Path(args.workdir or tempfile.mkdtemp())
     for ds in args.datasets.split(','):
       for name, sets in variants.items():
-        runs = [run_seed(ds, s, args.set + sets, root / f'{ds}_{name}_s{s}')
-                for s in range(args.first_seed, args.first_seed + args.seeds)]
+        seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+        if ds not in SCRIPTS:
+          raise SystemExit(f'--datasets: unknown dataset {ds!r}; known: {", ".join(SCRIPTS)}')
+        if args.replicas:
+          runs = run_seeds(ds, seeds, args.set + sets, root / f'{ds}_{name}')
+        else:
+          runs = [run_seed(ds, s, args.set + sets, root / f'{ds}_{name}_s{s}') for s in seeds]
         rows.append(summarize(ds, name, runs))
   record['seeds'] = sorted({s for row in rows for s in row['seeds']})
   provenance.finish(record)

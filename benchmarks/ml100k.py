@@ -3,13 +3,12 @@
   python benchmarks/ml100k.py [--quick]
 """
 
-import json
 
-from common import load_config, make_quick, parser, train_and_report
+from common import load_config, make_quick, parser, print_report
 
 if __name__ == '__main__':
   args = parser(__doc__).parse_args()
   config = load_config('ml100k')
   if args.quick:
     make_quick(config)
-  print(json.dumps(train_and_report(config, args, benchmark='ml100k')))
+  print_report(config, args, benchmark='ml100k')

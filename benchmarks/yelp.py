@@ -6,9 +6,8 @@ those cases count as misses, so both numbers are reported (training is the same 
   python benchmarks/yelp.py [--quick]
 """
 
-import json
 
-from common import load_config, make_quick, parser, train_and_report
+from common import load_config, make_quick, parser, print_report
 
 
 def _with_seen_items(config):
@@ -26,4 +25,4 @@ if __name__ == '__main__':
   config = load_config('yelp')
   if args.quick:
     make_quick(config)
-  print(json.dumps(train_and_report(config, args, benchmark='yelp', extra=_with_seen_items(config))))
+  print_report(config, args, benchmark='yelp', extra=_with_seen_items(config))

@@ -1,6 +1,7 @@
 """benchmarks/leaderboard.py: the multi-seed table rows (mean, standard error, per-seed values)."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -55,3 +56,20 @@ def test_reevaluated_workdirs_make_leaderboard_rows(tmp_path):
     assert line['test']['ndcg@10'] == round(trained['test']['ndcg@10'], 5)
   row = leaderboard.summarize('synthetic', 'blend', [line, {**line, 'seed': 4}])
   assert row['seeds'] == [3, 4] and row['test_ndcg@10']['se'] == 0.0
+
+
+def test_replicas_row_trains_every_seed_in_one_process(tmp_path):
+  """--replicas trains a row's seeds at once (one process, replicas: tests/test_replicas.py checks
+  each equals its separate run); the row holds every seed's run, its own workdir each."""
+  tiny = ['--set=train.max_steps=4', '--set=train.eval_every=4', '--set=eval.max_cases=200',
+          '--set=model.num_layers=1', '--set=model.d_model=16', '--set=model.num_heads=1',
+          '--set=model.mlp_dim=32']
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')
+  out = subprocess.run([sys.executable, 'benchmarks/leaderboard.py', '--datasets=ml100k',
+                        '--seeds=2', '--replicas', f'--workdir={tmp_path}', *tiny], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  row = json.loads(out.stdout.splitlines()[-1])
+  assert row['seeds'] == [0, 1] and len(row['test_ndcg@10']['per_seed']) == 2
+  assert row['test_ndcg@10']['per_seed'][0] != row['test_ndcg@10']['per_seed'][1]
+  assert sorted(p.name for p in (tmp_path / 'ml100k_default').iterdir()) == ['seed_0', 'seed_1']
