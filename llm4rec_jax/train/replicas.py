@@ -137,13 +137,13 @@ def check_learning_rates(seeds: Sequence[int], learning_rates: Sequence[float] |
   twice = [p for i, p in enumerate(pairs) if p in pairs[:i]]
   if twice:
     raise ConfigError('optimizer.learning_rate', f'seed {twice[0][0]} with learning rate '
-                      f'{twice[0][1]:g} is given twice: each replica needs its own pair')
+                      f'{twice[0][1]} is given twice: each replica needs its own pair')
   return rates
 
 
 def replica_name(seed: int, learning_rate: float | None = None) -> str:
   """A replica's workdir name and result key: ``seed_S``, or ``seed_S_lr_RATE`` in a rate sweep."""
-  return f'seed_{seed}' if learning_rate is None else f'seed_{seed}_lr_{learning_rate:g}'
+  return f'seed_{seed}' if learning_rate is None else f'seed_{seed}_lr_{float(learning_rate)!r}'
 
 
 def _setup_and_train(config, workdirs, seeds, rates, ckpts, resume, stop_after_steps):
@@ -242,7 +242,7 @@ def _resume(ckpts, workdirs, seeds, rates, patience: int
       raise ConfigError('seed', f'{w} holds the run of seed {saved.seed}, not {seed}')
     if rates is not None and saved.optimizer.learning_rate != rates[i]:
       raise ConfigError('optimizer.learning_rate', f'{w} holds the run of learning rate '
-                        f'{saved.optimizer.learning_rate:g}, not {rates[i]:g}')
+                        f'{saved.optimizer.learning_rate}, not {rates[i]}')
   stopped = [bool(patience) and c.progress(s)['evals_since_best'] >= patience
              for c, s in zip(ckpts, latest)]
   start = max(latest)
