@@ -108,15 +108,14 @@ def train_step_fn(exp: Experiment, tx: optax.GradientTransformation, schedule, m
     (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(
         inputs, batch, content, rng, state.get('text_table'))
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
-    learning_rate = schedule(state['step'])
     if scale is not None:
       updates = jax.tree.map(lambda u: (u * scale).astype(u.dtype), updates)
-      learning_rate = learning_rate * scale
     params = optax.apply_updates(state['params'], updates)
     if frozen is not None:
       params = jax.tree.map(lambda f, old, new: old if f else new, frozen, state['params'], params)
+    learning_rate = schedule(state['step'])
     metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads),
-               'learning_rate': learning_rate, **aux}
+               'learning_rate': learning_rate if scale is None else learning_rate * scale, **aux}
     new_state = dict(state, step=state['step'] + 1, params=params, opt_state=opt_state)
     if state_lib.EMA_PARAMS in state:
       new_state[state_lib.EMA_PARAMS] = state_lib.ema_update(
