@@ -48,6 +48,10 @@ def parser(description: str) -> argparse.ArgumentParser:
                  help='comma-separated seeds trained at once in one process, as replicas '
                  '(llm4rec_jax.train.replicas; WORKDIR/seed_S each), one JSON line per seed; '
                  'benchmarks that print one line ignore it')
+  p.add_argument('--learning_rates', default='',
+                 help='with --seeds: comma-separated peak learning rates, one per seed (or one '
+                 'seed for every rate), trained at once as replicas (WORKDIR/seed_S_lr_RATE each), '
+                 'one JSON line per replica with its learning_rate')
   p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                  help='config override, e.g. --set model.dropout=0.5 or, as with the llm4rec '
                  'command, --config.model.dropout=0.5 (repeatable)')
@@ -106,25 +110,39 @@ def train_and_report(config, args, *, benchmark: str, extra=None,
 def train_and_report_seeds(config, args, *, benchmark: str, extra=None,
                            valid_target: float | None = None) -> list[dict[str, Any]]:
   """``--seeds``: the seeds trained at once as replicas (one process, one vmapped step), then one
-  :func:`train_and_report` line per seed; ``wall_s`` is the whole replicas run's (all seeds)."""
+  :func:`train_and_report` line per seed; ``wall_s`` is the whole replicas run's (all seeds).
+  With ``--learning_rates`` replica ``i`` trains seed ``i`` (or the one seed) at rate ``i``; its
+  line has ``learning_rate`` and its config that rate."""
+  import copy  # pylint: disable=import-outside-toplevel
   import provenance  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.train import replicas  # pylint: disable=import-outside-toplevel
   record = provenance.start()
   seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
+  rates = [float(r) for r in getattr(args, 'learning_rates', '').split(',') if r.strip()] or None
+  if rates and len(seeds) == 1:
+    seeds = seeds * len(rates)  # one seed for every rate
+  replicas.check_learning_rates(seeds, rates)  # before the workdir is touched
   apply_overrides(config, args.set)
   root = _fresh_workdir(args)
-  workdirs = [root / f'seed_{s}' for s in seeds]
+  per_replica = rates or [None] * len(seeds)
+  workdirs = [root / replicas.replica_name(s, r) for s, r in zip(seeds, per_replica)]
   t0 = time.perf_counter()
-  results = replicas.train_replicas(config, workdirs, seeds)
+  results = replicas.train_replicas(config, workdirs, seeds, learning_rates=rates)
   wall = time.perf_counter() - t0
   record = provenance.finish(record)
   lines = []
-  for seed, workdir, result in zip(seeds, workdirs, results):
+  for seed, rate, workdir, result in zip(seeds, per_replica, workdirs, results):
     args_one = argparse.Namespace(**{**vars(args), 'seed': seed})
-    config.seed = seed
-    line = _summary(config, args_one, workdir, result, wall, benchmark=benchmark, extra=extra,
+    one = copy.deepcopy(config)  # the replica's own config, as its workdir records it
+    one.seed = seed
+    if rate is not None:
+      one.optimizer.learning_rate = rate
+    line = _summary(one, args_one, workdir, result, wall, benchmark=benchmark, extra=extra,
                     valid_target=valid_target)
     line['replicas'] = {'seeds': seeds, 'wall_s_all': round(wall, 1)}
+    if rates is not None:
+      line['learning_rate'] = rate
+      line['replicas']['learning_rates'] = rates
     line['provenance'] = dict(record, seeds=[seed])
     lines.append(line)
   if not args.workdir:

@@ -170,7 +170,10 @@ def run_one(args, preset: str, variant: str, attention: str, batch_size: int,
     state = replicas_lib.stack_states(
         [state_lib.init_train_state(exp.spec, tx, r, shardings) for r in range(replicas)], stacked)
     step = replicas_lib.make_replicas_step(exp, tx, schedule, stacked, max_targets)
+    # Every replica at the config's learning rate (scale 1): the step's fourth argument.
+    step_args = (exp.content, jax.device_put(np.ones(replicas, np.float32), exp.spec.replicated))
   else:
+    step_args = (exp.content,)
     state = state_lib.init_train_state(exp.spec, tx, 0, shardings)
     step = trainer.make_train_step(exp, tx, schedule, shardings, max_targets,
                                    steps_per_call=per_call)
@@ -186,17 +189,17 @@ def run_one(args, preset: str, variant: str, attention: str, batch_size: int,
   else:
     batches = [exp.put(next(it)) for _ in range(steps + 2)]
   t0 = time.perf_counter()
-  step = step.lower(state, batches[0], exp.content).compile()  # the same executable jit would run
+  step = step.lower(state, batches[0], *step_args).compile()  # the same executable jit would run
   compile_s = time.perf_counter() - t0
   compiled_flops = xla_flops(step)
-  state, m = step(state, batches[0], exp.content)
+  state, m = step(state, batches[0], *step_args)
   jax.block_until_ready(m)
-  state, m = step(state, batches[1], exp.content)
+  state, m = step(state, batches[1], *step_args)
   jax.block_until_ready(m)
   t0 = time.perf_counter()
   targets = []
   for b in batches[2:]:
-    state, m = step(state, b, exp.content)
+    state, m = step(state, b, *step_args)
     targets.append(m['num_targets'])  # kept on device: no per-step host sync
   jax.block_until_ready(state['params'])
   dt = (time.perf_counter() - t0) / steps  # per train step (per_call of them per call)

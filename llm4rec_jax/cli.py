@@ -35,7 +35,7 @@ class Command:
 HELP = {
     'train': Command(
         'Train a model (resuming from the checkpoints in WORKDIR), then evaluate the best one.',
-        ('config', 'workdir', 'seeds'),
+        ('config', 'workdir', 'seeds', 'learning_rates'),
         'llm4rec train --config=configs/beauty.py:tiny --workdir=/tmp/beauty '
         '--config.train.num_epochs=5'),
     'evaluate': Command(
@@ -72,6 +72,10 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and metrics.')
 _SEEDS = flags.DEFINE_string('seeds', None, 'train: comma-separated seeds trained at once as '
                              'replicas (one vmapped step), each into WORKDIR/seed_SEED, e.g. 0,1,2.')
+_LEARNING_RATES = flags.DEFINE_string(
+    'learning_rates', None, 'train: with --seeds, comma-separated peak learning rates, one per '
+    'seed (or one seed for every rate), trained at once as replicas, each into '
+    'WORKDIR/seed_SEED_lr_RATE, e.g. --seeds=0 --learning_rates=1e-3,2e-3,4e-3.')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "evaluate/recommend/index/adapt/explain: "
                                   "the checkpoint, 'best', 'latest' or a step number.")
 _SAVE_RANKINGS = flags.DEFINE_bool('save_rankings', False, 'evaluate: write per-user top-k lists '
@@ -166,14 +170,22 @@ def main(argv: list[str]) -> None:
     # Imported here so `--help` and flag errors do not pay for importing JAX.
     from llm4rec_jax.serving import recommend  # pylint: disable=import-outside-toplevel
     from llm4rec_jax.train.trainer import evaluate, train_and_evaluate  # pylint: disable=import-outside-toplevel
-    if _SEEDS.value is not None and command != 'train':
-      raise Llm4RecError(f'--seeds is a flag of train, not of {command}')
+    for flag in (_SEEDS, _LEARNING_RATES):
+      if flag.value is not None and command != 'train':
+        raise Llm4RecError(f'--{flag.name} is a flag of train, not of {command}')
+    if _LEARNING_RATES.value is not None and _SEEDS.value is None:
+      raise Llm4RecError('--learning_rates needs --seeds (one seed per rate, or one for all, '
+                         'e.g. --seeds=0)')
     if command == 'train' and _SEEDS.value is not None:
-      from llm4rec_jax.train.replicas import train_replicas  # pylint: disable=import-outside-toplevel
+      from llm4rec_jax.train import replicas  # pylint: disable=import-outside-toplevel
       seeds = _parse_seeds(_SEEDS.value)
-      workdirs = [f'{_WORKDIR.value.rstrip("/")}/seed_{s}' for s in seeds]
-      result = dict(zip((f'seed_{s}' for s in seeds),
-                        train_replicas(_CONFIG.value, workdirs, seeds)))
+      rates = None
+      if _LEARNING_RATES.value is not None:
+        seeds, rates = _pair_learning_rates(seeds, _LEARNING_RATES.value)
+      names = [replicas.replica_name(s, r) for s, r in zip(seeds, rates or [None] * len(seeds))]
+      workdirs = [f'{_WORKDIR.value.rstrip("/")}/{n}' for n in names]
+      result = dict(zip(names, replicas.train_replicas(_CONFIG.value, workdirs, seeds,
+                                                       learning_rates=rates)))
     elif command == 'train':
       result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     elif command == 'index':  # the ScaNN item index of a checkpoint, used by recommend
@@ -228,6 +240,25 @@ def _parse_seeds(text: str) -> list[int]:
   if not seeds:
     raise Llm4RecError('--seeds: give at least one seed, e.g. --seeds=0,1,2')
   return seeds
+
+
+def _pair_learning_rates(seeds: list[int], text: str) -> tuple[list[int], list[float]]:
+  """``--learning_rates`` with ``--seeds``: (seeds, rates) of equal length, one seed given for
+  several rates repeated for each. Rates that are not positive, or a (seed, rate) pair given twice,
+  are refused by ``train_replicas`` (naming ``config.optimizer.learning_rate``)."""
+  try:
+    rates = [float(r) for r in text.split(',') if r.strip()]
+  except ValueError:
+    raise Llm4RecError(f'--learning_rates: expected comma-separated numbers, got '
+                       f'{text!r}') from None
+  if not rates:
+    raise Llm4RecError('--learning_rates: give at least one rate, e.g. --learning_rates=1e-3,2e-3')
+  if len(seeds) == 1:
+    seeds = seeds * len(rates)
+  if len(seeds) != len(rates):
+    raise Llm4RecError(f'--learning_rates: {len(rates)} rates for {len(seeds)} seeds (--seeds): '
+                       'give one rate per seed, or one seed for every rate')
+  return seeds, rates
 
 
 def _parse_overrides(items: list[str]) -> dict:

@@ -15,8 +15,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 @pytest.mark.parametrize('script,keys', [
     # The best Beauty variant, with an override given the way the llm4rec command takes it, two
-    # seeds trained at once as replicas (one line per seed).
-    ('beauty.py --variant=filter_blend --config.train.log_every=3 --seeds=0,1',
+    # seeds trained at once as replicas (one line per seed), each at its own learning rate.
+    ('beauty.py --variant=filter_blend --config.train.log_every=3 --seeds=0,1 '
+     '--learning_rates=1e-3,2e-3',
      {'test', 'best_epoch', 'time_to_best_epoch_s', 'train_examples_per_s'}),
     ('yelp.py', {'test', 'test_seen_items_ranked'}),
     ('ml100k.py', {'test', 'wall_s', 'peak_rss_mb'}),
@@ -56,6 +57,11 @@ def test_quick_benchmark_prints_one_json_line(script, keys):
     assert [r['provenance']['seeds'] for r in per_seed] == [[s] for s in seeds]
     assert per_seed[0]['test'] != per_seed[1]['test']
     assert len({r['replicas']['wall_s_all'] for r in per_seed}) == 1
+    rates = [float(r) for f in flags if f.startswith('--learning_rates=')
+             for r in f.split('=')[1].split(',')]
+    if rates:  # each line its replica's rate, as its config records it
+      assert [r['learning_rate'] for r in per_seed] == rates
+      assert [r['config']['optimizer']['learning_rate'] for r in per_seed] == rates
   result = json.loads(lines[0])
   assert keys <= set(result) and result['quick'] is True
   if 'test' in result:

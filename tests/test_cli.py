@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from llm4rec_jax import metrics as metrics_lib
+from llm4rec_jax.errors import Llm4RecError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMALL = ['--config.data.synthetic.num_users=200', '--config.data.synthetic.num_items=100',
@@ -111,6 +112,40 @@ def test_train_with_seeds_trains_one_workdir_per_seed(tmp_path):
                  '--seeds=0,x', check=False)
   assert proc.returncode == 2
   assert "--seeds: expected comma-separated integers, got '0,x'" in proc.stderr
+
+
+def test_train_with_learning_rates_sweeps_the_rate_and_refuses_bad_lists(tmp_path):
+  proc = llm4rec('train', '--config=configs/synthetic.py:tiny', f'--workdir={tmp_path}',
+                 '--seeds=0', '--learning_rates=1e-3,4e-3', *SMALL, '--config.train.max_steps=4')
+  result = json.loads(proc.stdout)
+  assert set(result) == {'seed_0_lr_0.001', 'seed_0_lr_0.004'}
+  for rate in (0.001, 0.004):
+    saved = json.loads((tmp_path / f'seed_0_lr_{rate}' / 'config.json').read_text())
+    assert saved['seed'] == 0 and saved['optimizer']['learning_rate'] == rate
+  assert result['seed_0_lr_0.001']['test'] != result['seed_0_lr_0.004']['test']
+  for flags, message in [
+      (['--seeds=0,1', '--learning_rates=1e-3,2e-3,4e-3'],
+       '--learning_rates: 3 rates for 2 seeds (--seeds): give one rate per seed, or one seed'),
+      (['--seeds=0', '--learning_rates=1e-3,0.001'],
+       'config.optimizer.learning_rate: seed 0 with learning rate 0.001 is given twice'),
+      (['--seeds=0,1', '--learning_rates=1e-3,-1e-3'],
+       'config.optimizer.learning_rate: the learning rates [0.001, -0.001] include -0.001: each '
+       'must be positive')]:
+    proc = llm4rec('train', '--config=configs/synthetic.py:tiny', f'--workdir={tmp_path}/bad',
+                   *flags, check=False)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert 'Traceback' not in proc.stderr and not (tmp_path / 'bad').exists()
+
+
+def test_learning_rates_flag_parsing():
+  from llm4rec_jax import cli  # pylint: disable=import-outside-toplevel
+  pair = cli._pair_learning_rates  # pylint: disable=protected-access
+  assert pair([3], '1e-3, 2e-3') == ([3, 3], [1e-3, 2e-3])
+  assert pair([0, 1], '1e-3,1e-3') == ([0, 1], [1e-3, 1e-3])
+  with pytest.raises(Llm4RecError, match="expected comma-separated numbers, got '1e-3,x'"):
+    pair([0], '1e-3,x')
+  with pytest.raises(Llm4RecError, match='give at least one rate'):
+    pair([0], ',')
 
 
 def test_missing_dataset_and_workdir_errors(tmp_path):

@@ -1,4 +1,5 @@
-"""Several seeds trained at once (``train_replicas``): each replica equals its seed's separate run."""
+"""Several seeds (and peak learning rates) trained at once (``train_replicas``): each replica
+equals its separate run."""
 
 import json
 
@@ -18,6 +19,11 @@ RTOL = 1e-5
 def _events(workdir, kind):
   lines = (workdir / 'events.jsonl').read_text().splitlines()
   return [e for e in map(json.loads, lines) if e['event'] == kind]
+
+
+def _rates_logged(workdir):
+  lines = (workdir / 'train_log.jsonl').read_text().splitlines()
+  return [r['learning_rate'] for r in map(json.loads, lines)]
 
 
 def _assert_same_run(replica_dir, separate_dir, replica, separate):
@@ -49,6 +55,32 @@ def test_replicas_equal_separate_runs_and_evaluate_reads_them(tmp_path):
   # Different seeds, different runs: the replicas did not share an initialisation or a batch order.
   a, b = read_log(dirs[0]), read_log(dirs[1])
   assert a[1] != b[1]
+
+
+def test_a_learning_rate_sweep_equals_separate_runs_at_those_rates(tmp_path):
+  """One seed at two peak rates, neither the config's (so both replicas scale their updates), with
+  weight decay on: each replica is the separate run of its rate, logs that rate and records it."""
+  overrides = {'train.eval_every': 5, 'optimizer.weight_decay': 0.1}
+  config = tiny_config(**overrides)
+  rates = [config.optimizer.learning_rate * 3, config.optimizer.learning_rate / 2]
+  dirs = [tmp_path / replicas.replica_name(0, r) for r in rates]
+  results = replicas.train_replicas(config, dirs, [0, 0], learning_rates=rates)
+  for rate, workdir, result in zip(rates, dirs, results):
+    separate_dir = tmp_path / f'separate_{rate:g}'
+    separate = trainer.train_and_evaluate(
+        tiny_config(**overrides, **{'optimizer.learning_rate': rate}), separate_dir)
+    _assert_same_run(workdir, separate_dir, result, separate)
+    assert config_base.load(workdir).optimizer.learning_rate == rate
+    logged, alone = (_rates_logged(d) for d in (workdir, separate_dir))
+    np.testing.assert_allclose(logged, alone, rtol=1e-6)
+    assert max(logged) == pytest.approx(rate, rel=1e-6)
+    assert _events(workdir, 'start')[0]['learning_rate'] == rate
+  # The same seed, so the same initialisation and batches: only the rate tells the two apart.
+  a, b = read_log(dirs[0]), read_log(dirs[1])
+  assert a[1] == b[1] and a[max(a)] != b[max(b)]
+  assert config_base.load(dirs[0]).seed == config_base.load(dirs[1]).seed == 0
+  with pytest.raises(ConfigError, match=f'{dirs[0]} holds the run of learning rate'):
+    replicas.train_replicas(config, dirs, [0, 0], learning_rates=rates[::-1])
 
 
 def test_each_replica_stops_early_on_its_own_and_a_killed_run_resumes_exactly(tmp_path):
@@ -100,14 +132,15 @@ class _Checkpoints:
 def test_resume_needs_the_running_replicas_at_one_step(tmp_path):
   dirs = [tmp_path / 'a', tmp_path / 'b', tmp_path / 'c']
   resume = replicas._resume  # pylint: disable=protected-access
-  assert resume([_Checkpoints(None)] * 3, dirs, [0, 1, 2], 1) == (0, [None] * 3, [False] * 3)
+  assert resume([_Checkpoints(None)] * 3, dirs, [0, 1, 2], None, 1) == (0, [None] * 3,
+                                                                        [False] * 3)
   # c stopped early (patience 1) at step 8; a and b go on from 12.
   ckpts = [_Checkpoints(12), _Checkpoints(12), _Checkpoints(8, evals_since_best=1)]
-  assert resume(ckpts, dirs, [0, 1, 2], 1) == (12, [12, 12, 8], [False, False, True])
+  assert resume(ckpts, dirs, [0, 1, 2], None, 1) == (12, [12, 12, 8], [False, False, True])
   with pytest.raises(ConfigError, match=f'different steps .*{dirs[2]}: step 8'):
-    resume(ckpts, dirs, [0, 1, 2], 2)  # with patience 2, c has not stopped
+    resume(ckpts, dirs, [0, 1, 2], None, 2)  # with patience 2, c has not stopped
   with pytest.raises(ConfigError, match=f'some none .*{dirs[1]}: none'):
-    resume([_Checkpoints(12), _Checkpoints(None), _Checkpoints(12)], dirs, [0, 1, 2], 1)
+    resume([_Checkpoints(12), _Checkpoints(None), _Checkpoints(12)], dirs, [0, 1, 2], None, 1)
 
 
 @pytest.mark.parametrize('field,value', [
@@ -125,3 +158,18 @@ def test_seeds_and_workdirs_must_pair_up(tmp_path):
     replicas.train_replicas(tiny_config(), [tmp_path / 'a', tmp_path / 'b'], [0, 0])
   with pytest.raises(ConfigError, match='2 seeds for 1 workdirs'):
     replicas.train_replicas(tiny_config(), [tmp_path / 'a'], [0, 1])
+
+
+@pytest.mark.parametrize('seeds,rates,message', [
+    ([0, 0], [1e-3], 'config.optimizer.learning_rate: 1 learning rates for 2 seeds'),
+    ([0, 1], [1e-3, 0.0], 'include 0.0: each must be positive'),
+    ([0, 1], [1e-3, -1e-3], 'include -0.001: each must be positive'),
+    ([0, 1], [1e-3, float('nan')], 'include nan: each must be positive'),
+    ([0, 1, 0], [1e-3, 1e-3, 1e-3], 'seed 0 with learning rate 0.001 is given twice'),
+])
+def test_bad_learning_rates_are_refused_before_anything_is_written(tmp_path, seeds, rates,
+                                                                   message):
+  dirs = [tmp_path / str(i) for i in range(len(seeds))]
+  with pytest.raises(ConfigError, match=message):
+    replicas.train_replicas(tiny_config(), dirs, seeds, learning_rates=rates)
+  assert not any(d.exists() for d in dirs)

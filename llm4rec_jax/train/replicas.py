@@ -6,6 +6,12 @@ content, mesh); each has what a separate run of its seed has: its own initialisa
 training iterator and dropout RNG. Their train states are stacked on a leading replica axis and
 one jitted ``jax.vmap`` of the trainer's step (:func:`trainer.train_step_fn`) advances them all.
 
+``learning_rates`` sweeps the peak learning rate as well: replica ``r`` is the run of
+``optimizer.learning_rate = learning_rates[r]``. The rate is not in the train state (a replica's
+checkpoints stay those of its separate run): the step takes each replica's
+``learning_rates[r] / config.optimizer.learning_rate`` as a vmapped scale of its optimizer updates,
+exact up to float rounding since the schedule and AdamW's update are linear in the peak rate.
+
 Each replica writes into its own workdir what ``train_and_evaluate`` of its seed writes (config,
 catalog, checkpoints with its data-iterator state and early-stopping progress, logs, metrics), so
 ``evaluate``, serving and a resumed run read it unchanged. Every replica is evaluated, checkpointed
@@ -76,20 +82,25 @@ def config_value(config: ml_collections.ConfigDict, field: str) -> Any:
 
 
 def train_replicas(config: ml_collections.ConfigDict, workdirs: Sequence[workdir_lib.PathLike],
-                   seeds: Sequence[int], *, stop_after_steps: int | None = None
-                   ) -> list[dict[str, Any]]:
+                   seeds: Sequence[int], *, learning_rates: Sequence[float] | None = None,
+                   stop_after_steps: int | None = None) -> list[dict[str, Any]]:
   """Trains ``config`` once per seed (``config.seed = seeds[i]`` into ``workdirs[i]``), all at once;
   resumes when every workdir holds checkpoints (see :func:`_resume`).
 
-  Returns one result per seed: what ``train_and_evaluate`` of that seed returns (the final metrics,
-  or ``{'stopped', 'step'}`` for a replica still training when ``stop_after_steps`` or a signal
-  ended the run).
+  Args:
+    learning_rates: one peak rate per replica (``optimizer.learning_rate = learning_rates[i]``,
+      recorded in its workdir's config); None: the config's for all. A seed may repeat with
+      different rates; each (seed, rate) pair must be its own.
+  Returns one result per replica: what ``train_and_evaluate`` of its seed (and rate) returns (the
+  final metrics, or ``{'stopped', 'step'}`` for a replica still training when ``stop_after_steps``
+  or a signal ended the run).
   """
   seeds = [int(s) for s in seeds]
   workdirs = [workdir_lib.root(w) for w in workdirs]
   if not seeds or len(seeds) != len(workdirs):
     raise ConfigError('seed', f'{len(seeds)} seeds for {len(workdirs)} workdirs: give one each')
-  if len(set(seeds)) != len(seeds):
+  rates = check_learning_rates(seeds, learning_rates)
+  if rates is None and len(set(seeds)) != len(seeds):
     raise ConfigError('seed', f'the seeds {seeds} repeat one: each replica needs its own')
   if len({str(w) for w in workdirs}) != len(workdirs):
     raise ConfigError('seed', f'the workdirs {[str(w) for w in workdirs]} repeat one')
@@ -100,19 +111,49 @@ def train_replicas(config: ml_collections.ConfigDict, workdirs: Sequence[workdir
   ckpts = [workdir_lib.checkpoints(w, max_to_keep=tc.keep_checkpoints,
                                    async_save=tc.async_checkpoints) for w in workdirs]
   try:
-    resume = _resume(ckpts, workdirs, seeds, tc.patience)  # before anything is written
-    return _setup_and_train(config, workdirs, seeds, ckpts, resume, stop_after_steps)
+    resume = _resume(ckpts, workdirs, seeds, rates, tc.patience)  # before anything is written
+    return _setup_and_train(config, workdirs, seeds, rates, ckpts, resume, stop_after_steps)
   finally:
     for c in ckpts:
       c.close()
 
 
-def _setup_and_train(config, workdirs, seeds, ckpts, resume, stop_after_steps):
+def check_learning_rates(seeds: Sequence[int], learning_rates: Sequence[float] | None
+                         ) -> list[float] | None:
+  """The replicas' peak rates as floats (None stays None); raises ConfigError naming
+  ``optimizer.learning_rate`` for a count other than the seeds', a rate that is not positive, or a
+  (seed, rate) pair given twice."""
+  if learning_rates is None:
+    return None
+  rates = [float(r) for r in learning_rates]
+  if len(rates) != len(seeds):
+    raise ConfigError('optimizer.learning_rate', f'{len(rates)} learning rates for {len(seeds)} '
+                      'seeds: give one each')
+  bad = [r for r in rates if not r > 0 or r == float('inf')]
+  if bad:
+    raise ConfigError('optimizer.learning_rate', f'the learning rates {rates} include {bad[0]}: '
+                      'each must be positive and finite')
+  pairs = list(zip(seeds, rates))
+  twice = [p for i, p in enumerate(pairs) if p in pairs[:i]]
+  if twice:
+    raise ConfigError('optimizer.learning_rate', f'seed {twice[0][0]} with learning rate '
+                      f'{twice[0][1]} is given twice: each replica needs its own pair')
+  return rates
+
+
+def replica_name(seed: int, learning_rate: float | None = None) -> str:
+  """A replica's workdir name and result key: ``seed_S``, or ``seed_S_lr_RATE`` in a rate sweep."""
+  return f'seed_{seed}' if learning_rate is None else f'seed_{seed}_lr_{float(learning_rate)!r}'
+
+
+def _setup_and_train(config, workdirs, seeds, rates, ckpts, resume, stop_after_steps):
   num = len(seeds)
+  # The shared experiment keeps the config's rate: its optimizer is every replica's, scaled.
   base = build_experiment(_with_seed(config, seeds[0]), workdirs[0])
-  # One view of the experiment per replica: its workdir and seed, everything else shared.
+  rates = rates or [base.config.optimizer.learning_rate] * num
+  # One view of the experiment per replica: its workdir, seed and rate, everything else shared.
   exps = [dataclasses.replace(base, workdir=w, config=ml_collections.FrozenConfigDict(
-      _with_seed(config, s))) for w, s in zip(workdirs, seeds)]
+      _with_seed(config, s, lr))) for w, s, lr in zip(workdirs, seeds, rates)]
   for e in exps:
     config_base.save(state_lib.recorded_config(
         e.config, e.spec.cfg, e.debias.num_groups if e.debias is not None else 0), e.workdir)
@@ -137,8 +178,9 @@ def _setup_and_train(config, workdirs, seeds, ckpts, resume, stop_after_steps):
       base.spec, tx, ema=base.config.optimizer.get('ema_decay', 0.0) > 0)
   stacked = stacked_shardings(shardings)
   data_iters = [iter(ds.to_iter_dataset()) for ds, _, _ in inputs]
-  return _train(base, exps, seeds, ckpts, resume, data_iters, tx, schedule, abstract, shardings,
-                stacked, total_steps=total_steps, eval_every=eval_every,
+  scales = np.asarray([r / base.config.optimizer.learning_rate for r in rates], np.float32)
+  return _train(base, exps, seeds, ckpts, resume, data_iters, tx, schedule, scales, abstract,
+                shardings, stacked, total_steps=total_steps, eval_every=eval_every,
                 steps_per_epoch=steps_per_epoch, max_targets=max_targets,
                 stop_after_steps=stop_after_steps)
 
@@ -156,27 +198,34 @@ def stack_states(states: Sequence[Any], stacked: Any) -> Any:
 
 def make_replicas_step(exp: Experiment, tx: optax.GradientTransformation, schedule, stacked: Any,
                        max_targets: int):
-  """The trainer's step (:func:`trainer.train_step_fn`) vmapped over stacked states and batches
-  ``[replicas, batch, ...]``, with the item content shared; jitted and donated like
-  ``make_train_step``'s. The metrics come back ``[replicas]``."""
+  """The trainer's step (:func:`trainer.train_step_fn`) vmapped over stacked states, batches
+  ``[replicas, batch, ...]`` and learning-rate scales ``[replicas]`` (each replica's peak rate over
+  ``schedule``'s), with the item content shared; jitted and donated like ``make_train_step``'s:
+  ``(state, batch, content, scales) -> (state, metrics)``. The metrics come back ``[replicas]``."""
   content_sharding = jax.tree.map(lambda x: x.sharding, exp.content)
   return jax.jit(
-      jax.vmap(trainer.train_step_fn(exp, tx, schedule, max_targets), in_axes=(0, 0, None)),
-      in_shardings=(stacked, trainer.batch_shardings(exp, leading=1), content_sharding),
+      jax.vmap(trainer.train_step_fn(exp, tx, schedule, max_targets), in_axes=(0, 0, None, 0)),
+      in_shardings=(stacked, trainer.batch_shardings(exp, leading=1), content_sharding,
+                    exp.spec.replicated),
       out_shardings=(stacked, exp.spec.replicated), donate_argnums=(0,))
 
 
-def _with_seed(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+def _with_seed(config: ml_collections.ConfigDict, seed: int, learning_rate: float | None = None
+               ) -> ml_collections.ConfigDict:
   out = ml_collections.ConfigDict(config.to_dict())
   out.seed = int(seed)
+  if learning_rate is not None:
+    out.optimizer.learning_rate = float(learning_rate)
   config_base.validate(out, jax.device_count())
   return out
 
 
-def _resume(ckpts, workdirs, seeds, patience: int) -> tuple[int, list[int | None], list[bool]]:
+def _resume(ckpts, workdirs, seeds, rates, patience: int
+            ) -> tuple[int, list[int | None], list[bool]]:
   """(the step to go on from, each replica's latest checkpoint, which replicas already stopped
-  early). Fresh workdirs all start at 0; otherwise each workdir must be of its seed, every replica
-  still training at the same latest step, and a replica that stopped early at or before it."""
+  early). Fresh workdirs all start at 0; otherwise each workdir must be of its seed (and rate, when
+  ``rates`` are given), every replica still training at the same latest step, and a replica that
+  stopped early at or before it."""
   latest = [c.latest_step() for c in ckpts]
   if all(s is None for s in latest):
     return 0, latest, [False] * len(ckpts)
@@ -185,10 +234,15 @@ def _resume(ckpts, workdirs, seeds, patience: int) -> tuple[int, list[int | None
   if any(s is None for s in latest):
     raise ConfigError('seed', f'some replica workdirs hold checkpoints and some none ({where}): '
                       'resume with the workdirs of one replicas run, or use empty ones')
-  for w, seed in zip(workdirs, seeds):
-    saved = config_base.load(w).seed if workdir_lib.path(w, workdir_lib.CONFIG).exists() else seed
-    if saved != seed:
-      raise ConfigError('seed', f'{w} holds the run of seed {saved}, not {seed}')
+  for i, (w, seed) in enumerate(zip(workdirs, seeds)):
+    if not workdir_lib.path(w, workdir_lib.CONFIG).exists():
+      continue
+    saved = config_base.load(w)
+    if saved.seed != seed:
+      raise ConfigError('seed', f'{w} holds the run of seed {saved.seed}, not {seed}')
+    if rates is not None and saved.optimizer.learning_rate != rates[i]:
+      raise ConfigError('optimizer.learning_rate', f'{w} holds the run of learning rate '
+                        f'{saved.optimizer.learning_rate}, not {rates[i]}')
   stopped = [bool(patience) and c.progress(s)['evals_since_best'] >= patience
              for c, s in zip(ckpts, latest)]
   start = max(latest)
@@ -198,7 +252,8 @@ def _resume(ckpts, workdirs, seeds, patience: int) -> tuple[int, list[int | None
   return start, latest, stopped
 
 
-def _train(base, exps, seeds, ckpts, resume, data_iters, tx, schedule, abstract, shardings, stacked, *,
+def _train(base, exps, seeds, ckpts, resume, data_iters, tx, schedule, scales, abstract, shardings,
+           stacked, *,
            total_steps: int, eval_every: int, steps_per_epoch: int, max_targets: int,
            stop_after_steps: int | None) -> list[dict[str, Any]]:
   """The loop of ``train_and_evaluate`` over stacked replicas (no hooks, one step per call)."""
@@ -221,6 +276,7 @@ def _train(base, exps, seeds, ckpts, resume, data_iters, tx, schedule, abstract,
   del states
   take = jax.jit(lambda s, i: jax.tree.map(lambda x: x[i], s), out_shardings=shardings)
   train_step = make_replicas_step(base, tx, schedule, stacked, max_targets)
+  scales = jax.device_put(scales, base.spec.replicated)  # once, not with every step
 
   rank_fn = base.rank_fn()
   valid_arrays = base.eval_arrays('valid')
@@ -231,6 +287,7 @@ def _train(base, exps, seeds, ckpts, resume, data_iters, tx, schedule, abstract,
                      steps_per_epoch=steps_per_epoch, num_params=base.spec.num_params(),
                      max_targets_per_batch=max_targets, devices=jax.device_count(),
                      processes=jax.process_count(), replica=i, replicas=num, seed=seeds[i],
+                     learning_rate=exps[i].config.optimizer.learning_rate,
                      **base.timings, mesh=dict(base.mesh.shape), **base.dataset.summary()))
 
   stop = preemption.StopFlag()
@@ -248,7 +305,7 @@ def _train(base, exps, seeds, ckpts, resume, data_iters, tx, schedule, abstract,
       while step < total_steps and any(running):
         host = [next(it) for it in data_iters]
         batch = base.put({k: np.stack([b[k] for b in host]) for k in host[0]}, stacked=True)
-        state, metrics = train_step(state, batch, base.content)  # metrics: [replicas] each
+        state, metrics = train_step(state, batch, base.content, scales)  # [replicas] each
         step += 1
         pending.append((step, metrics))
         if len(pending) > tc.max_inflight_steps:  # as train_and_evaluate bounds its queue

@@ -66,7 +66,15 @@ def batch_shardings(exp: Experiment, *, leading: int = 0) -> dict[str, Any]:
 
 def train_step_fn(exp: Experiment, tx: optax.GradientTransformation, schedule, max_targets: int):
   """The un-jitted step ``(state, batch, content) -> (state, metrics)`` of one run: what
-  :func:`make_train_step` jits, and ``replicas.train_replicas`` vmaps over stacked runs."""
+  :func:`make_train_step` jits, and ``replicas.train_replicas`` vmaps over stacked runs.
+
+  An optional fourth argument, a scalar ``scale``, multiplies the optimizer's updates and the
+  logged learning rate: the step of the same run with its peak learning rate times ``scale``. The
+  schedule is linear in its peak rate and AdamW's update in the rate (optax.adamw multiplies by the
+  rate after adding the weight-decay term; clipping acts on the gradients before), so this equals
+  that run up to float rounding; ``replicas`` sweeps the rate this way without putting it in the
+  train state. Without it the step is the single run's, unchanged.
+  """
   loss_fn = make_loss_fn(exp.spec.cfg, exp.spec.graphdef, exp.config.loss, max_targets,
                          debias=exp.debias)
   ft = exp.config.text_finetune if exp.spec.cfg.text_encoder is not None else None
@@ -92,7 +100,7 @@ def train_step_fn(exp: Experiment, tx: optax.GradientTransformation, schedule, m
   lora = exp.spec.cfg.lora_rank > 0
   frozen = optimizer_lib.frozen_mask(exp.spec.abstract_params, lora=True) if lora else None
 
-  def step_fn(state, batch, content):
+  def step_fn(state, batch, content, scale=None):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), state['step'])
     inputs = state['params']
     if frozen is not None:
@@ -100,11 +108,14 @@ def train_step_fn(exp: Experiment, tx: optax.GradientTransformation, schedule, m
     (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(
         inputs, batch, content, rng, state.get('text_table'))
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+    if scale is not None:
+      updates = jax.tree.map(lambda u: (u * scale).astype(u.dtype), updates)
     params = optax.apply_updates(state['params'], updates)
     if frozen is not None:
       params = jax.tree.map(lambda f, old, new: old if f else new, frozen, state['params'], params)
+    learning_rate = schedule(state['step'])
     metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads),
-               'learning_rate': schedule(state['step']), **aux}
+               'learning_rate': learning_rate if scale is None else learning_rate * scale, **aux}
     new_state = dict(state, step=state['step'] + 1, params=params, opt_state=opt_state)
     if state_lib.EMA_PARAMS in state:
       new_state[state_lib.EMA_PARAMS] = state_lib.ema_update(
