@@ -749,8 +749,11 @@ BLEND_COLS = (Col('data', 'data'), Col('seed', 'seed', fmt('d')), Col('w', 'w', 
 BOARD = ('leave-one-out, full ranking over every item, seen items excluded, best checkpoint by '
          'validation NDCG@10; mean +- standard error over the seeds listed (each seed a fresh '
          'process on the 2-core CPU); minutes are wall time per seed, load from other jobs included.')
-BOARD_FILES = ('leaderboard_beauty_d128.jsonl', 'leaderboard_beauty_d128_filter.jsonl',
-               'leaderboard_lastfm_d128.jsonl')
+BOARD_FILES = tuple(f for f in ('leaderboard_beauty_d128.jsonl',
+                                'leaderboard_beauty_d128_filter.jsonl',
+                                'leaderboard_lastfm_d128.jsonl',
+                                'leaderboard_scientific_beauty_config.jsonl')
+                    if (RESULTS / f).exists())
 
 
 def _mse(d: dict) -> str:
@@ -853,7 +856,9 @@ CLAIMS = ('declared multi-seed claims, each tested by `python benchmarks/seed_cl
 CLAIM_FILES = tuple(f for f in ('claim_filter0.7_vs_attention_beauty_d128.json',
                                 'claim_filter0.7_blend_vs_filter_beauty_d128.json',
                                 'claim_filter0.7_vs_attention_lastfm_d128.json',
-                                'claim_filter0.7_ema_vs_filter_beauty_d128.json')
+                                'claim_filter0.7_ema_vs_filter_beauty_d128.json',
+                                'claim_filter_blend_vs_d128_scientific.json',
+                                'claim_fusion_vs_filter_blend_scientific.json')
                     if (RESULTS / f).exists())
 
 

@@ -177,15 +177,15 @@ def main(argv: list[str]) -> None:
       raise Llm4RecError('--learning_rates needs --seeds (one seed per rate, or one for all, '
                          'e.g. --seeds=0)')
     if command == 'train' and _SEEDS.value is not None:
-      from llm4rec_jax.train import replicas  # pylint: disable=import-outside-toplevel
+      from llm4rec_jax.train.replicas import replica_name, train_replicas  # pylint: disable=import-outside-toplevel
       seeds = _parse_seeds(_SEEDS.value)
       rates = None
       if _LEARNING_RATES.value is not None:
         seeds, rates = _pair_learning_rates(seeds, _LEARNING_RATES.value)
-      names = [replicas.replica_name(s, r) for s, r in zip(seeds, rates or [None] * len(seeds))]
+      names = [replica_name(s, r) for s, r in zip(seeds, rates or [None] * len(seeds))]
       workdirs = [f'{_WORKDIR.value.rstrip("/")}/{n}' for n in names]
-      result = dict(zip(names, replicas.train_replicas(_CONFIG.value, workdirs, seeds,
-                                                       learning_rates=rates)))
+      result = dict(zip(names, train_replicas(_CONFIG.value, workdirs, seeds,
+                                              learning_rates=rates)))
     elif command == 'train':
       result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     elif command == 'index':  # the ScaNN item index of a checkpoint, used by recommend
