@@ -312,11 +312,9 @@ def _train(base, exps, seeds, ckpts, resume, data_iters, tx, schedule, scales, a
           jax.block_until_ready(pending[-tc.max_inflight_steps - 1][1]['loss'])
         if bar is not None:
           bar.update(1)
-        is_eval = step % eval_every == 0 or step == total_steps
-        signalled = stop.agreed(step, tc.log_every)
-        periodic_save = bool(tc.checkpoint_every) and step % tc.checkpoint_every == 0
-        if (step % tc.log_every == 0 or is_eval or signalled or periodic_save
-            or step == stop_after_steps):
+        is_eval, signalled, periodic_save, flush = trainer.step_events(
+            step, tc, eval_every, total_steps, stop, stop_after_steps)
+        if flush:
           now = time.perf_counter()
           _flush(pending, loggers, running, workdirs, step - n_last, now - t_last, tc.batch_size)
           t_last, n_last = now, step

@@ -235,13 +235,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: workdir_lib.P
           jax.block_until_ready(pending[-tc.max_inflight_steps - 1][1]['loss'])
         if bar is not None:
           bar.update(n)
-        is_eval = step % eval_every == 0 or step == total_steps
-        signalled = stop.agreed(step, tc.log_every)
-        periodic_save = bool(tc.checkpoint_every) and step % tc.checkpoint_every == 0
+        is_eval, signalled, periodic_save, flush = step_events(step, tc, eval_every, total_steps,
+                                                                stop, stop_after_steps)
         # Every path below that saves a checkpoint passes through this flush first: it fetches the
         # pending step metrics and raises on a non-finite one, so a diverged state is never saved.
-        if (step % tc.log_every == 0 or is_eval or signalled or periodic_save
-            or step == stop_after_steps):
+        if flush:
           now = time.perf_counter()
           _flush(pending, logger, step - n_last, now - t_last, tc.batch_size)
           t_last, n_last = now, step
@@ -361,6 +359,18 @@ def _train_input(exp: Experiment) -> tuple[Any, int, int]:
     raise ConfigError('train.batch_size', f'{tc.batch_size} exceeds the {count} training '
                       'windows of this dataset')
   return train_ds, steps_per_epoch, max_targets
+
+
+def step_events(step: int, tc, eval_every: int, total_steps: int, stop: preemption.StopFlag,
+                stop_after_steps: int | None) -> tuple[bool, Any, bool, bool]:
+  """What the loop does after ``step``: (evaluate, the agreed stop signal or None, periodic save,
+  flush the pending metrics), the rule ``train_and_evaluate`` and the replicas loop share."""
+  is_eval = step % eval_every == 0 or step == total_steps
+  signalled = stop.agreed(step, tc.log_every)
+  periodic_save = bool(tc.checkpoint_every) and step % tc.checkpoint_every == 0
+  flush = (step % tc.log_every == 0 or is_eval or bool(signalled) or periodic_save
+           or step == stop_after_steps)
+  return is_eval, signalled, periodic_save, flush
 
 
 def _steps_this_call(step: int, per_call: int, every: list[int], total: int,
