@@ -102,6 +102,10 @@ def base_config() -> ml_collections.ConfigDict:
       # lora_targets ('q,k,v,o', optionally 'gate,up,down'), scaled by lora_alpha / lora_rank; the
       # base projections are then frozen and stored in frozen_dtype. 0 = off (train everything).
       lora_rank=0, lora_alpha=16.0, lora_targets='q,k,v,o', frozen_dtype='bfloat16',
+      # Large models (model/decoder.py): stack the blocks on a 'layers' axis and run them with one
+      # lax.scan (compile time independent of depth; blocks must be identical), and recompute each
+      # block in the backward pass: remat 'none', 'full' or 'dots' (keep matmul outputs).
+      scan_layers=False, remat='none',
       # Multimodal items (llm4rec_jax.model.fusion): 'id' | 'content' | 'both' on input and output;
       # every k-th block cross-attends to the history's content tokens (0 = none).
       item_repr='id', cross_attention_every=0, fusion_layers=1, fusion_heads=2,
@@ -363,6 +367,8 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
     raise ConfigError('model.head', f"{m.head!r} is not one of 'softmax', 'semantic_id'")
   if m.get('cross_attention_every', 0) < 0:
     raise ConfigError('model.cross_attention_every', 'must be >= 0 (0 = no cross-attention)')
+  if m.get('remat', 'none') not in ('none', 'full', 'dots'):
+    raise ConfigError('model.remat', f"{m.remat!r} is not one of 'none', 'full', 'dots'")
   if not 0.0 <= c.data.get('cold_item_fraction', 0.0) < 1.0:
     raise ConfigError('data.cold_item_fraction', 'must be in [0, 1)')
   ft = c.get('text_finetune') or {}

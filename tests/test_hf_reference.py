@@ -430,22 +430,26 @@ def test_next_token_loss_and_gradients_match_transformers(tmp_path, mesh, family
   np.testing.assert_allclose(g(grads.embed)[:VOCAB], grad('model.embed_tokens.weight'), **TOL)
 
 
-@pytest.mark.parametrize('family', ['llama', 'gemma2'])
-def test_lora_run_exported_loads_in_transformers_with_the_trained_hidden_states(tmp_path, family):
+@pytest.mark.parametrize('family,scan', [('llama', False), ('gemma2', False), ('mistral', True)])
+def test_lora_run_exported_loads_in_transformers_with_the_trained_hidden_states(tmp_path, family,
+                                                                               scan):
   """A LoRA run from a transformers-saved checkpoint, merged and exported in the Hugging Face
   layout (``train.export.export_backbone``), is read by transformers itself: fed the trained item
-  rows, its final hidden states are the trained (adapted) decoder's, not the source model's."""
+  rows, its final hidden states are the trained (adapted) decoder's, not the source model's. With
+  ``scan`` the run stacks its blocks (``model.scan_layers``): loaded stacked, exported per layer."""
   from conftest import tiny_config  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.train import export, restore, trainer  # pylint: disable=import-outside-toplevel
   reference, _ = save_reference(tmp_path / 'llm', family)
   config = tiny_config(**{'model.backbone': str(tmp_path / 'llm'), 'model.dropout': 0.0,
                           'model.lora_rank': 4, 'model.lora_targets': 'q,k,v,o,gate,up,down',
                           'mesh.shape': (2, 2, 2), 'train.num_epochs': 1, 'train.eval_every': 4,
-                          'optimizer.learning_rate': 1e-2})
+                          'optimizer.learning_rate': 1e-2, 'model.scan_layers': scan})
   trainer.train_and_evaluate(config, tmp_path / 'wd')
   model = restore.load_model(tmp_path / 'wd', 'best')
   cfg = model.spec.cfg
-  assert cfg.lora_rank == 4
+  assert cfg.lora_rank == 4 and cfg.scan_layers == scan
+  if scan:  # one stacked tree, layer axis first
+    assert model.params['blocks']['attn']['wq'].shape[0] == cfg.num_layers
   items = np.random.default_rng(3).integers(1, cfg.num_items + 1, 12).astype(np.int32)
   ours = np.asarray(nnx.merge(model.spec.graphdef, model.params)(jax.numpy.asarray(items[None])))[0]
   table = np.asarray(jax.device_get(model.params['item_embed']), np.float32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -93,6 +94,12 @@ class DecoderConfig:
   # right padded; rows of the backbone's frozen text embeddings, ItemContent.title_tokens /
   # title_table) followed by its item token; 0 = item tokens only (content/title_tokens.py).
   title_tokens: int = 0
+  # Large models: the blocks' parameters stacked on a leading 'layers' axis (never sharded) and run
+  # by one lax.scan, so compile time does not grow with depth (needs identical blocks:
+  # :func:`check_scannable`); and rematerialization of each block in the backward pass: 'none',
+  # 'full' (keep only the block's input) or 'dots' (also keep matmul outputs without batch dims).
+  scan_layers: bool = False
+  remat: str = 'none'
 
   @property
   def uses_content(self) -> bool:
@@ -153,6 +160,23 @@ def from_config(model_cfg: Any, *, num_items: int, vocab_multiple: int) -> Decod
 
 
 ITEM_REPRS = ('id', 'content', 'both')
+REMAT_POLICIES = {'none': None, 'full': jax.checkpoint_policies.nothing_saveable,
+                  'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def check_scannable(cfg: DecoderConfig) -> None:
+  """Raises ConfigError unless every block of ``cfg`` is built and run the same way (what
+  ``model.scan_layers`` stacks): one attention variant for all layers (no alternating local/global
+  layers) and cross-attention in every block or in none."""
+  if cfg.cross_attention_every not in (0, 1):
+    raise ConfigError('model.scan_layers', 'scanned blocks must be identical: cross-attention '
+                      f'every {cfg.cross_attention_every} blocks differs by layer (use 0 or 1)')
+  first = layer_attention(cfg, 0)
+  for i in range(1, cfg.num_layers):
+    if layer_attention(cfg, i) != first:
+      raise ConfigError('model.scan_layers', f'scanned blocks must be identical: layer {i} '
+                        'attends differently from layer 0 (model.layer_types alternates local '
+                        'and global layers)')
 
 
 class Block(nnx.Module):
@@ -238,8 +262,14 @@ class ItemDecoder(nnx.Module):
       # Items with no content at all get this explicit learned vector (never a zero row).
       self.no_content = param(rngs, emb_init, (cfg.d_model,), ('embed',))
     every = cfg.cross_attention_every
-    self.blocks = nnx.List([Block(cfg, cross_attention=bool(every) and (i + 1) % every == 0,
-                                  rngs=rngs, layer=i) for i in range(cfg.num_layers)])
+    if cfg.remat not in REMAT_POLICIES:
+      raise ConfigError('model.remat', f'{cfg.remat!r} is not one of {tuple(REMAT_POLICIES)}')
+    if cfg.scan_layers:
+      check_scannable(cfg)
+      self.blocks = stacked_blocks(cfg, cross_attention=every == 1, rngs=rngs)
+    else:
+      self.blocks = nnx.List([Block(cfg, cross_attention=bool(every) and (i + 1) % every == 0,
+                                    rngs=rngs, layer=i) for i in range(cfg.num_layers)])
     self.final_norm = RMSNorm(cfg.d_model, eps=cfg.rms_eps, rngs=rngs)
     self.embed_dropout = nnx.Dropout(cfg.dropout)
     if not cfg.tie_embeddings:
@@ -368,10 +398,43 @@ class ItemDecoder(nnx.Module):
     mask = (causal[None] & valid[:, None, :]) | jnp.eye(seq, dtype=bool)[None]
     mask = mask[:, None]  # [batch, 1, seq, seq]
     x = self.embed_dropout(x, deterministic=deterministic, rngs=rngs)
-    for block in self.blocks:
-      x = block(x, positions, mask, deterministic=deterministic, rngs=rngs, memory=memory,
-                memory_mask=memory_mask, valid=valid)
+    x = self._run_blocks(x, positions, mask, deterministic=deterministic, rngs=rngs,
+                         memory=memory, memory_mask=memory_mask, valid=valid)
     return self.final_norm(x).astype(jnp.float32)
+
+  def _run_blocks(self, x, positions, mask, *, deterministic, rngs, **kw):
+    """The blocks in order: a Python loop over the list, or one scan over the stacked blocks
+    (``cfg.scan_layers``); with ``cfg.remat`` each block is rematerialized in the backward pass.
+    Dropout keys: the loop draws them from ``rngs`` block by block; the scan draws one key and
+    splits it per layer."""
+    cfg = self.cfg
+    policy = REMAT_POLICIES[cfg.remat]
+    if not cfg.scan_layers and policy is None:
+      for block in self.blocks:
+        x = block(x, positions, mask, deterministic=deterministic, rngs=rngs, **kw)
+      return x
+
+    def apply(graphdef, state, x, key):
+      block = nnx.merge(graphdef, state)
+      return block(x, positions, mask, deterministic=deterministic,
+                   rngs=None if key is None else nnx.Rngs(dropout=key), **kw)
+
+    if not cfg.scan_layers:
+      for block in self.blocks:
+        graphdef, state = nnx.split(block)
+        key = None if rngs is None else rngs.dropout()
+        x = jax.checkpoint(functools.partial(apply, graphdef), policy=policy)(state, x, key)
+      return x
+    graphdef, state = nnx.split(self.blocks)
+    keys = None if rngs is None else jax.random.split(rngs.dropout(), cfg.num_layers)
+
+    def body(x, layer):
+      return apply(graphdef, layer[0], x, layer[1]), None
+
+    if policy is not None:
+      body = jax.checkpoint(body, policy=policy)
+    x, _ = jax.lax.scan(body, x, (state, keys))
+    return x
 
   def output_table(self, catalog: CatalogEncoding | None = None) -> jax.Array:
     """[vocab, d_model] item embeddings used to score the catalog."""
@@ -389,6 +452,40 @@ class ItemDecoder(nnx.Module):
     table = self.output_table(catalog).astype(hidden.dtype)
     scores = hidden @ table.T
     return jnp.where(catalog_mask(self.cfg) if mask is None else mask, scores, -jnp.inf)
+
+
+def stacked_blocks(cfg: DecoderConfig, *, cross_attention: bool, rngs: nnx.Rngs) -> Block:
+  """``cfg.num_layers`` blocks as one :class:`Block` whose parameters have a leading 'layers'
+  axis (logical axis name ``layers``, first in every parameter's sharding names).
+
+  The layers are initialized one after another from ``rngs``, exactly as the unscanned list is,
+  so a seed gives the same model with or without ``scan_layers``.
+  """
+  @nnx.split_rngs(splits=cfg.num_layers)
+  @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: 'layers'})
+  def make(layer_rngs):
+    return Block(cfg, cross_attention=cross_attention, rngs=layer_rngs)
+
+  stacked = nnx.eval_shape(lambda: make(nnx.Rngs(0)))  # structure and sharding names only
+  layers = [nnx.to_pure_dict(nnx.state(Block(cfg, cross_attention=cross_attention, rngs=rngs,
+                                                 layer=i)))
+            for i in range(cfg.num_layers)]
+  graphdef, state = nnx.split(stacked)
+  nnx.replace_by_pure_dict(state, stack_layers(dict(enumerate(layers))))
+  return nnx.merge(graphdef, state)
+
+
+def stack_layers(blocks: dict[int, Any]) -> Any:
+  """Per-layer parameter trees {0: tree, 1: tree, ...} -> one tree of arrays stacked on a leading
+  layer axis (the ``scan_layers`` layout of ``params['blocks']``)."""
+  layers = [blocks[i] for i in sorted(blocks)]
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+
+
+def unstack_layers(stacked: Any) -> dict[int, Any]:
+  """The inverse of :func:`stack_layers`: {layer index: tree}."""
+  n = jax.tree.leaves(stacked)[0].shape[0]
+  return {i: jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(n)}
 
 
 def cross_attention_memory(catalog: CatalogEncoding, items: jax.Array,

@@ -717,6 +717,9 @@ def load_backbone(params: Any, checkpoint: str | pathlib.Path, num_items: int, s
     if table not in params:  # item_repr='content': no id table; tied: no output table
       readers.pop(table, None)
 
+  if 'blocks' in params and 0 not in params['blocks']:  # model.scan_layers: blocks stacked
+    readers['blocks'] = stack_readers(readers['blocks'])
+
   def graft(p, r, s, where):
     if callable(r):
       if not hasattr(p, 'shape'):
@@ -732,6 +735,20 @@ def load_backbone(params: Any, checkpoint: str | pathlib.Path, num_items: int, s
     return out
 
   return graft(params, readers, shardings, 'params')
+
+
+def stack_readers(per_layer: dict[int, Any]) -> Any:
+  """Per-layer block readers {layer: tree} -> readers of the stacked blocks (``scan_layers``:
+  a leading layer axis): index ``[l0:l1, ...]`` reads layers l0..l1-1 and stacks them."""
+  n = len(per_layer)
+
+  def stacked(*readers):
+    def read(idx):
+      l0, l1 = _span(idx[0], n)
+      return np.stack([readers[i](idx[1:]) for i in range(l0, l1)])
+    return read
+
+  return jax.tree.map(stacked, *[per_layer[i] for i in range(n)], is_leaf=callable)
 
 
 def _flat_keys(x) -> list:

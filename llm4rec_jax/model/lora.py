@@ -80,8 +80,10 @@ def is_frozen(path: Sequence[Any]) -> bool:
   per layer, and what lets the pretrained blocks re-scale to item tokens), the item tables, heads,
   cross-attention, fusion and text encoder are trained."""
   keys = [_key(k) for k in path]
-  return (len(keys) == 4 and keys[0] == 'blocks' and keys[2] in FROZEN
-          and keys[3] in FROZEN[keys[2]])
+  if len(keys) == 4 and isinstance(keys[1], int):  # blocks/<layer>/module/name (not scanned)
+    keys = [keys[0]] + keys[2:]
+  return (len(keys) == 3 and keys[0] == 'blocks' and keys[1] in FROZEN
+          and keys[2] in FROZEN[keys[1]])
 
 
 def merge_params(params: dict[str, Any], scale: float) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import shutil
 
 from flax import nnx
 
-from llm4rec_jax.model import hf_export, lora, text_encoder
+from llm4rec_jax.model import decoder, hf_export, lora, text_encoder
 from llm4rec_jax.errors import ConfigError
 from llm4rec_jax.train import restore
 
@@ -48,6 +48,8 @@ def export_backbone(workdir: str | pathlib.Path, out_dir: str | pathlib.Path, *,
     raise ConfigError('model.backbone', f'{workdir} was not trained from a Hugging Face '
                       'checkpoint; there is no layout to export its blocks in')
   params = model.params
+  if model.spec.cfg.scan_layers:  # stacked blocks: back to one tree per layer
+    params = {**params, 'blocks': decoder.unstack_layers(params['blocks'])}
   if model.spec.cfg.lora_rank:
     params = lora.merge_params(params, model.spec.cfg.lora_scale)
   return hf_export.save_backbone(params, source, out_dir, dtype=dtype)
