@@ -684,6 +684,30 @@ def _aot_lora_rows(data):
   return rows
 
 
+AOT_COMPILED = ('aot_memory_1b_unrolled.json', 'aot_memory_1b_scan_noremat.json',
+                'aot_memory_1b_scan.json', 'aot_memory_8b_compiled.json')
+
+
+def _aot_compiled_rows(data):
+  rows = []
+  for name in AOT_COMPILED:
+    rec = data[name]
+    for key, r in rec['runs'].items():
+      b, state = r.get('per_device_bytes', {}), r['per_device_state_bytes']
+      blocks = ('scan, remat ' + r['remat']) if r.get('scan_layers') else (
+          'unrolled' + (', remat ' + r['remat'] if r.get('remat', 'none') != 'none' else ''))
+      rows.append({'preset': rec['preset'], 'slice': f"{key.split('/')[0]} ({r['num_devices']})",
+                   'lora': f"rank {r['lora_rank']}" if r['lora_rank'] else 'off',
+                   'blocks': blocks, 'params': r['num_params'] / 1e9,
+                   'state': sum(state.values()) / 2**30,
+                   'temp': b['temp'] / 2**30 if b else None,
+                   'peak': r.get('per_device_gib'), 'hbm': r['hbm_gib'],
+                   'fits': ('yes' if r['fits'] else 'no') + (
+                       f" (compiler: {r['error']})" if r.get('error') else ''),
+                   'compile': r['compile_s']})
+  return rows
+
+
 # --- docs/val_test_gap.md: where validation NDCG is lost at test, and the transition blend -------
 
 GAP = ('leave-one-out, full ranking, seen items excluded, one trained checkpoint (seed 0, best by '
@@ -1124,6 +1148,20 @@ TABLES: tuple[Table, ...] = (
           (Col('slice', 'slice'), Col('parameters (B)', 'params', F3),
            Col('per-device peak (GiB)', 'peak', F2), Col('state (MiB)', 'state', F1),
            Col('temporaries (GiB)', 'temp', F2), Col('HBM (GiB)', 'hbm', F0),
+           Col('fits', 'fits'), Col('compile (s)', 'compile', F0))),
+    Table('aot_memory_compiled', AOT_COMPILED,
+          'one `python benchmarks/aot_memory.py` per file (its command in the file; `--set '
+          'model.scan_layers=True --set model.remat=full` for the scanned rows): the real train '
+          'step compiled by libtpu for each slice on the 2-core CPU (no TPU), batch 256 x 50, '
+          '100,000-item catalog, FSDP over all chips, bf16 compute; LoRA rank 16 on q,k,v,o,gate,'
+          'up,down with the base frozen in bf16. State = parameters + AdamW state per device '
+          '(from the shardings); peak = the compiler\'s per-device estimate (arguments + outputs - '
+          'donated + temporaries + code); compile = wall seconds for lowering and compiling, on a '
+          'machine shared with one niced training run.', _aot_compiled_rows,
+          (Col('preset', 'preset'), Col('slice (chips)', 'slice'), Col('LoRA', 'lora'),
+           Col('blocks', 'blocks'), Col('parameters (B)', 'params', F3),
+           Col('state per device (GiB)', 'state', F3), Col('temporaries (GiB)', 'temp', F2),
+           Col('per-device peak (GiB)', 'peak', F2), Col('HBM (GiB)', 'hbm', F0),
            Col('fits', 'fits'), Col('compile (s)', 'compile', F0))),
     Table('aot_memory_lora', ('aot_memory_8b_lora.json',),
           '`' + load('aot_memory_8b_lora.json')['command'] + '`: the `8b` preset (4096 wide, 32 '

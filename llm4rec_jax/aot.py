@@ -130,28 +130,36 @@ def compile_train_step(config: ml_collections.ConfigDict, devices: list[Any], *,
            for k, shape in (('inputs', (batch_size, max_len)), ('targets', (batch_size, max_len)),
                             ('users', (batch_size,)))}
   state_sizes = _state_sizes(spec, abstract, shardings)
-  compiled = step.lower(abstract_with_shardings(abstract, shardings), batch, None).compile()
+  kind = devices[0].device_kind
+  capacity = HBM_BYTES.get(kind)
+  params = spec.num_params()
+  common = {'device_kind': kind, 'num_devices': len(devices), 'mesh': dict(mesh.shape),
+            'num_params': params, 'vocab_size': cfg.vocab_size, 'batch_size': batch_size,
+            'max_len': max_len, 'dtype': cfg.dtype, 'scan_layers': cfg.scan_layers,
+            'remat': cfg.remat, 'hbm_gib': round(capacity / 2 ** 30, 1) if capacity else None,
+            # Parameters + Adam moments (float32), evenly sharded: the floor any sharding must pay.
+            'state_floor_gib': round(3 * 4 * params / len(devices) / 2 ** 30, 3)}
+  lowered = step.lower(abstract_with_shardings(abstract, shardings), batch, None)
+  try:
+    compiled = lowered.compile()
+  except jax.errors.JaxRuntimeError as e:
+    # A step that cannot fit is an answer, not a crash: the compiler's message says by how much.
+    if 'RESOURCE_EXHAUSTED' not in str(e):
+      raise
+    return {**common, 'fits': False, 'error': str(e).strip().splitlines()[0], **state_sizes}
   mem = compiled.memory_analysis()
   sizes = {k: int(getattr(mem, f'{k}_size_in_bytes', 0) or 0)
            for k in ('argument', 'output', 'alias', 'temp', 'generated_code')}
   # Donated state is aliased to the output, so it is counted once.
   peak = sizes['argument'] + sizes['output'] - sizes['alias'] + sizes['temp'] + sizes[
       'generated_code']
-  kind = devices[0].device_kind
-  capacity = HBM_BYTES.get(kind)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  params = spec.num_params()
   return {
-      'device_kind': kind, 'num_devices': len(devices), 'mesh': dict(mesh.shape),
-      'num_params': params, 'vocab_size': cfg.vocab_size, 'batch_size': batch_size,
-      'max_len': max_len, 'dtype': cfg.dtype,
+      **common,
       'per_device_bytes': {**sizes, 'peak_estimate': peak},
       'per_device_gib': round(peak / 2 ** 30, 3),
-      'hbm_gib': round(capacity / 2 ** 30, 1) if capacity else None,
       'fits': (peak <= capacity) if capacity else None,
-      # Parameters + Adam moments (float32), evenly sharded: the floor any sharding must pay.
-      'state_floor_gib': round(3 * 4 * params / len(devices) / 2 ** 30, 3),
       'flops_per_step_per_device': float((cost or {}).get('flops', math.nan)),
       **state_sizes,
   }

@@ -11,7 +11,7 @@ import os
 import pytest
 
 from conftest import tiny_config
-from llm4rec_jax import aot
+from llm4rec_jax import aot, config_base
 from llm4rec_jax.errors import Llm4RecError
 
 
@@ -58,6 +58,17 @@ def test_compiles_for_a_tpu_slice_without_a_tpu():
   report = aot.compile_train_step(_config((1, -1, 1)), devices, num_items=4000)
   assert report['hbm_gib'] == 16.0 and report['fits'] is True
   assert report['per_device_bytes']['peak_estimate'] > 0
+  # Scanned blocks compile too; a step that cannot fit is reported with the compiler's reason.
+  scanned = _config((1, -1, 1))
+  scanned.model.update(scan_layers=True, remat='full', num_layers=3)
+  report = aot.compile_train_step(scanned, devices, num_items=4000)
+  assert report['fits'] is True and report['scan_layers'] is True
+  big = config_base.apply_preset(_config((1, -1, 1)), '1b')
+  big.model.scan_layers = True  # no remat: every layer's activations kept, far past 16 GiB
+  big.train.batch_size, big.data.max_len = 256, 50
+  report = aot.compile_train_step(big, devices, num_items=100_000)
+  assert report['fits'] is False and 'RESOURCE_EXHAUSTED' in report['error']
+  assert report['per_device_state_bytes']['params'] > 0 and 'per_device_bytes' not in report
 
 
 def test_state_memory_counts_lora_moments_for_trainable_params_only():
