@@ -8,12 +8,13 @@
 #   beauty_filter.json the same with model.filter_mix=0.7 (the best CPU config, seed 0)
 #   beauty_filter_spc16.json  the same with train.steps_per_call=16 (16 steps per jitted call)
 #   throughput.json    tokens/s, MFU against the datasheet peak, peak memory: 1b and base presets;
-#                      then the small preset with 1 and 3 replicas in one vmapped step
+#                      1b with scanned, rematerialized blocks; then the small preset with 1 and 3 replicas in one vmapped step
 #   events.tar.gz      the Beauty runs' events.jsonl
 #   log.txt            stderr of everything
 #   bash benchmarks/gpu_suite.sh          # on the GPU machine, LLM4REC_DATA_DIR holding amazon/beauty
 #   QUICK=1 PRESETS=tiny,small BATCH_SIZES=8,8 bash benchmarks/gpu_suite.sh  # seconds on a CPU
 set -uo pipefail
+PRESETS=${PRESETS:-1b,base} BATCH_SIZES=${BATCH_SIZES:-64,128}
 out=${OUT:-/tmp/gpu_suite}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
@@ -63,10 +64,15 @@ echo "== beauty_filter_seeds3 rc=$? $(date -u +%T)" >> "$log"
 (cd /tmp/wd && tar czf "$out/events.tar.gz" $(find . -name events.jsonl -o -name metrics.json) 2>/dev/null)
 
 # Printed line by line (one per run), so a run cut by the limit loses only itself.
-timeout "$(limit 170)" $py benchmarks/throughput.py $quick --dataset=random --presets=${PRESETS:-1b,base} \
-  --batch_sizes=${BATCH_SIZES:-64,128} --max_len=200 --num_items=32768 --variants=id --attention=auto,xla \
+timeout "$(limit 170)" $py benchmarks/throughput.py $quick --dataset=random --presets=${PRESETS} \
+  --batch_sizes=${BATCH_SIZES} --max_len=200 --num_items=32768 --variants=id --attention=auto,xla \
   --steps=10 --peak --keep_going > "$out/throughput.json" 2>>"$log"
 echo "== throughput rc=$? $(date -u +%T)" >> "$log"
+# The first preset again with scanned, rematerialized blocks (model.scan_layers, model.remat=full).
+timeout "$(limit 120)" $py benchmarks/throughput.py $quick --dataset=random --presets=${PRESETS%%,*} \
+  --batch_sizes=${BATCH_SIZES%%,*} --max_len=200 --num_items=32768 --variants=id --steps=10 --peak \
+  --set model.scan_layers=True --set model.remat=full >> "$out/throughput.json" 2>>"$log"
+echo "== throughput scan+remat rc=$? $(date -u +%T)" >> "$log"
 timeout "$(limit 90)" $py benchmarks/throughput.py $quick --dataset=beauty --presets=small --variants=id \
   --replicas=1,3 --steps=50 >> "$out/throughput.json" 2>>"$log"
 echo "== throughput replicas rc=$? $(date -u +%T)" >> "$log"
