@@ -106,6 +106,9 @@ def base_config() -> ml_collections.ConfigDict:
       # lax.scan (compile time independent of depth; blocks must be identical), and recompute each
       # block in the backward pass: remat 'none', 'full' or 'dots' (keep matmul outputs).
       scan_layers=False, remat='none',
+      # A start token before every sequence (a trained vector; with a backbone, started at its
+      # config.json bos_token_id embedding row), as the checkpoint saw in pretraining.
+      bos_token=False,
       # Multimodal items (llm4rec_jax.model.fusion): 'id' | 'content' | 'both' on input and output;
       # every k-th block cross-attends to the history's content tokens (0 = none).
       item_repr='id', cross_attention_every=0, fusion_layers=1, fusion_heads=2,

@@ -201,7 +201,7 @@ def test_bfloat16_checkpoint_matches_transformers(tmp_path, mesh):
   assert np.abs(ours - want).max() < 0.1 * np.abs(want).max()
 
 
-def backbone_hidden(tmp_path, ckpt):
+def backbone_hidden(tmp_path, ckpt, **overrides):
   """The trainer's item decoder started from ``ckpt`` (config.model.backbone): its config, as
   recorded in the saved workdir config, its item table and items [batch, seq] -> hidden states."""
   from conftest import tiny_config  # pylint: disable=import-outside-toplevel
@@ -211,7 +211,7 @@ def backbone_hidden(tmp_path, ckpt):
   from llm4rec_jax import config_base  # pylint: disable=import-outside-toplevel
   from llm4rec_jax.model import decoder  # pylint: disable=import-outside-toplevel
   config = tiny_config(**{'model.backbone': str(ckpt), 'model.dropout': 0.0,
-                          'mesh.shape': (2, 2, 2)})
+                          'mesh.shape': (2, 2, 2), **overrides})
   exp = experiment.build_experiment(config, tmp_path / 'wd')
   (tmp_path / 'wd').mkdir(exist_ok=True)
   # What training saves (the architecture recorded); evaluation rebuilds the model from it alone.
@@ -261,6 +261,29 @@ def test_backbone_hidden_states_match_transformers(tmp_path, family):
   if family == 'gemma3_text':
     assert (cfg.rope_theta, cfg.rope_scaling) == (500.0, ('linear', 4.0))
     assert (cfg.local_rope_theta, cfg.local_rope_scaling) == (50.0, ())
+
+
+@pytest.mark.parametrize('family', ['llama', 'gemma2'])
+def test_start_token_hidden_states_match_transformers(tmp_path, family):
+  """``model.bos_token``: the item decoder puts the checkpoint's start token before the items;
+  its hidden states at the items equal transformers' fed [BOS row, item rows], also left padded
+  (Gemma 2: embeddings scaled, a window of 4 over 12 items that counts the start token)."""
+  model, _ = save_reference(tmp_path / 'llm', family)
+  bos_id = model.config.bos_token_id
+  cfg, table, ours = backbone_hidden(tmp_path, tmp_path / 'llm', **{'model.bos_token': True})
+  assert cfg.bos_token and 0 <= bos_id < VOCAB
+  text = model.get_input_embeddings().weight.detach().numpy()
+  items = np.random.default_rng(4).integers(1, 100, 12).astype(np.int32)
+  scale = cfg.d_model ** 0.5 if cfg.embed_scale else 1.0
+  embeds = scale * np.concatenate([text[bos_id][None], table[items]])[None]
+  want = hf_hidden(model, embeds)[0, 1:]
+  np.testing.assert_allclose(ours(items[None])[0], want, **TOL)
+  rows, _ = left_padded(items, (0, 4))
+  np.testing.assert_allclose(ours(rows)[1, 4:], want[:8], **TOL)
+  # Without it the hidden states differ: the start token is read.
+  (tmp_path / 'plain').mkdir()
+  _, _, plain = backbone_hidden(tmp_path / 'plain', tmp_path / 'llm')
+  assert np.abs(plain(items[None])[0] - want).max() > 100 * TOL['atol']
 
 
 LLAMA3 = dict(rope_type='llama3', factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,

@@ -63,15 +63,16 @@ def llama(tmp_path_factory):
   return path, write_backbone(path, 'llama')
 
 
-@pytest.mark.parametrize('family,fields,length', [('llama', 'title', 4),
-                                                  ('gemma2', 'title,description', 6)])
-def test_item_token_states_match_transformers(tmp_path, family, fields, length):
+@pytest.mark.parametrize('family,fields,length,bos', [('llama', 'title', 4, False),
+                                                      ('gemma2', 'title,description', 6, True)])
+def test_item_token_states_match_transformers(tmp_path, family, fields, length, bos):
   """Llama with 3-4 word titles in 4 slots (title padding inside the sequence); Gemma 2 (embedding
   scale, a sliding window of 4 shorter than one item's tokens, soft-capping) with titles and
-  descriptions cut to 6 tokens. Also left-padded histories."""
+  descriptions cut to 6 tokens, after the checkpoint's start token (``model.bos_token``). Also
+  left-padded histories."""
   reference = write_backbone(tmp_path / 'llm', family)
   config = _config(tmp_path / 'llm', **{'model.title_tokens': length, 'model.title_fields': fields,
-                                        'model.dropout': 0.0})
+                                        'model.dropout': 0.0, 'model.bos_token': bos})
   exp = experiment.build_experiment(config, tmp_path / 'wd')
   tx, _ = optimizer_lib.make_optimizer(config.optimizer, 10)
   _, shardings = state_lib.state_shardings(exp.spec, tx)
@@ -86,6 +87,9 @@ def test_item_token_states_match_transformers(tmp_path, family, fields, length):
   scale = exp.spec.cfg.d_model ** 0.5 if exp.spec.cfg.embed_scale else 1.0
   embeds, at, counts = [], [], []
   with torch.no_grad():
+    if bos:  # transformers' embedding of the start token (scaled by Gemma's module)
+      embeds.append(reference.model.embed_tokens(
+          torch.as_tensor([reference.config.bos_token_id])).numpy())
     for i in items:
       ids = tok(texts[i], add_special_tokens=False)['input_ids'][:length]
       counts.append(len(ids))
@@ -101,7 +105,7 @@ def test_item_token_states_match_transformers(tmp_path, family, fields, length):
   got = np.asarray(forward(model, jnp.asarray(rows), exp.content))
   np.testing.assert_allclose(got[0], want, **TOL)
   # Left padding: the first 4 items alone, as transformers sees them.
-  short = hf_hidden(reference, np.concatenate(embeds[:8])[None])[0][at[:4]]
+  short = hf_hidden(reference, np.concatenate(embeds[:8 + bos])[None])[0][at[:4]]
   np.testing.assert_allclose(got[1, 3:], short, **TOL)
   # Without the titles the states differ: they are read.
   bare = dataclasses.replace(exp.content, title_tokens=jnp.zeros_like(exp.content.title_tokens))
@@ -143,6 +147,10 @@ def test_sequence_budget_names_the_fields(llama, tmp_path):
   with pytest.raises(ConfigError, match=r'config.model.title_tokens: data.max_len=64 .* 320 '
                      r'positions exceed the max_position_embeddings=256'):
     experiment.build_experiment(_config(path, **{'data.max_len': 64}), tmp_path / 'b')
+  with pytest.raises(ConfigError, match=r'64 items x \(3 title tokens \+ 1 item token\) \+ 1 '
+                     r'start token = 257 positions exceed'):  # the start token counts too
+    experiment.build_experiment(_config(path, **{'model.title_tokens': 3, 'data.max_len': 64,
+                                                 'model.bos_token': True}), tmp_path / 'c')
 
 
 def test_bad_settings_name_the_field(llama, tmp_path):
@@ -155,6 +163,9 @@ def test_bad_settings_name_the_field(llama, tmp_path):
     experiment.build_experiment(_config(path, **{'model.title_fields': 'subtitle'}), tmp_path / 'a')
   with pytest.raises(ConfigError, match='config.model.title_tokens: cannot be combined'):
     experiment.build_experiment(_config(path, **{'model.filter_mix': 0.5}), tmp_path / 'b')
+  with pytest.raises(ConfigError, match='config.model.bos_token: cannot be combined'):
+    experiment.build_experiment(tiny_config(**{'model.bos_token': True,
+                                               'model.filter_mix': 0.5}), tmp_path / 'c')
   bare = tmp_path / 'no_tokenizer'
   shutil.copytree(path, bare)
   (bare / 'tokenizer.json').unlink()

@@ -31,20 +31,23 @@ from llm4rec_jax.data.dataset import PAD_ID, FeatureTable
 from llm4rec_jax.errors import ConfigError, DataError
 from llm4rec_jax.model import hf_import
 
-def sequence_length(max_len: int, title_tokens: int) -> int:
-  """Positions the decoder runs for ``max_len`` history items of ``title_tokens`` title tokens."""
-  return max_len * (title_tokens + 1)
+def sequence_length(max_len: int, title_tokens: int, bos_token: bool = False) -> int:
+  """Positions the decoder runs for ``max_len`` history items of ``title_tokens`` title tokens
+  (and the start token, ``model.bos_token``)."""
+  return max_len * (title_tokens + 1) + int(bos_token)
 
 
 def check_budget(max_len: int, title_tokens: int, llm: hf_import.LlmConfig,
-                 checkpoint: str | pathlib.Path) -> None:
-  """ConfigError when ``max_len * (title_tokens + 1)`` exceeds the checkpoint's positions."""
-  length = sequence_length(max_len, title_tokens)
+                 checkpoint: str | pathlib.Path, bos_token: bool = False) -> None:
+  """ConfigError when ``max_len * (title_tokens + 1)`` (+ 1 start token) exceeds the checkpoint's
+  positions."""
+  length = sequence_length(max_len, title_tokens, bos_token)
   if llm.max_positions and length > llm.max_positions:
     raise ConfigError('model.title_tokens', f'data.max_len={max_len} items x ({title_tokens} '
-                      f'title tokens + 1 item token) = {length} positions exceed the '
-                      f'max_position_embeddings={llm.max_positions} of {checkpoint}; lower '
-                      'model.title_tokens or data.max_len')
+                      f'title tokens + 1 item token){" + 1 start token" if bos_token else ""} = '
+                      f'{length} positions exceed the max_position_embeddings='
+                      f'{llm.max_positions} of {checkpoint}; lower model.title_tokens or '
+                      'data.max_len')
 
 
 def load_tokenizer(checkpoint: str | pathlib.Path) -> Any:
@@ -93,7 +96,7 @@ def build_title_tokens(model_cfg: Any, max_len: int, table: FeatureTable, vocab_
   ``model_cfg`` (``config.model``: ``backbone``, ``title_tokens``, ``title_fields``)."""
   length, checkpoint = int(model_cfg.title_tokens), pathlib.Path(model_cfg.backbone)
   llm = hf_import.read_config(checkpoint, num_items=1)
-  check_budget(max_len, length, llm, checkpoint)
+  check_budget(max_len, length, llm, checkpoint, bool(model_cfg.get('bos_token', False)))
   ids = tokenize_titles(load_tokenizer(checkpoint), title_texts(table, model_cfg.title_fields),
                         length)  # [rows, T]
   if ids.max(initial=-1) >= llm.text_vocab:

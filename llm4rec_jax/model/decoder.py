@@ -100,6 +100,10 @@ class DecoderConfig:
   # 'full' (keep only the block's input) or 'dots' (also keep matmul outputs without batch dims).
   scan_layers: bool = False
   remat: str = 'none'
+  # A start token before every sequence (``bos``: one trained d_model vector; with a Hugging Face
+  # backbone it starts as the checkpoint's bos_token_id embedding row), as the checkpoint saw in
+  # pretraining. Its output is dropped: hidden states stay one per history item.
+  bos_token: bool = False
 
   @property
   def uses_content(self) -> bool:
@@ -252,7 +256,13 @@ class ItemDecoder(nnx.Module):
       # Both work per history item; with titles the sequence holds T + 1 positions per item.
       raise ConfigError('model.title_tokens', 'cannot be combined with cross-attention '
                         '(model.cross_attention_every) or the causal filter (model.filter_mix)')
+    if cfg.bos_token and (cfg.cross_attention_every or cfg.filter_mix):
+      # Both work per history item; the start token is not one.
+      raise ConfigError('model.bos_token', 'cannot be combined with cross-attention '
+                        '(model.cross_attention_every) or the causal filter (model.filter_mix)')
     emb_init = nnx.initializers.normal(stddev=cfg.d_model ** -0.5)
+    if cfg.bos_token:
+      self.bos = param(rngs, emb_init, (cfg.d_model,), ('embed',))
     if cfg.item_repr != 'content':
       self.item_embed = param(rngs, emb_init, (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'))
     if cfg.uses_content:
@@ -390,6 +400,18 @@ class ItemDecoder(nnx.Module):
     blocks read. Split from ``__call__`` so attributions can differentiate through the input
     embeddings (llm4rec_jax.explain.attribution).
     """
+    if self.cfg.bos_token:
+      # The start token goes first (array index 0, before the left padding): padding is masked out
+      # of attention and does not advance positions, so it sits at position 0 right before the
+      # first item, as in the unpadded sequence. Its output is dropped.
+      bos = self.bos[...] * (self.cfg.d_model ** 0.5 if self.cfg.embed_scale else 1.0)
+      x = jnp.concatenate([jnp.broadcast_to(bos.astype(x.dtype), (x.shape[0], 1, x.shape[2])), x],
+                          axis=1)
+      valid = jnp.concatenate([jnp.ones_like(valid[:, :1]), valid], axis=1)
+      return self._hidden(x, valid, memory, memory_mask, deterministic, rngs)[:, 1:]
+    return self._hidden(x, valid, memory, memory_mask, deterministic, rngs)
+
+  def _hidden(self, x, valid, memory, memory_mask, deterministic, rngs):
     # Positions count real items only, so left padding does not shift them.
     positions = jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0)
     seq = x.shape[1]

@@ -105,7 +105,7 @@ def save_backbone(params: dict[str, Any], source: str | pathlib.Path, out_dir: s
     weight_map.update({n: fname for n in tensors})
   (out / 'model.safetensors.index.json').write_text(json.dumps(
       {'metadata': {}, 'weight_map': dict(sorted(weight_map.items()))}, indent=1))
-  tables = {k: _host(params[k]) for k in ('item_embed', 'output_embed') if k in params}
+  tables = {k: _host(params[k]) for k in ('item_embed', 'output_embed', 'bos') if k in params}
   if tables:
     save_file(tables, str(out / hf_import.ITEM_TABLES))
   config = json.loads((source / 'config.json').read_text())

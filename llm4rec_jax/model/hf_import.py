@@ -80,6 +80,7 @@ class LlmConfig:
   final_softcap: float = 0.0  # Gemma 2 (3 where set): logits soft-capped at this (0 = none)
   post_norms: bool = False  # Gemma 2/3: norms on the attention and MLP outputs
   max_positions: int = 0  # max_position_embeddings: the longest sequence it takes (0 = unset)
+  bos_token_id: int = -1  # config.json's bos_token_id (-1 = none)
 
   def item_token(self, item: int | np.ndarray) -> int | np.ndarray:
     return self.text_vocab + item
@@ -150,7 +151,8 @@ def read_config(checkpoint: str | pathlib.Path, *, num_items: int, dtype: str = 
       query_pre_attn_scalar=float(field('query_pre_attn_scalar', 256)) if gemma23 else 0.0,
       attn_softcap=float(raw.get('attn_logit_softcapping', softcaps[0]) or 0.0),
       final_softcap=float(raw.get('final_logit_softcapping', softcaps[1]) or 0.0),
-      post_norms=gemma23, max_positions=int(raw.get('max_position_embeddings') or 0))
+      post_norms=gemma23, max_positions=int(raw.get('max_position_embeddings') or 0),
+      bos_token_id=raw['bos_token_id'] if isinstance(raw.get('bos_token_id'), int) else -1)
 
 
 LLAMA3_ROPE = ('factor', 'low_freq_factor', 'high_freq_factor', 'original_max_position_embeddings')
@@ -676,12 +678,16 @@ def backbone_readers(checkpoint: str | pathlib.Path, num_items: int, vocab_size:
   tables = pathlib.Path(checkpoint) / ITEM_TABLES
   readers = {'blocks': _block_readers(t, llm),
              'final_norm': {'scale': _norm(t, 'model.norm.weight', llm.norm_plus_one)}}
+  if 0 <= llm.bos_token_id < llm.text_vocab:  # the start token's row (model.bos_token)
+    bos = t.rows('model.embed_tokens.weight', np.asarray([llm.bos_token_id]))[0]
+    readers['bos'] = lambda idx: np.asarray(bos[idx], np.float32)
   if tables.is_file():  # a recommender's own export (hf_export): its trained item tables
     items = _SafetensorsFile(tables)
     for name in items.keys():
-      if items.array(name).shape != (vocab_size, llm.d_model):
+      want = (llm.d_model,) if name == 'bos' else (vocab_size, llm.d_model)
+      if items.array(name).shape != want:
         raise DataError(f'{tables}: {name} has shape {items.array(name).shape}, the model '
-                        f'needs ({vocab_size}, {llm.d_model}) (another catalog or vocab_size)')
+                        f'needs {want} (another catalog or vocab_size)')
       readers[name] = (lambda a: lambda idx: np.asarray(a[idx], np.float32))(items.array(name))
     return readers
   mean, std = _embedding_stats(t, 'model.embed_tokens.weight', llm.text_vocab)
@@ -716,6 +722,11 @@ def load_backbone(params: Any, checkpoint: str | pathlib.Path, num_items: int, s
   for table in ('item_embed', 'output_embed'):
     if table not in params:  # item_repr='content': no id table; tied: no output table
       readers.pop(table, None)
+  if 'bos' not in params:
+    readers.pop('bos', None)
+  elif 'bos' not in readers:
+    raise ConfigError('model.bos_token', f'{checkpoint}/config.json has no bos_token_id within '
+                      'its text vocabulary to start the start token from')
 
   if 'blocks' in params and 0 not in params['blocks']:  # model.scan_layers: blocks stacked
     readers['blocks'] = stack_readers(readers['blocks'])
