@@ -172,3 +172,42 @@ def test_bad_settings_name_the_field(llama, tmp_path):
   (bare / 'tokenizer_config.json').unlink()
   with pytest.raises(ConfigError, match='config.model.title_tokens: .* has no tokenizer'):
     experiment.build_experiment(_config(bare), tmp_path / 'c')
+
+
+def test_the_online_learner_adapts_a_title_model(llama, tmp_path):
+  """Online adaptation of a model that reads titles: known items keep their title tokens (read
+  from the workdir, the checkpoint deleted), new items enter with none, growing the catalog pads
+  the per-item title rows but not the token table, and the steps train the model."""
+  from llm4rec_jax.data import events as events_lib  # pylint: disable=import-outside-toplevel
+  from llm4rec_jax.online.learner import OnlineLearner  # pylint: disable=import-outside-toplevel
+  path, _ = llama
+  ckpt = tmp_path / 'llm'
+  shutil.copytree(path, ckpt)
+  trainer.train_and_evaluate(_config(ckpt, **{'train.max_steps': 4, 'train.eval_every': 4}),
+                             tmp_path / 'wd')
+  shutil.rmtree(ckpt)
+  learner = OnlineLearner(tmp_path / 'wd', overrides={'batch_size': 8, 'replay_batch': 8,
+                                                      'learning_rate': 1e-2})
+  saved = np.asarray(learner.content_np.title_tokens)
+  table = np.asarray(learner.content_np.title_table)
+  vocab = learner.catalog.vocab_size
+  assert saved.shape == (vocab, 4) and saved[1:learner.catalog.num_trained + 1].any()
+  before = jax.device_get(learner.state['params'])
+  rng = np.random.default_rng(0)
+  raw = [{'user': f'u{rng.integers(1, 40)}', 'item': f'new{k}' if k % 4 == 0 else
+          f'i{rng.integers(1, 121)}', 'timestamp': 1000 + k} for k in range(16)]
+  learner.learn([events_lib.parse_event(e) for e in raw])
+  learner.sync()
+  after = jax.device_get(learner.state['params'])
+  assert not np.allclose(before['blocks'][0]['attn']['wq'], after['blocks'][0]['attn']['wq'])
+  new = [learner.catalog.get(f'new{k}') for k in range(0, 16, 4)]
+  tokens = np.asarray(jax.device_get(learner.content.title_tokens))
+  np.testing.assert_array_equal(tokens[:learner.catalog.num_trained + 1],
+                                saved[:learner.catalog.num_trained + 1])
+  assert not tokens[new].any()
+  # Past the reserved rows: the per-item arrays grow, the token table does not.
+  learner.register_items([f'more{k}' for k in range(learner.catalog.free_rows + 1)])
+  assert learner.catalog.vocab_size > vocab
+  assert learner.content_np.title_tokens.shape == (learner.catalog.vocab_size, 4)
+  np.testing.assert_array_equal(np.asarray(learner.content_np.title_table), table)
+  assert len(learner.recommend('u1')) == 10

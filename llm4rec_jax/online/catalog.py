@@ -9,10 +9,12 @@ free row; when none is left the learner grows every catalog-sharded array (see
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 from llm4rec_jax.content import text_cache
@@ -87,6 +89,14 @@ def pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
   return out
 
 
+def pad_content(content: ItemContent, rows: int) -> ItemContent:
+  """Every per-item array of ``content`` padded with zero rows up to ``rows`` (items without
+  content); the title table, whose rows are text tokens rather than items, is kept as it is."""
+  padded = jax.tree.map(lambda x: pad_rows(np.asarray(x), rows),
+                        dataclasses.replace(content, title_table=None))
+  return dataclasses.replace(padded, title_table=content.title_table)
+
+
 class ContentRows:
   """Content arrays for new items from their raw features, normalised like the training catalog.
 
@@ -153,9 +163,11 @@ class ContentRows:
       # A new item's id row starts at zero, so on input and output it is its content (+ 0) until
       # the id row has learned a residual; it is a real softmax candidate from now on.
       id_known[list(rows)] = True
-    return ItemContent(categorical=tuple(cats), numeric=numeric, numeric_mask=numeric_mask,
-                       dense=tuple(dense), dense_mask=tuple(dense_mask), text=text,
-                       text_mask=text_mask, id_known=id_known, codes=c.codes)
+    # Other fields (title tokens: a new item enters with none) are carried over.
+    return dataclasses.replace(c, categorical=tuple(cats), numeric=numeric,
+                               numeric_mask=numeric_mask, dense=tuple(dense),
+                               dense_mask=tuple(dense_mask), text=text, text_mask=text_mask,
+                               id_known=id_known)
 
   def _encode_text(self, features: Sequence[Mapping[str, Any] | None]):
     fields = content_lib._select(list(self.table.text), self.cfg.text, 'content.text')  # pylint: disable=protected-access

@@ -103,7 +103,7 @@ class OnlineLearner:
     shards = math.prod(self.mesh.shape[a] for a in partitioning.rule_axes(self.rules, 'vocab')
                        if a in self.mesh.shape)
     self.vocab_multiple = 128 * shards
-    if not cfg.uses_content:
+    if not (cfg.uses_content or cfg.title_tokens):
       self.content_np = None
     self.cfg = cfg
     self.width = self.config.data.max_len + 1  # ranking: max_len history items + the target
@@ -135,7 +135,7 @@ class OnlineLearner:
 
     self.snapshots = workdir_lib.snapshots(self.workdir, max_to_keep=oc.keep_snapshots)
     latest = self.snapshots.latest() if resume else None
-    if oc.bootstrap or (self.content_np is not None):
+    if oc.bootstrap or cfg.uses_content:
       self._bootstrap(bootstrap_histories=oc.bootstrap and latest is None)
     if latest is not None:
       snapshots.restore(self, latest)
@@ -165,7 +165,7 @@ class OnlineLearner:
       raise DataError(f'dataset {self.config.data.name!r} does not match the item catalog of '
                       f'{workdir_lib.path(self.workdir, workdir_lib.CATALOG)} (different item '
                       'ids or order)', field='data.name')
-    if self.content_np is not None:
+    if self.cfg.uses_content:  # (a title-only model's new items enter with no title tokens)
       self.content_rows = ContentRows(ds.items, self.cfg.content, self.config.content)
     if not bootstrap_histories:
       return

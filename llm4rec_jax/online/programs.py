@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 
 from llm4rec_jax import evaluation, partitioning
-from llm4rec_jax.online.catalog import pad_rows
+from llm4rec_jax.online.catalog import pad_content
 from llm4rec_jax.online.optimizer import scale_catalog_rows
 from llm4rec_jax.train import state as state_lib
 from llm4rec_jax.train.objective import make_loss_fn
@@ -189,8 +189,7 @@ class ProgramCache:
                           abstract, shardings)
     state = zeros(p.abstract, p.shardings)
     if content is not None:
-      content = state_lib.put_content(jax.tree.map(lambda x: pad_rows(np.asarray(x), vocab),
-                                                   content), self.mesh, self.rules)
+      content = state_lib.put_content(pad_content(content, vocab), self.mesh, self.rules)
     catalog = jax.device_put(np.zeros(vocab, bool), p.catalog_sharding)
     row_scale = jax.device_put(np.ones(vocab, np.float32), p.catalog_sharding)
     anchor = zeros(p.abstract['params'], p.shardings['params']) if oc.l2_pull > 0 else None

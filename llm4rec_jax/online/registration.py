@@ -22,7 +22,7 @@ from llm4rec_jax import partitioning
 from llm4rec_jax.data.events import Event
 from llm4rec_jax.errors import ConfigError
 from llm4rec_jax.online import scoring
-from llm4rec_jax.online.catalog import grown_vocab, pad_rows
+from llm4rec_jax.online.catalog import grown_vocab, pad_content, pad_rows
 from llm4rec_jax.online.optimizer import new_item_row_scale
 from llm4rec_jax.online.programs import padded_rows
 from llm4rec_jax.train import state as state_lib
@@ -45,7 +45,8 @@ def register_items(learner: OnlineLearner, raw_ids: Sequence[str],
   if new_rows:
     zero_rows(learner, new_rows)
   with_content = [(r, f) for r, f in zip(rows, features) if f is not None or r in new_rows]
-  if learner.content_np is not None and with_content:
+  # Title tokens (model.title_tokens) are not filled: a new item's row has none.
+  if learner.cfg.uses_content and with_content:
     if learner.content_rows is None:
       raise ConfigError('online.bootstrap', 'content of new items needs the training dataset '
                         '(its category vocabularies and feature statistics); keep it readable')
@@ -53,7 +54,7 @@ def register_items(learner: OnlineLearner, raw_ids: Sequence[str],
                                                    [r for r, _ in with_content],
                                                    [f for _, f in with_content])
   changed = sorted(set(new_rows) | ({r for r, _ in with_content}
-                                    if learner.content_np is not None else set()))
+                                    if learner.cfg.uses_content else set()))
   if changed:
     put_catalog(learner)
     learner.upsert_index(changed)
@@ -146,8 +147,7 @@ def grow(learner: OnlineLearner, needed_rows: int) -> None:
   host['opt_state'] = jax.tree.map(pad, host['opt_state'], abstract_opt)
   learner.state = jax.device_put(host, p.shardings)
   if learner.content_np is not None:
-    learner.content_np = jax.tree.map(lambda x: pad_rows(np.asarray(x), vocab),
-                                      learner.content_np)
+    learner.content_np = pad_content(learner.content_np, vocab)
   put_catalog(learner)
 
 
