@@ -326,27 +326,15 @@ def _train(base, exps, seeds, ckpts, resume, data_iters, tx, schedule, scales, a
           for i in active:
             t_one = time.perf_counter()
             mine = take(state, i)
-            params = state_lib.eval_params(mine)
-            ranks_metrics, _, _ = base.evaluate_arrays(rank_fn, params, valid_arrays,
-                                                       content=base.content)
-            score = ranks_metrics['ndcg@10']
-            if score > progress[i]['best']:
-              progress[i].update(best=score, best_step=step, evals_since_best=0)
-            else:
-              progress[i]['evals_since_best'] += 1
-            loggers[i].scalars(step, {f'valid/{k}': v for k, v in ranks_metrics.items()})
-            monitored = {}
-            if monitor_arrays is not None:
-              monitored, _, _ = base.evaluate_arrays(rank_fn, params, monitor_arrays,
-                                                     content=base.content)
-              loggers[i].scalars(step, {f'monitor_test/{k}': v for k, v in monitored.items()})
-            ckpts[i].save(step, mine, data_iters[i], {'valid_ndcg@10': score, **progress[i]})
+            ranks_metrics, monitored = trainer.validate(
+                base, rank_fn, state_lib.eval_params(mine), valid_arrays, monitor_arrays,
+                base.content, step=step, progress=progress[i], logger=loggers[i])
+            ckpts[i].save(step, mine, data_iters[i],
+                          {'valid_ndcg@10': ranks_metrics['ndcg@10'], **progress[i]})
             last_valid[i] = (step, ranks_metrics)
             t_done = time.perf_counter()
-            loggers[i].info(dict(event='eval', step=step, epoch=step / steps_per_epoch,
-                                 elapsed_s=t_done - t_start, eval_s=t_done - t_one,
-                                 **{f'valid_{k}': v for k, v in ranks_metrics.items()},
-                                 **{f'monitor_test_{k}': v for k, v in monitored.items()}))
+            loggers[i].info(trainer.eval_event(step, steps_per_epoch, t_done - t_start,
+                                               t_done - t_one, ranks_metrics, monitored))
             if tc.patience and progress[i]['evals_since_best'] >= tc.patience:
               running[i] = False  # frozen: later evaluations no longer touch its workdir
               ended[i] = (step, mine)
@@ -370,7 +358,6 @@ def _train(base, exps, seeds, ckpts, resume, data_iters, tx, schedule, scales, a
       c.wait()
 
   t_done = time.perf_counter()
-  train_seconds = t_done - t_start - eval_seconds
   results = []
   for i, e in enumerate(exps):
     if interrupted and running[i]:
@@ -379,17 +366,9 @@ def _train(base, exps, seeds, ckpts, resume, data_iters, tx, schedule, scales, a
       results.append({'stopped': interrupted, 'step': step})
       continue
     end, final = ended.get(i) or (step, None)
-    run = max(end - start, 0)  # 0: stopped early before this call
-    steady = None
-    if warm is not None and end > warm[0]:
-      steady = (end - warm[0]) * tc.batch_size / max(
-          t_done - warm[1] - (eval_seconds - warm[2]), 1e-9)
-    loggers[i].info(dict(
-        event='train_done', step=end, reason='early_stopping' if i in ended else 'max_steps',
-        best_step=progress[i]['best_step'], best_valid_ndcg10=progress[i]['best'],
-        steps_run=run, train_seconds=train_seconds, eval_seconds=eval_seconds,
-        examples_per_sec=run * tc.batch_size / max(train_seconds, 1e-9),
-        steady_examples_per_sec=steady, replicas=num))
+    loggers[i].info(trainer.train_done_event(
+        end, min(start, end), 'early_stopping' if i in ended else 'max_steps', progress[i], warm,
+        t_start, t_done, eval_seconds, tc.batch_size, replicas=num))
     best = ckpts[i].best_step()
     if best is not None and best != end:
       final = ckpts[i].restore(best, abstract_with_shardings(abstract, shardings))

@@ -252,31 +252,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: workdir_lib.P
           eval_content = hooks_lib.content_of(hooks, state, exp.content)
           for hook in hooks:
             hook.before_eval(step, state_lib.eval_params(state), eval_content)
-          ranks_metrics, _, _ = exp.evaluate_arrays(
-              rank_fn, state_lib.eval_params(state), hooks_lib.eval_arrays(hooks, valid_arrays),
-              content=eval_content)
-          score = ranks_metrics['ndcg@10']
-          if score > progress['best']:
-            progress.update(best=score, best_step=step, evals_since_best=0)
-          else:
-            progress['evals_since_best'] += 1
-          logger.scalars(step, {f'valid/{k}': v for k, v in ranks_metrics.items()})
-          monitored = {}
-          if monitor_arrays is not None:  # logged only: nothing below reads it
-            monitored, _, _ = exp.evaluate_arrays(
-                rank_fn, state_lib.eval_params(state),
-                hooks_lib.eval_arrays(hooks, monitor_arrays), content=eval_content)
-            logger.scalars(step, {f'monitor_test/{k}': v for k, v in monitored.items()})
-          ckpt.save(step, state, data_iter, {'valid_ndcg@10': score, **progress},
+          ranks_metrics, monitored = validate(
+              exp, rank_fn, state_lib.eval_params(state), hooks_lib.eval_arrays(hooks, valid_arrays),
+              None if monitor_arrays is None else hooks_lib.eval_arrays(hooks, monitor_arrays),
+              eval_content,
+              step=step, progress=progress, logger=logger)
+          ckpt.save(step, state, data_iter, {'valid_ndcg@10': ranks_metrics['ndcg@10'], **progress},
                     extras=hooks_lib.snapshots(hooks))
           saved_step = step
           t_last = time.perf_counter()  # evaluation time is not training throughput
           eval_seconds += t_last - t_eval
           last_valid = (step, ranks_metrics)
-          logger.info(dict(event='eval', step=step, epoch=step / steps_per_epoch,
-                           elapsed_s=t_last - t_start, eval_s=t_last - t_eval,
-                           **{f'valid_{k}': v for k, v in ranks_metrics.items()},
-                           **{f'monitor_test_{k}': v for k, v in monitored.items()}))
+          logger.info(eval_event(step, steps_per_epoch, t_last - t_start, t_last - t_eval,
+                                 ranks_metrics, monitored))
           if tc.patience and progress['evals_since_best'] >= tc.patience:
             stopped_reason = 'early_stopping'
             break
@@ -298,17 +286,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: workdir_lib.P
     ckpt.close()
     return {'stopped': stopped_reason, 'step': step}
 
-  t_done = time.perf_counter()
-  train_seconds = t_done - t_start - eval_seconds
-  steady = None
-  if warm is not None and step > warm[0]:
-    steady = (step - warm[0]) * tc.batch_size / max(t_done - warm[1] - (eval_seconds - warm[2]),
-                                                    1e-9)
-  logger.info(dict(event='train_done', step=step, reason=stopped_reason or 'max_steps',
-                   best_step=progress['best_step'], best_valid_ndcg10=progress['best'],
-                   steps_run=step - start, train_seconds=train_seconds, eval_seconds=eval_seconds,
-                   examples_per_sec=(step - start) * tc.batch_size / max(train_seconds, 1e-9),
-                   steady_examples_per_sec=steady))
+  logger.info(train_done_event(step, start, stopped_reason or 'max_steps', progress, warm,
+                                t_start, time.perf_counter(), eval_seconds, tc.batch_size))
   best = ckpt.best_step()
   if best is not None and best != step:
     state = ckpt.restore(best, abstract_with_shardings(abstract, shardings))
@@ -371,6 +350,52 @@ def step_events(step: int, tc, eval_every: int, total_steps: int, stop: preempti
   flush = (step % tc.log_every == 0 or is_eval or bool(signalled) or periodic_save
            or step == stop_after_steps)
   return is_eval, signalled, periodic_save, flush
+
+
+def validate(exp: Experiment, rank_fn, params, valid_arrays, monitor_arrays, content, *,
+             step: int, progress: dict[str, Any], logger: MetricLogger
+             ) -> tuple[dict[str, float], dict[str, float]]:
+  """One validation of ``params`` (the rule both training loops share): metrics on
+  ``valid_arrays``, the early-stopping record ``progress`` (best, best_step, evals_since_best)
+  updated from its NDCG@10, and, logged only, the metrics on ``monitor_arrays`` (None = none).
+  Returns (validation metrics, monitored metrics), both written as scalars at ``step``."""
+  metrics, _, _ = exp.evaluate_arrays(rank_fn, params, valid_arrays, content=content)
+  score = metrics['ndcg@10']
+  if score > progress['best']:
+    progress.update(best=score, best_step=step, evals_since_best=0)
+  else:
+    progress['evals_since_best'] += 1
+  logger.scalars(step, {f'valid/{k}': v for k, v in metrics.items()})
+  monitored = {}
+  if monitor_arrays is not None:  # logged only: nothing reads it
+    monitored, _, _ = exp.evaluate_arrays(rank_fn, params, monitor_arrays, content=content)
+    logger.scalars(step, {f'monitor_test/{k}': v for k, v in monitored.items()})
+  return metrics, monitored
+
+
+def eval_event(step: int, steps_per_epoch: int, elapsed: float, eval_seconds: float,
+               metrics: dict[str, float], monitored: dict[str, float]) -> dict[str, Any]:
+  """The ``eval`` line of events.jsonl."""
+  return dict(event='eval', step=step, epoch=step / steps_per_epoch, elapsed_s=elapsed,
+              eval_s=eval_seconds, **{f'valid_{k}': v for k, v in metrics.items()},
+              **{f'monitor_test_{k}': v for k, v in monitored.items()})
+
+
+def train_done_event(end: int, start: int, reason: str, progress: dict[str, Any],
+                     warm: tuple[int, float, float] | None, t_start: float, t_done: float,
+                     eval_seconds: float, batch_size: int, **extra) -> dict[str, Any]:
+  """The ``train_done`` line of events.jsonl: steps run this call (``start`` to ``end``), the
+  rates over training time (evaluation excluded) and the steady rate after the first flush
+  (``warm`` = (its step, its ``time.perf_counter()``, evaluation seconds by then))."""
+  train_seconds = t_done - t_start - eval_seconds
+  steady = None
+  if warm is not None and end > warm[0]:
+    steady = (end - warm[0]) * batch_size / max(t_done - warm[1] - (eval_seconds - warm[2]), 1e-9)
+  return dict(event='train_done', step=end, reason=reason, best_step=progress['best_step'],
+              best_valid_ndcg10=progress['best'], steps_run=end - start,
+              train_seconds=train_seconds, eval_seconds=eval_seconds,
+              examples_per_sec=(end - start) * batch_size / max(train_seconds, 1e-9),
+              steady_examples_per_sec=steady, **extra)
 
 
 def _steps_this_call(step: int, per_call: int, every: list[int], total: int,
