@@ -44,13 +44,14 @@ def _loss_and_grads(cfg, seed=0, dropout_key=None):
   return float(value), np.asarray(hidden), grads
 
 
-@pytest.mark.parametrize('extra', [
-    {},
-    {'lora_rank': 2, 'frozen_dtype': 'float32'},
-    {'filter_mix': 0.5, 'num_kv_heads': 1},
-    {'layer_types': ('sliding_attention',) * 3, 'sliding_window': 3},
+@pytest.mark.parametrize('extra,variants', [
+    # LoRA (frozen float32 base) and sliding-window layers, every remat policy, scanned or not.
+    ({'lora_rank': 2, 'frozen_dtype': 'float32', 'layer_types': ('sliding_attention',) * 3,
+      'sliding_window': 3}, ((True, 'none'), (True, 'full'), (True, 'dots'), (False, 'full'))),
+    # The causal filter beside grouped-query attention.
+    ({'filter_mix': 0.5, 'num_kv_heads': 1}, ((True, 'full'),)),
 ])
-def test_scanned_blocks_equal_the_list_of_blocks(extra):
+def test_scanned_blocks_equal_the_list_of_blocks(extra, variants):
   base = dict(vocab_size=16, num_items=13, d_model=16, num_layers=3, num_heads=2, dropout=0.1,
               **extra)
   listed = DecoderConfig(**base)
@@ -63,7 +64,7 @@ def test_scanned_blocks_equal_the_list_of_blocks(extra):
   for a, b in zip(jax.tree.leaves(stacked), jax.tree.leaves(scanned_params)):
     np.testing.assert_array_equal(a, b)
   ref_loss, ref_hidden, ref_grads = _loss_and_grads(listed, seed=3)
-  for scan, remat in ((True, 'none'), (True, 'full'), (True, 'dots'), (False, 'full')):
+  for scan, remat in variants:
     cfg = DecoderConfig(**base, scan_layers=scan, remat=remat)
     value, hidden, grads = _loss_and_grads(cfg, seed=3)
     np.testing.assert_allclose(hidden, ref_hidden, rtol=1e-5, atol=1e-5)
@@ -96,18 +97,18 @@ def test_scanned_dropout_draws_a_different_mask_per_layer():
 
 def _run(tmp_path, name, **overrides):
   config = tiny_config(**{'model.num_layers': 3, 'model.dropout': 0.0, 'mesh.shape': (2, 2, 2),
-                          'train.eval_every': 4, **overrides})
+                          'train.num_epochs': 1, 'train.eval_every': 3, **overrides})
   return trainer.train_and_evaluate(config, tmp_path / name), tmp_path / name
 
 
 def test_scanned_training_run_equals_the_unscanned_run(tmp_path):
-  """A whole run (2 epochs, 8 devices, FSDP x tensor) with scanned, rematerialized blocks logs the
+  """A whole run (an epoch, 8 devices, FSDP x tensor) with scanned, rematerialized blocks logs the
   losses of the plain run and ends with its metrics; the layer axis is never sharded."""
   plain, plain_dir = _run(tmp_path, 'plain')
   scanned, scanned_dir = _run(tmp_path, 'scanned', **{'model.scan_layers': True,
                                                        'model.remat': 'full'})
   a, b = read_log(plain_dir), read_log(scanned_dir)
-  assert sorted(a) == sorted(b) and len(a) > 10
+  assert sorted(a) == sorted(b) and len(a) > 5
   np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], rtol=1e-5)
   for k, v in plain['test'].items():
     assert scanned['test'][k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
