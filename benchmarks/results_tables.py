@@ -882,7 +882,8 @@ CLAIM_FILES = tuple(f for f in ('claim_filter0.7_vs_attention_beauty_d128.json',
                                 'claim_filter0.7_vs_attention_lastfm_d128.json',
                                 'claim_filter0.7_ema_vs_filter_beauty_d128.json',
                                 'claim_filter_blend_vs_d128_scientific.json',
-                                'claim_fusion_vs_filter_blend_scientific.json')
+                                'claim_fusion_vs_filter_blend_scientific.json',
+                                'claim_rag_vs_fusion_scientific.json')
                     if (RESULTS / f).exists())
 
 
