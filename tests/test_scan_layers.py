@@ -74,10 +74,11 @@ def test_scanned_blocks_equal_the_list_of_blocks(extra, variants):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_scanned_dropout_draws_a_different_mask_per_layer():
-  """Training mode: each scanned layer gets its own dropout key (the outputs change with the key
-  and differ from the deterministic ones), and remat replays the same masks in the backward pass
-  (rematerialized and stored gradients agree)."""
+def test_scanned_dropout_applies_and_remat_replays_its_masks():
+  """Training mode: the scanned blocks apply dropout (the outputs change with the key and differ
+  from the deterministic ones), and remat replays the same masks in the backward pass
+  (rematerialized and stored gradients agree). That each layer draws its own mask (the key is
+  split per layer) is not observable here and is not checked."""
   base = dict(vocab_size=16, num_items=13, d_model=16, num_layers=3, num_heads=2, dropout=0.3,
               scan_layers=True)
   key = jax.random.key(5)
@@ -89,10 +90,6 @@ def test_scanned_dropout_draws_a_different_mask_per_layer():
   np.testing.assert_allclose(h1r, h1, rtol=1e-6, atol=1e-6)
   for a, b in zip(jax.tree.leaves(g1r), jax.tree.leaves(g1)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-  # Layers do not share a mask: with equal weights in every layer, the first and second layers'
-  # dropout would otherwise zero the same units. Checked on the keys the scan hands out.
-  keys = jax.random.split(key, 3)
-  assert len({tuple(np.asarray(jax.random.key_data(k)).ravel()) for k in keys}) == 3
 
 
 def _run(tmp_path, name, **overrides):
