@@ -9,7 +9,10 @@ the other variants fix theirs):
   * ``filter``: ``d128`` with the causal frequency filter beside attention (``model.filter_mix=0.7``,
     docs/causal_filter.md);
   * ``filter_blend``: ``filter`` plus the training-transition blend, its weight chosen on validation
-    from (0, 0.25, 0.5, 1, 2) (``eval.transition_weights``, docs/val_test_gap.md).
+    from (0, 0.25, 0.5, 1, 2) (``eval.transition_weights``, docs/val_test_gap.md);
+  * ``filter_prior``: ``filter`` plus a wider transition prior: followers up to 3 steps ahead
+    (weighted 1 / distance) of the 3 newest history items (weighted 1, 0.5, 0.25), its weight chosen
+    on validation from (0, 0.25, 0.5, 1, 2, 4) (docs/val_test_gap.md).
 
 The same settings apply to any Amazon category of the same preprocessing (``data.name``).
 
@@ -18,7 +21,7 @@ The same settings apply to any Amazon category of the same preprocessing (``data
 
 from llm4rec_jax import config_base
 
-VARIANTS = ('sasrec', 'd128', 'filter', 'filter_blend')
+VARIANTS = ('sasrec', 'd128', 'filter', 'filter_blend', 'filter_prior')
 
 
 def get_config(arg: str | None = None):
@@ -42,9 +45,12 @@ def get_config(arg: str | None = None):
     c.model.update(dict(d_model=128, num_heads=2, mlp_dim=256, dropout=0.5))
     c.train.num_epochs = 18
     c.optimizer.learning_rate = 3e-3
-  if variant in ('filter', 'filter_blend'):
+  if variant in ('filter', 'filter_blend', 'filter_prior'):
     c.model.filter_mix = 0.7
   if variant == 'filter_blend':
     c.eval.transition_weights = (0.0, 0.25, 0.5, 1.0, 2.0)
+  if variant == 'filter_prior':
+    c.eval.update(dict(transition_weights=(0.0, 0.25, 0.5, 1.0, 2.0, 4.0), transition_window=3,
+                       transition_history=3, transition_decay=0.5))
   c.variant = variant
   return c

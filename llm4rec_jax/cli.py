@@ -89,7 +89,7 @@ _INCLUDE_SEEN = flags.DEFINE_bool('include_seen', False, 'recommend: allow items
 _ADJUST = flags.DEFINE_float('adjust_strength', None, 'recommend: scores -= STRENGTH * log item '
                             'popularity (default: the saved config.debias.adjust_strength).')
 _TRANSITION = flags.DEFINE_float('transition_weight', None, 'recommend: scores += WEIGHT * '
-                                'log1p(training count of newest item -> item) (default: the weight '
+                                'the training transitions of the newest item(s) (default: the weight '
                                 'chosen on validation by eval.transition_weights; 0 = off).')
 _SNAPSHOT = flags.DEFINE_string('snapshot', 'auto', "recommend: 'auto' (the latest online snapshot "
                                  "of `llm4rec adapt` when WORKDIR has one, else --checkpoint), "

@@ -216,6 +216,13 @@ def base_config() -> ml_collections.ConfigDict:
   # training (e.g. (0.0, 0.25, 0.5, 1.0, 2.0)); () = off. Leave-one-out or temporal splits in
   # memory, softmax head.
   c.eval.transition_weights = ()
+  # The prior's shape (llm4rec_jax.transitions; 1, 1 = the first-order prior): b follows a when it
+  # comes 1..transition_window steps after a in a training sequence (weighted 1 / distance), and
+  # the rows of the transition_history newest history items are summed, the j-th newest weighted
+  # transition_decay ** j. Each item keeps its 64 * transition_window heaviest followers.
+  c.eval.transition_window = 1
+  c.eval.transition_history = 1
+  c.eval.transition_decay = 1.0
 
   # Online adaptation (llm4rec_jax.online, `llm4rec adapt`): incremental steps on streamed events,
   # read only by the online learner (training ignores this section).
@@ -348,6 +355,13 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
     if m.head != 'softmax' or str(c.data.name).startswith('records:'):
       raise ConfigError('eval.transition_weights', 'needs the softmax head and an in-memory split '
                         '(not data.name=records:...)')
+  for field in ('transition_window', 'transition_history'):
+    value = c.eval.get(field, 1)
+    if not isinstance(value, int) or value < 1:
+      raise ConfigError(f'eval.{field}', f'must be an integer >= 1, got {value!r}')
+  decay = c.eval.get('transition_decay', 1.0)
+  if not isinstance(decay, (int, float)) or not 0 < decay <= 1:
+    raise ConfigError('eval.transition_decay', f'must be in (0, 1], got {decay!r}')
   if not 0 <= m.get('filter_mix', 0.0) <= 1:
     raise ConfigError('model.filter_mix', f'must be in [0, 1], got {m.filter_mix}')
   if m.get('filter_lags', 0) < 0 or m.get('filter_window', 4.0) <= 0:

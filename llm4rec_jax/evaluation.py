@@ -81,14 +81,14 @@ def generate_top(model, inputs: jax.Array, seen: Seen | None, content, trie, *,
 
 def make_rank_fn(graphdef: nnx.GraphDef, *, exclude_seen: bool, top_k: int, trie=None,
                  beam_size: int = 0, score_bias: jax.Array | None = None,
-                 transitions: tuple[jax.Array, jax.Array] | None = None,
+                 transitions: tuple[jax.Array, jax.Array, jax.Array] | None = None,
                  transition_weight: float = 0.0) -> Callable:
   """Jitted ``(params, batch, content) -> (ranks [batch], top_items [batch, top_k])``.
 
   ``score_bias`` [vocab] (softmax head only) is added to every score before ranking, e.g. the
-  popularity adjustment of ``config.debias.adjust_strength``. ``transitions`` (the successor ids
-  and weights of ``llm4rec_jax.transitions``) add ``transition_weight`` times the newest history
-  item's training transitions (softmax head only).
+  popularity adjustment of ``config.debias.adjust_strength``. ``transitions`` (the follower ids,
+  weights and per-position scales of a ``llm4rec_jax.transitions.SuccessorTable``) add
+  ``transition_weight`` times the newest history items' training transitions (softmax head only).
 
   For a semantic-ID head (``trie`` given) the ranking is the trie-constrained beam search's top
   ``top_k``: a target outside it gets rank ``num_items``, so HR/NDCG@k are exact for k <= top_k and
@@ -114,8 +114,9 @@ def make_rank_fn(graphdef: nnx.GraphDef, *, exclude_seen: bool, top_k: int, trie
     if score_bias is not None:
       scores = scores + score_bias  # finite, so excluded (-inf) items stay excluded
     if transitions is not None and transition_weight:
+      ids, weights, scales = transitions
       scores = scores + transition_weight * transitions_lib.prior(
-          *transitions, batch['inputs'][:, -1], scores.shape[-1])
+          ids, weights, batch['inputs'][:, -scales.shape[0]:], scores.shape[-1], scales)
     target = jnp.take_along_axis(scores, batch['targets'][:, None], axis=1)  # [batch, 1]
     higher = jnp.sum(scores > target, axis=1)
     ties = jnp.sum(scores == target, axis=1) - 1

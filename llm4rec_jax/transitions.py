@@ -1,12 +1,19 @@
-"""A first-order transition prior from the training sequences, blended into the decoder's scores.
+"""A transition prior from the training sequences, blended into the decoder's scores.
 
 docs/val_test_gap.md found that on Beauty the decoder draws less from the newest history item than
 a Markov chain over training transitions does, and that adding ``w * log1p(count(last -> item))``
 to the decoder's scores gains on validation and test alike. This module is that prior as a part of
-evaluation: a padded successor table (for each item, its most frequent next items in the training
+evaluation: a padded successor table (for each item, its most frequent followers in the training
 sequences and ``log1p`` of their counts) that a jitted rank function scatters into a [batch, vocab]
-bias for each case's newest item. The weight is chosen on validation (``eval.transition_weights``,
+bias for each case's newest items. The weight is chosen on validation (``eval.transition_weights``,
 see ``train/trainer.py``); 0 turns it off.
+
+Two settings widen the first-order prior (both 1 = the first-order prior):
+
+* ``window`` (``eval.transition_window``): item b counts as a follower of a when it comes 1 to
+  ``window`` steps after a in a training sequence, weighted ``1 / distance``;
+* ``history`` (``eval.transition_history``): the rows of the ``history`` newest history items are
+  summed, the j-th newest (j = 0 the newest) weighted ``decay ** j`` (``eval.transition_decay``).
 
 Only training sequences are counted, so neither a validation nor a test target enters the table.
 """
@@ -24,28 +31,47 @@ from etils import epath
 
 @dataclasses.dataclass(frozen=True)
 class SuccessorTable:
-  """ids int32 [vocab, K] (0 = none) and weights float32 [vocab, K]: item a's successors."""
+  """ids int32 [vocab, K] (0 = none) and weights float32 [vocab, K]: item a's followers; the
+  prior sums the rows of the ``history`` newest items, the j-th newest weighted ``decay ** j``."""
   ids: np.ndarray
   weights: np.ndarray
+  window: int = 1
+  history: int = 1
+  decay: float = 1.0
+
+  def scales(self) -> np.ndarray:
+    """float32 [history]: the weight of each of the newest items' rows, oldest first."""
+    return (self.decay ** np.arange(self.history - 1, -1, -1, dtype=np.float64)).astype(np.float32)
 
   @property
   def max_successors(self) -> int:
     return self.ids.shape[1]
 
 
-def successor_table(train: Sequence[np.ndarray], vocab_size: int,
-                    max_successors: int = 64) -> SuccessorTable:
-  """Counts consecutive (a, b) pairs of every training sequence; keeps each item's
-  ``max_successors`` most frequent successors (ties by id) with weight ``log1p(count)``."""
-  src = [np.asarray(s[:-1], np.int64) for s in train if len(s) > 1]
-  dst = [np.asarray(s[1:], np.int64) for s in train if len(s) > 1]
-  width = 1
+def successor_table(train: Sequence[np.ndarray], vocab_size: int, max_successors: int = 64, *,
+                    window: int = 1, history: int = 1, decay: float = 1.0) -> SuccessorTable:
+  """Counts the (a, b) pairs of every training sequence where b comes 1 to ``window`` steps after
+  a, each weighted ``1 / distance`` (``window=1``: consecutive pairs, each counting 1); keeps each
+  item's ``max_successors`` heaviest followers (ties by id) with weight ``log1p(count)``.
+  ``history`` and ``decay`` are stored for :func:`prior` (see the module docstring)."""
+  if window < 1 or history < 1 or not 0.0 < decay <= 1.0:
+    raise ValueError(f'window and history must be >= 1 and decay in (0, 1], got {window}, '
+                     f'{history}, {decay}')
+  settings = dict(window=int(window), history=int(history), decay=float(decay))
+  src, dst, per_pair = [], [], []
+  for d in range(1, window + 1):
+    for s in train:
+      if len(s) > d:
+        src.append(np.asarray(s[:-d], np.int64))
+        dst.append(np.asarray(s[d:], np.int64))
+        per_pair.append(np.full(len(s) - d, 1.0 / d))
   ids = np.zeros((vocab_size, 1), np.int32)
   weights = np.zeros((vocab_size, 1), np.float32)
   if not src:
-    return SuccessorTable(ids, weights)
+    return SuccessorTable(ids, weights, **settings)
   pairs = np.concatenate(src) * vocab_size + np.concatenate(dst)
-  keys, counts = np.unique(pairs, return_counts=True)  # sorted by (a, b)
+  keys, inverse = np.unique(pairs, return_inverse=True)  # sorted by (a, b)
+  counts = np.bincount(inverse.ravel(), weights=np.concatenate(per_pair), minlength=len(keys))
   a, b = keys // vocab_size, keys % vocab_size
   # Within each a: most frequent first, then by id (stable sort on -count after sorting by a).
   order = np.lexsort((b, -counts, a))
@@ -58,15 +84,22 @@ def successor_table(train: Sequence[np.ndarray], vocab_size: int,
   weights = np.zeros((vocab_size, width), np.float32)
   ids[a[keep], rank[keep]] = b[keep]
   weights[a[keep], rank[keep]] = np.log1p(counts[keep])
-  return SuccessorTable(ids, weights)
+  return SuccessorTable(ids, weights, **settings)
 
 
-def prior(ids: jax.Array, weights: jax.Array, last: jax.Array, vocab_size: int) -> jax.Array:
-  """[batch, vocab] bias: row r holds the successors of item ``last[r]`` (0 = empty history)."""
-  rows = jnp.arange(last.shape[0])[:, None]
-  out = jnp.zeros((last.shape[0], vocab_size), jnp.float32)
-  w = jnp.where((last > 0)[:, None], weights[last], 0.0)
-  return out.at[rows, ids[last]].add(w)
+def prior(ids: jax.Array, weights: jax.Array, newest: jax.Array, vocab_size: int,
+          scales: jax.Array | None = None) -> jax.Array:
+  """[batch, vocab] bias. ``newest`` int [batch] (each case's newest item) or [batch, h] (its h
+  newest items, oldest first, 0 = none): row r sums the followers of those items, the column j
+  weighted ``scales[j]`` (default 1)."""
+  if newest.ndim == 1:
+    newest = newest[:, None]
+  batch, h = newest.shape
+  scale = jnp.ones((h,), jnp.float32) if scales is None else jnp.asarray(scales, jnp.float32)
+  rows = jnp.arange(batch)[:, None]
+  out = jnp.zeros((batch, vocab_size), jnp.float32)
+  w = jnp.where((newest > 0)[..., None], weights[newest], 0.0) * scale[None, :, None]
+  return out.at[rows, ids[newest].reshape(batch, -1)].add(w.reshape(batch, -1))
 
 
 # The blend chosen on validation, saved beside the checkpoints so that serving applies it too. Read
@@ -79,7 +112,9 @@ def save(workdir, table: SuccessorTable, weight: float) -> None:
   """Writes ``WORKDIR/transitions.npz`` (local or any ``etils.epath`` path): the successor table
   and the weight chosen on validation."""
   with (epath.Path(workdir) / FILENAME).open('wb') as f:
-    np.savez(f, ids=table.ids, weights=table.weights, weight=np.float64(weight))
+    np.savez(f, ids=table.ids, weights=table.weights, weight=np.float64(weight),
+             window=np.int64(table.window), history=np.int64(table.history),
+             decay=np.float64(table.decay))
 
 
 def load(workdir) -> tuple[SuccessorTable, float] | None:
@@ -88,14 +123,20 @@ def load(workdir) -> tuple[SuccessorTable, float] | None:
   if not path.exists():
     return None
   with path.open('rb') as f, np.load(f) as z:
-    return SuccessorTable(z['ids'], z['weights']), float(z['weight'])
+    # Files written before the window/history settings hold the first-order prior.
+    settings = {k: cast(z[k]) for k, cast in (('window', int), ('history', int), ('decay', float))
+                if k in z.files}
+    return SuccessorTable(z['ids'], z['weights'], **settings), float(z['weight'])
 
 
-def bias_row(table: SuccessorTable, last: int, vocab_size: int) -> np.ndarray:
-  """float32 [vocab_size]: :func:`prior` for one history's newest item, on the host. Items beyond
-  the table (registered after training) have no successors."""
+def bias_row(table: SuccessorTable, history: Sequence[int], vocab_size: int) -> np.ndarray:
+  """float32 [vocab_size]: :func:`prior` for one history (item ids, oldest first), on the host,
+  over its ``table.history`` newest items. Items beyond the table (registered after training) have
+  no followers."""
   row = np.zeros(vocab_size, np.float32)
-  if 0 < last < len(table.ids):
-    keep = table.ids[last] < vocab_size
-    np.add.at(row, table.ids[last][keep], table.weights[last][keep])
+  newest = [int(i) for i in history][-table.history:]
+  for item, scale in zip(newest, table.scales()[-len(newest):] if newest else ()):
+    if 0 < item < len(table.ids):
+      keep = table.ids[item] < vocab_size
+      np.add.at(row, table.ids[item][keep], scale * table.weights[item][keep])
   return row

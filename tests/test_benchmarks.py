@@ -138,13 +138,15 @@ def test_config_variants_validate_and_overrides_take_the_cli_form():
   from llm4rec_jax import config_base  # pylint: disable=import-outside-toplevel
   beauty = ROOT / 'configs' / 'beauty.py'
   assert 'filter_blend' in beauty.read_text()
-  for variant in ('sasrec', 'd128', 'filter', 'filter_blend'):
+  for variant in ('sasrec', 'd128', 'filter', 'filter_blend', 'filter_prior'):
     c = common.load_config('beauty', variant)
     config_base.validate(c, 1)
     assert c.variant == variant
   assert common.load_config('beauty').model.d_model == 64  # the default is unchanged
   best = common.load_config('beauty', 'filter_blend')
   assert (best.model.d_model, best.model.filter_mix, best.train.num_epochs) == (128, 0.7, 18)
+  wide = common.load_config('beauty', 'filter_prior').eval
+  assert (wide.transition_window, wide.transition_history, wide.transition_decay) == (3, 3, 0.5)
   args = common.parser('x').parse_args(['--config.model.dropout=0.4', '--set', 'train.seed=1'])
   assert args.set == ['model.dropout=0.4', 'train.seed=1']
   common.apply_overrides(best, ['model.dropout=0.4'])

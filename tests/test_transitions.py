@@ -15,11 +15,34 @@ from llm4rec_jax.train import trainer
 from llm4rec_jax.train import experiment
 
 
-def _pair_counts(train):
+def _pair_counts(train, window=1):
+  """(a, b) -> sum of 1 / distance over the pairs where b comes 1..window steps after a."""
   counts = collections.Counter()
   for s in train:
-    counts.update(zip(np.asarray(s[:-1]).tolist(), np.asarray(s[1:]).tolist()))
+    s = np.asarray(s).tolist()
+    for d in range(1, window + 1):
+      for a, b in zip(s[:-d], s[d:]):
+        counts[(a, b)] += 1.0 / d
   return counts
+
+
+def _heaviest(counts, k=64):
+  """The pairs a successor table of width k keeps: each item's k heaviest followers, ties by id."""
+  kept = {}
+  for a in {a for a, _ in counts}:
+    mine = sorted(((n, -b) for (x, b), n in counts.items() if x == a), reverse=True)[:k]
+    kept.update({(a, -nb): n for n, nb in mine})
+  return kept
+
+
+def _reference_prior(counts, newest, vocab, decay):
+  """The prior of one case from the pair counts: newest items oldest first, 0 = none."""
+  row = np.zeros(vocab)
+  for j, item in enumerate(reversed(newest)):
+    for (a, b), n in counts.items():
+      if a == item and item:
+        row[b] += decay ** j * np.log1p(n)
+  return row
 
 
 def test_successor_table_counts_pairs_and_keeps_the_most_frequent():
@@ -39,6 +62,42 @@ def test_successor_table_counts_pairs_and_keeps_the_most_frequent():
   assert not empty.weights.any()
 
 
+def test_windowed_table_and_prior_over_the_newest_items_match_a_reference():
+  rng = np.random.default_rng(1)
+  train = [rng.integers(1, 9, rng.integers(0, 12)) for _ in range(40)]
+  table = transitions.successor_table(train, vocab_size=10, window=3, history=3, decay=0.5)
+  counts = _pair_counts(train, window=3)
+  got = {(a, int(b)): float(w) for a in range(10)
+         for b, w in zip(table.ids[a], table.weights[a]) if w > 0}
+  assert got == pytest.approx({k: np.log1p(v) for k, v in counts.items()})
+  newest = np.array([[0, 0, 4], [2, 5, 7], [3, 3, 1]])  # oldest first, left-padded
+  bias = np.asarray(transitions.prior(jnp.asarray(table.ids), jnp.asarray(table.weights),
+                                      jnp.asarray(newest), 10, jnp.asarray(table.scales())))
+  for r, items in enumerate(newest):
+    want = _reference_prior(counts, items.tolist(), 10, 0.5)
+    np.testing.assert_allclose(bias[r], want, rtol=1e-5, atol=1e-6)
+    # Serving's host-side row from the whole history (only the 3 newest count).
+    history = ([6, 8] if items.all() else []) + [int(i) for i in items if i]
+    np.testing.assert_allclose(transitions.bias_row(table, history, 10), want, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match='decay'):
+    transitions.successor_table(train, vocab_size=10, decay=0.0)
+
+
+def test_saved_table_keeps_its_settings(tmp_path):
+  train = [np.array([1, 2, 3, 2, 3])]
+  table = transitions.successor_table(train, vocab_size=5, window=2, history=3, decay=0.25)
+  transitions.save(tmp_path, table, 1.5)
+  loaded, weight = transitions.load(tmp_path)
+  assert weight == 1.5
+  assert (loaded.window, loaded.history, loaded.decay) == (2, 3, 0.25)
+  np.testing.assert_array_equal(loaded.weights, table.weights)
+  # A file from before these settings (ids, weights, weight only) is the first-order prior.
+  np.savez(tmp_path / transitions.FILENAME, ids=table.ids, weights=table.weights,
+           weight=np.float64(2.0))
+  old, _ = transitions.load(tmp_path)
+  assert (old.window, old.history, old.decay) == (1, 1, 1.0)
+
+
 def test_prior_matches_the_table_rows():
   train = [np.array([1, 2, 3, 2, 3]), np.array([2, 4])]
   table = transitions.successor_table(train, vocab_size=6)
@@ -50,7 +109,9 @@ def test_prior_matches_the_table_rows():
 
 
 def test_blended_ranks_equal_a_numpy_reference(tmp_path):
-  c = tiny_config()
+  window, history, decay = 2, 3, 0.5
+  c = tiny_config(**{'eval.transition_window': window, 'eval.transition_history': history,
+                     'eval.transition_decay': decay})
   exp = experiment.build_experiment(c, tmp_path)
   params = state_lib.init_params(exp.spec, 0)
   arrays = exp.eval_arrays('test')
@@ -58,15 +119,12 @@ def test_blended_ranks_equal_a_numpy_reference(tmp_path):
   _, ranks, _ = exp.evaluate_arrays(exp.rank_fn(transition_weight=w), params, arrays)
   _, plain, _ = exp.evaluate_arrays(exp.rank_fn(), params, arrays)
   model = nnx.merge(exp.spec.graphdef, params)
-  counts = _pair_counts(exp.split.train)
+  counts = _heaviest(_pair_counts(exp.split.train, window), 64 * window)
   want = []
   for i in np.flatnonzero(arrays.valid):
     s = np.array(evaluation.scores_for(model, jnp.asarray(arrays.inputs[i:i + 1]), None))[0]
     s[arrays.history(i)] = -np.inf
-    last = int(arrays.inputs[i, -1])
-    for (a, b), n in counts.items():
-      if a == last:
-        s[b] += w * np.log1p(n)
+    s += w * _reference_prior(counts, arrays.inputs[i, -history:].tolist(), len(s), decay)
     t = s[arrays.targets[i]]
     want.append(int((s > t).sum() + (s == t).sum() - 1))
   np.testing.assert_array_equal(ranks, want)
@@ -91,6 +149,10 @@ def test_transition_weights_config_is_checked():
   with pytest.raises(ConfigError, match='transition_weights'):
     config_base.validate(tiny_config(**{'eval.transition_weights': (1.0,),
                                         'data.name': 'records:/tmp/x'}))
+  for field, bad in (('transition_window', 0), ('transition_history', -1),
+                     ('transition_decay', 1.5)):
+    with pytest.raises(ConfigError, match=field):
+      config_base.validate(tiny_config(**{f'eval.{field}': bad}))
 
 
 def test_serving_applies_the_chosen_blend(tmp_path):

@@ -40,8 +40,9 @@ class Recommender:
     the items registered online; exact scoring (the ScaNN index belongs to the training checkpoint).
     ``adjust_strength``: scores ``-= adjust_strength * log popularity`` (the training counts saved
     in ``items.json``); None = the saved ``config.debias.adjust_strength``.
-    ``transition_weight``: scores ``+= weight * log1p(count(newest history item -> item))`` over
-    the training transitions (``llm4rec_jax.transitions``); None = the weight chosen on validation
+    ``transition_weight``: scores ``+= weight * prior``, the training transitions of the newest
+    history items (``llm4rec_jax.transitions``, with the window and history saved by the run's
+    ``eval.transition_*`` settings); None = the weight chosen on validation
     when the run had ``eval.transition_weights`` (``WORKDIR/transitions.npz``), 0 = off.
     ``workdir``: a local path or any ``etils.epath`` path (e.g. ``gs://bucket/run``)."""
     self.workdir = workdir_lib.root(workdir)
@@ -144,8 +145,8 @@ class Recommender:
     k = min(top_k, len(self.index) - (len(set(ids.tolist())) if exclude_seen else 0))
     context = self.rag.context(inputs, [ids]) if self.rag is not None else None  # RAG
     bias, successors = self.score_bias, ()
-    if self.transition_weight:  # the newest item's training successors, as evaluation blends them
-      row = transitions_lib.bias_row(self.transition_table, int(ids[-1]), self.spec.cfg.vocab_size)
+    if self.transition_weight:  # the newest items' training followers, as evaluation blends them
+      row = transitions_lib.bias_row(self.transition_table, ids[-max_len:], self.spec.cfg.vocab_size)
       bias = (0.0 if bias is None else np.asarray(bias)) + self.transition_weight * row[None]
       successors = np.flatnonzero(row)
     if self.ann_index is not None:

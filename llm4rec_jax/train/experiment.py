@@ -55,7 +55,7 @@ class Experiment:
   debias: debias_objectives.DebiasObjective | None = None  # config.debias (None = off)
   beyond: beyond_accuracy.Context | None = None  # for the beyond-accuracy metrics
   timings: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds of setup phases
-  transitions: tuple[jax.Array, jax.Array] | None = None  # successor table, built on first use
+  transitions: tuple[jax.Array, ...] | None = None  # successor table, built on first use
   transition_table: transitions_lib.SuccessorTable | None = None  # the same, on the host
 
   @property
@@ -108,16 +108,20 @@ class Experiment:
 
   def rank_fn(self, exclude_seen: bool | None = None, transition_weight: float = 0.0):
     """The jitted ranking of evaluation; ``transition_weight`` > 0 blends in the training
-    transitions of each case's newest item (``llm4rec_jax.transitions``)."""
+    transitions of each case's newest items (``llm4rec_jax.transitions``, ``eval.transition_*``)."""
     exclude = self.config.eval.exclude_seen if exclude_seen is None else exclude_seen
     trie = None
     if self.semantic_ids is not None:
       trie = jax.device_put(self.semantic_ids.trie(), self.spec.replicated)
     if transition_weight and self.transitions is None:
-      table = transitions_lib.successor_table(self.split.train, self.spec.cfg.vocab_size)
+      e = self.config.eval
+      window = e.get('transition_window', 1)
+      table = transitions_lib.successor_table(  # 64 followers an item per step of the window
+          self.split.train, self.spec.cfg.vocab_size, max_successors=64 * window, window=window,
+          history=e.get('transition_history', 1), decay=e.get('transition_decay', 1.0))
       self.transition_table = table
-      self.transitions = (jax.device_put(table.ids, self.spec.replicated),
-                          jax.device_put(table.weights, self.spec.replicated))
+      self.transitions = tuple(jax.device_put(a, self.spec.replicated)
+                               for a in (table.ids, table.weights, table.scales()))
     return evaluation.make_rank_fn(self.spec.graphdef, exclude_seen=exclude,
                                    top_k=max(self.config.eval.ks), trie=trie,
                                    beam_size=self.config.semantic_ids.beam_size,
