@@ -9,6 +9,10 @@ own lines, matched by seed); the line says they belong to the training run.
 
   python benchmarks/reevaluate.py --workdirs=W0,W1,W2 --set 'eval.transition_weights=(0,0.25,0.5,1,2)' \\
       --runs=RUNS.jsonl --out=OUT.jsonl
+
+``--pick KEY=V1,V2,...`` evaluates each value of one more setting (e.g. ``debias.adjust_strength``)
+and keeps, per workdir, the value with the highest validation NDCG@10 (a tie keeps the earlier
+value); the line records every value's validation figure and the test figures of the kept one only.
 """
 
 from __future__ import annotations
@@ -29,11 +33,38 @@ from llm4rec_jax.train import trainer  # noqa: E402
 CARRIED = ('best_epoch', 'time_to_best_epoch_s', 'wall_s', 'peak_rss_mb')
 
 
-def reevaluate(workdir: str, overrides: list[str], runs: dict[int, dict]) -> dict:
+def parse_pick(spec: str) -> tuple[str, list[str]] | None:
+  """'KEY=V1,V2' -> (KEY, ['V1', 'V2']); '' -> None."""
+  if not spec:
+    return None
+  key, _, values = spec.partition('=')
+  values = [v for v in values.split(',') if v]
+  if not key or not values:
+    raise SystemExit(f'--pick: expected KEY=V1,V2,..., got {spec!r}')
+  return key, values
+
+
+def reevaluate(workdir: str, overrides: list[str], runs: dict[int, dict],
+               pick: tuple[str, list[str]] | None = None) -> dict:
   record = provenance.start()
   config = config_base.load(workdir)
   apply_overrides(config, overrides)
-  results = trainer.evaluate(config, workdir)
+  picked = None
+  if pick is not None:
+    key, values = pick
+    by_value = {}
+    for value in values:
+      apply_overrides(config, [f'{key}={value}'])
+      by_value[value] = trainer.evaluate(config, workdir)
+    best = max(values, key=lambda v: (by_value[v]['valid']['ndcg@10'], -values.index(v)))
+    picked = {'key': key, 'value': best, 'by': 'valid_ndcg@10',
+              'valid_ndcg@10': {v: round(r['valid']['ndcg@10'], 5) for v, r in by_value.items()}}
+    apply_overrides(config, [f'{key}={best}'])
+    # The workdir's metrics.json and transitions.npz are the kept value's, as after a plain run.
+    results = by_value[best] if best == values[-1] else trainer.evaluate(config, workdir)
+    overrides = [*overrides, f'{key}={best}']
+  else:
+    results = trainer.evaluate(config, workdir)
   seed = int(config.seed)
   trained = runs.get(seed, {})
   line = {'benchmark': 'reevaluate', 'dataset': results['dataset'], 'protocol': results['protocol'],
@@ -48,6 +79,8 @@ def reevaluate(workdir: str, overrides: list[str], runs: dict[int, dict]) -> dic
   for key in ('transition_blend',):
     if key in results:
       line[key] = results[key]
+  if picked is not None:
+    line['picked'] = picked
   provenance.finish(record)
   line['command'] = record['command']
   line['provenance'] = {**record, 'seeds': [seed]}
@@ -60,8 +93,11 @@ def main() -> None:
   p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE')
   p.add_argument('--runs', action='append', default=[],
                  help='JSON or JSON-lines files of the training runs (per-seed lines)')
+  p.add_argument('--pick', default='', metavar='KEY=V1,V2,...',
+                 help='one more setting whose value is chosen per workdir on validation NDCG@10')
   p.add_argument('--out', default='')
   args = p.parse_args()
+  pick = parse_pick(args.pick)
   runs = {}
   for f in args.runs:
     text = pathlib.Path(f).read_text()
@@ -73,7 +109,7 @@ def main() -> None:
       except ValueError as e:
         raise SystemExit(f'{f}:{n}: not a JSON result line ({e})') from e
       runs[int(r.get('seed', (r.get('seeds') or [0])[0]))] = r
-  out = [reevaluate(w, args.set, runs) for w in args.workdirs.split(',') if w]
+  out = [reevaluate(w, args.set, runs, pick) for w in args.workdirs.split(',') if w]
   text = ''.join(json.dumps(l, default=str) + '\n' for l in out)
   print(text, end='')
   if args.out:

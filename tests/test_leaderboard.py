@@ -56,6 +56,18 @@ def test_reevaluated_workdirs_make_leaderboard_rows(tmp_path):
     assert line['test']['ndcg@10'] == round(trained['test']['ndcg@10'], 5)
   row = leaderboard.summarize('synthetic', 'blend', [line, {**line, 'seed': 4}])
   assert row['seeds'] == [3, 4] and row['test_ndcg@10']['se'] == 0.0
+  # --pick: a setting chosen per workdir on validation alone, the kept value's test figures.
+  picked = reevaluate.reevaluate(str(tmp_path / 'run'), [], {},
+                                 ('debias.adjust_strength', ['0.0', '3.0']))
+  by = picked['picked']['valid_ndcg@10']
+  assert picked['picked']['value'] == max(by, key=lambda v: (by[v], -float(v)))
+  assert picked['valid_ndcg@10'] == by[picked['picked']['value']] and by['0.0'] != by['3.0']
+  assert picked['overrides'] == [f"debias.adjust_strength={picked['picked']['value']}"]
+  from llm4rec_jax import config_base  # pylint: disable=import-outside-toplevel
+  kept = config_base.load(tmp_path / 'run')
+  kept.debias.adjust_strength = float(picked['picked']['value'])
+  again = trainer.evaluate(kept, tmp_path / 'run')
+  assert round(again['test']['ndcg@10'], 5) == picked['test']['ndcg@10']
 
 
 def test_replicas_row_trains_every_seed_in_one_process(tmp_path):
