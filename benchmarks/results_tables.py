@@ -776,7 +776,9 @@ BOARD = ('leave-one-out, full ranking over every item, seen items excluded, best
 BOARD_FILES = tuple(f for f in ('leaderboard_beauty_d128.jsonl',
                                 'leaderboard_beauty_d128_filter.jsonl',
                                 'leaderboard_lastfm_d128.jsonl',
-                                'leaderboard_scientific_beauty_config.jsonl')
+                                'leaderboard_scientific_beauty_config.jsonl',
+                                'leaderboard_wide_prior.jsonl',
+                                'leaderboard_ml100k.jsonl')
                     if (RESULTS / f).exists())
 
 
@@ -883,7 +885,12 @@ CLAIM_FILES = tuple(f for f in ('claim_filter0.7_vs_attention_beauty_d128.json',
                                 'claim_filter0.7_ema_vs_filter_beauty_d128.json',
                                 'claim_filter_blend_vs_d128_scientific.json',
                                 'claim_fusion_vs_filter_blend_scientific.json',
-                                'claim_rag_vs_fusion_scientific.json')
+                                'claim_rag_vs_fusion_scientific.json',
+                                'claim_wide_prior_vs_blend_beauty.json',
+                                'claim_wide_prior_vs_blend_scientific.json',
+                                'claim_wide_prior_vs_blend_lastfm.json',
+                                'claim_adjust_vs_wide_prior_beauty.json',
+                                'claim_adjust_vs_wide_prior_scientific.json')
                     if (RESULTS / f).exists())
 
 
