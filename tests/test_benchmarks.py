@@ -16,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize('script,keys', [
     # The best Beauty variant, with an override given the way the llm4rec command takes it, two
     # seeds trained at once as replicas (one line per seed), each at its own learning rate.
-    ('beauty.py --variant=filter_blend --config.train.log_every=3 --seeds=0,1 '
+    ('beauty.py --variant=filter_prior --config.train.log_every=3 --seeds=0,1 '
      '--learning_rates=1e-3,2e-3',
      {'test', 'best_epoch', 'time_to_best_epoch_s', 'train_examples_per_s'}),
     ('yelp.py', {'test', 'test_seen_items_ranked'}),
@@ -70,7 +70,8 @@ def test_quick_benchmark_prints_one_json_line(script, keys):
     assert result['provenance']['commit'] and result['config']['seed'] == result['seed'] == 0
   if name == 'beauty.py':
     assert result['config']['model']['filter_mix'] == 0.7 and result['config']['train']['log_every'] == 3
-    assert result['config']['eval']['transition_weights'] == [0.0, 0.25, 0.5, 1.0, 2.0]
+    assert result['config']['eval']['transition_weights'] == [0.0, 0.25, 0.5, 1.0, 2.0, 4.0]
+    assert result['config']['eval']['transition_window'] == 3  # the wide prior, on real data
   if result.get('benchmark') == 'throughput':  # MFU against a datasheet peak: none for a CPU
     assert result['datasheet_peak_tflops'] is None and result['provenance']['machine']['cores']
     assert all('mfu_vs_datasheet' not in r for r in result['runs'].values())
