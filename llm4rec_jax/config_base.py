@@ -223,6 +223,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.transition_window = 1
   c.eval.transition_history = 1
   c.eval.transition_decay = 1.0
+  # What the prior counts: 'train' (the training sequences, for every split) or 'known' (all that
+  # is known when a split is ranked, llm4rec_jax.data.splits.known_sequences: at test, the
+  # histories of the test cases, so the validation targets too; never a target of the split).
+  c.eval.transition_counts = 'train'
 
   # Online adaptation (llm4rec_jax.online, `llm4rec adapt`): incremental steps on streamed events,
   # read only by the online learner (training ignores this section).
@@ -359,6 +363,9 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
     value = c.eval.get(field, 1)
     if not isinstance(value, int) or value < 1:
       raise ConfigError(f'eval.{field}', f'must be an integer >= 1, got {value!r}')
+  if c.eval.get('transition_counts', 'train') not in ('train', 'known'):
+    raise ConfigError('eval.transition_counts',
+                      f"must be 'train' or 'known', got {c.eval.transition_counts!r}")
   decay = c.eval.get('transition_decay', 1.0)
   if not isinstance(decay, (int, float)) or not 0 < decay <= 1:
     raise ConfigError('eval.transition_decay', f'must be in (0, 1], got {decay!r}')

@@ -86,6 +86,32 @@ def test_temporal_exact_cuts():
   assert split.num_train_interactions() == 8
 
 
+def test_known_sequences_hold_what_precedes_the_cases_and_no_target():
+  u, i, t = zip(*LOO_ROWS)
+  ds = dataset.from_raw('toy', u, i, t)
+  split = splits.leave_one_out(ds)
+
+  def raw(seqs):
+    return {str(ds.users.raw_ids[u]): _raw_items(ds, s) for u, s in enumerate(seqs) if u}
+
+  # Test: a and b also count their validation targets (i3, i5), never their test targets.
+  assert raw(splits.known_sequences(split.train, split.test)) == {
+      'a': ['i1', 'i2', 'i3'], 'b': ['i2', 'i5'], 'c': ['i3', 'i4'], 'd': ['i5']}
+  assert raw(splits.known_sequences(split.train, split.valid)) == _raw_train(ds, split)
+  rows = [TEMPORAL_ROWS[i] for i in np.random.default_rng(0).permutation(len(TEMPORAL_ROWS))]
+  ds = dataset.from_raw('toy', *zip(*rows))
+  split = splits.temporal(ds, valid_fraction=0.25, test_fraction=0.25)
+  # Temporal: a test history holds the validation window; users without a test case (d, e) keep
+  # their training sequence.
+  assert raw(splits.known_sequences(split.train, split.test)) == {
+      'a': ['i1', 'i2', 'i3', 'i4'], 'b': ['i2'], 'c': ['i3'], 'd': ['i4', 'i5', 'i6', 'i7', 'i1'],
+      'e': []}
+  # A user with several cases (prefixes of one sequence) keeps the shortest history.
+  two = splits.EvalExamples.from_lists([1, 1], [np.array([4, 5, 6]), np.array([4])], [7, 5])
+  assert [s.tolist() for s in splits.known_sequences([np.zeros(0), np.array([4])], two)] == [
+      [], [4]]
+
+
 def test_temporal_without_timestamps_names_the_protocol_field():
   u, i, _ = zip(*LOO_ROWS)
   ds = dataset.from_raw('no-time', u, i)

@@ -108,18 +108,22 @@ def test_prior_matches_the_table_rows():
   np.testing.assert_allclose(bias, want, rtol=1e-6)  # empty history and no successor: zero rows
 
 
-def test_blended_ranks_equal_a_numpy_reference(tmp_path):
+@pytest.mark.parametrize('source', ['train', 'known'])
+def test_blended_ranks_equal_a_numpy_reference(tmp_path, source):
   window, history, decay = 2, 3, 0.5
   c = tiny_config(**{'eval.transition_window': window, 'eval.transition_history': history,
-                     'eval.transition_decay': decay})
+                     'eval.transition_decay': decay, 'eval.transition_counts': source})
   exp = experiment.build_experiment(c, tmp_path)
   params = state_lib.init_params(exp.spec, 0)
   arrays = exp.eval_arrays('test')
   w = 1.5
-  _, ranks, _ = exp.evaluate_arrays(exp.rank_fn(transition_weight=w), params, arrays)
+  _, ranks, _ = exp.evaluate_arrays(exp.rank_fn(transition_weight=w, which='test'), params, arrays)
   _, plain, _ = exp.evaluate_arrays(exp.rank_fn(), params, arrays)
   model = nnx.merge(exp.spec.graphdef, params)
-  counts = _heaviest(_pair_counts(exp.split.train, window), 64 * window)
+  # 'known': at test, the pairs that end in a validation target count too.
+  seqs = ([np.append(s, t) if len(s) else s for s, t in zip(exp.split.train, _valid_targets(exp))]
+          if source == 'known' else exp.split.train)
+  counts = _heaviest(_pair_counts(seqs, window), 64 * window)
   want = []
   for i in np.flatnonzero(arrays.valid):
     s = np.array(evaluation.scores_for(model, jnp.asarray(arrays.inputs[i:i + 1]), None))[0]
@@ -129,6 +133,15 @@ def test_blended_ranks_equal_a_numpy_reference(tmp_path):
     want.append(int((s > t).sum() + (s == t).sum() - 1))
   np.testing.assert_array_equal(ranks, want)
   assert (ranks != plain).any()
+  same = np.array_equal(exp.transition_table('test').weights, exp.transition_table('valid').weights)
+  assert same == (source == 'train')  # leave-one-out: valid counts the training sequences
+
+
+def _valid_targets(exp):
+  """[users + 1]: each user's validation target (0 = none), from the split's validation cases."""
+  out = np.zeros(len(exp.split.train), np.int64)
+  out[exp.split.valid.users] = exp.split.valid.targets
+  return out
 
 
 def test_weight_is_chosen_on_validation_and_applied_to_test(tmp_path):
@@ -150,7 +163,7 @@ def test_transition_weights_config_is_checked():
     config_base.validate(tiny_config(**{'eval.transition_weights': (1.0,),
                                         'data.name': 'records:/tmp/x'}))
   for field, bad in (('transition_window', 0), ('transition_history', -1),
-                     ('transition_decay', 1.5)):
+                     ('transition_decay', 1.5), ('transition_counts', 'all')):
     with pytest.raises(ConfigError, match=field):
       config_base.validate(tiny_config(**{f'eval.{field}': bad}))
 

@@ -56,6 +56,17 @@ class Split:
     return int(sum(len(s) for s in self.train))
 
 
+def known_sequences(train: list[np.ndarray], examples: EvalExamples) -> list[np.ndarray]:
+  """Every user's interactions known when ``examples`` are ranked: a user with a case, its history
+  (the shortest, when it has several), others their training sequence. No target of ``examples``
+  is in them: a history precedes its own target, and the shortest one every other of its user's."""
+  out = list(train)
+  lengths = np.diff(examples.offsets)
+  for i in np.argsort(-lengths, kind='stable'):  # longest first, so the shortest is kept
+    out[int(examples.users[i])] = examples.history(int(i))
+  return out
+
+
 def leave_one_out(ds: RecDataset) -> Split:
   order = ds.order()
   items = ds.item[order]  # [n] every user's items in time order, users in id order

@@ -55,8 +55,10 @@ class Experiment:
   debias: debias_objectives.DebiasObjective | None = None  # config.debias (None = off)
   beyond: beyond_accuracy.Context | None = None  # for the beyond-accuracy metrics
   timings: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds of setup phases
-  transitions: tuple[jax.Array, ...] | None = None  # successor table, built on first use
-  transition_table: transitions_lib.SuccessorTable | None = None  # the same, on the host
+  # Successor tables by the sequences they count ('train', or 'valid' / 'test' under
+  # eval.transition_counts='known'), built on first use: (on device, on the host).
+  transitions: dict[str, tuple[tuple[jax.Array, ...], transitions_lib.SuccessorTable]] = (
+      dataclasses.field(default_factory=dict))
 
   @property
   def rules(self):
@@ -106,27 +108,46 @@ class Experiment:
     return evaluation.evaluate_arrays(rank_fn, params, arrays, c.eval.batch_size, self.put_whole,
                                       c.eval.ks, content=content)
 
-  def rank_fn(self, exclude_seen: bool | None = None, transition_weight: float = 0.0):
-    """The jitted ranking of evaluation; ``transition_weight`` > 0 blends in the training
-    transitions of each case's newest items (``llm4rec_jax.transitions``, ``eval.transition_*``)."""
+  def transition_source(self, which: str) -> str:
+    """Which sequences the prior of ``which`` ('valid', 'test', 'test_cold') counts: the training
+    sequences, or under ``eval.transition_counts='known'`` everything known when its cases are
+    ranked (``splits.known_sequences``: at test, the validation targets too)."""
+    if self.config.eval.get('transition_counts', 'train') == 'train':
+      return 'train'
+    return 'valid' if which == 'valid' else 'test'
+
+  def transition_table(self, which: str = 'valid') -> transitions_lib.SuccessorTable:
+    """The host successor table of ``which``'s prior (built on first use, kept for the run)."""
+    return self._transitions(self.transition_source(which))[1]
+
+  def _transitions(self, source: str):
+    if source not in self.transitions:
+      e = self.config.eval
+      window = e.get('transition_window', 1)
+      seqs = (self.split.train if source == 'train' else splits.known_sequences(
+          self.split.train, self.split.valid if source == 'valid' else self.split.test))
+      table = transitions_lib.successor_table(  # 64 followers an item per step of the window
+          seqs, self.spec.cfg.vocab_size, max_successors=64 * window, window=window,
+          history=e.get('transition_history', 1), decay=e.get('transition_decay', 1.0))
+      self.transitions[source] = (tuple(jax.device_put(a, self.spec.replicated)
+                                        for a in (table.ids, table.weights, table.scales())), table)
+    return self.transitions[source]
+
+  def rank_fn(self, exclude_seen: bool | None = None, transition_weight: float = 0.0,
+              which: str = 'valid'):
+    """The jitted ranking of evaluation; ``transition_weight`` > 0 blends in the transitions of
+    each case's newest items (``llm4rec_jax.transitions``, ``eval.transition_*``), counted over the
+    sequences :meth:`transition_source` names for ``which``."""
     exclude = self.config.eval.exclude_seen if exclude_seen is None else exclude_seen
     trie = None
     if self.semantic_ids is not None:
       trie = jax.device_put(self.semantic_ids.trie(), self.spec.replicated)
-    if transition_weight and self.transitions is None:
-      e = self.config.eval
-      window = e.get('transition_window', 1)
-      table = transitions_lib.successor_table(  # 64 followers an item per step of the window
-          self.split.train, self.spec.cfg.vocab_size, max_successors=64 * window, window=window,
-          history=e.get('transition_history', 1), decay=e.get('transition_decay', 1.0))
-      self.transition_table = table
-      self.transitions = tuple(jax.device_put(a, self.spec.replicated)
-                               for a in (table.ids, table.weights, table.scales()))
+    tables = self._transitions(self.transition_source(which))[0] if transition_weight else None
     return evaluation.make_rank_fn(self.spec.graphdef, exclude_seen=exclude,
                                    top_k=max(self.config.eval.ks), trie=trie,
                                    beam_size=self.config.semantic_ids.beam_size,
                                    score_bias=self.debias.inference_bias if self.debias else None,
-                                   transitions=self.transitions if transition_weight else None,
+                                   transitions=tables,
                                    transition_weight=float(transition_weight))
 
 

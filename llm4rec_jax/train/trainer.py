@@ -458,21 +458,28 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int,
   cases = ('valid', 'test') + (('test_cold',) if cold else ())
   for hook in hooks:
     hook.before_eval(step, params, exp.content)
+  rank_fns = {w: rank_fn for w in cases}
   weights = tuple(float(w) for w in c.eval.get('transition_weights', ()))
   if weights:
     # The transition blend's weight, chosen on validation alone before test is ranked.
     arrays = hooks_lib.eval_arrays(hooks, exp.eval_arrays('valid'))
-    by_weight = {w: exp.evaluate_arrays(exp.rank_fn(transition_weight=w), params, arrays,
-                                        content=exp.content)[0]['ndcg@10'] for w in weights}
+    by_weight = {w: exp.evaluate_arrays(exp.rank_fn(transition_weight=w, which='valid'), params,
+                                        arrays, content=exp.content)[0]['ndcg@10']
+                 for w in weights}
     chosen = max(weights, key=lambda w: (by_weight[w], -w))  # a tie keeps the smaller weight
     results['transition_blend'] = {'chosen_weight': chosen, 'by': 'valid_ndcg@10',
                                    'valid_ndcg@10': {str(w): v for w, v in by_weight.items()}}
     if chosen:
-      rank_fn, known = exp.rank_fn(transition_weight=chosen), None
+      # One ranking per table: under eval.transition_counts='known' test counts more than valid.
+      first = {}  # table source -> the first case that ranks with it
+      for which in cases:
+        first.setdefault(exp.transition_source(which), which)
+      fns = {src: exp.rank_fn(transition_weight=chosen, which=w) for src, w in first.items()}
+      rank_fns, known = {w: fns[exp.transition_source(w)] for w in cases}, None
     if jax.process_index() == 0:  # serving applies what was chosen here (``serving.Recommender``)
       saved = workdir_lib.path(exp.workdir, workdir_lib.TRANSITIONS)
-      if chosen:
-        workdir_lib.write_transitions(exp.workdir, exp.transition_table, chosen)
+      if chosen:  # the table of test: the most that is known
+        workdir_lib.write_transitions(exp.workdir, exp.transition_table('test'), chosen)
       elif saved.exists():
         saved.unlink()
   reusable = (exp.beyond is None and not c.eval.save_rankings
@@ -485,7 +492,7 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int,
     arrays = hooks_lib.eval_arrays(hooks, exp.eval_arrays(which))
     if not len(arrays.targets):
       continue
-    m, ranks, tops = exp.evaluate_arrays(rank_fn, params, arrays, content=exp.content)
+    m, ranks, tops = exp.evaluate_arrays(rank_fns[which], params, arrays, content=exp.content)
     results.setdefault('eval_seconds', {})[which] = time.perf_counter() - t_eval
     results[which] = m
     if exp.beyond is not None:
