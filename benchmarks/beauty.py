@@ -9,7 +9,10 @@ Reference (same data, 2-core CPU): PyTorch SASRec with full cross-entropy, NDCG@
 ``--seeds`` trains the seeds at once in one process (replicas, one vmapped step) and prints one line
 per seed.
 
-``--variant`` picks a variant of ``configs/beauty.py`` (its docstring lists them).
+``--variant`` picks a variant of ``configs/beauty.py`` (its docstring lists them). This script's
+default is ``sasrec``, the run compared with the PyTorch SASRec reference above (and what the result
+files whose command names no variant ran); the configuration's own default, and the leaderboard's
+Beauty row, is ``filter_prior``.
 """
 
 from common import load_config, make_quick, parser, print_report

@@ -38,7 +38,7 @@ def main():
     config = config_base.load(workdir)
     apply_overrides(config, args.set)
   else:
-    config = load_config('beauty')
+    config = load_config('beauty', 'sasrec')  # the runs these results record
     config.seed = args.seed
     config.train.progress_bar = False
     if args.quick:

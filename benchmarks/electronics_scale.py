@@ -77,7 +77,7 @@ def read_throughput(prepared_dir: str, seconds: float, batch: int = 256) -> dict
   return out
 
 
-TRAIN_OVERRIDES = {  # the Amazon family's config (configs/beauty.py) with a 1.6M-item catalog
+TRAIN_OVERRIDES = {  # configs/beauty.py:sasrec with a 1.6M-item catalog
     'loss.type': 'sampled_softmax', 'loss.num_negatives': 2048, 'eval.batch_size': 64,
     'eval.max_cases': 10_000, 'train.log_every': 10, 'train.progress_bar': False,
     'debias.beyond_accuracy': False, 'train.keep_checkpoints': 1}
@@ -90,7 +90,7 @@ def train_on(prepared: pathlib.Path, work: pathlib.Path, steps: int) -> dict:
   shutil.rmtree(workdir, ignore_errors=True)
   overrides = {**TRAIN_OVERRIDES, 'data.name': f'records:{prepared}', 'train.max_steps': steps,
                'train.eval_every': steps}
-  cmd = [sys.executable, '-m', 'llm4rec_jax.cli', 'train', '--config=configs/beauty.py',
+  cmd = [sys.executable, '-m', 'llm4rec_jax.cli', 'train', '--config=configs/beauty.py:sasrec',
          f'--workdir={workdir}'] + [f'--config.{k}={v}' for k, v in overrides.items()]
   wall, peak, _ = run_tree_peak(cmd)
   events = workdir_lib.read_jsonl(workdir_lib.path(workdir, workdir_lib.EVENTS))

@@ -33,7 +33,7 @@ def variant_config(dataset: str, variant: str, quick: bool):
     if quick and variant != 'id':
       config.content.text = ''  # CI has no text cache; encoding 4k descriptions takes minutes
   else:
-    config = load_config('beauty')
+    config = load_config('beauty', 'sasrec')  # the runs these results record
     if variant != 'id':
       config.content.categorical = 'all'
       config.model.item_repr = 'both'

@@ -35,7 +35,7 @@ def scenario_config(scenario: str, quick: bool):
     if quick:
       config.content.text = ''  # CI has no text cache; encoding the descriptions takes minutes
   else:
-    config = load_config('beauty')
+    config = load_config('beauty', 'sasrec')  # the runs these results record
     config.content.categorical = 'all'
     config.model.item_repr = 'both'
     config.model.cross_attention_every = 1

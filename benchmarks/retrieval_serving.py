@@ -38,7 +38,7 @@ def main():
   trained_here = False
   workdir = pathlib.Path(args.workdir) if args.workdir else pathlib.Path(tempfile.mkdtemp())
   if not workdir_lib.path(workdir, workdir_lib.CHECKPOINTS).exists():
-    config = load_config('beauty')
+    config = load_config('beauty', 'sasrec')  # the runs these results record
     config.train.num_epochs = 5
     config.seed = args.seed
     if args.quick:

@@ -44,7 +44,7 @@ def main():
   out = {'benchmark': 'semantic_ids', 'dataset': 'beauty', 'protocol': 'leave_one_out',
          'exclude_seen': True, 'quick': args.quick, 'source': args.source}
 
-  softmax_cfg = load_config('beauty')
+  softmax_cfg = load_config('beauty', 'sasrec')  # the runs these results record
   if args.quick:
     make_quick(softmax_cfg)
   if args.softmax_workdir:

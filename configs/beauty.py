@@ -1,24 +1,26 @@
 """Amazon Beauty (S3-Rec preprocessing), leave-one-out, full ranking, seen items excluded.
 
-Variants (``--config=configs/beauty.py:VARIANT``; ``sasrec,preset=NAME`` changes the default's model size,
-the other variants fix theirs):
-  * ``sasrec`` (default): SASRec-sized decoder (hidden 64, 2 blocks, 1 head, sequences of 50),
-    full-softmax cross-entropy, 40 epochs at lr 2e-3, patience 5;
+Variants (``--config=configs/beauty.py:VARIANT``):
+  * ``filter_prior`` (the default, the most accurate measured system): ``filter`` plus a wider
+    transition prior: followers up to 3 steps ahead (weighted 1 / distance) of the 3 newest history
+    items (weighted 1, 0.5, 0.25), its weight chosen on validation from (0, 0.25, 0.5, 1, 2, 4)
+    (docs/val_test_gap.md); 0.0615 +- 0.0002 test NDCG@10 over 3 seeds (README leaderboard);
+  * ``sasrec``: SASRec-sized decoder (hidden 64, 2 blocks, 1 head, sequences of 50),
+    full-softmax cross-entropy, 40 epochs at lr 2e-3, patience 5. A size preset (``:tiny``,
+    ``:base``, ``:1b``, ``:8b``, ``preset=NAME``) sizes this decoder: naming one without a variant
+    gives ``sasrec`` at that size (the scale and launch examples);
   * ``d128``: hidden 128, 2 heads, feed-forward 256, dropout 0.5, 18 epochs at peak lr 3e-3
     (docs/results_accuracy.md);
-  * ``filter``: ``d128`` with the causal frequency filter beside attention (``model.filter_mix=0.7``,
-    docs/causal_filter.md);
-  * ``filter_blend``: ``filter`` plus the training-transition blend, its weight chosen on validation
-    from (0, 0.25, 0.5, 1, 2) (``eval.transition_weights``, docs/val_test_gap.md);
-  * ``filter_prior``: ``filter`` plus a wider transition prior: followers up to 3 steps ahead
-    (weighted 1 / distance) of the 3 newest history items (weighted 1, 0.5, 0.25), its weight chosen
-    on validation from (0, 0.25, 0.5, 1, 2, 4) (docs/val_test_gap.md). The most accurate measured
-    system: 0.0615 +- 0.0002 test NDCG@10 over 3 seeds (README leaderboard). The default stays
-    ``sasrec`` because the size presets (``:tiny``, ``:1b``, ...) size that decoder.
+  * ``filter``: ``d128`` with the causal frequency filter beside attention
+    (``model.filter_mix=0.7``, docs/causal_filter.md);
+  * ``filter_blend``: ``filter`` plus the first-order training-transition blend, its weight chosen
+    on validation from (0, 0.25, 0.5, 1, 2) (``eval.transition_weights``, docs/val_test_gap.md).
 
-The same settings apply to any Amazon category of the same preprocessing (``data.name``).
+The same settings apply to any Amazon category of the same preprocessing (``data.name``). The
+transition prior needs an in-memory split: for a prepared ``records:DIR`` use ``:sasrec`` (or a
+preset) or set ``eval.transition_weights=()``.
 
-  llm4rec train --config=configs/beauty.py:filter_prior --workdir=workdirs/beauty
+  llm4rec train --config=configs/beauty.py --workdir=workdirs/beauty
 """
 
 from llm4rec_jax import config_base
@@ -28,8 +30,9 @@ VARIANTS = ('sasrec', 'd128', 'filter', 'filter_blend', 'filter_prior')
 
 def get_config(arg: str | None = None):
   words = [w for w in (arg or '').split(',') if w]
-  variant = next((w for w in words if w in VARIANTS), 'sasrec')
   rest = ','.join(w for w in words if w not in VARIANTS)
+  sized = bool(rest)  # a preset named: it sizes the sasrec decoder
+  variant = next((w for w in words if w in VARIANTS), 'sasrec' if sized else 'filter_prior')
   c = config_base.apply_preset(config_base.base_config(),
                                config_base.parse_arg(rest, default_preset='small')['preset'])
   c.data.name = 'beauty'

@@ -358,7 +358,8 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
       raise ConfigError('eval.transition_weights', f'must be non-negative numbers, got {weights}')
     if m.head != 'softmax' or str(c.data.name).startswith('records:'):
       raise ConfigError('eval.transition_weights', 'needs the softmax head and an in-memory split '
-                        '(not data.name=records:...)')
+                        '(not data.name=records:...): set eval.transition_weights=() (for '
+                        'configs/beauty.py, name a variant without the prior, e.g. :sasrec)')
   for field in ('transition_window', 'transition_history'):
     value = c.eval.get(field, 1)
     if not isinstance(value, int) or value < 1:

@@ -143,7 +143,11 @@ def test_config_variants_validate_and_overrides_take_the_cli_form():
     c = common.load_config('beauty', variant)
     config_base.validate(c, 1)
     assert c.variant == variant
-  assert common.load_config('beauty').model.d_model == 64  # the default is unchanged
+  default = common.load_config('beauty')  # the default is the best system, filter_prior
+  assert default.variant == 'filter_prior' and default.eval.transition_weights
+  tiny = common.load_config('beauty', 'tiny')  # a preset sizes the sasrec decoder
+  assert (tiny.variant, tiny.model.d_model, tiny.eval.transition_weights) == ('sasrec', 32, ())
+  assert common.load_config('beauty', 'preset=small').model.d_model == 64
   best = common.load_config('beauty', 'filter_blend')
   assert (best.model.d_model, best.model.filter_mix, best.train.num_epochs) == (128, 0.7, 18)
   wide = common.load_config('beauty', 'filter_prior').eval
