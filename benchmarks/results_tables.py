@@ -778,6 +778,7 @@ BOARD_FILES = tuple(f for f in ('leaderboard_beauty_d128.jsonl',
                                 'leaderboard_lastfm_d128.jsonl',
                                 'leaderboard_scientific_beauty_config.jsonl',
                                 'leaderboard_wide_prior.jsonl',
+                                'leaderboard_known_counts.jsonl',
                                 'leaderboard_ml100k.jsonl')
                     if (RESULTS / f).exists())
 
@@ -890,7 +891,10 @@ CLAIM_FILES = tuple(f for f in ('claim_filter0.7_vs_attention_beauty_d128.json',
                                 'claim_wide_prior_vs_blend_scientific.json',
                                 'claim_wide_prior_vs_blend_lastfm.json',
                                 'claim_adjust_vs_wide_prior_beauty.json',
-                                'claim_adjust_vs_wide_prior_scientific.json')
+                                'claim_adjust_vs_wide_prior_scientific.json',
+                                'claim_known_counts_vs_wide_prior_beauty.json',
+                                'claim_known_counts_vs_wide_prior_scientific.json',
+                                'claim_known_counts_vs_wide_prior_lastfm.json')
                     if (RESULTS / f).exists())
 
 

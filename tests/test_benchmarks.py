@@ -151,7 +151,8 @@ def test_config_variants_validate_and_overrides_take_the_cli_form():
   best = common.load_config('beauty', 'filter_blend')
   assert (best.model.d_model, best.model.filter_mix, best.train.num_epochs) == (128, 0.7, 18)
   wide = common.load_config('beauty', 'filter_prior').eval
-  assert (wide.transition_window, wide.transition_history, wide.transition_decay) == (3, 3, 0.5)
+  assert (wide.transition_window, wide.transition_history, wide.transition_decay,
+          wide.transition_counts) == (3, 3, 0.5, 'known')
   args = common.parser('x').parse_args(['--config.model.dropout=0.4', '--set', 'train.seed=1'])
   assert args.set == ['model.dropout=0.4', 'train.seed=1']
   common.apply_overrides(best, ['model.dropout=0.4'])
