@@ -227,6 +227,10 @@ def base_config() -> ml_collections.ConfigDict:
   # is known when a split is ranked, llm4rec_jax.data.splits.known_sequences: at test, the
   # histories of the test cases, so the validation targets too; never a target of the split).
   c.eval.transition_counts = 'train'
+  # Before ranking test, train the chosen checkpoint this many more epochs on everything known at
+  # test (the training sequences plus the validation targets), fresh AdamW at the schedule's last
+  # rate (llm4rec_jax.train.refit); validation is ranked before. 0 = off.
+  c.eval.refit_epochs = 0
 
   # Online adaptation (llm4rec_jax.online, `llm4rec adapt`): incremental steps on streamed events,
   # read only by the online learner (training ignores this section).
@@ -364,6 +368,14 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None) -> No
     value = c.eval.get(field, 1)
     if not isinstance(value, int) or value < 1:
       raise ConfigError(f'eval.{field}', f'must be an integer >= 1, got {value!r}')
+  refit = c.eval.get('refit_epochs', 0)
+  if not isinstance(refit, int) or refit < 0:
+    raise ConfigError('eval.refit_epochs', f'must be an integer >= 0, got {refit!r}')
+  if refit and (str(c.data.name).startswith('records:') or c.retrieval.rag
+                or c.get('text_finetune', {}).get('enabled', False)
+                or (c.debias.method in ('ips', 'snips') and c.debias.propensity == 'windowed')):
+    raise ConfigError('eval.refit_epochs', 'needs an in-memory split and a plain training step '
+                      '(not records:, retrieval.rag, text_finetune or windowed propensities)')
   if c.eval.get('transition_counts', 'train') not in ('train', 'known'):
     raise ConfigError('eval.transition_counts',
                       f"must be 'train' or 'known', got {c.eval.transition_counts!r}")

@@ -25,7 +25,7 @@ from llm4rec_jax.data import pipeline, records
 from llm4rec_jax.data.prepare import source as records_source
 from llm4rec_jax.errors import ConfigError, NonFiniteLossError
 from llm4rec_jax.train import hooks as hooks_lib
-from llm4rec_jax.train import memory, optimizer as optimizer_lib, preemption, text_finetune
+from llm4rec_jax.train import memory, optimizer as optimizer_lib, preemption, refit, text_finetune
 from llm4rec_jax.train import state as state_lib
 from llm4rec_jax.train.checkpointing import abstract_with_shardings
 from llm4rec_jax.train.experiment import (Experiment, auto_max_targets, build_experiment,
@@ -484,15 +484,21 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int,
         saved.unlink()
   reusable = (exp.beyond is None and not c.eval.save_rankings
               and not any(hook.changes_evaluation for hook in hooks))
+  params_of = {w: params for w in cases}
   for which in cases:
     if reusable and which in (known or {}):
       results[which] = known[which]
       continue
+    if which != 'valid' and refit.refit_epochs(c) and 'refit' not in results:
+      # Validation is ranked; test with the model refit on what is known at test (train/refit.py).
+      refit_params, results['refit'] = refit.refit_known(exp, params, make_train_step)
+      params_of.update({w: refit_params for w in cases if w != 'valid'})
     t_eval = time.perf_counter()
     arrays = hooks_lib.eval_arrays(hooks, exp.eval_arrays(which))
     if not len(arrays.targets):
       continue
-    m, ranks, tops = exp.evaluate_arrays(rank_fns[which], params, arrays, content=exp.content)
+    m, ranks, tops = exp.evaluate_arrays(rank_fns[which], params_of[which], arrays,
+                                         content=exp.content)
     results.setdefault('eval_seconds', {})[which] = time.perf_counter() - t_eval
     results[which] = m
     if exp.beyond is not None:

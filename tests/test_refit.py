@@ -1,0 +1,50 @@
+"""eval.refit_epochs: test is ranked by the chosen checkpoint refit on what is known at test."""
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from llm4rec_jax import config_base
+from llm4rec_jax.data import pipeline, splits
+from llm4rec_jax.errors import ConfigError
+from llm4rec_jax.train import trainer
+
+
+def test_refit_trains_on_the_known_sequences_and_changes_test_only(tmp_path, monkeypatch):
+  c = tiny_config(**{'train.num_epochs': 1})
+  trainer.train_and_evaluate(c, tmp_path)
+  plain = trainer.evaluate(c, tmp_path)
+  seen = []
+  make_windows = pipeline.make_windows
+
+  def recording(seqs, *args, **kwargs):
+    seen.append(list(seqs))
+    return make_windows(seqs, *args, **kwargs)
+
+  monkeypatch.setattr(pipeline, 'make_windows', recording)
+  c.eval.refit_epochs = 2
+  refit = trainer.evaluate(c, tmp_path)
+  assert refit['valid'] == pytest.approx(plain['valid'])  # validation: the chosen checkpoint
+  assert refit['test'] != pytest.approx(plain['test'])
+  # The refit's data: each test user's history (training sequence + validation target), no test
+  # target; two epochs of its windows at the schedule's last rate.
+  from llm4rec_jax.train import experiment  # pylint: disable=import-outside-toplevel
+  split = experiment.build_experiment(c, tmp_path / 'again').split
+  (seqs,) = seen
+  for i, user in enumerate(split.test.users):
+    np.testing.assert_array_equal(seqs[user], split.test.history(i))
+    assert seqs[user][-1] == split.valid.targets[split.valid.users == user][0]
+  windows, _ = make_windows(splits.known_sequences(split.train, split.test), c.data.max_len)
+  record = refit['refit']
+  assert record['steps'] == 2 * (len(windows) // c.train.batch_size)
+  last_rate = c.optimizer.learning_rate * c.optimizer.min_lr_ratio
+  assert record['learning_rate'] == pytest.approx(last_rate)
+  assert np.isfinite(record['final_loss'])
+  assert trainer.evaluate(c, tmp_path)['test'] == refit['test']  # deterministic
+
+
+def test_refit_config_is_checked():
+  with pytest.raises(ConfigError, match='refit_epochs'):
+    config_base.validate(tiny_config(**{'eval.refit_epochs': -1}))
+  with pytest.raises(ConfigError, match='refit_epochs'):
+    config_base.validate(tiny_config(**{'eval.refit_epochs': 1, 'retrieval.rag': True}))
