@@ -76,7 +76,7 @@ def reevaluate(workdir: str, overrides: list[str], runs: dict[int, dict],
           **{k: trained.get(k) for k in CARRIED},
           'carried_from_training_run': trained.get('command'),
           'config': config.to_dict()}
-  for key in ('transition_blend',):
+  for key in ('transition_blend', 'refit'):
     if key in results:
       line[key] = results[key]
   if picked is not None:
