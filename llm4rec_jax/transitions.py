@@ -21,6 +21,7 @@ Only training sequences are counted, so neither a validation nor a test target e
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import jax
@@ -49,29 +50,30 @@ class SuccessorTable:
 
 
 def successor_table(train: Sequence[np.ndarray], vocab_size: int, max_successors: int = 64, *,
-                    window: int = 1, history: int = 1, decay: float = 1.0) -> SuccessorTable:
+                    window: int = 1, history: int = 1, decay: float = 1.0,
+                    chunk_pairs: int = 4_000_000) -> SuccessorTable:
   """Counts the (a, b) pairs of every training sequence where b comes 1 to ``window`` steps after
   a, each weighted ``1 / distance`` (``window=1``: consecutive pairs, each counting 1); keeps each
   item's ``max_successors`` heaviest followers (ties by id) with weight ``log1p(count)``.
-  ``history`` and ``decay`` are stored for :func:`prior` (see the module docstring)."""
+  ``history`` and ``decay`` are stored for :func:`prior` (see the module docstring).
+
+  Pairs are counted ``chunk_pairs`` at a time and merged, so host memory follows the number of
+  distinct pairs, not ``window`` x the number of interactions."""
   if window < 1 or history < 1 or not 0.0 < decay <= 1.0:
     raise ValueError(f'window and history must be >= 1 and decay in (0, 1], got {window}, '
                      f'{history}, {decay}')
   settings = dict(window=int(window), history=int(history), decay=float(decay))
-  src, dst, per_pair = [], [], []
-  for d in range(1, window + 1):
-    for s in train:
-      if len(s) > d:
-        src.append(np.asarray(s[:-d], np.int64))
-        dst.append(np.asarray(s[d:], np.int64))
-        per_pair.append(np.full(len(s) - d, 1.0 / d))
+  # Weights 1 / d as exact integers lcm(1..window) / d, so sums do not depend on the chunking.
+  unit = math.lcm(*range(1, window + 1))
+  keys, counts = np.zeros(0, np.int64), np.zeros(0, np.int64)
+  for chunk_keys, chunk_counts in _pair_chunks(train, vocab_size, window, unit, chunk_pairs):
+    keys, counts = _merge_counts(np.concatenate([keys, chunk_keys]),
+                                 np.concatenate([counts, chunk_counts]))
+  counts = counts / unit
   ids = np.zeros((vocab_size, 1), np.int32)
   weights = np.zeros((vocab_size, 1), np.float32)
-  if not src:
+  if not len(keys):
     return SuccessorTable(ids, weights, **settings)
-  pairs = np.concatenate(src) * vocab_size + np.concatenate(dst)
-  keys, inverse = np.unique(pairs, return_inverse=True)  # sorted by (a, b)
-  counts = np.bincount(inverse.ravel(), weights=np.concatenate(per_pair), minlength=len(keys))
   a, b = keys // vocab_size, keys % vocab_size
   # Within each a: most frequent first, then by id (stable sort on -count after sorting by a).
   order = np.lexsort((b, -counts, a))
@@ -85,6 +87,35 @@ def successor_table(train: Sequence[np.ndarray], vocab_size: int, max_successors
   ids[a[keep], rank[keep]] = b[keep]
   weights[a[keep], rank[keep]] = np.log1p(counts[keep])
   return SuccessorTable(ids, weights, **settings)
+
+
+def _merge_counts(keys: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(sorted distinct keys, the summed integer weight of each)."""
+  distinct, inverse = np.unique(keys, return_inverse=True)
+  # float64 sums of integers are exact below 2 ** 53.
+  summed = np.bincount(inverse.ravel(), weights=weights, minlength=len(distinct))
+  return distinct, np.rint(summed).astype(np.int64)
+
+
+def _pair_chunks(train: Sequence[np.ndarray], vocab_size: int, window: int, unit: int,
+                 chunk_pairs: int):
+  """Yields (distinct pair keys a * vocab_size + b, summed ``unit / distance``) of about
+  ``chunk_pairs`` pairs of the sequences at a time."""
+  src, dst, per_pair, n = [], [], [], 0
+  for s in train:
+    s = np.asarray(s, np.int64)
+    for d in range(1, min(window, len(s) - 1) + 1):
+      src.append(s[:-d])
+      dst.append(s[d:])
+      per_pair.append(np.full(len(s) - d, unit // d, np.int64))
+      n += len(s) - d
+    if n >= chunk_pairs:
+      yield _merge_counts(np.concatenate(src) * vocab_size + np.concatenate(dst),
+                          np.concatenate(per_pair))
+      src, dst, per_pair, n = [], [], [], 0
+  if n:
+    yield _merge_counts(np.concatenate(src) * vocab_size + np.concatenate(dst),
+                        np.concatenate(per_pair))
 
 
 def prior(ids: jax.Array, weights: jax.Array, newest: jax.Array, vocab_size: int,

@@ -70,6 +70,10 @@ def test_windowed_table_and_prior_over_the_newest_items_match_a_reference():
   got = {(a, int(b)): float(w) for a in range(10)
          for b, w in zip(table.ids[a], table.weights[a]) if w > 0}
   assert got == pytest.approx({k: np.log1p(v) for k, v in counts.items()})
+  # Counted a few pairs at a time and merged: the same table (exact integer sums).
+  chunked = transitions.successor_table(train, vocab_size=10, window=3, chunk_pairs=7)
+  np.testing.assert_array_equal(chunked.ids, table.ids)
+  np.testing.assert_array_equal(chunked.weights, table.weights)
   newest = np.array([[0, 0, 4], [2, 5, 7], [3, 3, 1]])  # oldest first, left-padded
   bias = np.asarray(transitions.prior(jnp.asarray(table.ids), jnp.asarray(table.weights),
                                       jnp.asarray(newest), 10, jnp.asarray(table.scales())))
