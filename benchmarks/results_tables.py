@@ -912,6 +912,74 @@ CLAIM_COLS = (Col('claim (B vs A)', 'claim'), Col('seeds', 'seeds'), Col('A test
               Col('mean difference', 'mean'), Col('holds', 'holds'))
 
 
+# The ablation of issue 19: each part of the system against the system without it, 3 seeds each,
+# from the declared claims (claim file -> (data, part added, A: what it is added to)).
+ABLATION = (
+    ('claim_filter0.7_vs_attention_beauty_d128.json', 'beauty',
+     'causal frequency filter beside attention (model.filter_mix=0.7)',
+     'id-only decoder, hidden 128 (attention only)'),
+    ('claim_filter0.7_blend_vs_filter_beauty_d128.json', 'beauty',
+     'first-order transition blend (weight chosen on validation)', 'filter'),
+    ('claim_wide_prior_vs_blend_beauty.json', 'beauty',
+     'wide transition prior (3 steps ahead of the 3 newest items) instead of the blend',
+     'filter + blend'),
+    ('claim_adjust_vs_wide_prior_beauty.json', 'beauty',
+     'debiasing at inference: popularity adjustment chosen on validation', 'filter + wide prior'),
+    ('claim_known_counts_vs_wide_prior_beauty.json', 'beauty',
+     'the prior counts the validation interactions at test', 'filter + wide prior'),
+    ('claim_snips_vs_known_counts_beauty.json', 'beauty',
+     'debiasing objective in training (SNIPS, popularity propensity)',
+     'filter + wide prior counting validation (the default)'),
+    ('claim_refit_vs_known_counts_beauty.json', 'beauty',
+     'the model refit 1 epoch on what is known at test',
+     'filter + wide prior counting validation (the default)'),
+    ('claim_filter_blend_vs_d128_scientific.json', 'scientific',
+     'causal filter + first-order blend (the Beauty configuration)',
+     'id-only decoder, hidden 128 (attention only)'),
+    ('claim_fusion_vs_filter_blend_scientific.json', 'scientific',
+     'item content fusion (title/description/brand text, categories; cross-attention)',
+     'filter + blend'),
+    ('claim_rag_vs_fusion_scientific.json', 'scientific',
+     'retrieved context (RAG, training contexts built as evaluation builds them)',
+     'filter + blend + fusion'),
+    ('claim_wide_prior_vs_blend_scientific.json', 'scientific',
+     'wide transition prior instead of the blend', 'filter + blend + fusion'),
+    ('claim_adjust_vs_wide_prior_scientific.json', 'scientific',
+     'debiasing at inference: popularity adjustment chosen on validation',
+     'filter + fusion + wide prior'),
+    ('claim_known_counts_vs_wide_prior_scientific.json', 'scientific',
+     'the prior counts the validation interactions at test', 'filter + fusion + wide prior'),
+    ('claim_refit_vs_known_counts_scientific.json', 'scientific',
+     'the model refit 1 epoch on what is known at test',
+     'filter + fusion + wide prior counting validation'),
+)
+ABLATION_FILES = tuple(f for f, *_ in ABLATION if (RESULTS / f).exists())
+ABLATION_TEXT = ('each part added to the system named in "added to", 3 seeds (0, 1, 2) each, '
+                 'test NDCG@10 mean +- standard error; the difference is paired by seed and '
+                 '"helps" when it exceeds two standard errors (benchmarks/seed_claim.py); every '
+                 'row is a claim declared before its runs. Leave-one-out, full ranking, seen '
+                 'items excluded; weights and strengths chosen on validation only.')
+
+
+def _ablation_rows(data):
+  out = []
+  for f, dataset, part, base in ABLATION:
+    if f not in data:
+      continue
+    rec = data[f]
+    out.append({'data': dataset, 'part': part, 'base': base,
+                'a': f"{rec['a']['mean']:.4f} +- {rec['a']['se']:.4f}",
+                'b': f"{rec['b']['mean']:.4f} +- {rec['b']['se']:.4f}",
+                'mean': f"{rec['diff_mean']:+.4f} +- {rec['diff_se']:.4f}",
+                'holds': 'yes' if rec['holds'] else 'no'})
+  return out
+
+
+ABLATION_COLS = (Col('data', 'data'), Col('part added', 'part'), Col('added to', 'base'),
+                 Col('without', 'a'), Col('with', 'b'), Col('difference', 'mean'),
+                 Col('helps', 'holds'))
+
+
 FILTER_COLS = (Col('model', 'model'), Col('seed', 'seed', fmt('d')),
                Col('valid NDCG@10', 'valid', F4),
                Col('test NDCG@10', 'test', F4), Col('test HR@10', 'hr', F4),
@@ -1192,6 +1260,7 @@ TABLES: tuple[Table, ...] = (
           _board_rows, BOARD_COLS),
     Table('causal_filter', FILTER_FILES, FILTER, _filter_rows, FILTER_COLS),
     Table('seed_claims', CLAIM_FILES, CLAIMS, _claim_rows, CLAIM_COLS),
+    Table('ablation', ABLATION_FILES, ABLATION_TEXT, _ablation_rows, ABLATION_COLS),
     Table('causal_filter_blend', FILTER_BLEND_FILES,
           'the causal-filter checkpoints of the table above (filter_mix 0.7), re-evaluated with '
           '`python benchmarks/reevaluate.py --set \'eval.transition_weights=(0.0,0.25,0.5,1.0,2.0)\'` '
