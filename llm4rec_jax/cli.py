@@ -77,7 +77,9 @@ _LEARNING_RATES = flags.DEFINE_string(
     'seed (or one seed for every rate), trained at once as replicas, each into '
     'WORKDIR/seed_SEED_lr_RATE, e.g. --seeds=0 --learning_rates=1e-3,2e-3,4e-3.')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "evaluate/recommend/index/adapt/explain: "
-                                  "the checkpoint, 'best', 'latest' or a step number.")
+                                  "the checkpoint, 'best', 'latest', 'refit' (the best "
+                                  "one refit on what was known at test, eval.refit_epochs) or "
+                                  "a step number.")
 _SAVE_RANKINGS = flags.DEFINE_bool('save_rankings', False, 'evaluate: write per-user top-k lists '
                                    'with the target to WORKDIR/rankings_{valid,test}.jsonl.')
 _HISTORY = flags.DEFINE_string('history', None, 'recommend: comma-separated raw item ids, oldest '

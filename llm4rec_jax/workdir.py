@@ -42,7 +42,7 @@ from llm4rec_jax.model.text_encoder import BertConfig
 from llm4rec_jax.data.content import ContentSpec, ItemContent
 from llm4rec_jax.errors import CheckpointError, DataError
 from llm4rec_jax.model.semantic_ids import SemanticIds
-from llm4rec_jax.train.checkpointing import Checkpointer, SnapshotManager
+from llm4rec_jax.train.checkpointing import Checkpointer, SnapshotManager, save_tree
 
 CONFIG = 'config.json'
 CATALOG = 'items.json'
@@ -61,8 +61,9 @@ SNAPSHOTS = f'{ONLINE}/snapshots'
 ONLINE_INDEX = f'{ONLINE}/index'
 ONLINE_LOG = f'{ONLINE}/log.jsonl'
 EXPLAINER = 'explainer'
+REFIT = 'refit'  # the chosen checkpoint refit on what is known at test (eval.refit_epochs)
 
-CHECKPOINT_CHOICES = "'best', 'latest' or a step number"
+CHECKPOINT_CHOICES = "'best', 'latest', 'refit' or a step number"
 SNAPSHOT_CHOICES = "'auto', 'none', 'latest' or a stream position"
 DRIVE_ROOT = '/content/drive'  # where Colab mounts Google Drive
 
@@ -177,6 +178,26 @@ def write_transitions(workdir: PathLike, table: transitions_lib.SuccessorTable,
 def read_transitions(workdir: PathLike) -> tuple[transitions_lib.SuccessorTable, float] | None:
   """(table, chosen weight), or None when the run chose no transition blend."""
   return transitions_lib.load(workdir)
+
+
+def write_refit(workdir: PathLike, params: Any, record: dict[str, Any]) -> None:
+  """Saves the refit parameters (``WORKDIR/refit/params``; every process calls it) and, from
+  process 0's caller, its record (``WORKDIR/refit/refit.json``: epochs, steps, rate, the step it
+  started from)."""
+  save_tree(path(workdir, REFIT) / 'params', {'params': params})
+  if record is not None:
+    (path(workdir, REFIT) / 'refit.json').write_text(json.dumps(record, indent=2))
+
+
+def read_refit(workdir: PathLike) -> dict[str, Any] | None:
+  """The record of the workdir's refit, or None when it has none."""
+  f = path(workdir, REFIT) / 'refit.json'
+  return json.loads(f.read_text()) if f.exists() else None
+
+
+def remove_refit(workdir: PathLike) -> None:
+  if path(workdir, REFIT).exists():
+    path(workdir, REFIT).rmtree()
 
 
 def checkpoints(workdir: PathLike, **kwargs) -> Checkpointer:

@@ -5,8 +5,9 @@ import pytest
 from conftest import tiny_config
 
 from llm4rec_jax import config_base
+from llm4rec_jax import workdir as workdir_lib
 from llm4rec_jax.data import pipeline, splits
-from llm4rec_jax.errors import ConfigError
+from llm4rec_jax.errors import CheckpointError, ConfigError
 from llm4rec_jax.train import trainer
 
 
@@ -41,6 +42,13 @@ def test_refit_trains_on_the_known_sequences_and_changes_test_only(tmp_path, mon
   assert record['learning_rate'] == pytest.approx(last_rate)
   assert np.isfinite(record['final_loss'])
   assert trainer.evaluate(c, tmp_path)['test'] == refit['test']  # deterministic
+  # The refit parameters are saved: ranking test with them (no refit again) gives the same figures.
+  assert workdir_lib.read_refit(tmp_path)['steps'] == record['steps']
+  c.eval.refit_epochs = 0
+  assert trainer.evaluate(c, tmp_path, checkpoint='refit')['test'] == refit['test']
+  assert workdir_lib.read_refit(tmp_path) is None  # an evaluation without refit removes it
+  with pytest.raises(CheckpointError, match='holds no refit'):
+    trainer.evaluate(c, tmp_path, checkpoint='refit')
 
 
 def test_refit_config_is_checked():

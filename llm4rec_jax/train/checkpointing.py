@@ -185,6 +185,17 @@ def restore_partial(item_dir: epath.Path, target: dict[str, Any], what: str) -> 
     checkpointer.close()
 
 
+def save_tree(item_dir: epath.Path, tree: Any) -> None:
+  """Writes ``tree`` (arrays, any sharding) as a ``StandardSave`` item at ``item_dir``, replacing
+  what is there; every process calls it. :func:`restore_partial` reads it back."""
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    checkpointer.save(_absolute(item_dir), tree, force=True)
+    checkpointer.wait_until_finished()
+  finally:
+    checkpointer.close()
+
+
 class SnapshotManager:
   """Online snapshots: ``save(position, state, host, arrays)``, restores of the host part, of the
   state, or of its parameters only; keeps the last ``max_to_keep`` (``read_only``: see

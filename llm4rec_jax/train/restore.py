@@ -24,11 +24,11 @@ from llm4rec_jax import config_base, partitioning
 from llm4rec_jax import workdir as workdir_lib
 from llm4rec_jax.data.content import ItemContent
 from llm4rec_jax.model.decoder import DecoderConfig
-from llm4rec_jax.errors import DataError
+from llm4rec_jax.errors import CheckpointError, DataError
 from llm4rec_jax.model.semantic_ids import SemanticIds
 from llm4rec_jax.train import state as state_lib
 from llm4rec_jax.train import text_finetune
-from llm4rec_jax.train.checkpointing import abstract_with_shardings
+from llm4rec_jax.train.checkpointing import abstract_with_shardings, restore_partial
 
 
 def params_target(spec: state_lib.ModelSpec, key: str = 'params') -> dict[str, Any]:
@@ -52,8 +52,17 @@ def params_key(workdir: workdir_lib.PathLike) -> str:
 def restore_checkpoint(workdir: workdir_lib.PathLike, spec: state_lib.ModelSpec,
                        checkpoint: str | int = 'best') -> tuple[int, dict[str, Any]]:
   """(step, ``{'params', ['text_table', 'text_table_step']}``) of a checkpoint of ``workdir``
-  ('best', 'latest' or a step number), placed in ``spec``'s shardings; ``params`` are the weights'
-  moving average when the run kept one."""
+  ('best', 'latest', 'refit' or a step number), placed in ``spec``'s shardings; ``params`` are the
+  weights' moving average when the run kept one. 'refit': the best checkpoint refit on what was
+  known at test (``eval.refit_epochs``), with the step it started from."""
+  if str(checkpoint).strip().lower() == 'refit':
+    record = workdir_lib.read_refit(workdir)
+    if record is None:
+      raise CheckpointError(f'{workdir_lib.path(workdir, workdir_lib.REFIT)} holds no refit '
+                            '(train or evaluate with eval.refit_epochs > 0)')
+    return int(record['from_step']), restore_partial(
+        workdir_lib.path(workdir, workdir_lib.REFIT) / 'params', params_target(spec),
+        f'the refit of {workdir}')
   key = params_key(workdir)
   ckpt = workdir_lib.checkpoints(workdir, read_only=True)
   try:

@@ -485,6 +485,8 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int,
   reusable = (exp.beyond is None and not c.eval.save_rankings
               and not any(hook.changes_evaluation for hook in hooks))
   params_of = {w: params for w in cases}
+  if not refit.refit_epochs(c) and jax.process_index() == 0:
+    workdir_lib.remove_refit(exp.workdir)  # a refit of an earlier evaluation no longer applies
   for which in cases:
     if reusable and which in (known or {}):
       results[which] = known[which]
@@ -493,6 +495,10 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int,
       # Validation is ranked; test with the model refit on what is known at test (train/refit.py).
       refit_params, results['refit'] = refit.refit_known(exp, params, make_train_step)
       params_of.update({w: refit_params for w in cases if w != 'valid'})
+      # Saved for serving (``--checkpoint=refit``); every process writes its shards.
+      workdir_lib.write_refit(exp.workdir, refit_params,
+                              {**results['refit'], 'from_step': int(step)}
+                              if jax.process_index() == 0 else None)
     t_eval = time.perf_counter()
     arrays = hooks_lib.eval_arrays(hooks, exp.eval_arrays(which))
     if not len(arrays.targets):
