@@ -198,6 +198,9 @@ def _summary(config, args, workdir: pathlib.Path, results: dict[str, Any], wall:
     line[f'time_to_valid_ndcg@10>={valid_target}_s'] = (round(reached[0]['elapsed_s'], 1)
                                                         if reached else None)
     line[f'epoch_valid_ndcg@10>={valid_target}'] = round(reached[0]['epoch'], 2) if reached else None
+  for key in ('transition_blend', 'refit'):  # what the final evaluation chose and did
+    if key in results:
+      line[key] = results[key]
   if extra:
     line.update(extra(workdir, results))
   line['config'] = config.to_dict()

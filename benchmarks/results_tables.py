@@ -779,6 +779,7 @@ BOARD_FILES = tuple(f for f in ('leaderboard_beauty_d128.jsonl',
                                 'leaderboard_scientific_beauty_config.jsonl',
                                 'leaderboard_wide_prior.jsonl',
                                 'leaderboard_known_counts.jsonl',
+                                'leaderboard_refit.jsonl',
                                 'leaderboard_ml100k.jsonl')
                     if (RESULTS / f).exists())
 
@@ -894,7 +895,10 @@ CLAIM_FILES = tuple(f for f in ('claim_filter0.7_vs_attention_beauty_d128.json',
                                 'claim_adjust_vs_wide_prior_scientific.json',
                                 'claim_known_counts_vs_wide_prior_beauty.json',
                                 'claim_known_counts_vs_wide_prior_scientific.json',
-                                'claim_known_counts_vs_wide_prior_lastfm.json')
+                                'claim_known_counts_vs_wide_prior_lastfm.json',
+                                'claim_refit_vs_known_counts_beauty.json',
+                                'claim_refit_vs_known_counts_scientific.json',
+                                'claim_refit_vs_known_counts_lastfm.json')
                     if (RESULTS / f).exists())
 
 

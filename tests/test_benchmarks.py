@@ -72,6 +72,7 @@ def test_quick_benchmark_prints_one_json_line(script, keys):
     assert result['config']['model']['filter_mix'] == 0.7 and result['config']['train']['log_every'] == 3
     assert result['config']['eval']['transition_weights'] == [0.0, 0.25, 0.5, 1.0, 2.0, 4.0]
     assert result['config']['eval']['transition_window'] == 3  # the wide prior, on real data
+    assert result['refit']['steps'] > 0  # test ranked by the model refit on what is known
   if result.get('benchmark') == 'throughput':  # MFU against a datasheet peak: none for a CPU
     assert result['datasheet_peak_tflops'] is None and result['provenance']['machine']['cores']
     assert all('mfu_vs_datasheet' not in r for r in result['runs'].values())
@@ -152,7 +153,7 @@ def test_config_variants_validate_and_overrides_take_the_cli_form():
   assert (best.model.d_model, best.model.filter_mix, best.train.num_epochs) == (128, 0.7, 18)
   wide = common.load_config('beauty', 'filter_prior').eval
   assert (wide.transition_window, wide.transition_history, wide.transition_decay,
-          wide.transition_counts) == (3, 3, 0.5, 'known')
+          wide.transition_counts, wide.refit_epochs) == (3, 3, 0.5, 'known', 1)
   args = common.parser('x').parse_args(['--config.model.dropout=0.4', '--set', 'train.seed=1'])
   assert args.set == ['model.dropout=0.4', 'train.seed=1']
   common.apply_overrides(best, ['model.dropout=0.4'])
