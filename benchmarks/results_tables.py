@@ -898,7 +898,8 @@ CLAIM_FILES = tuple(f for f in ('claim_filter0.7_vs_attention_beauty_d128.json',
                                 'claim_known_counts_vs_wide_prior_lastfm.json',
                                 'claim_refit_vs_known_counts_beauty.json',
                                 'claim_refit_vs_known_counts_scientific.json',
-                                'claim_refit_vs_known_counts_lastfm.json')
+                                'claim_refit_vs_known_counts_lastfm.json',
+                                'claim_snips_vs_known_counts_beauty.json')
                     if (RESULTS / f).exists())
 
 
