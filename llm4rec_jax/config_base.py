@@ -229,7 +229,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.transition_counts = 'train'
   # Before ranking test, train the chosen checkpoint this many more epochs on everything known at
   # test (the training sequences plus the validation targets), fresh AdamW at the schedule's last
-  # rate (llm4rec_jax.train.refit); validation is ranked before. 0 = off.
+  # rate, at most train.max_steps steps when set (llm4rec_jax.train.refit); validation is ranked
+  # before. 0 = off.
   c.eval.refit_epochs = 0
 
   # Online adaptation (llm4rec_jax.online, `llm4rec adapt`): incremental steps on streamed events,

@@ -6,7 +6,8 @@ interactions, yet at test time they are known (each test history ends with one).
 trains it ``E`` more epochs on :func:`llm4rec_jax.data.splits.known_sequences` of the test cases
 (the training sequences plus the validation targets, never a test target) and ranks test with the
 result. The steps are the run's own jitted train step (same loss, dropout and batch size) with a
-fresh AdamW at a constant rate: the schedule's last one (``learning_rate * min_lr_ratio``). Nothing
+fresh AdamW at a constant rate: the schedule's last one (``learning_rate * min_lr_ratio``); at
+most ``train.max_steps`` of them when that is set. Nothing
 in it is chosen on test; validation cannot score it (at validation nothing more is known).
 """
 
@@ -38,6 +39,8 @@ def refit_known(exp: Any, params: Any, make_train_step) -> tuple[Any, dict]:
   seqs = splits.known_sequences(exp.split.train, exp.split.test)
   windows, users = pipeline.make_windows(seqs, c.data.max_len, all_windows=c.data.all_windows)
   steps = epochs * (len(windows) // c.train.batch_size)
+  if c.train.max_steps > 0:  # train.max_steps bounds every training of the run (e.g. quick runs)
+    steps = min(steps, c.train.max_steps)
   rate = float(c.optimizer.learning_rate * c.optimizer.min_lr_ratio)
   opt_cfg = ml_collections.ConfigDict(c.optimizer.to_dict())
   opt_cfg.update(dict(schedule='constant', learning_rate=rate, warmup_steps=1, ema_decay=0.0))
