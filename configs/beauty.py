@@ -19,6 +19,9 @@ Variants (``--config=configs/beauty.py:VARIANT``):
   * ``filter_blend``: ``filter`` plus the first-order training-transition blend, its weight chosen
     on validation from (0, 0.25, 0.5, 1, 2) (``eval.transition_weights``, docs/val_test_gap.md).
 
+A workdir trained with this file's earlier default (``sasrec``, before 2026-12-07) resumes and
+evaluates with ``:sasrec``.
+
 The same settings apply to any Amazon category of the same preprocessing (``data.name``). The
 transition prior needs an in-memory split: for a prepared ``records:DIR`` use ``:sasrec`` (or a
 preset) or set ``eval.transition_weights=()``.

@@ -13,8 +13,7 @@ from llm4rec_jax.train import trainer
 
 def test_refit_trains_on_the_known_sequences_and_changes_test_only(tmp_path, monkeypatch):
   c = tiny_config(**{'train.num_epochs': 1})
-  trainer.train_and_evaluate(c, tmp_path)
-  plain = trainer.evaluate(c, tmp_path)
+  plain = trainer.train_and_evaluate(c, tmp_path)
   seen = []
   make_windows = pipeline.make_windows
 
