@@ -15,7 +15,10 @@ Two settings widen the first-order prior (both 1 = the first-order prior):
 * ``history`` (``eval.transition_history``): the rows of the ``history`` newest history items are
   summed, the j-th newest (j = 0 the newest) weighted ``decay ** j`` (``eval.transition_decay``).
 
-Only training sequences are counted, so neither a validation nor a test target enters the table.
+The caller chooses the sequences counted: the training sequences (neither a validation nor a test
+target enters the table), or under ``eval.transition_counts='known'`` everything known when a split
+is ranked (``llm4rec_jax.data.splits.known_sequences``: at test the validation targets too, never a
+test target).
 """
 
 from __future__ import annotations

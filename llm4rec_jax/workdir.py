@@ -180,7 +180,7 @@ def read_transitions(workdir: PathLike) -> tuple[transitions_lib.SuccessorTable,
   return transitions_lib.load(workdir)
 
 
-def write_refit(workdir: PathLike, params: Any, record: dict[str, Any]) -> None:
+def write_refit(workdir: PathLike, params: Any, record: dict[str, Any] | None) -> None:
   """Saves the refit parameters (``WORKDIR/refit/params``; every process calls it) and, from
   process 0's caller, its record (``WORKDIR/refit/refit.json``: epochs, steps, rate, the step it
   started from)."""

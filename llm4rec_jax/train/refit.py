@@ -7,8 +7,8 @@ trains it ``E`` more epochs on :func:`llm4rec_jax.data.splits.known_sequences` o
 (the training sequences plus the validation targets, never a test target) and ranks test with the
 result. The steps are the run's own jitted train step (same loss, dropout and batch size) with a
 fresh AdamW at a constant rate: the schedule's last one (``learning_rate * min_lr_ratio``); at
-most ``train.max_steps`` of them when that is set. Nothing
-in it is chosen on test; validation cannot score it (at validation nothing more is known).
+most ``train.max_steps`` of them when that is set. Nothing in it is chosen on test; validation
+cannot score it (at validation nothing more is known).
 """
 
 from __future__ import annotations
