@@ -135,6 +135,11 @@ def test_blended_ranks_equal_a_numpy_reference(tmp_path):
     want.append(int((s > t).sum() + (s == t).sum() - 1))
   np.testing.assert_array_equal(ranks, want)
   assert (ranks != plain).any()
+  # Another weight runs the same compiled program (choosing a weight compiles once, not per weight).
+  program = exp.rankers[(True, 'test')].program
+  compiled = program._cache_size()  # pylint: disable=protected-access
+  _, other, _ = exp.evaluate_arrays(exp.rank_fn(transition_weight=0.5, which='test'), params, arrays)
+  assert program._cache_size() == compiled and (other != ranks).any()  # pylint: disable=protected-access
   # Validation (leave-one-out) counts the training sequences, as eval.transition_counts='train'
   # does for every split.
   train_table = transitions.successor_table(exp.split.train, exp.spec.cfg.vocab_size,
