@@ -9,6 +9,7 @@ datasets with repeat consumption.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -88,8 +89,8 @@ def make_rank_fn(graphdef: nnx.GraphDef, *, exclude_seen: bool, top_k: int, trie
   ``score_bias`` [vocab] (softmax head only) is added to every score before ranking, e.g. the
   popularity adjustment of ``config.debias.adjust_strength``. ``transitions`` (the follower ids,
   weights and per-position scales of a ``llm4rec_jax.transitions.SuccessorTable``) add
-  ``transition_weight`` times the newest history items' training transitions (softmax head only;
-  :func:`blend_rank_fns` gives every weight from one compiled program).
+  ``transition_weight`` times the newest history items' training transitions (softmax head only).
+  Rankings of one model share one compiled program (:func:`rank_program`).
 
   For a semantic-ID head (``trie`` given) the ranking is the trie-constrained beam search's top
   ``top_k``: a target outside it gets rank ``num_items``, so HR/NDCG@k are exact for k <= top_k and
@@ -107,39 +108,30 @@ def make_rank_fn(graphdef: nnx.GraphDef, *, exclude_seen: bool, top_k: int, trie
   if trie is not None:
     jitted = jax.jit(generate)
     return lambda params, batch, content=None: jitted(params, batch, content, trie)
+  program = rank_program(graphdef, exclude_seen, top_k)
+  blend = None
   if transitions is not None and transition_weight:
-    return blend_rank_fns(graphdef, exclude_seen=exclude_seen, top_k=top_k, score_bias=score_bias,
-                          transitions=transitions)(transition_weight)
-  rank = _ranker(graphdef, exclude_seen, top_k, score_bias, None)
-  return jax.jit(lambda params, batch, content=None, mask=None: rank(params, batch, content, mask))
+    blend = (transitions, np.float32(transition_weight))
+  return lambda params, batch, content=None, mask=None: program(params, batch, content, mask,
+                                                                score_bias, blend)
 
 
-def blend_rank_fns(graphdef: nnx.GraphDef, *, exclude_seen: bool, top_k: int,
-                   transitions: tuple[jax.Array, jax.Array, jax.Array],
-                   score_bias: jax.Array | None = None) -> Callable[[float], Callable]:
-  """``weight -> rank_fn``: :func:`make_rank_fn`'s ranking with ``transitions`` blended in at
-  ``weight``. The weight is an argument of one jitted program, not a constant folded into it, so
-  choosing it among several on validation compiles once (per batch shape), not once a weight."""
-  jitted = jax.jit(_ranker(graphdef, exclude_seen, top_k, score_bias, transitions))
+@functools.lru_cache(maxsize=64)
+def rank_program(graphdef: nnx.GraphDef, exclude_seen: bool, top_k: int) -> Callable:
+  """The jitted ranking ``(params, batch, content, mask, score_bias, blend) -> (ranks, top)`` of
+  every :func:`make_rank_fn` of one model: the bias and the transition blend (tables, weight) are
+  arguments, not constants folded into the program, so rankings that differ only in them (the
+  transition weights chosen among on validation, a debiasing strength sweep) compile once per
+  batch shape, not once each."""
 
-  def at(weight: float) -> Callable:
-    w = np.float32(weight)
-    return lambda params, batch, content=None, mask=None: jitted(params, batch, content, mask, w)
-  at.program = jitted  # the one compiled program (its cache is what the weights share)
-  return at
-
-
-def _ranker(graphdef, exclude_seen, top_k, score_bias, transitions) -> Callable:
-  """The un-jitted ranking ``(params, batch, content, mask, transition weight) -> (ranks, top)``."""
-
-  def rank(params, batch, content, mask, weight=None):
+  def rank(params, batch, content, mask, score_bias, blend):
     model = nnx.merge(graphdef, params)
     scores = scores_for(model, batch['inputs'], batch_seen(batch) if exclude_seen else None, content,
                         context=batch.get('context'), mask=mask)
     if score_bias is not None:
       scores = scores + score_bias  # finite, so excluded (-inf) items stay excluded
-    if transitions is not None:  # the prior is finite: excluded items stay excluded
-      ids, weights, scales = transitions
+    if blend is not None:  # the prior is finite too
+      (ids, weights, scales), weight = blend
       scores = scores + weight * transitions_lib.prior(
           ids, weights, batch['inputs'][:, -scales.shape[0]:], scores.shape[-1], scales)
     target = jnp.take_along_axis(scores, batch['targets'][:, None], axis=1)  # [batch, 1]
@@ -148,7 +140,7 @@ def _ranker(graphdef, exclude_seen, top_k, score_bias, transitions) -> Callable:
     r = jnp.where(jnp.isfinite(target[:, 0]), higher + ties, model.cfg.num_items)
     _, top = jax.lax.top_k(scores, top_k)
     return r.astype(jnp.int32), top.astype(jnp.int32)
-  return rank
+  return jax.jit(rank)
 
 
 def evaluate_arrays(rank_fn: Callable, params: Any, arrays: EvalBatch, batch_size: int,

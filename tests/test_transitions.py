@@ -136,7 +136,7 @@ def test_blended_ranks_equal_a_numpy_reference(tmp_path):
   np.testing.assert_array_equal(ranks, want)
   assert (ranks != plain).any()
   # Another weight runs the same compiled program (choosing a weight compiles once, not per weight).
-  program = exp.rankers[(True, 'test')].program
+  program = evaluation.rank_program(exp.spec.graphdef, True, max(exp.config.eval.ks))
   compiled = program._cache_size()  # pylint: disable=protected-access
   _, other, _ = exp.evaluate_arrays(exp.rank_fn(transition_weight=0.5, which='test'), params, arrays)
   assert program._cache_size() == compiled and (other != ranks).any()  # pylint: disable=protected-access

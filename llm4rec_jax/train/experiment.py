@@ -59,8 +59,6 @@ class Experiment:
   # eval.transition_counts='known'), built on first use: (on device, on the host).
   transitions: dict[str, tuple[tuple[jax.Array, ...], transitions_lib.SuccessorTable]] = (
       dataclasses.field(default_factory=dict))
-  # The jitted rankings of rank_fn by (exclude_seen, table source or None), built on first use.
-  rankers: dict[tuple[bool, str | None], Any] = dataclasses.field(default_factory=dict)
 
   @property
   def rules(self):
@@ -139,24 +137,18 @@ class Experiment:
               which: str = 'valid'):
     """The jitted ranking of evaluation; ``transition_weight`` > 0 blends in the transitions of
     each case's newest items (``llm4rec_jax.transitions``, ``eval.transition_*``), counted over the
-    sequences :meth:`transition_source` names for ``which``. Kept for the run: asking again, or
-    for another weight of the same table, reuses the compiled program."""
+    sequences :meth:`transition_source` names for ``which``."""
     exclude = self.config.eval.exclude_seen if exclude_seen is None else exclude_seen
-    source = self.transition_source(which) if transition_weight else None
-    key = (bool(exclude), source)
-    if key not in self.rankers:
-      trie = None
-      if self.semantic_ids is not None:
-        trie = jax.device_put(self.semantic_ids.trie(), self.spec.replicated)
-      kwargs = dict(exclude_seen=exclude, top_k=max(self.config.eval.ks),
-                    score_bias=self.debias.inference_bias if self.debias else None)
-      if source is None:
-        self.rankers[key] = evaluation.make_rank_fn(
-            self.spec.graphdef, trie=trie, beam_size=self.config.semantic_ids.beam_size, **kwargs)
-      else:
-        self.rankers[key] = evaluation.blend_rank_fns(
-            self.spec.graphdef, transitions=self._transitions(source)[0], **kwargs)
-    return self.rankers[key](transition_weight) if source else self.rankers[key]
+    trie = None
+    if self.semantic_ids is not None:
+      trie = jax.device_put(self.semantic_ids.trie(), self.spec.replicated)
+    tables = self._transitions(self.transition_source(which))[0] if transition_weight else None
+    return evaluation.make_rank_fn(self.spec.graphdef, exclude_seen=exclude,
+                                   top_k=max(self.config.eval.ks), trie=trie,
+                                   beam_size=self.config.semantic_ids.beam_size,
+                                   score_bias=self.debias.inference_bias if self.debias else None,
+                                   transitions=tables,
+                                   transition_weight=float(transition_weight))
 
 
 def build_experiment(config: ml_collections.ConfigDict, workdir: workdir_lib.PathLike) -> Experiment:

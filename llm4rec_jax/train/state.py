@@ -112,10 +112,12 @@ def build_model_spec(cfg: DecoderConfig, mesh: Mesh, rules: Any) -> ModelSpec:
 
 def init_params(spec: ModelSpec, seed: int) -> Any:
   """Parameters initialised directly into their shardings (no full copy on one device)."""
-  def init():
-    model = ItemDecoder(spec.cfg, rngs=nnx.Rngs(params=seed))
+  def init(key):
+    model = ItemDecoder(spec.cfg, rngs=nnx.Rngs(params=key))
     return nnx.to_pure_dict(nnx.split(model, nnx.Param)[1])
-  return jax.jit(init, out_shardings=spec.param_shardings)()
+  # The seed's key is an argument, not a constant of the program: every seed of a model compiles
+  # to the same program (the same values as nnx.Rngs(params=seed)), which a compilation cache reuses.
+  return jax.jit(init, out_shardings=spec.param_shardings)(jax.random.key(seed))
 
 
 def state_shardings(spec: ModelSpec, tx: optax.GradientTransformation, *, ema: bool = False
