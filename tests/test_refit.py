@@ -40,11 +40,17 @@ def test_refit_trains_on_the_known_sequences_and_changes_test_only(tmp_path, mon
   last_rate = c.optimizer.learning_rate * c.optimizer.min_lr_ratio
   assert record['learning_rate'] == pytest.approx(last_rate)
   assert np.isfinite(record['final_loss'])
-  # The refit parameters are saved: ranking test with them (no refit again) gives the same figures.
+  # The refit parameters are saved: ranking test with them gives the same figures; evaluating the
+  # refit neither refits it again (the config still asks for a refit) nor removes it.
+  assert workdir_lib.read_refit(tmp_path)['steps'] == record['steps']
+  again = trainer.evaluate(c, tmp_path, checkpoint='refit')
+  assert again['test'] == refit['test'] and 'refit' not in again
   assert workdir_lib.read_refit(tmp_path)['steps'] == record['steps']
   c.eval.refit_epochs = 0
   assert trainer.evaluate(c, tmp_path, checkpoint='refit')['test'] == refit['test']
-  assert workdir_lib.read_refit(tmp_path) is None  # an evaluation without refit removes it
+  assert workdir_lib.read_refit(tmp_path) is not None
+  trainer.evaluate(c, tmp_path)  # an evaluation of another checkpoint without refit removes it
+  assert workdir_lib.read_refit(tmp_path) is None
   with pytest.raises(CheckpointError, match='holds no refit'):
     trainer.evaluate(c, tmp_path, checkpoint='refit')
 

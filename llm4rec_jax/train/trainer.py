@@ -443,11 +443,13 @@ def _flush(pending: list, logger: MetricLogger, steps: int, seconds: float, batc
 
 def _final_metrics(exp: Experiment, rank_fn, params, *, step: int,
                    known: dict[str, dict] | None = None,
-                   hooks: list[hooks_lib.LoopHook] | None = None) -> dict[str, Any]:
+                   hooks: list[hooks_lib.LoopHook] | None = None,
+                   of_refit: bool = False) -> dict[str, Any]:
   """Metrics of ``params`` on valid and test (and cold test cases); ``known`` holds metrics already
   computed for these parameters (the validation of the best step), reused when nothing more than
   the ranking metrics is asked of that split and no hook changes what evaluation sees. ``hooks``:
-  the training loop's, else (None) those evaluating a saved checkpoint needs."""
+  the training loop's, else (None) those evaluating a saved checkpoint needs. ``of_refit``: the
+  parameters are the saved refit (``checkpoint='refit'``), which is kept and not refit again."""
   if hooks is None:
     hooks = hooks_lib.evaluation_hooks(exp)
   c = exp.config
@@ -485,13 +487,13 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int,
   reusable = (exp.beyond is None and not c.eval.save_rankings
               and not any(hook.changes_evaluation for hook in hooks))
   params_of = {w: params for w in cases}
-  if not refit.refit_epochs(c) and jax.process_index() == 0:
+  if not refit.refit_epochs(c) and not of_refit and jax.process_index() == 0:
     workdir_lib.remove_refit(exp.workdir)  # a refit of an earlier evaluation no longer applies
   for which in cases:
     if reusable and which in (known or {}):
       results[which] = known[which]
       continue
-    if which != 'valid' and refit.refit_epochs(c) and 'refit' not in results:
+    if which != 'valid' and refit.refit_epochs(c) and not of_refit and 'refit' not in results:
       # Validation is ranked; test with the model refit on what is known at test (train/refit.py).
       refit_params, results['refit'] = refit.refit_known(exp, params, make_train_step)
       params_of.update({w: refit_params for w in cases if w != 'valid'})
@@ -526,7 +528,9 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int,
 def evaluate(config: ml_collections.ConfigDict, workdir: workdir_lib.PathLike, *,
              checkpoint: str = 'best', save_rankings: bool | None = None,
              exclude_seen: bool | None = None) -> dict[str, Any]:
-  """Evaluates a checkpoint of ``workdir`` ('best', 'latest' or a step number) on valid and test."""
+  """Evaluates a checkpoint of ``workdir`` ('best', 'latest', 'refit' or a step number) on valid
+  and test. The refit (``eval.refit_epochs``) is ranked as saved, never refit again nor removed;
+  its validation figures are not a selection criterion (it has trained on the validation targets)."""
   workdir = workdir_lib.root(workdir)
   if save_rankings is not None or exclude_seen is not None:
     config = ml_collections.ConfigDict(config.to_dict())
@@ -536,4 +540,5 @@ def evaluate(config: ml_collections.ConfigDict, workdir: workdir_lib.PathLike, *
       config.eval.exclude_seen = exclude_seen
   exp = build_experiment(config, workdir)
   step, params = restore_params(exp, checkpoint)
-  return _final_metrics(exp, exp.rank_fn(), params, step=step)
+  return _final_metrics(exp, exp.rank_fn(), params, step=step,
+                        of_refit=str(checkpoint).strip().lower() == 'refit')
