@@ -167,6 +167,29 @@ def test_weight_is_chosen_on_validation_and_applied_to_test(tmp_path):
   assert again['transition_blend'] == blend and again['test'] == pytest.approx(results['test'])
 
 
+def test_known_counts_keep_one_table_at_a_time(tmp_path, monkeypatch):
+  c = tiny_config(**{'train.num_epochs': 1, 'eval.transition_weights': (4.0,),
+                     'eval.transition_counts': 'known'})
+  held = []  # the sources whose tables the experiment holds, each time a table is asked for
+  build = experiment.Experiment._transitions  # pylint: disable=protected-access
+
+  def recording(self, source):
+    out = build(self, source)
+    held.append(sorted(self.transitions))
+    return out
+
+  monkeypatch.setattr(experiment.Experiment, '_transitions', recording)
+  results = trainer.train_and_evaluate(c, tmp_path)
+  assert results['transition_blend']['chosen_weight'] == 4.0
+  # Validation's table is dropped once validation is ranked, before test's is built.
+  assert ['valid'] in held and ['test'] in held and all(len(h) == 1 for h in held)
+  from llm4rec_jax import workdir  # pylint: disable=import-outside-toplevel
+  assert workdir.read_transitions(tmp_path)[1] == 4.0  # saved for serving: test's table
+  c.eval.transition_weights = ()
+  trainer.evaluate(c, tmp_path)  # an evaluation without a blend removes the saved one
+  assert workdir.read_transitions(tmp_path) is None
+
+
 def test_transition_weights_config_is_checked():
   with pytest.raises(ConfigError, match='transition_weights'):
     config_base.validate(tiny_config(**{'eval.transition_weights': (-1.0,)}))

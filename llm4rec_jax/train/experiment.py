@@ -133,6 +133,12 @@ class Experiment:
                                         for a in (table.ids, table.weights, table.scales())), table)
     return self.transitions[source]
 
+  def release_transitions(self, source: str) -> None:
+    """Drops the successor table of ``source`` (on device and on the host): under
+    ``eval.transition_counts='known'`` validation's, once validation is ranked, so that one table at
+    a time is on the device."""
+    self.transitions.pop(source, None)
+
   def rank_fn(self, exclude_seen: bool | None = None, transition_weight: float = 0.0,
               which: str = 'valid'):
     """The jitted ranking of evaluation; ``transition_weight`` > 0 blends in the transitions of

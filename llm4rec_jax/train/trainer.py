@@ -460,8 +460,8 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int,
   cases = ('valid', 'test') + (('test_cold',) if cold else ())
   for hook in hooks:
     hook.before_eval(step, params, exp.content)
-  rank_fns = {w: rank_fn for w in cases}
   weights = tuple(float(w) for w in c.eval.get('transition_weights', ()))
+  chosen = 0.0
   if weights:
     # The transition blend's weight, chosen on validation alone before test is ranked.
     arrays = hooks_lib.eval_arrays(hooks, exp.eval_arrays('valid'))
@@ -471,19 +471,11 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int,
     chosen = max(weights, key=lambda w: (by_weight[w], -w))  # a tie keeps the smaller weight
     results['transition_blend'] = {'chosen_weight': chosen, 'by': 'valid_ndcg@10',
                                    'valid_ndcg@10': {str(w): v for w, v in by_weight.items()}}
-    if chosen:
-      # One ranking per table: under eval.transition_counts='known' test counts more than valid.
-      first = {}  # table source -> the first case that ranks with it
-      for which in cases:
-        first.setdefault(exp.transition_source(which), which)
-      fns = {src: exp.rank_fn(transition_weight=chosen, which=w) for src, w in first.items()}
-      rank_fns, known = {w: fns[exp.transition_source(w)] for w in cases}, None
-    if jax.process_index() == 0:  # serving applies what was chosen here (``serving.Recommender``)
-      saved = workdir_lib.path(exp.workdir, workdir_lib.TRANSITIONS)
-      if chosen:  # the table of test: the most that is known
-        workdir_lib.write_transitions(exp.workdir, exp.transition_table('test'), chosen)
-      elif saved.exists():
-        saved.unlink()
+    if chosen:  # each case's table is built when it is ranked (rank_fn below)
+      known = None
+  saved_blend = workdir_lib.path(exp.workdir, workdir_lib.TRANSITIONS)
+  if not chosen and jax.process_index() == 0 and saved_blend.exists():
+    saved_blend.unlink()  # a blend saved by an earlier evaluation no longer applies
   reusable = (exp.beyond is None and not c.eval.save_rankings
               and not any(hook.changes_evaluation for hook in hooks))
   params_of = {w: params for w in cases}
@@ -505,8 +497,10 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int,
     arrays = hooks_lib.eval_arrays(hooks, exp.eval_arrays(which))
     if not len(arrays.targets):
       continue
-    m, ranks, tops = exp.evaluate_arrays(rank_fns[which], params_of[which], arrays,
-                                         content=exp.content)
+    fn = exp.rank_fn(transition_weight=chosen, which=which) if chosen else rank_fn
+    m, ranks, tops = exp.evaluate_arrays(fn, params_of[which], arrays, content=exp.content)
+    if chosen and which == 'valid' and exp.transition_source('valid') != exp.transition_source('test'):
+      exp.release_transitions('valid')  # test counts more (eval.transition_counts='known')
     results.setdefault('eval_seconds', {})[which] = time.perf_counter() - t_eval
     results[which] = m
     if exp.beyond is not None:
@@ -521,6 +515,9 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int,
                                 arrays.targets[:n], ranks, tops, exp.dataset.users.raw_ids,
                                 exp.dataset.items.raw_ids)
   if jax.process_index() == 0:
+    if chosen:  # serving applies the chosen blend (``serving.Recommender``) with test's table: the
+      # most that is known
+      workdir_lib.write_transitions(exp.workdir, exp.transition_table('test'), chosen)
     workdir_lib.path(exp.workdir, workdir_lib.METRICS).write_text(json.dumps(results, indent=2))
   return results
 
