@@ -138,8 +138,10 @@ def test_blended_ranks_equal_a_numpy_reference(tmp_path):
   # Another weight runs the same compiled program (choosing a weight compiles once, not per weight).
   program = evaluation.rank_program(exp.spec.graphdef, True, max(exp.config.eval.ks))
   compiled = program._cache_size()  # pylint: disable=protected-access
-  _, other, _ = exp.evaluate_arrays(exp.rank_fn(transition_weight=0.5, which='test'), params, arrays)
-  assert program._cache_size() == compiled and (other != ranks).any()  # pylint: disable=protected-access
+  _, other, _ = exp.evaluate_arrays(exp.rank_fn(transition_weight=0.5, which='test'), params,
+                                    arrays)
+  assert program._cache_size() == compiled  # pylint: disable=protected-access
+  assert (other != ranks).any()
   # Validation (leave-one-out) counts the training sequences, as eval.transition_counts='train'
   # does for every split.
   train_table = transitions.successor_table(exp.split.train, exp.spec.cfg.vocab_size,

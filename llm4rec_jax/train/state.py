@@ -115,8 +115,8 @@ def init_params(spec: ModelSpec, seed: int) -> Any:
   def init(key):
     model = ItemDecoder(spec.cfg, rngs=nnx.Rngs(params=key))
     return nnx.to_pure_dict(nnx.split(model, nnx.Param)[1])
-  # The seed's key is an argument, not a constant of the program: every seed of a model compiles
-  # to the same program (the same values as nnx.Rngs(params=seed)), which a compilation cache reuses.
+  # The seed's key is an argument, not a constant of the program: every seed of a model compiles to
+  # the same program (the values of nnx.Rngs(params=seed)), which a compilation cache reuses.
   return jax.jit(init, out_shardings=spec.param_shardings)(jax.random.key(seed))
 
 

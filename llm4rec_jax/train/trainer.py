@@ -499,8 +499,8 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int,
       continue
     fn = exp.rank_fn(transition_weight=chosen, which=which) if chosen else rank_fn
     m, ranks, tops = exp.evaluate_arrays(fn, params_of[which], arrays, content=exp.content)
-    if chosen and which == 'valid' and exp.transition_source('valid') != exp.transition_source('test'):
-      exp.release_transitions('valid')  # test counts more (eval.transition_counts='known')
+    if chosen and which == 'valid' and exp.transition_source('valid') == 'valid':
+      exp.release_transitions('valid')  # test's table counts more (transition_counts='known')
     results.setdefault('eval_seconds', {})[which] = time.perf_counter() - t_eval
     results[which] = m
     if exp.beyond is not None:
@@ -527,7 +527,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: workdir_lib.PathLike, *
              exclude_seen: bool | None = None) -> dict[str, Any]:
   """Evaluates a checkpoint of ``workdir`` ('best', 'latest', 'refit' or a step number) on valid
   and test. The refit (``eval.refit_epochs``) is ranked as saved, never refit again nor removed;
-  its validation figures are not a selection criterion (it has trained on the validation targets)."""
+  its validation figures select nothing (it has trained on the validation targets)."""
   workdir = workdir_lib.root(workdir)
   if save_rankings is not None or exclude_seen is not None:
     config = ml_collections.ConfigDict(config.to_dict())
