@@ -780,6 +780,8 @@ BOARD_FILES = tuple(f for f in ('leaderboard_beauty_d128.jsonl',
                                 'leaderboard_wide_prior.jsonl',
                                 'leaderboard_known_counts.jsonl',
                                 'leaderboard_refit.jsonl',
+                                'leaderboard_yelp_filter.jsonl',
+                                'leaderboard_yelp_filter_prior.jsonl',
                                 'leaderboard_ml100k.jsonl')
                     if (RESULTS / f).exists())
 
@@ -899,7 +901,8 @@ CLAIM_FILES = tuple(f for f in ('claim_filter0.7_vs_attention_beauty_d128.json',
                                 'claim_refit_vs_known_counts_beauty.json',
                                 'claim_refit_vs_known_counts_scientific.json',
                                 'claim_refit_vs_known_counts_lastfm.json',
-                                'claim_snips_vs_known_counts_beauty.json')
+                                'claim_snips_vs_known_counts_beauty.json',
+                                'claim_prior_refit_vs_filter_yelp.json')
                     if (RESULTS / f).exists())
 
 
@@ -957,6 +960,9 @@ ABLATION = (
     ('claim_refit_vs_known_counts_scientific.json', 'scientific',
      'the model refit 1 epoch on what is known at test',
      'filter + fusion + wide prior counting validation'),
+    ('claim_prior_refit_vs_filter_yelp.json', 'yelp',
+     'wide prior counting validation + refit 1 epoch (the Beauty default on Yelp)',
+     'filter decoder, hidden 128'),
 )
 ABLATION_FILES = tuple(f for f, *_ in ABLATION if (RESULTS / f).exists())
 ABLATION_TEXT = ('each part added to the system named in "added to", 3 seeds (0, 1, 2) each, '
