@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pathlib
 import resource
 import shutil
@@ -17,11 +16,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def load_config(name: str, arg: str | None = None):
   """``configs/<name>.py`` -> ``get_config(arg)``."""
-  path = ROOT / 'configs' / f'{name}.py'
-  spec = importlib.util.spec_from_file_location(f'configs_{name}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  from llm4rec_jax import config_base  # pylint: disable=import-outside-toplevel
+  return config_base.from_file(ROOT / 'configs' / f'{name}.py', arg)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -15,7 +15,6 @@ evaluates with ``:sasrec``.
   llm4rec evaluate --config=configs/yelp.py --workdir=workdirs/yelp --config.eval.exclude_seen=false
 """
 
-import importlib.util
 import pathlib
 
 from llm4rec_jax import config_base
@@ -23,21 +22,12 @@ from llm4rec_jax import config_base
 VARIANTS = ('sasrec', 'filter_prior')
 
 
-def _beauty_config(arg: str):
-  """``configs/beauty.py``'s ``get_config(arg)`` (config files are loaded by path, not imported)."""
-  spec = importlib.util.spec_from_file_location('configs_beauty',
-                                                pathlib.Path(__file__).with_name('beauty.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
 def get_config(arg: str | None = None):
   words = [w for w in (arg or '').split(',') if w]
   rest = ','.join(w for w in words if w not in VARIANTS)
   variant = next((w for w in words if w in VARIANTS), 'sasrec' if rest else 'filter_prior')
   if variant == 'filter_prior':
-    c = _beauty_config('filter_prior')
+    c = config_base.from_file(pathlib.Path(__file__).with_name('beauty.py'), 'filter_prior')
     c.data.name = 'yelp'
     return c
   c = config_base.apply_preset(config_base.base_config(),

@@ -9,9 +9,11 @@ overridden on the command line (``--config.model.num_layers=4``). The effective 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import os
+import pathlib
 
 import ml_collections
 
@@ -469,6 +471,15 @@ def _validate_lora(m: ml_collections.ConfigDict) -> None:
   if m.get('frozen_dtype', 'bfloat16') not in ('float32', 'bfloat16', 'float16'):
     raise ConfigError('model.frozen_dtype', f"{m.frozen_dtype!r} is not one of 'float32', "
                       "'bfloat16', 'float16'")
+
+
+def from_file(path: str | os.PathLike, arg: str | None = None) -> ml_collections.ConfigDict:
+  """``get_config(arg)`` of an experiment file (``configs/*.py``), loaded by its path as the
+  ``llm4rec`` command's ``--config=PATH:ARG`` loads it (the files are not a package)."""
+  spec = importlib.util.spec_from_file_location(f'configs_{pathlib.Path(path).stem}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
 
 
 def save(c: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
