@@ -39,6 +39,11 @@ def parser(description: str) -> argparse.ArgumentParser:
   p.add_argument('--quick', action='store_true',
                  help='a few steps of a tiny model: checks the benchmark runs, numbers meaningless')
   p.add_argument('--workdir', default=None, help='keep checkpoints/logs here (default: temp dir)')
+  p.add_argument('--resume', action='store_true',
+                 help='with --workdir: go on from the checkpoints a cut-short run left there '
+                 '(same command; a changed setting is refused) instead of starting afresh; the '
+                 "line's wall_s is this process's, time_to_best_epoch_s counts every run's "
+                 'training seconds up to the checkpoint it resumed')
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--seeds', default='',
                  help='comma-separated seeds trained at once in one process, as replicas '
@@ -158,8 +163,11 @@ def print_report(config, args, *, benchmark: str, extra=None,
 
 
 def _fresh_workdir(args) -> pathlib.Path:
+  """``--workdir`` emptied, or kept as it is with ``--resume``; else a new temporary folder."""
+  if getattr(args, 'resume', False) and not args.workdir:
+    raise SystemExit('--resume needs the --workdir of the run to go on with')
   workdir = pathlib.Path(args.workdir) if args.workdir else pathlib.Path(tempfile.mkdtemp())
-  if workdir.exists():
+  if workdir.exists() and not getattr(args, 'resume', False):
     shutil.rmtree(workdir)
   return workdir
 
@@ -170,7 +178,8 @@ def _summary(config, args, workdir: pathlib.Path, results: dict[str, Any], wall:
   events = read_events(workdir)
   evals = [e for e in events if e['event'] == 'eval']
   done = [e for e in events if e['event'] == 'train_done'][-1]
-  start = [e for e in events if e['event'] == 'start'][0]
+  starts = [e for e in events if e['event'] == 'start']
+  start = starts[0]
   best = max(evals, key=lambda e: e['valid_ndcg@10'])
   line = {
       'benchmark': benchmark, 'dataset': results['dataset'], 'protocol': results['protocol'],
@@ -189,6 +198,8 @@ def _summary(config, args, workdir: pathlib.Path, results: dict[str, Any], wall:
       'command': 'python ' + ' '.join([f'benchmarks/{pathlib.Path(sys.argv[0]).name}',
                                        *sys.argv[1:]]),
   }
+  if any(e['step'] for e in starts):  # went on from checkpoints: the steps each run began at
+    line['resumed_at_steps'] = [e['step'] for e in starts if e['step']]
   if valid_target is not None:
     reached = [e for e in evals if e['valid_ndcg@10'] >= valid_target]
     line[f'time_to_valid_ndcg@10>={valid_target}_s'] = (round(reached[0]['elapsed_s'], 1)

@@ -498,3 +498,47 @@ def load(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
   c.update(ml_collections.ConfigDict(json.loads(path.read_text())))
   c.mesh.rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in c.mesh.rules)
   return c
+
+
+# What may differ when training resumes a workdir's checkpoints: how long it trains and how often
+# it logs, evaluates and saves, where it runs, and what evaluation and serving do. Any other field
+# would continue one run under another run's settings (model, data, loss, optimizer, seed).
+RESUMABLE_CHANGES = (
+    'train.num_epochs', 'train.max_steps', 'train.patience', 'train.progress_bar',
+    'train.log_every', 'train.eval_every', 'train.checkpoint_every', 'train.keep_checkpoints',
+    'train.async_checkpoints', 'train.max_inflight_steps', 'train.steps_per_call', 'eval.',
+    'mesh.', 'distributed.', 'online.', 'debias.adjust_strength', 'debias.beyond_accuracy',
+    'debias.beyond_ks', 'content.cache_dir', 'content.text_batch_size', 'data.tfds.', 'variant')
+
+
+def check_resume(workdir: str | os.PathLike, recorded: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError when ``workdir`` holds checkpoints of a run whose saved config differs
+  from ``recorded`` (the config about to be saved, ``train.state.recorded_config``) in a field
+  outside :data:`RESUMABLE_CHANGES`; nothing to check when it holds no checkpoint."""
+  checkpoints = workdir_lib.path(workdir, workdir_lib.CHECKPOINTS)
+  if (not workdir_lib.path(workdir, workdir_lib.CONFIG).exists() or not checkpoints.exists()
+      or not any(p.name.isdigit() for p in checkpoints.iterdir())):
+    return
+  saved = _flat(json.loads(load(workdir).to_json_best_effort()))
+  new = _flat(json.loads(recorded.to_json_best_effort()))
+  differ = sorted(k for k in saved.keys() | new.keys()
+                  if saved.get(k) != new.get(k)
+                  and not any(k == c or (c.endswith('.') and k.startswith(c))
+                              for c in RESUMABLE_CHANGES))
+  if differ:
+    shown = '; '.join(f'{k}: {saved.get(k)!r} there, {new.get(k)!r} now' for k in differ[:6])
+    more = f' (and {len(differ) - 6} more)' if len(differ) > 6 else ''
+    raise ConfigError(differ[0], f'{workdir_lib.path(workdir, workdir_lib.CONFIG)} records a run '
+                      f'with other settings than this one: {shown}{more}. Resuming would go on '
+                      'training it under these; use that config (only how long and how often it '
+                      'trains, evaluates and saves may change) or a new workdir')
+
+
+def _flat(tree: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out

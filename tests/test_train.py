@@ -35,6 +35,32 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
   assert json.loads((tmp_path / 'resumed' / 'metrics.json').read_text())['test'] == resumed['test']
 
 
+def test_resume_refuses_other_settings_and_counts_training_time_on(tmp_path):
+  """A workdir's checkpoints resume only under the settings they were trained with (how long and
+  how often may change): another dropout is refused naming the field, before anything is
+  written. The resumed run's evaluations count training seconds on from the checkpoint's."""
+  config = tiny_config(**{'train.num_epochs': 2, 'train.eval_every': 4})
+  workdir = tmp_path / 'run'
+  trainer.train_and_evaluate(config, workdir, stop_after_steps=6)
+  saved = (workdir / 'config.json').read_text()
+  with pytest.raises(ConfigError, match=r'model\.dropout: 0\.1 there, 0\.3 now'):
+    trainer.train_and_evaluate(tiny_config(**{'train.num_epochs': 2, 'train.eval_every': 4,
+                                              'model.dropout': 0.3}), workdir)
+  assert (workdir / 'config.json').read_text() == saved
+  ckpt = checkpointing.Checkpointer(workdir / 'checkpoints', async_save=False, read_only=True)
+  at_stop = ckpt.progress(6)['elapsed_s']
+  assert at_stop > 0
+  longer = tiny_config(**{'train.num_epochs': 3, 'train.eval_every': 4,
+                          'train.progress_bar': False, 'eval.ks': (5, 10)})
+  trainer.train_and_evaluate(longer, workdir)  # allowed: train longer, evaluate other cutoffs
+  events = [json.loads(l) for l in (workdir / 'events.jsonl').read_text().splitlines()]
+  assert [e['step'] for e in events if e['event'] == 'start'] == [0, 6]
+  after = [e['elapsed_s'] for e in events[events.index(
+      next(e for e in events if e['event'] == 'start' and e['step'] == 6)):] if e['event'] == 'eval']
+  assert after and min(after) > at_stop
+  assert json.loads((workdir / 'config.json').read_text())['train']['num_epochs'] == 3
+
+
 def test_trained_model_beats_popularity(tmp_path):
   config = tiny_config(**{'train.num_epochs': 10, 'optimizer.learning_rate': 1e-2})
   results = trainer.train_and_evaluate(config, tmp_path)

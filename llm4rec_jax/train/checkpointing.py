@@ -107,10 +107,12 @@ class Checkpointer:
     return dict(self._mngr.metrics(step) or {})
 
   def progress(self, step: int) -> dict[str, Any]:
-    """Early-stopping progress saved with ``step`` (best score, its step, evals since)."""
+    """Progress saved with ``step``: early stopping's (best score, its step, evals since) and the
+    training seconds spent to reach it, over every run that led to it (0 when not recorded)."""
     m = self.metrics(step)
     return {'best': float(m.get('best', float('-inf'))), 'best_step': int(m.get('best_step', -1)),
-            'evals_since_best': int(m.get('evals_since_best', 0))}
+            'evals_since_best': int(m.get('evals_since_best', 0)),
+            'elapsed_s': float(m.get('elapsed_s', 0.0))}
 
   def restore_subtree(self, step: int | None, target: dict[str, Any]) -> dict[str, Any]:
     """Only the top-level state entries of ``target`` (e.g. ``{'params': ...}``, abstract arrays
@@ -183,6 +185,11 @@ def restore_partial(item_dir: epath.Path, target: dict[str, Any], what: str) -> 
     raise CheckpointError(f'{what} is incomplete: {e}') from e
   finally:
     checkpointer.close()
+
+
+def new_progress() -> dict[str, Any]:
+  """The progress of a run that starts from scratch (see :meth:`Checkpointer.progress`)."""
+  return {'best': float('-inf'), 'best_step': -1, 'evals_since_best': 0, 'elapsed_s': 0.0}
 
 
 def save_tree(item_dir: epath.Path, tree: Any) -> None:

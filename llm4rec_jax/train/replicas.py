@@ -41,7 +41,7 @@ from llm4rec_jax.errors import ConfigError, NonFiniteLossError
 from llm4rec_jax.train import memory, optimizer as optimizer_lib, preemption
 from llm4rec_jax.train import state as state_lib
 from llm4rec_jax.train import trainer
-from llm4rec_jax.train.checkpointing import abstract_with_shardings
+from llm4rec_jax.train.checkpointing import abstract_with_shardings, new_progress
 from llm4rec_jax.train.experiment import Experiment, build_experiment, run_memory, write_catalog
 from llm4rec_jax.train.logger import MetricLogger
 
@@ -154,9 +154,13 @@ def _setup_and_train(config, workdirs, seeds, rates, ckpts, resume, stop_after_s
   # One view of the experiment per replica: its workdir, seed and rate, everything else shared.
   exps = [dataclasses.replace(base, workdir=w, config=ml_collections.FrozenConfigDict(
       _with_seed(config, s, lr))) for w, s, lr in zip(workdirs, seeds, rates)]
-  for e in exps:
-    config_base.save(state_lib.recorded_config(
-        e.config, e.spec.cfg, e.debias.num_groups if e.debias is not None else 0), e.workdir)
+  recorded = [state_lib.recorded_config(e.config, e.spec.cfg,
+                                        e.debias.num_groups if e.debias is not None else 0)
+              for e in exps]
+  for e, r in zip(exps, recorded):
+    config_base.check_resume(e.workdir, r)  # every workdir before any is written
+  for e, r in zip(exps, recorded):
+    config_base.save(r, e.workdir)
     write_catalog(e)
   tc = base.config.train
 
@@ -267,8 +271,7 @@ def _train(base, exps, seeds, ckpts, resume, data_iters, tx, schedule, scales, a
     logging.info('resuming replicas from step %d', start)
   else:
     states = [state_lib.init_train_state(base.spec, tx, e.config.seed, shardings) for e in exps]
-    progress = [{'best': float('-inf'), 'best_step': -1, 'evals_since_best': 0}
-                for _ in exps]
+    progress = [new_progress() for _ in exps]
   # A replica's state where it stopped (its step and state), for its final evaluation.
   ended = {i: (latest[i], states[i]) for i in range(num) if stopped[i]}
   running = [not s for s in stopped]
@@ -296,6 +299,12 @@ def _train(base, exps, seeds, ckpts, resume, data_iters, tx, schedule, scales, a
   pending: list[tuple[int, Any]] = []
   t_start = time.perf_counter()
   t_last, n_last = t_start, start
+  # Each replica's training seconds count on from the checkpoint resumed.
+  before = [p['elapsed_s'] for p in progress]
+
+  def elapsed(i: int) -> float:
+    return before[i] + time.perf_counter() - t_start
+
   eval_seconds = 0.0
   interrupted = None
   step = saved_step = start
@@ -329,11 +338,12 @@ def _train(base, exps, seeds, ckpts, resume, data_iters, tx, schedule, scales, a
             ranks_metrics, monitored = trainer.validate(
                 base, rank_fn, state_lib.eval_params(mine), valid_arrays, monitor_arrays,
                 base.content, step=step, progress=progress[i], logger=loggers[i])
+            progress[i]['elapsed_s'] = elapsed(i)
             ckpts[i].save(step, mine, data_iters[i],
                           {'valid_ndcg@10': ranks_metrics['ndcg@10'], **progress[i]})
             last_valid[i] = (step, ranks_metrics)
             t_done = time.perf_counter()
-            loggers[i].info(trainer.eval_event(step, steps_per_epoch, t_done - t_start,
+            loggers[i].info(trainer.eval_event(step, steps_per_epoch, elapsed(i),
                                                t_done - t_one, ranks_metrics, monitored))
             if tc.patience and progress[i]['evals_since_best'] >= tc.patience:
               running[i] = False  # frozen: later evaluations no longer touch its workdir
@@ -343,11 +353,13 @@ def _train(base, exps, seeds, ckpts, resume, data_iters, tx, schedule, scales, a
           eval_seconds += t_last - t_eval
         elif periodic_save:
           for i in active:
+            progress[i]['elapsed_s'] = elapsed(i)
             ckpts[i].save(step, take(state, i), data_iters[i], {**progress[i]})
           saved_step = step
         if signalled or step == stop_after_steps:
           if saved_step != step:
             for i in active:
+              progress[i]['elapsed_s'] = elapsed(i)
               ckpts[i].save(step, take(state, i), data_iters[i], {**progress[i]})
           interrupted = f'signal {signalled}' if signalled else 'stop_after_steps'
           break

@@ -27,7 +27,7 @@ from llm4rec_jax.errors import ConfigError, NonFiniteLossError
 from llm4rec_jax.train import hooks as hooks_lib
 from llm4rec_jax.train import memory, optimizer as optimizer_lib, preemption, refit, text_finetune
 from llm4rec_jax.train import state as state_lib
-from llm4rec_jax.train.checkpointing import abstract_with_shardings
+from llm4rec_jax.train.checkpointing import abstract_with_shardings, new_progress
 from llm4rec_jax.train.experiment import (Experiment, auto_max_targets, build_experiment,
                                           restore_params, run_memory, write_catalog)
 from llm4rec_jax.train.logger import MetricLogger
@@ -141,9 +141,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: workdir_lib.P
   exp = build_experiment(config, workdir)
   config = exp.config  # validated and frozen
   is_main = jax.process_index() == 0
+  recorded = state_lib.recorded_config(
+      config, exp.spec.cfg, exp.debias.num_groups if exp.debias is not None else 0)
+  config_base.check_resume(workdir, recorded)  # every process: each one would resume
   if is_main:
-    config_base.save(state_lib.recorded_config(
-        config, exp.spec.cfg, exp.debias.num_groups if exp.debias is not None else 0), workdir)
+    config_base.save(recorded, workdir)
     write_catalog(exp)
   tc = config.train
 
@@ -178,7 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: workdir_lib.P
                                        backbone=config.model.get('backbone', ''))
     for hook in hooks:
       state = hook.init_state(state)
-    progress = {'best': float('-inf'), 'best_step': -1, 'evals_since_best': 0}
+    progress = new_progress()
     start = 0
   train_step = make_train_step(exp, tx, schedule, shardings, max_targets)
   per_call = tc.get('steps_per_call', 1)
@@ -204,6 +206,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: workdir_lib.P
   pending: list[tuple[int, dict]] = []
   t_start = time.perf_counter()
   t_last, n_last = t_start, start
+  # Training seconds count on from the checkpoint resumed (time lost after it is not counted).
+  before = progress['elapsed_s']
+
+  def elapsed() -> float:
+    return before + time.perf_counter() - t_start
+
   eval_seconds = 0.0
   # A run that already stopped early stays stopped when `train` is run again on its workdir.
   stopped_reason = ('early_stopping' if tc.patience and progress['evals_since_best'] >= tc.patience
@@ -257,22 +265,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: workdir_lib.P
               None if monitor_arrays is None else hooks_lib.eval_arrays(hooks, monitor_arrays),
               eval_content,
               step=step, progress=progress, logger=logger)
+          progress['elapsed_s'] = elapsed()
           ckpt.save(step, state, data_iter, {'valid_ndcg@10': ranks_metrics['ndcg@10'], **progress},
                     extras=hooks_lib.snapshots(hooks))
           saved_step = step
           t_last = time.perf_counter()  # evaluation time is not training throughput
           eval_seconds += t_last - t_eval
           last_valid = (step, ranks_metrics)
-          logger.info(eval_event(step, steps_per_epoch, t_last - t_start, t_last - t_eval,
+          logger.info(eval_event(step, steps_per_epoch, elapsed(), t_last - t_eval,
                                  ranks_metrics, monitored))
           if tc.patience and progress['evals_since_best'] >= tc.patience:
             stopped_reason = 'early_stopping'
             break
         elif periodic_save:
+          progress['elapsed_s'] = elapsed()
           ckpt.save(step, state, data_iter, {**progress}, extras=hooks_lib.snapshots(hooks))
           saved_step = step
         if signalled or step == stop_after_steps:
           if saved_step != step:
+            progress['elapsed_s'] = elapsed()
             ckpt.save(step, state, data_iter, {**progress}, extras=hooks_lib.snapshots(hooks))
           stopped_reason = f'signal {signalled}' if signalled else 'stop_after_steps'
           break
