@@ -6,7 +6,7 @@ Variants (``--config=configs/beauty.py:VARIANT``):
     items (weighted 1, 0.5, 0.25), its weight chosen on validation from (0, 0.25, 0.5, 1, 2, 4),
     counting at test the validation interactions too (``eval.transition_counts='known'``), and
     test ranked by the chosen checkpoint refit one epoch on what is known at test
-    (``eval.refit_epochs=1``, served with ``--checkpoint=refit``; docs/val_test_gap.md):
+    (``eval.refit_epochs=1``, what serving loads by default; docs/val_test_gap.md):
     0.0655 +- 0.0001 test NDCG@10, HR@10 0.1057, over 3 seeds (README leaderboard);
   * ``sasrec``: SASRec-sized decoder (hidden 64, 2 blocks, 1 head, sequences of 50),
     full-softmax cross-entropy, 40 epochs at lr 2e-3, patience 5. A size preset (``:tiny``,

@@ -51,7 +51,7 @@ HELP = {
     'index': Command(
         "Build the ScaNN item index of a checkpoint in WORKDIR/index (recommend then uses it).",
         ('workdir', 'checkpoint'),
-        'llm4rec index --workdir=/tmp/beauty --checkpoint=best'),
+        'llm4rec index --workdir=/tmp/beauty'),
     'adapt': Command(
         'Adapt a trained model online to a stream of JSON-lines events (snapshots in WORKDIR).',
         ('workdir', 'events', 'online', 'prequential', 'checkpoint'),
@@ -76,10 +76,13 @@ _LEARNING_RATES = flags.DEFINE_string(
     'learning_rates', None, 'train: with --seeds, comma-separated peak learning rates, one per '
     'seed (or one seed for every rate), trained at once as replicas, each into '
     'WORKDIR/seed_SEED_lr_RATE, e.g. --seeds=0 --learning_rates=1e-3,2e-3,4e-3.')
-_CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "evaluate/recommend/index/adapt/explain: "
+_CHECKPOINT = flags.DEFINE_string('checkpoint', None, "evaluate/recommend/index/adapt/explain: "
                                   "the checkpoint, 'best', 'latest', 'refit' (the best "
-                                  "one refit on what was known at test, eval.refit_epochs) or "
-                                  "a step number.")
+                                  "one refit on what was known at test, eval.refit_epochs), "
+                                  "'auto' (the refit when WORKDIR has one, else best) or a step "
+                                  "number. Default: 'auto' for recommend, index and explain (serve "
+                                  "the model the run's test figures rank), 'best' for evaluate "
+                                  "and adapt.")
 _SAVE_RANKINGS = flags.DEFINE_bool('save_rankings', False, 'evaluate: write per-user top-k lists '
                                    'with the target to WORKDIR/rankings_{valid,test}.jsonl.')
 _HISTORY = flags.DEFINE_string('history', None, 'recommend: comma-separated raw item ids, oldest '
@@ -133,9 +136,15 @@ def usage() -> str:
   return '\n'.join(lines)
 
 
-def _flag_help(name: str) -> str:
+def _default_checkpoint(command: str) -> str:
+  """--checkpoint when not given: serving commands load what the run's test figures rank."""
+  return 'best' if command in ('evaluate', 'adapt') else 'auto'
+
+
+def _flag_help(name: str, command: str) -> str:
   flag = flags.FLAGS[name]
-  default = 'required' if name in REQUIRED else f'default: {flag.default!r}'
+  value = _default_checkpoint(command) if name == 'checkpoint' else flag.default
+  default = 'required' if name in REQUIRED else f'default: {value!r}'
   # The help strings name their commands ('recommend: ...') for --helpfull; one command's help
   # needs no such prefix.
   text = ' '.join(re.sub(r'^[a-z/]+: ', '', flag.help).split())
@@ -149,7 +158,7 @@ def command_usage(command: str) -> str:
   cmd = HELP[command]
   lines = [f'usage: llm4rec {command} ' + ' '.join(f'--{f}=...' for f in cmd.flags[:2]) +
            ' [flags]', '', cmd.summary, '', 'Flags:']
-  lines += [_flag_help(f) for f in cmd.flags + ('verbose',)]
+  lines += [_flag_help(f, command) for f in cmd.flags + ('verbose',)]
   if 'config' in cmd.flags:
     lines.append('  --config.SECTION.FIELD=VALUE\n    Override one field of the config file, e.g. '
                  '--config.train.batch_size=64.')
@@ -178,6 +187,7 @@ def main(argv: list[str]) -> None:
     if _LEARNING_RATES.value is not None and _SEEDS.value is None:
       raise Llm4RecError('--learning_rates needs --seeds (one seed per rate, or one for all, '
                          'e.g. --seeds=0)')
+    checkpoint = _CHECKPOINT.value or _default_checkpoint(command)
     if command == 'train' and _SEEDS.value is not None:
       from llm4rec_jax.train.replicas import replica_name, train_replicas  # pylint: disable=import-outside-toplevel
       seeds = _parse_seeds(_SEEDS.value)
@@ -192,7 +202,7 @@ def main(argv: list[str]) -> None:
       result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     elif command == 'index':  # the ScaNN item index of a checkpoint, used by recommend
       from llm4rec_jax.serving.index import build_index  # pylint: disable=import-outside-toplevel
-      result = build_index(_WORKDIR.value, checkpoint=_CHECKPOINT.value)
+      result = build_index(_WORKDIR.value, checkpoint=checkpoint)
     elif command == 'adapt':
       if not _EVENTS.value:
         raise Llm4RecError("--events is required for adapt (a JSON-lines file, or '-' for stdin)")
@@ -201,21 +211,21 @@ def main(argv: list[str]) -> None:
       ready = lambda position: print(f'llm4rec adapt: ready, reading events from position '
                                      f'{position}', file=sys.stderr, flush=True)
       result = adapt(_WORKDIR.value, _EVENTS.value, overrides=_parse_overrides(_ONLINE.value),
-                     evaluate=_PREQUENTIAL.value, checkpoint=_CHECKPOINT.value, on_ready=ready)
+                     evaluate=_PREQUENTIAL.value, checkpoint=checkpoint, on_ready=ready)
     elif command == 'explain':
       if not _HISTORY.value:
         raise Llm4RecError('--history is required for explain (comma-separated item ids)')
       from llm4rec_jax.explain.explainer import explain  # pylint: disable=import-outside-toplevel
       result = explain(_WORKDIR.value, [h.strip() for h in _HISTORY.value.split(',') if h.strip()],
-                       _ITEM.value, checkpoint=_CHECKPOINT.value)
+                       _ITEM.value, checkpoint=checkpoint)
     elif command == 'evaluate':
-      result = evaluate(_CONFIG.value, _WORKDIR.value, checkpoint=_CHECKPOINT.value,
+      result = evaluate(_CONFIG.value, _WORKDIR.value, checkpoint=checkpoint,
                         save_rankings=_SAVE_RANKINGS.value)
     else:
       if not _HISTORY.value:
         raise Llm4RecError('--history is required for recommend (comma-separated item ids)')
       history = [h.strip() for h in _HISTORY.value.split(',') if h.strip()]
-      result = recommend(_WORKDIR.value, history, _TOP_K.value, checkpoint=_CHECKPOINT.value,
+      result = recommend(_WORKDIR.value, history, _TOP_K.value, checkpoint=checkpoint,
                          exclude_seen=not _INCLUDE_SEEN.value, adjust_strength=_ADJUST.value,
                          transition_weight=_TRANSITION.value,
                          snapshot=_SNAPSHOT.value)

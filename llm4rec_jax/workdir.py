@@ -63,7 +63,8 @@ ONLINE_LOG = f'{ONLINE}/log.jsonl'
 EXPLAINER = 'explainer'
 REFIT = 'refit'  # the chosen checkpoint refit on what is known at test (eval.refit_epochs)
 
-CHECKPOINT_CHOICES = "'best', 'latest', 'refit' or a step number"
+AUTO = 'auto'  # serving's default: the refit when the workdir has one, else the best checkpoint
+CHECKPOINT_CHOICES = "'auto', 'best', 'latest', 'refit' or a step number"
 SNAPSHOT_CHOICES = "'auto', 'none', 'latest' or a stream position"
 DRIVE_ROOT = '/content/drive'  # where Colab mounts Google Drive
 
@@ -198,6 +199,15 @@ def read_refit(workdir: PathLike) -> dict[str, Any] | None:
 def remove_refit(workdir: PathLike) -> None:
   if path(workdir, REFIT).exists():
     path(workdir, REFIT).rmtree()
+
+
+def resolve_checkpoint(workdir: PathLike, which: str | int) -> str | int:
+  """``which`` with 'auto' made concrete: 'refit' when the workdir holds a refit (the model its
+  final test figures rank, ``eval.refit_epochs``), else 'best'. Other choices are returned as
+  they are."""
+  if str(which).strip().lower() != AUTO:
+    return which
+  return REFIT if read_refit(workdir) is not None else 'best'
 
 
 def checkpoints(workdir: PathLike, **kwargs) -> Checkpointer:

@@ -168,8 +168,9 @@ def test_help_lists_the_commands_and_each_command_its_flags_and_an_example():
   assert '--config.SECTION.FIELD=VALUE' in proc.stdout
   assert 'Example:\n  llm4rec train --config=configs/' in proc.stdout
   proc = llm4rec('recommend', '--help')
-  assert "--checkpoint (default: 'best')" in proc.stdout and '--top_k (default: 10)' in proc.stdout
+  assert "--checkpoint (default: 'auto')" in proc.stdout and '--top_k (default: 10)' in proc.stdout
   assert "--snapshot (default: 'auto')" in proc.stdout and '--config ' not in proc.stdout
   assert 'Example:\n  llm4rec recommend --workdir=' in proc.stdout
+  assert "--checkpoint (default: 'best')" in llm4rec('evaluate', '--help').stdout
   bad = llm4rec('nope', '--help', check=False)
   assert bad.returncode == 2 and "unknown command 'nope'" in bad.stderr

@@ -1,5 +1,6 @@
 """eval.refit_epochs: test is ranked by the chosen checkpoint refit on what is known at test."""
 
+import jax
 import numpy as np
 import pytest
 from conftest import tiny_config
@@ -8,6 +9,7 @@ from llm4rec_jax import config_base
 from llm4rec_jax import workdir as workdir_lib
 from llm4rec_jax.data import pipeline, splits
 from llm4rec_jax.errors import CheckpointError, ConfigError
+from llm4rec_jax.serving import Recommender
 from llm4rec_jax.train import trainer
 
 
@@ -46,6 +48,14 @@ def test_refit_trains_on_the_known_sequences_and_changes_test_only(tmp_path, mon
   again = trainer.evaluate(c, tmp_path, checkpoint='refit')
   assert again['test'] == refit['test'] and 'refit' not in again
   assert workdir_lib.read_refit(tmp_path)['steps'] == record['steps']
+  # Serving's default ('auto') is the refit, the model test was ranked with; 'auto' evaluates it.
+  served, best = Recommender(tmp_path), Recommender(tmp_path, checkpoint='best')
+  saved = Recommender(tmp_path, checkpoint='refit')
+  for a, b in zip(jax.tree.leaves(served.params), jax.tree.leaves(saved.params)):
+    np.testing.assert_array_equal(a, b)
+  assert any(not np.array_equal(a, b)
+             for a, b in zip(jax.tree.leaves(served.params), jax.tree.leaves(best.params)))
+  assert trainer.evaluate(c, tmp_path, checkpoint='auto')['test'] == refit['test']
   c.eval.refit_epochs = 0
   assert trainer.evaluate(c, tmp_path, checkpoint='refit')['test'] == refit['test']
   assert workdir_lib.read_refit(tmp_path) is not None
@@ -53,6 +63,9 @@ def test_refit_trains_on_the_known_sequences_and_changes_test_only(tmp_path, mon
   assert workdir_lib.read_refit(tmp_path) is None
   with pytest.raises(CheckpointError, match='holds no refit'):
     trainer.evaluate(c, tmp_path, checkpoint='refit')
+  # No refit left: 'auto' serves the best checkpoint.
+  for a, b in zip(jax.tree.leaves(Recommender(tmp_path).params), jax.tree.leaves(best.params)):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_refit_steps_are_bounded_by_max_steps(tmp_path):

@@ -27,7 +27,8 @@ from llm4rec_jax.serving import Recommender
 class Explainer:
   """A served model plus what explaining needs (item attributes, an optional text generator)."""
 
-  def __init__(self, workdir: workdir_lib.PathLike, *, checkpoint: str = 'best', steps: int = 32,
+  def __init__(self, workdir: workdir_lib.PathLike, *, checkpoint: str = workdir_lib.AUTO,
+               steps: int = 32,
                generator_dir: str | os.PathLike | None = None):
     """``workdir`` (and ``generator_dir``): local or any ``etils.epath`` path (e.g. gs://)."""
     self.workdir = workdir_lib.root(workdir)
@@ -145,6 +146,6 @@ class Explainer:
 
 
 def explain(workdir: workdir_lib.PathLike, history: Sequence[str], item: str | None = None, *,
-            checkpoint: str = 'best', steps: int = 32) -> dict[str, Any]:
+            checkpoint: str = workdir_lib.AUTO, steps: int = 32) -> dict[str, Any]:
   """One-shot :meth:`Explainer.explain` (loads the model each call; keep an Explainer to reuse)."""
   return Explainer(workdir, checkpoint=checkpoint, steps=steps).explain(history, item)

@@ -40,8 +40,9 @@ def _catalog_table(rec) -> np.ndarray:
   return table[:len(rec.raw_ids)]
 
 
-def build_index(workdir: workdir_lib.PathLike, *, checkpoint: str = 'best') -> dict[str, Any]:
-  """Builds ``WORKDIR/index`` for a checkpoint ('best', 'latest' or a step); returns a summary."""
+def build_index(workdir: workdir_lib.PathLike, *, checkpoint: str = 'auto') -> dict[str, Any]:
+  """Builds ``WORKDIR/index`` for a checkpoint (default: the one serving uses, 'auto': the refit
+  when the workdir has one, else the best); returns a summary."""
   rec = restore.load_model(workdir, checkpoint)
   if rec.spec.cfg.head != 'softmax':
     raise ConfigError('model.head', 'the item index serves the softmax head (item vectors); the '

@@ -31,10 +31,12 @@ from llm4rec_jax.train import state as state_lib
 class Recommender:
   """A trained model loaded for serving: ``recommend(history, top_k)`` with raw ids."""
 
-  def __init__(self, workdir: workdir_lib.PathLike, *, checkpoint: str = 'best',
+  def __init__(self, workdir: workdir_lib.PathLike, *, checkpoint: str = workdir_lib.AUTO,
                use_index: bool = True, adjust_strength: float | None = None,
                snapshot: str | int | None = 'none', transition_weight: float | None = None):
-    """``use_index``: serve through ``WORKDIR/index`` when it exists (see ``llm4rec index``).
+    """``checkpoint``: ``workdir.CHECKPOINT_CHOICES``; 'auto' serves the refit when the run
+    saved one (``eval.refit_epochs``: the model its test figures rank), else the best checkpoint.
+    ``use_index``: serve through ``WORKDIR/index`` when it exists (see ``llm4rec index``).
     ``snapshot``: serve an online-adapted model from ``WORKDIR/online/snapshots`` ('none': the
     training checkpoint; 'auto': the latest snapshot if any; 'latest'; or a stream position), with
     the items registered online; exact scoring (the ScaNN index belongs to the training checkpoint).
@@ -175,7 +177,7 @@ def seen_bucket(n: int, smallest: int = 16) -> int:
 
 
 def recommend(workdir: workdir_lib.PathLike, history: Sequence[str], top_k: int = 10, *,
-              checkpoint: str = 'best', exclude_seen: bool = True,
+              checkpoint: str = workdir_lib.AUTO, exclude_seen: bool = True,
               adjust_strength: float | None = None,
               snapshot: str | int | None = 'none',
               transition_weight: float | None = None) -> dict[str, Any]:

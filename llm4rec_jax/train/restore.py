@@ -52,9 +52,11 @@ def params_key(workdir: workdir_lib.PathLike) -> str:
 def restore_checkpoint(workdir: workdir_lib.PathLike, spec: state_lib.ModelSpec,
                        checkpoint: str | int = 'best') -> tuple[int, dict[str, Any]]:
   """(step, ``{'params', ['text_table', 'text_table_step']}``) of a checkpoint of ``workdir``
-  ('best', 'latest', 'refit' or a step number), placed in ``spec``'s shardings; ``params`` are the
+  ('auto', 'best', 'latest', 'refit' or a step number), placed in ``spec``'s shardings; ``params`` are the
   weights' moving average when the run kept one. 'refit': the best checkpoint refit on what was
-  known at test (``eval.refit_epochs``), with the step it started from."""
+  known at test (``eval.refit_epochs``), with the step it started from; 'auto': the refit when
+  there is one, else 'best' (:func:`workdir.resolve_checkpoint`)."""
+  checkpoint = workdir_lib.resolve_checkpoint(workdir, checkpoint)
   if str(checkpoint).strip().lower() == 'refit':
     record = workdir_lib.read_refit(workdir)
     if record is None:
@@ -150,7 +152,7 @@ class TrainedModel:
 
 
 def load_model(workdir: workdir_lib.PathLike, checkpoint: str | int = 'best') -> TrainedModel:
-  """A checkpoint of ``workdir`` ('best', 'latest' or a step number) restored onto one device."""
+  """A checkpoint of ``workdir`` (:data:`workdir.CHECKPOINT_CHOICES`) restored onto one device."""
   workdir = workdir_lib.root(workdir)
   config = config_base.load(workdir)
   catalog = workdir_lib.read_catalog(workdir)

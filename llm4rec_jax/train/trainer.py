@@ -500,7 +500,7 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int,
       # Validation is ranked; test with the model refit on what is known at test (train/refit.py).
       refit_params, results['refit'] = refit.refit_known(exp, params, make_train_step)
       params_of.update({w: refit_params for w in cases if w != 'valid'})
-      # Saved for serving (``--checkpoint=refit``); every process writes its shards.
+      # Saved for serving (its default, 'auto'); every process writes its shards.
       workdir_lib.write_refit(exp.workdir, refit_params,
                               {**results['refit'], 'from_step': int(step)}
                               if jax.process_index() == 0 else None)
@@ -536,8 +536,8 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int,
 def evaluate(config: ml_collections.ConfigDict, workdir: workdir_lib.PathLike, *,
              checkpoint: str = 'best', save_rankings: bool | None = None,
              exclude_seen: bool | None = None) -> dict[str, Any]:
-  """Evaluates a checkpoint of ``workdir`` ('best', 'latest', 'refit' or a step number) on valid
-  and test. The refit (``eval.refit_epochs``) is ranked as saved, never refit again nor removed;
+  """Evaluates a checkpoint of ``workdir`` ('best', 'latest', 'refit', 'auto' or a step number)
+  on valid and test. The refit (``eval.refit_epochs``) is ranked as saved, never refit again nor removed;
   its validation figures select nothing (it has trained on the validation targets)."""
   workdir = workdir_lib.root(workdir)
   if save_rankings is not None or exclude_seen is not None:
@@ -546,7 +546,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: workdir_lib.PathLike, *
       config.eval.save_rankings = save_rankings
     if exclude_seen is not None:
       config.eval.exclude_seen = exclude_seen
+  checkpoint = workdir_lib.resolve_checkpoint(workdir, checkpoint)
   exp = build_experiment(config, workdir)
   step, params = restore_params(exp, checkpoint)
   return _final_metrics(exp, exp.rank_fn(), params, step=step,
-                        of_refit=str(checkpoint).strip().lower() == 'refit')
+                        of_refit=str(checkpoint).strip().lower() == workdir_lib.REFIT)
