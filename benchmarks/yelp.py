@@ -15,10 +15,11 @@ from common import load_config, make_quick, parser, print_report
 
 
 def _with_seen_items(config):
-  """Re-evaluates the trained workdir with seen items ranked (same config otherwise)."""
+  """Re-evaluates the trained workdir with seen items ranked (same config otherwise): the model
+  test was ranked with (its refit when it has one, not refit again), the workdir left as it was."""
   def extra(workdir, results):
     from llm4rec_jax.train import trainer  # pylint: disable=import-outside-toplevel
-    other = trainer.evaluate(config, workdir, exclude_seen=False)
+    other = trainer.evaluate(config, workdir, checkpoint='auto', exclude_seen=False, record=False)
     return {'test_seen_items_ranked': {k: round(other['test'][k], 4)
                                        for k in ('ndcg@10', 'hr@10', 'ndcg@20', 'hr@20', 'mrr')}}
   return extra

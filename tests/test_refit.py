@@ -56,6 +56,11 @@ def test_refit_trains_on_the_known_sequences_and_changes_test_only(tmp_path, mon
   assert any(not np.array_equal(a, b)
              for a, b in zip(jax.tree.leaves(served.params), jax.tree.leaves(best.params)))
   assert trainer.evaluate(c, tmp_path, checkpoint='auto')['test'] == refit['test']
+  # A side evaluation (seen items ranked, record=False) ranks the refit and changes no file.
+  files = {f: (tmp_path / f).read_bytes() for f in ('metrics.json', 'refit/refit.json')}
+  side = trainer.evaluate(c, tmp_path, checkpoint='auto', exclude_seen=False, record=False)
+  assert 'refit' not in side and side['test'] != refit['test']
+  assert {f: (tmp_path / f).read_bytes() for f in files} == files
   c.eval.refit_epochs = 0
   assert trainer.evaluate(c, tmp_path, checkpoint='refit')['test'] == refit['test']
   assert workdir_lib.read_refit(tmp_path) is not None

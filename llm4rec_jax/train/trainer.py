@@ -455,12 +455,14 @@ def _flush(pending: list, logger: MetricLogger, steps: int, seconds: float, batc
 def _final_metrics(exp: Experiment, rank_fn, params, *, step: int,
                    known: dict[str, dict] | None = None,
                    hooks: list[hooks_lib.LoopHook] | None = None,
-                   of_refit: bool = False) -> dict[str, Any]:
+                   of_refit: bool = False, record: bool = True) -> dict[str, Any]:
   """Metrics of ``params`` on valid and test (and cold test cases); ``known`` holds metrics already
   computed for these parameters (the validation of the best step), reused when nothing more than
   the ranking metrics is asked of that split and no hook changes what evaluation sees. ``hooks``:
   the training loop's, else (None) those evaluating a saved checkpoint needs. ``of_refit``: the
-  parameters are the saved refit (``checkpoint='refit'``), which is kept and not refit again."""
+  parameters are the saved refit (``checkpoint='refit'``), which is kept and not refit again.
+  ``record``: write the workdir's metrics, blend and refit (False: change nothing there)."""
+  writes = record and jax.process_index() == 0  # what process 0 alone writes
   if hooks is None:
     hooks = hooks_lib.evaluation_hooks(exp)
   c = exp.config
@@ -485,12 +487,12 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int,
     if chosen:  # each case's table is built when it is ranked (rank_fn below)
       known = None
   saved_blend = workdir_lib.path(exp.workdir, workdir_lib.TRANSITIONS)
-  if not chosen and jax.process_index() == 0 and saved_blend.exists():
+  if not chosen and writes and saved_blend.exists():
     saved_blend.unlink()  # a blend saved by an earlier evaluation no longer applies
   reusable = (exp.beyond is None and not c.eval.save_rankings
               and not any(hook.changes_evaluation for hook in hooks))
   params_of = {w: params for w in cases}
-  if not refit.refit_epochs(c) and not of_refit and jax.process_index() == 0:
+  if not refit.refit_epochs(c) and not of_refit and writes:
     workdir_lib.remove_refit(exp.workdir)  # a refit of an earlier evaluation no longer applies
   for which in cases:
     if reusable and which in (known or {}):
@@ -500,10 +502,10 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int,
       # Validation is ranked; test with the model refit on what is known at test (train/refit.py).
       refit_params, results['refit'] = refit.refit_known(exp, params, make_train_step)
       params_of.update({w: refit_params for w in cases if w != 'valid'})
-      # Saved for serving (its default, 'auto'); every process writes its shards.
-      workdir_lib.write_refit(exp.workdir, refit_params,
-                              {**results['refit'], 'from_step': int(step)}
-                              if jax.process_index() == 0 else None)
+      if record:  # saved for serving (its default, 'auto'); every process writes its shards
+        workdir_lib.write_refit(exp.workdir, refit_params,
+                                {**results['refit'], 'from_step': int(step)}
+                                if jax.process_index() == 0 else None)
     t_eval = time.perf_counter()
     arrays = hooks_lib.eval_arrays(hooks, exp.eval_arrays(which))
     if not len(arrays.targets):
@@ -520,12 +522,12 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int,
       m.update(flat)
       results.setdefault('groups', {})[which] = groups
       results['ild_vectors'] = exp.beyond.vector_source
-    if c.eval.save_rankings and jax.process_index() == 0:
+    if c.eval.save_rankings and writes:
       n = len(ranks)
       evaluation.write_rankings(workdir_lib.rankings(exp.workdir, which), arrays.users[:n],
                                 arrays.targets[:n], ranks, tops, exp.dataset.users.raw_ids,
                                 exp.dataset.items.raw_ids)
-  if jax.process_index() == 0:
+  if writes:
     if chosen:  # serving applies the chosen blend (``serving.Recommender``) with test's table: the
       # most that is known
       workdir_lib.write_transitions(exp.workdir, exp.transition_table('test'), chosen)
@@ -535,10 +537,12 @@ def _final_metrics(exp: Experiment, rank_fn, params, *, step: int,
 
 def evaluate(config: ml_collections.ConfigDict, workdir: workdir_lib.PathLike, *,
              checkpoint: str = 'best', save_rankings: bool | None = None,
-             exclude_seen: bool | None = None) -> dict[str, Any]:
+             exclude_seen: bool | None = None, record: bool = True) -> dict[str, Any]:
   """Evaluates a checkpoint of ``workdir`` ('best', 'latest', 'refit', 'auto' or a step number)
   on valid and test. The refit (``eval.refit_epochs``) is ranked as saved, never refit again nor removed;
-  its validation figures select nothing (it has trained on the validation targets)."""
+  its validation figures select nothing (it has trained on the validation targets). ``record``
+  False leaves the workdir as it was (metrics.json, the saved blend and refit): a side
+  evaluation, e.g. with seen items ranked."""
   workdir = workdir_lib.root(workdir)
   if save_rankings is not None or exclude_seen is not None:
     config = ml_collections.ConfigDict(config.to_dict())
@@ -550,4 +554,5 @@ def evaluate(config: ml_collections.ConfigDict, workdir: workdir_lib.PathLike, *
   exp = build_experiment(config, workdir)
   step, params = restore_params(exp, checkpoint)
   return _final_metrics(exp, exp.rank_fn(), params, step=step,
-                        of_refit=str(checkpoint).strip().lower() == workdir_lib.REFIT)
+                        of_refit=str(checkpoint).strip().lower() == workdir_lib.REFIT,
+                        record=record)
