@@ -508,7 +508,9 @@ RESUMABLE_CHANGES = (
     'train.log_every', 'train.eval_every', 'train.checkpoint_every', 'train.keep_checkpoints',
     'train.async_checkpoints', 'train.max_inflight_steps', 'train.steps_per_call', 'eval.',
     'mesh.', 'distributed.', 'online.', 'debias.adjust_strength', 'debias.beyond_accuracy',
-    'debias.beyond_ks', 'content.cache_dir', 'content.text_batch_size', 'data.tfds.', 'variant')
+    'debias.beyond_ks', 'content.cache_dir', 'content.text_batch_size', 'data.tfds.', 'variant',
+    'loss.chunk_targets',  # the same loss computed in chunks
+    'retrieval.candidates')  # serving's ANN candidates (the index settings also shape RAG's contexts)
 
 
 def check_resume(workdir: str | os.PathLike, recorded: ml_collections.ConfigDict) -> None:
