@@ -902,7 +902,9 @@ CLAIM_FILES = tuple(f for f in ('claim_filter0.7_vs_attention_beauty_d128.json',
                                 'claim_refit_vs_known_counts_scientific.json',
                                 'claim_refit_vs_known_counts_lastfm.json',
                                 'claim_snips_vs_known_counts_beauty.json',
-                                'claim_prior_refit_vs_filter_yelp.json')
+                                'claim_prior_refit_vs_filter_yelp.json',
+                                'claim_allwin_vs_one_window_lastfm.json',
+                                'claim_attributes_vs_id_beauty.json')
                     if (RESULTS / f).exists())
 
 
@@ -963,6 +965,12 @@ ABLATION = (
     ('claim_prior_refit_vs_filter_yelp.json', 'yelp',
      'wide prior counting validation + refit 1 epoch (the Beauty default on Yelp)',
      'filter decoder, hidden 128'),
+    ('claim_allwin_vs_one_window_lastfm.json', 'lastfm',
+     'every training interaction a target (data.all_windows; one window keeps 51% on LastFM)',
+     'filter + wide prior counting validation + refit'),
+    ('claim_attributes_vs_id_beauty.json', 'beauty',
+     'item attributes fused into the item representation (categories, brand; no cross-attention)',
+     'filter + wide prior counting validation + refit (the default)'),
 )
 ABLATION_FILES = tuple(f for f, *_ in ABLATION if (RESULTS / f).exists())
 ABLATION_TEXT = ('each part added to the system named in "added to", 3 seeds (0, 1, 2) each, '
