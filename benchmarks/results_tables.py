@@ -782,6 +782,7 @@ BOARD_FILES = tuple(f for f in ('leaderboard_beauty_d128.jsonl',
                                 'leaderboard_refit.jsonl',
                                 'leaderboard_yelp_filter.jsonl',
                                 'leaderboard_yelp_filter_prior.jsonl',
+                                'leaderboard_beauty_fused.jsonl',
                                 'leaderboard_ml100k.jsonl')
                     if (RESULTS / f).exists())
 
@@ -939,10 +940,10 @@ ABLATION = (
      'the prior counts the validation interactions at test', 'filter + wide prior'),
     ('claim_snips_vs_known_counts_beauty.json', 'beauty',
      'debiasing objective in training (SNIPS, popularity propensity)',
-     'filter + wide prior counting validation (the default)'),
+     'filter + wide prior counting validation (filter_prior before the refit)'),
     ('claim_refit_vs_known_counts_beauty.json', 'beauty',
      'the model refit 1 epoch on what is known at test',
-     'filter + wide prior counting validation (the default)'),
+     'filter + wide prior counting validation (filter_prior before the refit)'),
     ('claim_filter_blend_vs_d128_scientific.json', 'scientific',
      'causal filter + first-order blend (the Beauty configuration)',
      'id-only decoder, hidden 128 (attention only)'),
@@ -970,7 +971,7 @@ ABLATION = (
      'filter + wide prior counting validation + refit'),
     ('claim_attributes_vs_id_beauty.json', 'beauty',
      'item attributes fused into the item representation (categories, brand; no cross-attention)',
-     'filter + wide prior counting validation + refit (the default)'),
+     'filter + wide prior counting validation + refit (filter_prior)'),
 )
 ABLATION_FILES = tuple(f for f, *_ in ABLATION if (RESULTS / f).exists())
 ABLATION_TEXT = ('each part added to the system named in "added to", 3 seeds (0, 1, 2) each, '

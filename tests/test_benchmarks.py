@@ -140,12 +140,16 @@ def test_config_variants_validate_and_overrides_take_the_cli_form():
   from llm4rec_jax import config_base  # pylint: disable=import-outside-toplevel
   beauty = ROOT / 'configs' / 'beauty.py'
   assert 'filter_blend' in beauty.read_text()
-  for variant in ('sasrec', 'd128', 'filter', 'filter_blend', 'filter_prior'):
+  for variant in ('sasrec', 'd128', 'filter', 'filter_blend', 'filter_prior', 'fused'):
     c = common.load_config('beauty', variant)
     config_base.validate(c, 1)
     assert c.variant == variant
-  default = common.load_config('beauty')  # the default is the best system, filter_prior
-  assert default.variant == 'filter_prior' and default.eval.transition_weights
+  default = common.load_config('beauty')  # the default is the best system: attributes fused
+  assert default.variant == 'fused' and default.eval.transition_weights
+  assert (default.content.categorical, default.model.item_repr) == ('all', 'both')
+  ids = common.load_config('beauty', 'filter_prior')  # the same system, items as ids only
+  assert (ids.content.categorical, ids.model.item_repr) == ('', 'id')
+  assert common.load_config('yelp').model.item_repr == 'id'  # Yelp keeps what was measured there
   tiny = common.load_config('beauty', 'tiny')  # a preset sizes the sasrec decoder
   assert (tiny.variant, tiny.model.d_model, tiny.eval.transition_weights) == ('sasrec', 32, ())
   assert common.load_config('beauty', 'preset=small').model.d_model == 64
