@@ -40,7 +40,8 @@ def _catalog_table(rec) -> np.ndarray:
   return table[:len(rec.raw_ids)]
 
 
-def build_index(workdir: workdir_lib.PathLike, *, checkpoint: str = 'auto') -> dict[str, Any]:
+def build_index(workdir: workdir_lib.PathLike, *,
+                checkpoint: str = workdir_lib.AUTO) -> dict[str, Any]:
   """Builds ``WORKDIR/index`` for a checkpoint (default: the one serving uses, 'auto': the refit
   when the workdir has one, else the best); returns a summary."""
   rec = restore.load_model(workdir, checkpoint)
