@@ -71,7 +71,7 @@ def apply_overrides(config, overrides: list[str]) -> None:
     config.update_from_flattened_dict({key: parsed})
 
 
-def make_quick(config, max_cases: int = 2000) -> None:
+def make_quick(config, max_cases: int = 500) -> None:
   """Shrinks a config to seconds: tiny model, 12 steps, one evaluation of ``max_cases`` sampled
   cases (0 = every user, for benchmarks that score all users against known ground truth)."""
   config.model.update(dict(d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, mlp_dim=64))

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import SUBPROCESS_XLA_FLAGS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -42,7 +43,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
     ('aot_memory.py', {'runs', 'preset'}),
 ])
 def test_quick_benchmark_prints_one_json_line(script, keys):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')  # one CPU device, as benchmarks run
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=SUBPROCESS_XLA_FLAGS)  # one CPU device, as benchmarks run
   name, *flags = script.split()
   proc = subprocess.run([sys.executable, f'benchmarks/{name}', *flags, '--quick'], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600)

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import SUBPROCESS_XLA_FLAGS, tiny_config
 from llm4rec_jax import config_base, serving
 from llm4rec_jax.data import pipeline, registry
 from llm4rec_jax.debias import mf, objectives, unbiased_eval
@@ -169,7 +169,7 @@ def test_recommend_applies_adjust_strength(tmp_path):
   (tmp_path / 'config.json').write_text(json.dumps(saved))
   from_config = serving.recommend(tmp_path, history, 10)
   assert [r['item'] for r in from_config['recommendations']] == [raw[i] for i in top]
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=SUBPROCESS_XLA_FLAGS)
   proc = subprocess.run([sys.executable, '-m', 'llm4rec_jax.cli', 'recommend',
                          f'--workdir={tmp_path}', f'--history={",".join(history)}', '--top_k=10'],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

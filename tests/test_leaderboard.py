@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+from conftest import SUBPROCESS_XLA_FLAGS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'benchmarks'))
@@ -76,7 +77,7 @@ def test_replicas_row_trains_every_seed_in_one_process(tmp_path):
   tiny = ['--set=train.max_steps=4', '--set=train.eval_every=4', '--set=eval.max_cases=200',
           '--set=model.num_layers=1', '--set=model.d_model=16', '--set=model.num_heads=1',
           '--set=model.mlp_dim=32']
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=SUBPROCESS_XLA_FLAGS)
   out = subprocess.run([sys.executable, 'benchmarks/leaderboard.py', '--datasets=ml100k',
                         '--seeds=2', '--replicas', f'--workdir={tmp_path}', *tiny], cwd=ROOT,
                        env=env, capture_output=True, text=True, timeout=600)

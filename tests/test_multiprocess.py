@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import read_log
+from conftest import SUBPROCESS_XLA_FLAGS, read_log
 from llm4rec_jax.data import registry
 from llm4rec_jax.data.prepare import source
 from llm4rec_jax.train import trainer
@@ -49,7 +49,7 @@ def _flag(key, value) -> str:
 def _launch(workdir, overrides):
   """``llm4rec train`` as 2 processes of 4 CPU devices each, coordinated over localhost."""
   env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS='--xla_force_host_platform_device_count=4')
+             XLA_FLAGS=f'{SUBPROCESS_XLA_FLAGS} --xla_force_host_platform_device_count=4'.strip())
   flags = [_flag(k, v) for k, v in overrides.items()] + [
       _flag('distributed.initialize', True),
       _flag('distributed.coordinator_address', f'localhost:{_free_port()}'),
