@@ -215,6 +215,17 @@ def test_train_with_content_end_to_end(tmp_path):
   np.testing.assert_allclose(again['test']['ndcg@10'], r['test']['ndcg@10'], rtol=1e-6)
 
 
+def test_refit_skips_validation_targets_training_never_had(tmp_path):
+  """Held-out items are validation targets of the refit on what is known at test: outside the
+  training catalog they get weight 0 (they added ~1e30 each to the refit's loss before)."""
+  from llm4rec_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  c = tiny_config(**CONTENT_ALL, **{'model.item_repr': 'both', 'data.cold_item_fraction': 0.2,
+                                    'train.num_epochs': 1, 'eval.refit_epochs': 2})
+  record = trainer.train_and_evaluate(c, tmp_path)['refit']
+  assert 0 < record['final_loss'] < 20  # ln(120 items) = 4.8
+  assert record['targets_outside_training_catalog'] > 0
+
+
 def test_cold_items_are_not_training_negatives_and_id_dropout(tmp_path):
   """Held-out items get no gradient at all (absent from training inputs and from the training
   softmax), so their id vectors stay at initialisation; id dropout only acts in training."""

@@ -86,3 +86,16 @@ def test_exclude_seen_trains_through_the_trainer(tmp_path):
   bad = tiny_config(**{'loss.exclude_seen': True, 'loss.type': 'sampled_softmax'})
   with pytest.raises(ConfigError, match='loss.exclude_seen'):
     config_base.validate(bad)
+
+
+def test_a_target_outside_the_catalog_gets_no_weight():
+  """Its logit is the -1e30 floor: it must not add ~1e30 to the loss (the refit meets validation
+  targets a content model held out of training); the loss is the other targets'."""
+  hidden, table, inputs, targets, catalog = _example()
+  outside = catalog.copy()
+  outside[9] = False  # item 9 is a target of row 0 and of row 2's inputs
+  loss, aux = losses.full_softmax_loss(hidden, table, targets, catalog=outside)
+  dropped = np.where(targets == 9, 0, targets)
+  ref, ref_aux = losses.full_softmax_loss(hidden, table, dropped, catalog=outside)
+  np.testing.assert_allclose(loss, ref, rtol=1e-6)
+  assert int(aux['num_targets']) == int(ref_aux['num_targets']) == int(np.sum(dropped > 0))

@@ -66,6 +66,11 @@ def full_softmax_loss(hidden, table, targets, *, catalog: jax.Array, max_targets
   Returns: (mean loss over targets, metrics dict).
   """
   h, t, w, dropped = gather_targets(hidden, targets, max_targets, weights)
+  # A target outside the catalog has no probability to learn (its logit is the -1e30 floor): it
+  # gets weight 0 instead of adding ~1e30 to the loss. Training targets are always in the catalog;
+  # the refit on what is known at test (train/refit.py) meets validation targets that training never
+  # had, which a content model holds out of its training catalog.
+  w = jnp.where(catalog[t], w, 0.0)
   seen = (seen_items(exclude_seen_of, targets, max_targets) if exclude_seen_of is not None
           else None)  # [K, seq]
 

@@ -8,7 +8,10 @@ trains it ``E`` more epochs on :func:`llm4rec_jax.data.splits.known_sequences` o
 result. The steps are the run's own jitted train step (same loss, dropout and batch size) with a
 fresh AdamW at a constant rate: the schedule's last one (``learning_rate * min_lr_ratio``); at
 most ``train.max_steps`` of them when that is set. Nothing in it is chosen on test; validation
-cannot score it (at validation nothing more is known).
+cannot score it (at validation nothing more is known). A validation target whose item training
+never had (a content model holds such items out of its training catalog, e.g. held-out cold items)
+has no probability to learn and gets weight 0; the record counts them
+(``targets_outside_training_catalog``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from llm4rec_jax.data import pipeline, splits
 from llm4rec_jax.train import optimizer as optimizer_lib
@@ -67,4 +71,8 @@ def refit_known(exp: Any, params: Any, make_train_step) -> tuple[Any, dict]:
   record = {'epochs': epochs, 'steps': steps, 'learning_rate': rate,
             'windows': len(windows), 'seconds': round(time.perf_counter() - t0, 1),
             'final_loss': float(losses[-1]) if losses else None}
+  known = None if exp.content is None else exp.content.id_known
+  if known is not None:  # validation targets training never had: no softmax mass, weight 0
+    targets = windows[:, 1:][windows[:, 1:] > 0]
+    record['targets_outside_training_catalog'] = int(np.sum(~np.asarray(known)[targets]))
   return params, record
