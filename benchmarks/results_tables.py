@@ -905,7 +905,8 @@ CLAIM_FILES = tuple(f for f in ('claim_filter0.7_vs_attention_beauty_d128.json',
                                 'claim_snips_vs_known_counts_beauty.json',
                                 'claim_prior_refit_vs_filter_yelp.json',
                                 'claim_allwin_vs_one_window_lastfm.json',
-                                'claim_attributes_vs_id_beauty.json')
+                                'claim_attributes_vs_id_beauty.json',
+                                'claim_snips_vs_known_counts_scientific.json')
                     if (RESULTS / f).exists())
 
 
@@ -972,6 +973,9 @@ ABLATION = (
     ('claim_attributes_vs_id_beauty.json', 'beauty',
      'item attributes fused into the item representation (categories, brand; no cross-attention)',
      'filter + wide prior counting validation + refit (filter_prior)'),
+    ('claim_snips_vs_known_counts_scientific.json', 'scientific',
+     'debiasing objective in training (SNIPS, popularity propensity)',
+     'filter + fusion + wide prior counting validation + refit'),
 )
 ABLATION_FILES = tuple(f for f, *_ in ABLATION if (RESULTS / f).exists())
 ABLATION_TEXT = ('each part added to the system named in "added to", 3 seeds (0, 1, 2) each, '
