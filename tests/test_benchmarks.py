@@ -136,6 +136,7 @@ def test_config_variants_validate_and_overrides_take_the_cli_form():
   sys.path.insert(0, str(ROOT / 'benchmarks'))
   try:
     import common  # pylint: disable=import-outside-toplevel
+    import leaderboard  # pylint: disable=import-outside-toplevel
   finally:
     sys.path.remove(str(ROOT / 'benchmarks'))
   from llm4rec_jax import config_base  # pylint: disable=import-outside-toplevel
@@ -151,6 +152,14 @@ def test_config_variants_validate_and_overrides_take_the_cli_form():
   ids = common.load_config('beauty', 'filter_prior')  # the same system, items as ids only
   assert (ids.content.categorical, ids.model.item_repr) == ('', 'id')
   assert common.load_config('yelp').model.item_repr == 'id'  # Yelp keeps what was measured there
+  # LastFM's file is what the leaderboard trains for LastFM: filter_prior with its overrides.
+  script, board_args = leaderboard.SCRIPTS['lastfm']
+  board = common.load_config('beauty', board_args[0].split('=')[1])
+  common.apply_overrides(board, [a.split('=', 1)[1] for a in board_args[1:]])
+  lastfm = common.load_config('lastfm')
+  assert script == 'beauty.py' and lastfm.to_dict() == board.to_dict()
+  assert (lastfm.optimizer.learning_rate, lastfm.train.num_epochs, lastfm.model.item_repr) == (
+      0.002, 200, 'id')
   tiny = common.load_config('beauty', 'tiny')  # a preset sizes the sasrec decoder
   assert (tiny.variant, tiny.model.d_model, tiny.eval.transition_weights) == ('sasrec', 32, ())
   assert common.load_config('beauty', 'preset=small').model.d_model == 64
