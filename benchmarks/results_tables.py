@@ -906,7 +906,9 @@ CLAIM_FILES = tuple(f for f in ('claim_filter0.7_vs_attention_beauty_d128.json',
                                 'claim_prior_refit_vs_filter_yelp.json',
                                 'claim_allwin_vs_one_window_lastfm.json',
                                 'claim_attributes_vs_id_beauty.json',
-                                'claim_snips_vs_known_counts_scientific.json')
+                                'claim_snips_vs_known_counts_scientific.json',
+                                'claim_attributes_vs_id_lastfm.json',
+                                'claim_attributes_vs_id_lastfm_6seeds.json')
                     if (RESULTS / f).exists())
 
 
@@ -976,6 +978,9 @@ ABLATION = (
     ('claim_snips_vs_known_counts_scientific.json', 'scientific',
      'debiasing objective in training (SNIPS, popularity propensity)',
      'filter + fusion + wide prior counting validation + refit'),
+    ('claim_attributes_vs_id_lastfm.json', 'lastfm',
+     'item attributes fused into the item representation (tags; no cross-attention)',
+     'filter + wide prior counting validation + refit'),
 )
 ABLATION_FILES = tuple(f for f, *_ in ABLATION if (RESULTS / f).exists())
 ABLATION_TEXT = ('each part added to the system named in "added to", 3 seeds (0, 1, 2) each, '
