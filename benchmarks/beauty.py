@@ -3,7 +3,8 @@
 Reference (same data, 2-core CPU): PyTorch SASRec with full cross-entropy, NDCG@10 0.0549 / HR@10
 0.0905, best epoch 8 at about 17 minutes.
 
-  python benchmarks/beauty.py [--quick] [--variant=sasrec|d128|filter|filter_blend|filter_prior|fused]
+  python benchmarks/beauty.py [--quick]
+      [--variant=sasrec|d128|filter|filter_blend|filter_prior|fused]
                               [--config.a.b=VALUE ...] [--seeds=0,1,2]
 
 ``--seeds`` trains the seeds at once in one process (replicas, one vmapped step) and prints one line

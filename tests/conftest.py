@@ -10,8 +10,9 @@ import os
 # (SUBPROCESS_XLA_FLAGS; they pick their own device count).
 SUBPROCESS_XLA_FLAGS = ("" if os.environ.get("LLM4REC_TEST_XLA_OPT") == "default" else
                         "--xla_backend_optimization_level=0")
-os.environ["XLA_FLAGS"] = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""), SUBPROCESS_XLA_FLAGS,
-                                                "--xla_force_host_platform_device_count=8") if f)
+_flags = (os.environ.get("XLA_FLAGS", ""), SUBPROCESS_XLA_FLAGS,
+          "--xla_force_host_platform_device_count=8")
+os.environ["XLA_FLAGS"] = " ".join(f for f in _flags if f)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import atexit  # noqa: E402

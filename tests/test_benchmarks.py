@@ -43,7 +43,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
     ('aot_memory.py', {'runs', 'preset'}),
 ])
 def test_quick_benchmark_prints_one_json_line(script, keys):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=SUBPROCESS_XLA_FLAGS)  # one CPU device, as benchmarks run
+  # One CPU device, as benchmarks run (the tests' compile flag only).
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=SUBPROCESS_XLA_FLAGS)
   name, *flags = script.split()
   proc = subprocess.run([sys.executable, f'benchmarks/{name}', *flags, '--quick'], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600)
@@ -190,7 +191,8 @@ def test_resume_goes_on_from_a_cut_short_run_and_a_plain_run_starts_afresh(tmp_p
   assert resumed['resumed_at_steps'] == [6] and (workdir / 'metrics.json').exists()
   # Without --resume the same workdir is emptied for a fresh run (tests/test_train.py checks that a
   # resumed run ends where a whole one does).
-  fresh = common._fresh_workdir(common.parser('x').parse_args(['--workdir', str(workdir)]))  # pylint: disable=protected-access
+  args = common.parser('x').parse_args(['--workdir', str(workdir)])
+  fresh = common._fresh_workdir(args)  # pylint: disable=protected-access
   assert fresh == workdir and not workdir.exists()
   with pytest.raises(SystemExit, match='--resume needs the --workdir'):
     common.train_and_report(config, common.parser('x').parse_args(['--resume']), benchmark='t')
