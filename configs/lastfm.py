@@ -14,13 +14,16 @@ docs/multimodal.md).
 import pathlib
 
 from llm4rec_jax import config_base
+from llm4rec_jax.errors import ConfigError
 
 # What LastFM's runs changed from Beauty's filter_prior (benchmarks/leaderboard.py trains these).
 LASTFM_OVERRIDES = {'optimizer.learning_rate': 2e-3, 'train.num_epochs': 200, 'train.patience': 10}
 
 
 def get_config(arg: str | None = None):
-  del arg
+  if arg not in (None, '', 'filter_prior'):
+    raise ConfigError('variant', f"configs/lastfm.py has one variant, 'filter_prior' (the "
+                      f"default), not {arg!r}; override fields with --config.KEY=VALUE")
   c = config_base.from_file(pathlib.Path(__file__).with_name('beauty.py'), 'filter_prior')
   c.data.name = 'lastfm'
   for key, value in LASTFM_OVERRIDES.items():

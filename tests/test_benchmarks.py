@@ -161,6 +161,8 @@ def test_config_variants_validate_and_overrides_take_the_cli_form():
   assert script == 'beauty.py' and lastfm.to_dict() == board.to_dict()
   assert (lastfm.optimizer.learning_rate, lastfm.train.num_epochs, lastfm.model.item_repr) == (
       0.002, 200, 'id')
+  with pytest.raises(config_base.ConfigError, match="configs/lastfm.py has one variant"):
+    common.load_config('lastfm', 'tiny')
   tiny = common.load_config('beauty', 'tiny')  # a preset sizes the sasrec decoder
   assert (tiny.variant, tiny.model.d_model, tiny.eval.transition_weights) == ('sasrec', 32, ())
   assert common.load_config('beauty', 'preset=small').model.d_model == 64
