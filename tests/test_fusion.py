@@ -98,6 +98,38 @@ def test_adaptive_weights_are_input_dependent_and_skip_missing(synthetic_items):
   assert not bool(has[0]) and bool(has[1:synthetic_items.num_rows].all())
 
 
+def _token_attention_reference(attn, x, mask):
+  """Self-attention among an item's tokens written directly over [items, M, ...] arrays."""
+  q, k, v = jnp.einsum('bmd,tdhk->tbmhk', x, attn.wqkv[...])
+  logits = jnp.einsum('bqhk,bshk->bhqs', q, k) / np.sqrt(q.shape[-1])
+  visible = (mask[:, None, :] | jnp.eye(x.shape[1], dtype=bool)[None])[:, None]
+  p = jax.nn.softmax(jnp.where(visible, logits, -1e30), axis=-1)
+  return jnp.einsum('bhqs,bshk,hkd->bqd', p, v, attn.wo[...])
+
+
+@pytest.mark.parametrize('tokens', [1, 3])
+def test_fusion_layer_matches_reference(tokens):
+  """The 2-D (flattened) fusion layer, and its one-token shortcut, equal the [items, M] formula."""
+  from llm4rec_jax.model.fusion import FusionLayer
+  layer = FusionLayer(16, 2, rngs=nnx.Rngs(3))
+  x = jax.random.normal(jax.random.key(0), (40, tokens, 16))
+  mask = jax.random.bernoulli(jax.random.key(1), 0.6, (40, tokens))
+  attn_in = layer.attn_norm(x)
+  ref_attn = _token_attention_reference(layer.attn, attn_in, mask)
+  np.testing.assert_allclose(layer.attn(attn_in, mask), ref_attn, rtol=1e-5, atol=1e-5)
+  h = x + ref_attn
+  ref = h + layer.mlp(layer.mlp_norm(h))
+  np.testing.assert_allclose(layer(x, mask), ref, rtol=1e-5, atol=1e-5)
+  # Gradients agree too (the shortcut skips the query/key projections: theirs are zero).
+  graphdef, state = nnx.split(layer.attn)
+  def loss(state, fn):
+    return jnp.sum(fn(nnx.merge(graphdef, state), attn_in) ** 2)
+  g = jax.grad(loss)(state, lambda attn, a: attn(a, mask))
+  g_ref = jax.grad(loss)(state, lambda attn, a: _token_attention_reference(attn, a, mask))
+  g, g_ref = [np.concatenate([np.ravel(t) for t in jax.tree.leaves(x)]) for x in (g, g_ref)]
+  np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-5)
+
+
 def _model(cfg_overrides, synthetic_items, vocab=128):
   content, spec = _content(synthetic_items, vocab=vocab)
   base = dict(vocab_size=vocab, num_items=synthetic_items.num_rows - 1, max_len=12, d_model=32,
