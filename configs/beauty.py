@@ -3,8 +3,9 @@
 Variants (``--config=configs/beauty.py:VARIANT``):
   * ``fused`` (the default, the most accurate measured system): ``filter_prior`` with the item
     attributes (categories, brand: ``content.categorical=all``) fused into the item
-    representation on input and output (``model.item_repr=both``, no cross-attention; about 1.7x
-    the id model's training time): 0.0660 +- 0.0003 test NDCG@10, HR@10 0.1070, over 3 seeds,
+    representation on input and output (``model.item_repr=both``, no cross-attention; 1.1-1.5x
+    the id model's step, 40 minutes per seed alone on a 2-core CPU): 0.0660 +- 0.0003 test
+    NDCG@10, HR@10 0.1070, over 3 seeds,
     +0.0006 +- 0.0002 over ``filter_prior`` (claim K, docs/multimodal.md);
   * ``filter_prior``: ``filter`` plus a wider
     transition prior: followers up to 3 steps ahead (weighted 1 / distance) of the 3 newest history
