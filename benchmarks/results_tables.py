@@ -908,7 +908,8 @@ CLAIM_FILES = tuple(f for f in ('claim_filter0.7_vs_attention_beauty_d128.json',
                                 'claim_attributes_vs_id_beauty.json',
                                 'claim_snips_vs_known_counts_scientific.json',
                                 'claim_attributes_vs_id_lastfm.json',
-                                'claim_attributes_vs_id_lastfm_6seeds.json')
+                                'claim_attributes_vs_id_lastfm_6seeds.json',
+                                'claim_attributes_vs_id_beauty_refitfix.json')
                     if (RESULTS / f).exists())
 
 
