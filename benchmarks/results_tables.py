@@ -909,7 +909,8 @@ CLAIM_FILES = tuple(f for f in ('claim_filter0.7_vs_attention_beauty_d128.json',
                                 'claim_snips_vs_known_counts_scientific.json',
                                 'claim_attributes_vs_id_lastfm.json',
                                 'claim_attributes_vs_id_lastfm_6seeds.json',
-                                'claim_attributes_vs_id_beauty_refitfix.json')
+                                'claim_attributes_vs_id_beauty_refitfix.json',
+                                'claim_attributes_vs_id_yelp.json')
                     if (RESULTS / f).exists())
 
 
@@ -982,6 +983,9 @@ ABLATION = (
     ('claim_attributes_vs_id_lastfm.json', 'lastfm',
      'item attributes fused into the item representation (tags; no cross-attention)',
      'filter + wide prior counting validation + refit'),
+    ('claim_attributes_vs_id_yelp.json', 'yelp',
+     'item attributes fused into the item representation (business categories; no '
+     'cross-attention)', 'filter + wide prior counting validation + refit (filter_prior)'),
 )
 ABLATION_FILES = tuple(f for f, *_ in ABLATION if (RESULTS / f).exists())
 ABLATION_TEXT = ('each part added to the system named in "added to", 3 seeds (0, 1, 2) each, '
