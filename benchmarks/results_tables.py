@@ -783,6 +783,7 @@ BOARD_FILES = tuple(f for f in ('leaderboard_beauty_d128.jsonl',
                                 'leaderboard_yelp_filter.jsonl',
                                 'leaderboard_yelp_filter_prior.jsonl',
                                 'leaderboard_beauty_fused.jsonl',
+                                'leaderboard_yelp_fused.jsonl',
                                 'leaderboard_ml100k.jsonl')
                     if (RESULTS / f).exists())
 
