@@ -75,7 +75,7 @@ def main():
   counts = propensity.item_counts([ds.item], ni)
   test = ds.extras['random_test']
   seeds = 2 if args.quick else args.seeds
-  steps = 100 if args.quick else args.steps
+  steps = 50 if args.quick else args.steps  # quick: 2 evaluations of each model
   dims = args.dims[:1] if args.quick else args.dims
   l2s = args.l2s[:2] if args.quick else args.l2s
 
@@ -100,7 +100,7 @@ def main():
   observed[ds.user, ds.item] = True
   x = propensity.pair_features(uf, itf, gu, gi)
   logistic = propensity.LogisticPropensity.fit(x, observed[gu, gi], l2=1e-4,
-                                               steps=100 if args.quick else 500)
+                                               steps=50 if args.quick else 500)
   learned = np.ones((nu + 1, ni + 1))
   learned[gu, gi] = logistic.predict(x)
   pair_props['learned'] = learned
