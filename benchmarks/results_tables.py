@@ -911,7 +911,8 @@ CLAIM_FILES = tuple(f for f in ('claim_filter0.7_vs_attention_beauty_d128.json',
                                 'claim_attributes_vs_id_lastfm.json',
                                 'claim_attributes_vs_id_lastfm_6seeds.json',
                                 'claim_attributes_vs_id_beauty_refitfix.json',
-                                'claim_attributes_vs_id_yelp.json')
+                                'claim_attributes_vs_id_yelp.json',
+                                'claim_d64_vs_d128_lastfm.json')
                     if (RESULTS / f).exists())
 
 
