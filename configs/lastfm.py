@@ -6,7 +6,8 @@ dropout 0.5, wide transition prior counting the validation interactions at test,
 trained as claim H trained it on LastFM's 1,090 users: learning rate 2e-3, up to 200 epochs,
 patience 10. Item attributes (``--config.content.categorical=all --config.model.item_repr=both``)
 are not in the default: +0.0017 +- 0.0012 test NDCG@10 over 6 seeds, undecided (claims M and P,
-docs/multimodal.md).
+docs/multimodal.md). Hidden 64 (the published LastFM models' width) changed nothing measurable:
+-0.0006 +- 0.0007 test NDCG@10 over seeds 3-5 (claim S, docs/val_test_gap.md).
 
   llm4rec train --config=configs/lastfm.py --workdir=workdirs/lastfm
 """
