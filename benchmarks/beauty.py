@@ -13,7 +13,7 @@ per seed.
 ``--variant`` picks a variant of ``configs/beauty.py`` (its docstring lists them). This script's
 default is ``sasrec``, the run compared with the PyTorch SASRec reference above (and what the result
 files whose command names no variant ran); the configuration's own default, and the leaderboard's
-Beauty row, is ``filter_prior``.
+Beauty row, is ``fused``.
 """
 
 from common import load_config, make_quick, parser, print_report

@@ -98,7 +98,9 @@ def test_overfits_a_tiny_dataset_to_its_entropy_floor(tmp_path):
                          'max_seq_len': 20},
       'train.num_epochs': 300, 'train.batch_size': 32, 'train.eval_every': 1000,
       'train.log_every': 100, 'model.dropout': 0.0, 'model.d_model': 64, 'model.mlp_dim': 128,
-      'model.num_layers': 2, 'optimizer.learning_rate': 3e-3, 'optimizer.schedule': 'constant'})
+      'model.num_layers': 2, 'optimizer.learning_rate': 3e-3, 'optimizer.schedule': 'constant',
+      # one device: 300 steps of what the sharded tests check elsewhere cost a third more on 8
+      'mesh.num_devices': 1, 'mesh.shape': (1, 1, 1)})
   trainer.train_and_evaluate(config, tmp_path)
   _, split = registry.load_split(config.data)
   floor = _prefix_entropy_floor(split.train, config.data.max_len)
