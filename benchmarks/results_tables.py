@@ -912,7 +912,8 @@ CLAIM_FILES = tuple(f for f in ('claim_filter0.7_vs_attention_beauty_d128.json',
                                 'claim_attributes_vs_id_lastfm_6seeds.json',
                                 'claim_attributes_vs_id_beauty_refitfix.json',
                                 'claim_attributes_vs_id_yelp.json',
-                                'claim_d64_vs_d128_lastfm.json')
+                                'claim_d64_vs_d128_lastfm.json',
+                                'claim_rag_vs_fused_beauty.json')
                     if (RESULTS / f).exists())
 
 
@@ -988,6 +989,9 @@ ABLATION = (
     ('claim_attributes_vs_id_yelp.json', 'yelp',
      'item attributes fused into the item representation (business categories; no '
      'cross-attention)', 'filter + wide prior counting validation + refit (filter_prior)'),
+    ('claim_rag_vs_fused_beauty.json', 'beauty',
+     'retrieved context (RAG) with the cross-attention it needs (both sides without the refit, '
+     'which RAG refuses)', 'filter + wide prior counting validation + attributes (fused)'),
 )
 ABLATION_FILES = tuple(f for f, *_ in ABLATION if (RESULTS / f).exists())
 ABLATION_TEXT = ('each part added to the system named in "added to", 3 seeds (0, 1, 2) each, '
